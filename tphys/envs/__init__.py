@@ -1,0 +1,11 @@
+"""TorchRL environments of tphys: ``make(name, num_envs=..., device=..., dtype=..., **overrides)``.
+
+``list_envs()`` maps every registered name to a one-line description;
+``python -m tphys.envs`` prints that table.
+"""
+
+from tphys.envs import pods  # noqa: F401  (registers the PODS task suite)
+from tphys.envs.payload import GOALS, INTEGRATORS, PayloadEnv, PayloadTask, RewardWeights
+from tphys.envs.registry import list_envs, make, register
+
+__all__ = ["GOALS", "INTEGRATORS", "PayloadEnv", "PayloadTask", "RewardWeights", "list_envs", "make", "register"]

@@ -1,0 +1,280 @@
+"""``PayloadEnv``: a TorchRL env for handle-driven particle systems (the PODS task family).
+
+The env is stateless in TorchRL's sense: the whole physical state travels in the
+tensordict, so ``env.rollout(H, policy, break_when_any_done=False)`` keeps the autograd
+graph from every reward back to the actions, the policy parameters and the initial state.
+
+Tensordict keys (N = num_envs, P particles, d dims, A action dims):
+    observation  [N, obs_dim]  handle coordinates along the actuated axes relative to their
+                               target, payload positions relative to their target, payload
+                               velocities (flattened in that order)
+    x, v         [N, P, d]     positions (m) and velocities (m/s) of all particles
+    x_prev, v_prev [N, P, d]   previous step (BDF2 history)
+    step_count   [N, 1] int64  steps since reset
+    action       [N, A]        handle velocities in units of ``max_handle_speed`` (clamped to [-1, 1])
+    reward       [N, 1]        Eq. 15 of PODS: -(w_p|p|² + w_x|x|² + w_v|v|² + w_a|u|²), u in m/s
+    done / terminated / truncated [N, 1] bool (truncated after ``horizon`` steps; never terminated)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from tphys.particles import ParticleModel, ParticleState, bdf2, semi_implicit_euler
+
+GOALS = ("stop", "stop_at_origin")
+INTEGRATORS = ("bdf2", "semi_implicit")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Weights of Eq. 15: handle position, payload position, payload velocity, action."""
+
+    handle_position: float
+    payload_position: float
+    payload_velocity: float
+    action: float
+
+
+@dataclass(frozen=True)
+class PayloadTask:
+    """Everything that defines one task of the family, in float64 on the CPU.
+
+    Attributes:
+        reference: [P, d] target configuration: payload at rest at its target (centred at the
+            origin), handles where they hold it there.
+        action_basis: [A, H, d] velocity of each handle for a unit action component.
+        sample_initial: (model, reference, n, generator) -> (x [n, P, d], v [n, P, d]).
+        weights: RewardWeights for each goal in GOALS.
+    """
+
+    name: str
+    model: ParticleModel
+    reference: Tensor
+    action_basis: Tensor
+    max_handle_speed: float
+    dt: float
+    horizon: int
+    substeps: int
+    sample_initial: Callable[..., tuple[Tensor, Tensor]]
+    weights: dict[str, RewardWeights]
+    integrator: str = "semi_implicit"
+    render_hints: dict = field(default_factory=dict)
+
+
+class PayloadEnv(EnvBase):
+    """Batched differentiable env of a ``PayloadTask``; see the module docstring for keys."""
+
+    batch_locked = True
+
+    def __init__(
+        self,
+        task: PayloadTask,
+        num_envs: int = 1,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        goal: str = "stop",
+        integrator: str | None = None,
+        substeps: int | None = None,
+        newton_tol: float | None = None,
+        newton_max_iter: int = 12,
+        validate: bool = True,
+        seed: int | None = None,
+    ):
+        if goal not in GOALS:
+            raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {', '.join(GOALS)}")
+        integrator = task.integrator if integrator is None else integrator
+        if integrator not in INTEGRATORS:
+            raise ValueError(f"{task.name}: unknown integrator {integrator!r}; valid: {', '.join(INTEGRATORS)}")
+        substeps = task.substeps if substeps is None else substeps
+        if not isinstance(substeps, int) or substeps < 1:
+            raise ValueError(f"{task.name}: substeps must be an int >= 1, got {substeps!r}")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.task = task
+        self.goal = goal
+        self.integrator = integrator
+        self.substeps = substeps
+        self.newton_tol = newton_tol
+        self.newton_max_iter = newton_max_iter
+        self.validate = validate
+        self.dtype = dtype
+        self.num_envs = num_envs
+        self.dt = task.dt
+        self.horizon = task.horizon
+        self.weights = task.weights[goal]
+        self.model = task.model.to(device=self.device, dtype=dtype)
+        self.reference = task.reference.to(device=self.device, dtype=dtype)
+        self.action_basis = task.action_basis.to(device=self.device, dtype=dtype)
+        self.free_reference = torch.einsum("fp,pd->fd", self.model.free_scatter, self.reference)
+        self.handle_reference = torch.einsum("hp,pd->hd", self.model.handle_scatter, self.reference)
+        self.action_dim = task.action_basis.shape[0]
+        num_particles, dim = task.reference.shape
+        self.observation_dim = self.action_dim + 2 * self.model.num_free * dim
+        self._make_specs(num_particles, dim)
+        self._generator = torch.Generator()
+        self._generator.manual_seed(torch.seed() if seed is None else seed)
+
+    # ------------------------------------------------------------------ specs
+    def _make_specs(self, num_particles: int, dim: int) -> None:
+        n, kw = self.num_envs, dict(dtype=self.dtype, device=self.device)
+        state = Unbounded(shape=(n, num_particles, dim), **kw)
+        self.observation_spec = Composite(
+            observation=Unbounded(shape=(n, self.observation_dim), **kw),
+            x=state,
+            v=state.clone(),
+            x_prev=state.clone(),
+            v_prev=state.clone(),
+            step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
+            shape=(n,),
+        )
+        self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, self.action_dim), **kw)
+        self.reward_spec = Unbounded(shape=(n, 1), **kw)
+        flag = Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device)
+        self.done_spec = Composite(done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=(n,))
+
+    # ------------------------------------------------------------------ TorchRL API
+    def _set_seed(self, seed: int | None) -> None:
+        self._generator.manual_seed(torch.seed() if seed is None else int(seed))
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        x, v = self.task.sample_initial(self.task.model, self.task.reference, self.num_envs, self._generator)
+        x = x.to(device=self.device, dtype=self.dtype)
+        v = v.to(device=self.device, dtype=self.dtype)
+        state = ParticleState.at_rest(x, v)
+        step_count = torch.zeros(self.num_envs, 1, dtype=torch.int64, device=self.device)
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and "x" in tensordict.keys():
+            # Partial reset: envs not flagged keep their state (and their autograd graph).
+            keep = ~mask.reshape(self.num_envs)
+            old = self._read_state(tensordict)
+            state = ParticleState(*[_where_env(keep, o, s) for o, s in zip(old, state)])
+            step_count = torch.where(keep.unsqueeze(-1), tensordict["step_count"], step_count)
+        flags = torch.zeros(self.num_envs, 1, dtype=torch.bool, device=self.device)
+        return self._pack(state, step_count, done=flags, truncated=flags.clone())
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict["action"]
+        if self.validate:
+            self._check_action(action)
+        state = self._read_state(tensordict)
+        if self.validate:
+            self._check_finite(state, "input state")
+        action = action.clamp(-1.0, 1.0)
+        handle_velocity = self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
+        state = self.physics_step(state, handle_velocity)
+        if self.validate:
+            self._check_finite(state, "state after the step")
+        step_count = tensordict["step_count"] + 1
+        truncated = step_count >= self.horizon
+        out = self._pack(state, step_count, done=truncated, truncated=truncated)
+        out.set("reward", self.reward(state, handle_velocity))
+        return out
+
+    # ------------------------------------------------------------------ physics
+    def physics_step(self, state: ParticleState, handle_velocity: Tensor) -> ParticleState:
+        """One env step of the configured integrator; handle_velocity [N, H, d] in m/s."""
+        if self.integrator == "bdf2":
+            return bdf2(self.model, state, handle_velocity, self.dt, tol=self.newton_tol, max_iter=self.newton_max_iter)
+        return semi_implicit_euler(self.model, state, handle_velocity, self.dt, self.substeps)
+
+    def observe(self, state: ParticleState) -> Tensor:
+        """[N, obs_dim] observation of a state (see the module docstring)."""
+        n = self.num_envs
+        handles = torch.einsum("hp,npd->nhd", self.model.handle_scatter, state.x) - self.handle_reference
+        handle_coordinates = torch.einsum("ahd,nhd->na", self.action_basis, handles)
+        payload_x = torch.einsum("fp,npd->nfd", self.model.free_scatter, state.x) - self.free_reference
+        payload_v = torch.einsum("fp,npd->nfd", self.model.free_scatter, state.v)
+        return torch.cat([handle_coordinates, payload_x.reshape(n, -1), payload_v.reshape(n, -1)], dim=-1)
+
+    def reward(self, state: ParticleState, handle_velocity: Tensor) -> Tensor:
+        """[N, 1] reward of Eq. 15 at ``state`` after commanding ``handle_velocity`` (m/s)."""
+        obs = self.observe(state)
+        a, f = self.action_dim, self.model.num_free * state.x.shape[-1]
+        w = self.weights
+        penalty = (
+            w.handle_position * (obs[:, :a] ** 2).sum(-1)
+            + w.payload_position * (obs[:, a : a + f] ** 2).sum(-1)
+            + w.payload_velocity * (obs[:, a + f :] ** 2).sum(-1)
+            + w.action * (handle_velocity**2).sum((-1, -2))
+        )
+        return -penalty.unsqueeze(-1)
+
+    def render_geometry(self) -> dict:
+        """Static drawing data for ``tphys.render``: edges, triangles, handles, ground."""
+        model = self.task.model
+        edges, cables = [], []
+        if model.springs is not None:
+            inc = model.springs.incidence
+            edges = torch.stack([inc.argmin(-1), inc.argmax(-1)], -1).tolist()
+            cables = (model.springs.tension_only > 0).tolist()
+        return dict(
+            dim=self.task.reference.shape[-1],
+            up_axis=model.up_axis,
+            edges=edges,
+            cable=cables,
+            triangles=[] if model.triangles is None else model.triangles.corners.tolist(),
+            handles=model.handle_index.tolist(),
+            ground=None if model.ground is None else float(model.ground.height),
+            reference=self.task.reference.tolist(),
+            **self.task.render_hints,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _read_state(self, td: TensorDictBase) -> ParticleState:
+        return ParticleState(td["x"], td["v"], td["x_prev"], td["v_prev"], td["step_count"].reshape(-1) > 0)
+
+    def _pack(self, state: ParticleState, step_count: Tensor, done: Tensor, truncated: Tensor) -> TensorDictBase:
+        return TensorDict(
+            {
+                "observation": self.observe(state),
+                "x": state.x,
+                "v": state.v,
+                "x_prev": state.x_prev,
+                "v_prev": state.v_prev,
+                "step_count": step_count,
+                "done": done,
+                "terminated": torch.zeros_like(done),
+                "truncated": truncated,
+            },
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+    def _check_action(self, action: Tensor) -> None:
+        expected = (self.num_envs, self.action_dim)
+        if tuple(action.shape) != expected:
+            raise ValueError(
+                f"{self.task.name}: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)"
+            )
+        if action.dtype != self.dtype:
+            raise TypeError(
+                f"{self.task.name}: action dtype is {action.dtype} but the env runs in {self.dtype}; "
+                f"cast the policy output (a {action.dtype} action would silently promote the state)"
+            )
+        bad = ~torch.isfinite(action).all(-1)
+        if bad.any():
+            raise ValueError(f"{self.task.name}: non-finite action (NaN/inf) in env indices {_indices(bad)}")
+
+    def _check_finite(self, state: ParticleState, what: str) -> None:
+        bad = ~(torch.isfinite(state.x).flatten(1).all(-1) & torch.isfinite(state.v).flatten(1).all(-1))
+        if bad.any():
+            raise FloatingPointError(
+                f"{self.task.name}: non-finite {what} (NaN/inf) in env indices {_indices(bad)}; "
+                f"integrator={self.integrator}, dt={self.dt}"
+            )
+
+
+def _where_env(keep: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    return torch.where(keep.reshape(-1, *([1] * (old.dim() - 1))), old, new)
+
+
+def _indices(mask: Tensor, limit: int = 20) -> str:
+    idx = torch.nonzero(mask).flatten().tolist()
+    return str(idx[:limit]) + (f" ... ({len(idx)} in all)" if len(idx) > limit else "")

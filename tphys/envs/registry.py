@@ -1,0 +1,74 @@
+"""Name -> env factory registry behind ``tphys.envs.make`` and ``tphys.envs.list_envs``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torchrl.envs import EnvBase
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    name: str
+    description: str
+    factory: Callable[..., EnvBase]
+
+
+_REGISTRY: dict[str, EnvEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, description: str, aliases: tuple[str, ...] = ()):
+    """Decorator: register ``factory(num_envs, device, dtype, **overrides) -> EnvBase``."""
+
+    def wrap(factory):
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"env name {key!r} is registered twice")
+        _REGISTRY[name] = EnvEntry(name, description, factory)
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return factory
+
+    return wrap
+
+
+def list_envs() -> dict[str, str]:
+    """Registered env names mapped to a one-line description (aliases not repeated)."""
+    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+
+
+def resolve(name: str) -> str:
+    """Canonical name of ``name`` or alias; ValueError listing the valid names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"env name must be a string, got {type(name).__name__}")
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    valid = ", ".join(sorted(_REGISTRY) + sorted(f"{a} (= {t})" for a, t in _ALIASES.items()))
+    raise ValueError(f"unknown env {name!r}; registered envs: {valid}")
+
+
+def make(
+    name: str,
+    num_envs: int = 1,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+) -> EnvBase:
+    """Build the registered env ``name`` batched over ``num_envs``.
+
+    ``overrides`` are the env's own options (``goal``, ``integrator``, physical
+    parameters, ...); an unknown option raises a ValueError listing the valid ones.
+    """
+    entry = _REGISTRY[resolve(name)]
+    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return entry.factory(num_envs=num_envs, device=torch.device(device), dtype=dtype, **overrides)

@@ -1,0 +1,163 @@
+"""Constants and state of a batched particle system.
+
+Conventions (SI units throughout):
+    N   envs in the batch (leading dim of every state tensor)
+    P   particles (free point masses and kinematic handles together)
+    H   handles: kinematic particles whose velocity is the control
+    d   spatial dimension, 2 or 3; the up axis is ``model.up_axis`` (y, index 1)
+
+``ParticleModel`` holds what does not change during a rollout and is shared by all envs
+of a batch; ``ParticleState`` holds what does. Both are NamedTuples of tensors, so they
+are pytrees that ``torch.func`` and ``torch.compile`` handle directly, and any tensor of a
+model may require grad (e.g. for system identification).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Springs(NamedTuple):
+    """Two-particle springs; ``tension_only`` marks unilateral cables.
+
+    Attributes:
+        incidence: [S, P] +1 at particle j, -1 at particle i (spring vector = x_j - x_i).
+        rest_length: [S] m.
+        stiffness: [S] N/m.
+        damping: [S] N·s/m, along the spring axis.
+        tension_only: [S] float 1.0 for a cable (no force when slack), 0.0 for a spring.
+        slack_width: [] m, width of the C¹ slack-to-taut transition of cables (see
+            ``forces.smooth_ramp``); 1 mm by default.
+    """
+
+    incidence: Tensor
+    rest_length: Tensor
+    stiffness: Tensor
+    damping: Tensor
+    tension_only: Tensor
+    slack_width: Tensor
+
+
+class Triangles(NamedTuple):
+    """Co-rotational membrane triangles for cloth, d = 3 only (see ``forces.membrane_forces``).
+
+    Attributes:
+        corners: [T, 3] long particle indices.
+        gather: [3, T, P] one-hot rows that pick each corner (used for gather and scatter).
+        rest_inverse: [T, 2, 2] inverse of the rest edge matrix in the triangle's 2-D frame.
+        rest_area: [T] m^2.
+        mu: Lamé mu of the sheet, N/m (force per unit length).
+        lam: Lamé lambda of the sheet, N/m.
+    """
+
+    corners: Tensor
+    gather: Tensor
+    rest_inverse: Tensor
+    rest_area: Tensor
+    mu: Tensor
+    lam: Tensor
+
+
+class Ground(NamedTuple):
+    """Horizontal plane ``x[up_axis] = height`` with penalty contact and smooth friction.
+
+    Normal force   f_n = (stiffness + damping · ramp_slip(-v_n)) · ramp_smoothing(depth)   [N]
+    Friction       f_t = -friction · f_n · v_t / sqrt(|v_t|^2 + slip^2)                 [N]
+    ramp_w is ``forces.smooth_ramp`` (relu rounded to C¹ over a width w): penalty stiffness
+    (N/m) with damping (N·s/m²) only while approaching, and a smooth Coulomb law (full
+    Coulomb for |v_t| >> slip, viscous below it). ``smoothing`` is in m, ``slip`` in m/s.
+    """
+
+    height: Tensor
+    stiffness: Tensor
+    damping: Tensor
+    friction: Tensor
+    slip: Tensor
+    smoothing: Tensor
+
+
+class ParticleModel(NamedTuple):
+    """Everything constant in a rollout.
+
+    Attributes:
+        mass: [P] kg; the entries of handles are ignored.
+        free_mask: [P] float 1.0 for free point masses, 0.0 for handles.
+        free_scatter: [F, P] one-hot rows mapping the F free particles to particles.
+        handle_index: [H] long indices of the handles among the particles.
+        handle_scatter: [H, P] one-hot rows mapping handle values to particles.
+        gravity: [d] m/s^2.
+        drag: [] linear drag coefficient, N·s/m (force -drag·v on every free particle).
+        springs: bilateral springs, cables and bending springs, or None.
+        triangles: cloth membrane, or None.
+        ground: contact plane, or None.
+        up_axis: index of the vertical axis.
+    """
+
+    mass: Tensor
+    free_mask: Tensor
+    free_scatter: Tensor
+    handle_index: Tensor
+    handle_scatter: Tensor
+    gravity: Tensor
+    drag: Tensor
+    springs: Springs | None
+    triangles: Triangles | None
+    ground: Ground | None
+    up_axis: int = 1
+
+    @property
+    def num_particles(self) -> int:
+        return self.mass.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.gravity.shape[0]
+
+    @property
+    def num_free(self) -> int:
+        return self.free_scatter.shape[0]
+
+    def to(self, device=None, dtype=None) -> "ParticleModel":
+        """Copy with floating tensors cast to ``dtype`` and all tensors moved to ``device``."""
+        return _map_tensors(self, lambda t: _cast(t, device, dtype))
+
+
+class ParticleState(NamedTuple):
+    """Dynamic state of N envs.
+
+    Attributes:
+        x: [N, P, d] positions, m.
+        v: [N, P, d] velocities, m/s (handles: their commanded velocity).
+        x_prev: [N, P, d] positions one step earlier (BDF2 history).
+        v_prev: [N, P, d] velocities one step earlier (BDF2 history).
+        has_prev: [N] bool, whether x_prev/v_prev hold a real previous step. A step from a
+            state without history is a BDF1 (backward Euler) step.
+    """
+
+    x: Tensor
+    v: Tensor
+    x_prev: Tensor
+    v_prev: Tensor
+    has_prev: Tensor
+
+    @staticmethod
+    def at_rest(x: Tensor, v: Tensor) -> "ParticleState":
+        """A state with positions ``x`` and velocities ``v`` and no history."""
+        return ParticleState(x, v, x, v, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+
+
+def _cast(t, device, dtype):
+    if not isinstance(t, Tensor):
+        return t
+    if t.is_floating_point() and dtype is not None:
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)
+
+
+def _map_tensors(obj, fn):
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*[_map_tensors(getattr(obj, f), fn) for f in obj._fields])
+    return fn(obj)
