@@ -18,8 +18,8 @@ Tensordict keys (N = num_envs, P particles, d dims, A action dims):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -250,9 +250,7 @@ class PayloadEnv(EnvBase):
     def _check_action(self, action: Tensor) -> None:
         expected = (self.num_envs, self.action_dim)
         if tuple(action.shape) != expected:
-            raise ValueError(
-                f"{self.task.name}: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)"
-            )
+            raise ValueError(f"{self.task.name}: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)")
         if action.dtype != self.dtype:
             raise TypeError(
                 f"{self.task.name}: action dtype is {action.dtype} but the env runs in {self.dtype}; "
@@ -266,8 +264,7 @@ class PayloadEnv(EnvBase):
         bad = ~(torch.isfinite(state.x).flatten(1).all(-1) & torch.isfinite(state.v).flatten(1).all(-1))
         if bad.any():
             raise FloatingPointError(
-                f"{self.task.name}: non-finite {what} (NaN/inf) in env indices {_indices(bad)}; "
-                f"integrator={self.integrator}, dt={self.dt}"
+                f"{self.task.name}: non-finite {what} (NaN/inf) in env indices {_indices(bad)}; integrator={self.integrator}, dt={self.dt}"
             )
 
 

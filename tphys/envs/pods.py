@@ -44,6 +44,9 @@ WEIGHTS = {
     "stop_at_origin": RewardWeights(handle_position=0.1, payload_position=1.0, payload_velocity=1.0, action=0.01),
 }
 
+SLACK_WIDTH = 1e-3  # m, ParticleBuilder's default cable slack width
+G = 9.81  # m/s²
+
 ENV_OPTIONS = ("goal", "integrator", "substeps", "newton_tol", "newton_max_iter", "validate", "seed")
 
 
@@ -76,6 +79,15 @@ def _horizontal_offset(gen: torch.Generator, n: int, dim: int, spread: float) ->
     return offset
 
 
+def _taut_stretch(load, stiffness: float):
+    """Stretch (m) at which a cable of ``stiffness`` (N/m) carries ``load`` (N) at rest.
+
+    Solves k·(s - w/2) = load on the linear branch of ``forces.smooth_ramp`` (w = 1 mm, the
+    builder's default slack width), so initial states start with quiet, fully taut cables.
+    """
+    return load / stiffness + 0.5 * SLACK_WIDTH
+
+
 def _make_env(task_fn, task_kwargs: dict, num_envs, device, dtype, overrides: dict) -> PayloadEnv:
     env_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in ENV_OPTIONS}
     unknown = [k for k in overrides if k not in task_kwargs]
@@ -89,9 +101,7 @@ def _make_env(task_fn, task_kwargs: dict, num_envs, device, dtype, overrides: di
 
 
 # ---------------------------------------------------------------------------- pendulums
-PENDULUM_DEFAULTS = dict(
-    mass=0.05, length=0.5, stiffness=500.0, damping=1.0, drag=0.0, max_handle_speed=1.5, max_angle=0.6, max_omega=3.0
-)
+PENDULUM_DEFAULTS = dict(mass=0.05, length=0.5, stiffness=500.0, damping=1.0, drag=0.0, max_handle_speed=1.5, max_angle=0.6, max_omega=3.0)
 
 
 def pendulum_task(dim: int, mass, length, stiffness, damping, drag, max_handle_speed, max_angle, max_omega) -> PayloadTask:
@@ -106,7 +116,7 @@ def pendulum_task(dim: int, mass, length, stiffness, damping, drag, max_handle_s
     basis = torch.zeros(len(axes), 1, dim, dtype=torch.float64)
     for a, axis in enumerate(axes):
         basis[a, 0, axis] = 1.0
-    sag = mass * 9.81 / stiffness
+    sag = _taut_stretch(mass * G, stiffness)
 
     def sample(model, reference, n, gen):
         offset = _horizontal_offset(gen, n, dim, 0.5)
@@ -131,7 +141,7 @@ def pendulum_task(dim: int, mass, length, stiffness, damping, drag, max_handle_s
         max_handle_speed=max_handle_speed,
         dt=0.024,
         horizon=150,
-        substeps=10,
+        substeps=16,
         sample_initial=sample,
         weights=WEIGHTS,
     )
@@ -170,8 +180,8 @@ def double_pendulum_task(mass, length, stiffness, link_stiffness, damping, drag,
         top = reference[0].expand(n, 3) + _horizontal_offset(gen, n, 3, 0.5)[:, 0]
         d1 = _hanging_direction_3d(gen, n, max_angle)
         d2 = _hanging_direction_3d(gen, n, max_angle)
-        p1 = top + (length + 2 * mass * 9.81 / stiffness) * d1
-        p2 = p1 + (length + mass * 9.81 / link_stiffness) * d2
+        p1 = top + (length + _taut_stretch(2 * mass * G, stiffness)) * d1
+        p2 = p1 + (length + mass * G / link_stiffness) * d2
         v1 = _uniform(gen, n, 0.3, 1.0).unsqueeze(-1) * max_speed * _random_perpendicular(gen, d1)
         v2 = v1 + _uniform(gen, n, 0.3, 1.0).unsqueeze(-1) * max_speed * _random_perpendicular(gen, d2)
         return torch.stack([top, p1, p2], 1), torch.stack([torch.zeros_like(v1), v1, v2], 1)
@@ -217,7 +227,7 @@ def cable_payload_task(mass, side, cable_length, stiffness, frame_stiffness, dam
     model, reference = b.build()
     basis = torch.zeros(2, 2, 2, dtype=torch.float64)
     basis[0, 0, 0] = basis[1, 1, 0] = 1.0
-    sag = 2 * mass * 9.81 / stiffness
+    sag = _taut_stretch(2 * mass * G, stiffness)
 
     def sample(model, reference, n, gen):
         x = reference.expand(n, -1, -1) + _horizontal_offset(gen, n, 2, 0.4)
@@ -279,7 +289,11 @@ def rope_task(masses, mass, segment, stiffness, bending_stiffness, damping, drag
         direction = _hanging_direction_3d(gen, n, max_angle)
         axis = _random_perpendicular(gen, direction)  # rotation axis of a rigid swing
         omega = (_uniform(gen, n, 0.3, 1.0) * max_omega).unsqueeze(-1) * axis
-        radius = segment * torch.arange(masses + 1, dtype=torch.float64)
+        # Each cable pre-stretched to carry the weight below it (k·(s - w/2) = load), so the
+        # stiff cable modes start quiet.
+        load = mass * G * torch.arange(masses, 0, -1, dtype=torch.float64)
+        lengths = segment + _taut_stretch(load, stiffness)
+        radius = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(lengths, 0)])
         arm = radius[None, :, None] * direction[:, None, :]
         return top[:, None] + arm, torch.cross(omega[:, None, :].expand_as(arm), arm, dim=-1)
 
@@ -305,12 +319,12 @@ def make_rope3d(num_envs, device, dtype, **overrides):
 # ---------------------------------------------------------------------------- cloth
 CLOTH_DEFAULTS = dict(
     rows=5, mass=0.004, spacing=0.1, mu=200.0, lam=100.0, bending_stiffness=2.0, grip_stiffness=200.0,
-    grip_length=0.02, drag=0.002, contact_stiffness=1000.0, contact_damping=10.0, friction=0.5,
+    grip_length=0.02, spring_damping=0.05, drag=0.01, contact_stiffness=1000.0, contact_damping=10.0, friction=0.5,
     max_handle_speed=1.0, max_speed=0.5,
 )  # fmt: skip
 
 
-def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, grip_length, drag,
+def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, grip_length, spring_damping, drag,
                contact_stiffness, contact_damping, friction, max_handle_speed, max_speed):  # fmt: skip
     """A square co-rotational cloth held at its 4 corners by 4 free-moving handles, over a table at y = 0."""
     b = ParticleBuilder(dim=3, drag=drag)
@@ -324,13 +338,13 @@ def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, 
     for r in range(rows):
         for c in range(rows):
             if c + 2 < rows:
-                b.add_spring(grid[r][c], grid[r][c + 2], bending_stiffness)
+                b.add_spring(grid[r][c], grid[r][c + 2], bending_stiffness, spring_damping)
             if r + 2 < rows:
-                b.add_spring(grid[r][c], grid[r + 2][c], bending_stiffness)
+                b.add_spring(grid[r][c], grid[r + 2][c], bending_stiffness, spring_damping)
     corners = [grid[0][0], grid[0][-1], grid[-1][0], grid[-1][-1]]
     for corner in corners:
         handle = b.add_handle([b.positions[corner][0], grip_length, b.positions[corner][2]])
-        b.add_spring(handle, corner, grip_stiffness)
+        b.add_spring(handle, corner, grip_stiffness, spring_damping)
     b.set_ground(height=0.0, stiffness=contact_stiffness, damping=contact_damping, friction=friction)
     model, reference = b.build()
     num_handles = len(corners)
@@ -361,6 +375,9 @@ def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, 
     )
 
 
-@register("cloth", "5x5 co-rotational cloth (100 g) held at 4 corners by free 3-D handles, laid on a frictional table; state 162, action 12")
+@register(
+    "cloth",
+    "5x5 co-rotational cloth (100 g) held at 4 corners by free 3-D handles, laid on a frictional table; state 162, action 12",
+)
 def make_cloth(num_envs, device, dtype, **overrides):
     return _make_env(cloth_task, CLOTH_DEFAULTS, num_envs, device, dtype, overrides)

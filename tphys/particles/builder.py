@@ -68,9 +68,7 @@ class ParticleBuilder:
 
     def set_ground(self, height=0.0, stiffness=1e3, damping=1.0, friction=0.5, slip=1e-2, smoothing=1e-3) -> None:
         """Contact plane at ``height`` (m) on the up axis; see ``model.Ground``."""
-        self.ground = dict(
-            height=height, stiffness=stiffness, damping=damping, friction=friction, slip=slip, smoothing=smoothing
-        )
+        self.ground = dict(height=height, stiffness=stiffness, damping=damping, friction=friction, slip=slip, smoothing=smoothing)
 
     def build(self) -> tuple[ParticleModel, torch.Tensor]:
         """Returns the model and the [P, d] positions the particles were added at."""

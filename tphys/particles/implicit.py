@@ -15,7 +15,8 @@ D <= 63); beyond that a sparse or matrix-free (CG) solve is needed.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

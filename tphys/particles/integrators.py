@@ -24,9 +24,7 @@ def handle_velocity_field(model: ParticleModel, handle_velocity: Tensor) -> Tens
     return torch.einsum("hp,nhd->npd", model.handle_scatter, handle_velocity)
 
 
-def semi_implicit_euler(
-    model: ParticleModel, state: ParticleState, handle_velocity: Tensor, dt: float, substeps: int = 1
-) -> ParticleState:
+def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_velocity: Tensor, dt: float, substeps: int = 1) -> ParticleState:
     """Symplectic Euler (v += h·a, then x += h·v) over ``substeps`` equal substeps of ``dt``.
 
     Args:

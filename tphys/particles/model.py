@@ -120,7 +120,7 @@ class ParticleModel(NamedTuple):
     def num_free(self) -> int:
         return self.free_scatter.shape[0]
 
-    def to(self, device=None, dtype=None) -> "ParticleModel":
+    def to(self, device=None, dtype=None) -> ParticleModel:
         """Copy with floating tensors cast to ``dtype`` and all tensors moved to ``device``."""
         return _map_tensors(self, lambda t: _cast(t, device, dtype))
 
@@ -144,7 +144,7 @@ class ParticleState(NamedTuple):
     has_prev: Tensor
 
     @staticmethod
-    def at_rest(x: Tensor, v: Tensor) -> "ParticleState":
+    def at_rest(x: Tensor, v: Tensor) -> ParticleState:
         """A state with positions ``x`` and velocities ``v`` and no history."""
         return ParticleState(x, v, x, v, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
 
