@@ -9,7 +9,7 @@ from torch import Tensor
 def safe_norm(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     """Euclidean norm along ``dim`` whose gradient stays finite at zero.
 
-    Below ``eps`` the squared norm is clamped, so the norm (and its gradient) of a
-    zero vector is finite instead of NaN.
+    ``torch.linalg.vector_norm`` returns a zero (not NaN) gradient at the zero vector; the
+    clamp keeps divisions by the norm finite there too.
     """
-    return torch.sqrt(torch.clamp_min((x * x).sum(dim), eps * eps))
+    return torch.linalg.vector_norm(x, dim=dim).clamp_min(eps)

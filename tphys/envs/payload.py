@@ -84,7 +84,7 @@ class PayloadEnv(EnvBase):
         integrator: str | None = None,
         substeps: int | None = None,
         newton_tol: float | None = None,
-        newton_max_iter: int = 12,
+        newton_max_iter: int = 30,
         validate: bool = True,
         seed: int | None = None,
     ):
@@ -174,7 +174,7 @@ class PayloadEnv(EnvBase):
         step_count = tensordict["step_count"] + 1
         truncated = step_count >= self.horizon
         out = self._pack(state, step_count, done=truncated, truncated=truncated)
-        out.set("reward", self.reward(state, handle_velocity))
+        out.set("reward", self.reward(state, handle_velocity, observation=out["observation"]))
         return out
 
     # ------------------------------------------------------------------ physics
@@ -193,9 +193,12 @@ class PayloadEnv(EnvBase):
         payload_v = torch.einsum("fp,npd->nfd", self.model.free_scatter, state.v)
         return torch.cat([handle_coordinates, payload_x.reshape(n, -1), payload_v.reshape(n, -1)], dim=-1)
 
-    def reward(self, state: ParticleState, handle_velocity: Tensor) -> Tensor:
-        """[N, 1] reward of Eq. 15 at ``state`` after commanding ``handle_velocity`` (m/s)."""
-        obs = self.observe(state)
+    def reward(self, state: ParticleState, handle_velocity: Tensor, observation: Tensor | None = None) -> Tensor:
+        """[N, 1] reward of Eq. 15 at ``state`` after commanding ``handle_velocity`` (m/s).
+
+        ``observation`` may pass ``observe(state)`` when the caller has it already.
+        """
+        obs = self.observe(state) if observation is None else observation
         a, f = self.action_dim, self.model.num_free * state.x.shape[-1]
         w = self.weights
         penalty = (

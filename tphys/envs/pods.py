@@ -319,13 +319,13 @@ def make_rope3d(num_envs, device, dtype, **overrides):
 # ---------------------------------------------------------------------------- cloth
 CLOTH_DEFAULTS = dict(
     rows=5, mass=0.004, spacing=0.1, mu=200.0, lam=100.0, bending_stiffness=2.0, grip_stiffness=200.0,
-    grip_length=0.02, spring_damping=0.05, drag=0.01, contact_stiffness=1000.0, contact_damping=10.0, friction=0.5,
+    grip_length=0.0, spring_damping=0.05, drag=0.01, contact_stiffness=1000.0, contact_damping=10.0, friction=0.5, slip=0.01,
     max_handle_speed=1.0, max_speed=0.5,
 )  # fmt: skip
 
 
 def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, grip_length, spring_damping, drag,
-               contact_stiffness, contact_damping, friction, max_handle_speed, max_speed):  # fmt: skip
+               contact_stiffness, contact_damping, friction, slip, max_handle_speed, max_speed):  # fmt: skip
     """A square co-rotational cloth held at its 4 corners by 4 free-moving handles, over a table at y = 0."""
     b = ParticleBuilder(dim=3, drag=drag)
     half = (rows - 1) * spacing / 2
@@ -344,8 +344,10 @@ def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, 
     corners = [grid[0][0], grid[0][-1], grid[-1][0], grid[-1][-1]]
     for corner in corners:
         handle = b.add_handle([b.positions[corner][0], grip_length, b.positions[corner][2]])
-        b.add_spring(handle, corner, grip_stiffness, spring_damping)
-    b.set_ground(height=0.0, stiffness=contact_stiffness, damping=contact_damping, friction=friction)
+        # A zero-length grip (the default) pulls with k·(x_handle - x_corner), linear and smooth;
+        # axial damping would depend on the undefined direction at zero length, so it has none.
+        b.add_spring(handle, corner, grip_stiffness, spring_damping if grip_length > 0 else 0.0)
+    b.set_ground(height=0.0, stiffness=contact_stiffness, damping=contact_damping, friction=friction, slip=slip)
     model, reference = b.build()
     num_handles = len(corners)
     basis = torch.zeros(3 * num_handles, num_handles, 3, dtype=torch.float64)

@@ -23,13 +23,13 @@ def smooth_ramp(s: Tensor, width: Tensor) -> Tensor:
     (BDF2) converges through a cable going slack or a contact opening, and finite
     differences of a rollout are smooth. Its derivative is clamp(s / w, 0, 1).
     """
-    inside = torch.clamp(s, min=0.0) ** 2 / (2 * width)
-    return torch.where(s >= width, s - 0.5 * width, inside)
+    r = torch.minimum(torch.clamp_min(s, 0.0), width)  # clamp(s, 0, w), branch-free below
+    return r * (2 * s - r) * (0.5 / width)
 
 
 def smooth_step(s: Tensor, width: Tensor) -> Tensor:
     """C¹ step from 0 (s <= 0) to 1 (s >= w): t²(3 - 2t) with t = clamp(s / w, 0, 1)."""
-    t = torch.clamp(s / width, 0.0, 1.0)
+    t = torch.clamp(s * (1.0 / width), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 

@@ -101,7 +101,7 @@ def implicit_solve(
     y0: Tensor,
     inputs: Sequence[Tensor],
     tol: float,
-    max_iter: int = 12,
+    max_iter: int = 30,
     adjoint: bool = True,
 ) -> tuple[Tensor, NewtonInfo]:
     """Solve residual(y, *inputs) = 0 for y [N, D] by Newton from ``y0``.

@@ -32,12 +32,12 @@ def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_veloc
     """
     h = dt / substeps
     free = model.free_mask.unsqueeze(-1)
-    inverse_mass = free / model.mass.unsqueeze(-1)
+    impulse_per_force = h * free / model.mass.unsqueeze(-1)  # [P, 1] s/kg, zero on handles
     x = state.x
     v = free * state.v + handle_velocity_field(model, handle_velocity)
     for _ in range(substeps):
-        v = v + h * inverse_mass * total_forces(model, x, v)
-        x = x + h * v
+        v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v))
+        x = torch.add(x, v, alpha=h)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))
 
 
@@ -52,7 +52,7 @@ def bdf2(
     handle_velocity: Tensor,
     dt: float,
     tol: float | None = None,
-    max_iter: int = 12,
+    max_iter: int = 30,
     adjoint: bool = True,
 ) -> ParticleState:
     """Implicit BDF2 step (BDF1 = backward Euler for envs whose state has no history).
