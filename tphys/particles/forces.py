@@ -65,19 +65,24 @@ def spring_energy(springs: Springs, x: Tensor) -> Tensor:
     return (springs.stiffness * energy).sum(-1)
 
 
-def _deformation(triangles: Triangles, x: Tensor) -> Tensor:
-    """Deformation gradients F [..., T, d, 2] of the triangles (world edges @ rest_inverse)."""
+def _deformation(triangles: Triangles, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Columns F0, F1 [..., T, d] of the deformation gradient F = world edges @ rest_inverse."""
     corners = torch.einsum("ctp,...pd->...ctd", triangles.gather, x)  # [..., 3, T, d]
-    edges = torch.stack([corners[..., 1, :, :] - corners[..., 0, :, :], corners[..., 2, :, :] - corners[..., 0, :, :]], -1)
-    return edges @ triangles.rest_inverse
+    e1 = corners[..., 1, :, :] - corners[..., 0, :, :]
+    e2 = corners[..., 2, :, :] - corners[..., 0, :, :]
+    m = triangles.rest_inverse.unsqueeze(-1)  # [T, 2, 2, 1]
+    return e1 * m[:, 0, 0] + e2 * m[:, 1, 0], e1 * m[:, 0, 1] + e2 * m[:, 1, 1]
 
 
-def _stretches(deformation: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """C = FᵀF [..., 2, 2], sqrt(det C) = s1·s2 and tr sqrt(C) = s1 + s2 (s the singular values of F)."""
-    gram = deformation.transpose(-1, -2) @ deformation
-    area_ratio = torch.sqrt(torch.clamp_min(torch.linalg.det(gram), 1e-12))
-    trace_c = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return gram, area_ratio, torch.sqrt(trace_c + 2 * area_ratio)
+def _invariants(f0: Tensor, f1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Entries a, b, c of C = FᵀF = [[a, b], [b, c]], sqrt(det C) = s1·s2 and tr sqrt(C) = s1 + s2.
+
+    Closed-form 2x2 algebra: ``torch.linalg.det`` on batches of 2x2 matrices goes through an
+    LU factorisation and costs far more than these few elementwise ops.
+    """
+    a, b, c = (f0 * f0).sum(-1), (f0 * f1).sum(-1), (f1 * f1).sum(-1)
+    area_ratio = torch.sqrt(torch.clamp_min(a * c - b * b, 1e-12))
+    return a, b, c, area_ratio, torch.sqrt(a + c + 2 * area_ratio)
 
 
 def membrane_forces(triangles: Triangles, x: Tensor) -> Tensor:
@@ -86,26 +91,28 @@ def membrane_forces(triangles: Triangles, x: Tensor) -> Tensor:
     With s1, s2 the singular values of F: |F - R|² = (s1 - 1)² + (s2 - 1)², tr S = s1 + s2.
     Unlike StVK it resists compression, which keeps Newton's Jacobian well conditioned when
     handles push the cloth together. dpsi/dF = area·(2mu·(F - R) + lam·(tr S - 2)·R), R = F·S⁻¹
-    with the 2x2 closed form S = (C + sqrt(det C)·I) / tr S.
+    with the 2x2 closed form S = (C + sqrt(det C)·I) / tr S, det S = sqrt(det C).
     """
-    deformation = _deformation(triangles, x)
-    gram, area_ratio, trace_s = _stretches(deformation)
-    eye = torch.eye(2, dtype=x.dtype, device=x.device)
-    stretch = (gram + area_ratio[..., None, None] * eye) / trace_s[..., None, None]  # S
-    adjugate = torch.stack([stretch[..., 1, 1], -stretch[..., 0, 1], -stretch[..., 1, 0], stretch[..., 0, 0]], -1)
-    inverse = adjugate.reshape(stretch.shape) / (area_ratio * 1.0)[..., None, None]  # det S = s1·s2
-    rotation = deformation @ inverse
-    piola = 2 * triangles.mu * (deformation - rotation) + triangles.lam * (trace_s - 2)[..., None, None] * rotation
-    edge_forces = -triangles.rest_area[:, None, None] * (piola @ triangles.rest_inverse.transpose(-1, -2))
-    f1, f2 = edge_forces[..., 0], edge_forces[..., 1]
-    per_corner = torch.stack([-(f1 + f2), f1, f2], dim=-3)  # [..., 3, T, d]
+    f0, f1 = _deformation(triangles, x)
+    a, b, c, q, t = _invariants(f0, f1)
+    # S⁻¹ = adj(S) / det S with S = [[a + q, b], [b, c + q]] / t.
+    scale = (1.0 / (t * q)).unsqueeze(-1)
+    r0 = (f0 * (c + q).unsqueeze(-1) - f1 * b.unsqueeze(-1)) * scale
+    r1 = (f1 * (a + q).unsqueeze(-1) - f0 * b.unsqueeze(-1)) * scale
+    volumetric = (triangles.lam * (t - 2)).unsqueeze(-1)
+    p0 = 2 * triangles.mu * (f0 - r0) + volumetric * r0  # first Piola-Kirchhoff columns
+    p1 = 2 * triangles.mu * (f1 - r1) + volumetric * r1
+    m = triangles.rest_inverse.unsqueeze(-1)
+    area = triangles.rest_area.unsqueeze(-1)
+    force1 = -area * (p0 * m[:, 0, 0] + p1 * m[:, 0, 1])  # -area·(P·rest_inverseᵀ), column 0
+    force2 = -area * (p0 * m[:, 1, 0] + p1 * m[:, 1, 1])
+    per_corner = torch.stack([-(force1 + force2), force1, force2], dim=-3)  # [..., 3, T, d]
     return torch.einsum("ctp,...ctd->...pd", triangles.gather, per_corner)
 
 
 def membrane_energy(triangles: Triangles, x: Tensor) -> Tensor:
-    gram, _, trace_s = _stretches(_deformation(triangles, x))
-    trace_c = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-    density = triangles.mu * (trace_c - 2 * trace_s + 2) + 0.5 * triangles.lam * (trace_s - 2) ** 2
+    a, _, c, _, t = _invariants(*_deformation(triangles, x))
+    density = triangles.mu * (a + c - 2 * t + 2) + 0.5 * triangles.lam * (t - 2) ** 2
     return (triangles.rest_area * density).sum(-1)
 
 
