@@ -14,6 +14,7 @@ from torch import Tensor
 
 from tphys.math import safe_norm
 from tphys.particles.model import Ground, ParticleModel, Springs, Triangles
+from tphys.particles.spring_vjp import fused_spring_forces, use_fused_springs
 
 
 def smooth_ramp(s: Tensor, width: Tensor) -> Tensor:
@@ -134,11 +135,18 @@ def ground_forces(ground: Ground, up_axis: int, x: Tensor, v: Tensor) -> Tensor:
     return normal_force.unsqueeze(-1) * up + friction
 
 
-def total_forces(model: ParticleModel, x: Tensor, v: Tensor) -> Tensor:
-    """Sum of all forces on the free particles [..., P, d]; rows of handles are zero."""
+def total_forces(model: ParticleModel, x: Tensor, v: Tensor, fused: bool = False) -> Tensor:
+    """Sum of all forces on the free particles [..., P, d]; rows of handles are zero.
+
+    ``fused=True`` computes the springs with ``spring_vjp.fused_spring_forces`` (same values,
+    cheaper backward, first derivatives only); keep it False under ``torch.func`` transforms.
+    """
     force = model.mass.unsqueeze(-1) * model.gravity - model.drag * v
     if model.springs is not None:
-        force = force + spring_forces(model.springs, x, v)
+        if fused and use_fused_springs(model.springs):
+            force = force + fused_spring_forces(model.springs, x, v)
+        else:
+            force = force + spring_forces(model.springs, x, v)
     if model.triangles is not None:
         force = force + membrane_forces(model.triangles, x)
     if model.ground is not None:

@@ -36,7 +36,7 @@ def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_veloc
     x = state.x
     v = free * state.v + handle_velocity_field(model, handle_velocity)
     for _ in range(substeps):
-        v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v))
+        v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v, fused=True))
         x = torch.add(x, v, alpha=h)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))
 
