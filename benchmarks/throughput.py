@@ -111,7 +111,7 @@ def run_cell(spec: dict) -> dict:
         torchrl_rollout(leaf, steps).backward()
 
     def core_fwd(steps):
-        state, total = env._read_state(td0), 0.0
+        state, total = env.read_state(td0), 0.0
         with torch.no_grad():
             for t in range(steps):
                 handle_velocity = speed * torch.einsum("ahd,na->nhd", basis, actions[t])

@@ -19,7 +19,7 @@ Tensordict keys (N = num_envs, P particles, d dims, A action dims):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -66,7 +66,6 @@ class PayloadTask:
     sample_initial: Callable[..., tuple[Tensor, Tensor]]
     weights: dict[str, RewardWeights]
     integrator: str = "semi_implicit"
-    render_hints: dict = field(default_factory=dict)
 
 
 class PayloadEnv(EnvBase):
@@ -147,13 +146,13 @@ class PayloadEnv(EnvBase):
         x, v = self.task.sample_initial(self.task.model, self.task.reference, self.num_envs, self._generator)
         x = x.to(device=self.device, dtype=self.dtype)
         v = v.to(device=self.device, dtype=self.dtype)
-        state = ParticleState.at_rest(x, v)
+        state = ParticleState.without_history(x, v)
         step_count = torch.zeros(self.num_envs, 1, dtype=torch.int64, device=self.device)
         mask = None if tensordict is None else tensordict.get("_reset", None)
         if mask is not None and "x" in tensordict.keys():
             # Partial reset: envs not flagged keep their state (and their autograd graph).
             keep = ~mask.reshape(self.num_envs)
-            old = self._read_state(tensordict)
+            old = self.read_state(tensordict)
             state = ParticleState(*[_where_env(keep, o, s) for o, s in zip(old, state)])
             step_count = torch.where(keep.unsqueeze(-1), tensordict["step_count"], step_count)
         flags = torch.zeros(self.num_envs, 1, dtype=torch.bool, device=self.device)
@@ -163,7 +162,7 @@ class PayloadEnv(EnvBase):
         action = tensordict["action"]
         if self.validate:
             self._check_action(action)
-        state = self._read_state(tensordict)
+        state = self.read_state(tensordict)
         if self.validate:
             self._check_finite(state, "input state")
         action = action.clamp(-1.0, 1.0)
@@ -226,11 +225,11 @@ class PayloadEnv(EnvBase):
             handles=model.handle_index.tolist(),
             ground=None if model.ground is None else float(model.ground.height),
             reference=self.task.reference.tolist(),
-            **self.task.render_hints,
         )
 
     # ------------------------------------------------------------------ helpers
-    def _read_state(self, td: TensorDictBase) -> ParticleState:
+    def read_state(self, td: TensorDictBase) -> ParticleState:
+        """The ``ParticleState`` carried by a tensordict of this env (no copy)."""
         return ParticleState(td["x"], td["v"], td["x_prev"], td["v_prev"], td["step_count"].reshape(-1) > 0)
 
     def _pack(self, state: ParticleState, step_count: Tensor, done: Tensor, truncated: Tensor) -> TensorDictBase:

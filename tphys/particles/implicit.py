@@ -25,7 +25,7 @@ Residual = Callable[..., Tensor]
 
 
 class NewtonInfo(NamedTuple):
-    iterations: int
+    iterations: int  # accepted Newton updates
     residual: float  # max |G| at the returned solution
 
 
@@ -47,10 +47,11 @@ def newton(fn: Callable[[Tensor], Tensor], y0: Tensor, tol: float, max_iter: int
     y = y0
     value = fn(y)
     norm = value.detach().norm(dim=-1)
-    for iteration in range(max_iter):
+    updates = 0
+    for _ in range(max_iter):
         error = value.detach().abs().max().item() if value.numel() else 0.0
         if error <= tol:
-            return y, NewtonInfo(iteration, error)
+            return y, NewtonInfo(updates, error)
         step = torch.linalg.solve(batched_jacobian(fn, y), value)
         scale = torch.ones_like(norm)
         for _ in range(30):
@@ -63,13 +64,14 @@ def newton(fn: Callable[[Tensor], Tensor], y0: Tensor, tol: float, max_iter: int
             scale = torch.where(worse, 0.5 * scale, scale)
         improved = ~worse
         if not improved.any():
-            break
+            break  # no env can make progress
+        updates += 1
         keep = improved.unsqueeze(-1)
         y = torch.where(keep, trial, y)
         value = torch.where(keep, trial_value, value)
         norm = torch.where(improved, trial_norm, norm)
     error = value.detach().abs().max().item() if value.numel() else 0.0
-    return y, NewtonInfo(max_iter, error)
+    return y, NewtonInfo(updates, error)
 
 
 class _AdjointSolve(torch.autograd.Function):

@@ -144,8 +144,8 @@ class ParticleState(NamedTuple):
     has_prev: Tensor
 
     @staticmethod
-    def at_rest(x: Tensor, v: Tensor) -> ParticleState:
-        """A state with positions ``x`` and velocities ``v`` and no history."""
+    def without_history(x: Tensor, v: Tensor) -> ParticleState:
+        """A state with positions ``x`` and velocities ``v`` [N, P, d] and no BDF2 history."""
         return ParticleState(x, v, x, v, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
 
 
