@@ -1,0 +1,24 @@
+"""APG / BPTT: discounted H-step return back-propagated through the simulator.
+
+    python recipes/apg.py env=rope
+    python recipes/apg.py env=pendulum2d env.goal=stop_at_origin seed=3 num_envs=64 total_steps=2e6 algo.horizon=16
+    python recipes/apg.py resume=runs/apg/<run>      # continue a run from its last checkpoint
+
+Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json and policy.gif
+into the run directory (printed at the end).
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rl.experiment import run_first_order
+
+
+@hydra.main(config_path="config", config_name="apg", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_first_order(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""State-value critics: one MLP, or an ensemble of C of them (SAPO uses C = 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rl.modules.mlp import MLP
+from rl.modules.normalizer import ObservationNormalizer
+
+
+class ValueEnsemble(nn.Module):
+    """``obs [..., D] -> values [..., C]``: C independent MLP critics V_i(s).
+
+    ``num_critics=1`` is SHAC's single critic. The normalizer (shared with the actor) is
+    applied first; it holds no parameters, so critic optimizers never touch it.
+    """
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (256, 128), act: str = "silu", layer_norm: bool = True,
+                 num_critics: int = 2, normalizer: ObservationNormalizer | None = None):
+        super().__init__()
+        if num_critics < 1:
+            raise ValueError(f"num_critics must be >= 1, got {num_critics}")
+        self.obs_dim, self.num_critics = obs_dim, num_critics
+        self.critics = nn.ModuleList(MLP(obs_dim, 1, hidden, act, layer_norm) for _ in range(num_critics))
+        self.normalizer = normalizer
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"critic expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
+        if self.normalizer is not None:
+            obs = self.normalizer(obs)
+        return torch.cat([critic(obs) for critic in self.critics], dim=-1)

@@ -1,0 +1,53 @@
+"""Running observation normalization that lives inside the policy and critics.
+
+TorchRL's ``VecNorm`` updates its statistics in place during the forward pass, which
+breaks autograd through differentiable rollouts. ``ObservationNormalizer`` only reads its
+statistics in ``forward``; ``update`` replaces the buffers out of place and is called by the
+trainer between windows, after the backward pass. Its statistics are buffers, so they are
+saved and restored with ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ObservationNormalizer(nn.Module):
+    """``[..., D] -> [..., D]``: ``clamp((obs - mean) / sqrt(var + eps), -clip, clip)``.
+
+    Statistics are kept in float64 (Chan's parallel update), cast to the input dtype on use.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, clip: float = 10.0):
+        super().__init__()
+        self.dim, self.eps, self.clip = dim, eps, clip
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if obs.shape[-1] != self.dim:
+            raise ValueError(f"ObservationNormalizer expects [..., {self.dim}] observations, got shape {tuple(obs.shape)}")
+        mean = self.mean.to(obs.dtype)
+        std = (self.var + self.eps).sqrt().to(obs.dtype)
+        return ((obs - mean) / std).clamp(-self.clip, self.clip)
+
+    @torch.no_grad()
+    def update(self, obs: Tensor) -> None:
+        """Fold a batch ``[..., D]`` into the running statistics (out of place: safe for autograd)."""
+        batch = obs.detach().reshape(-1, self.dim).to(torch.float64)
+        finite = torch.isfinite(batch).all(dim=-1)
+        batch = batch[finite]
+        n = batch.shape[0]
+        if n == 0:
+            return
+        batch_mean = batch.mean(0)
+        batch_var = batch.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        new_mean = self.mean + delta * (n / total)
+        m2 = self.var * self.count + batch_var * n + delta.square() * (self.count * n / total)
+        self.mean = new_mean
+        self.var = m2 / total
+        self.count = total

@@ -1,0 +1,13 @@
+"""First-order losses in TorchRL's ``LossModule`` style: APG, SHAC, SAPO, TrajOpt."""
+
+from rl.objectives.apg import APGLoss
+from rl.objectives.common import FirstOrderLoss, differentiable_rollout, frozen
+from rl.objectives.returns import bootstrap_values, td_lambda_targets, window_return
+from rl.objectives.sapo import SAPOLoss
+from rl.objectives.shac import SHACLoss
+from rl.objectives.trajopt import OpenLoopPolicy, TrajOptLoss
+
+__all__ = [
+    "APGLoss", "FirstOrderLoss", "OpenLoopPolicy", "SAPOLoss", "SHACLoss", "TrajOptLoss",
+    "bootstrap_values", "differentiable_rollout", "frozen", "td_lambda_targets", "window_return",
+]

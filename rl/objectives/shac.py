@@ -1,0 +1,85 @@
+"""SHAC (Xu et al. 2021): short-horizon actor-critic with a terminal value (Eq. 17-20)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torchrl.envs import EnvBase
+
+from rl.modules.critic import ValueEnsemble
+from rl.objectives.common import FirstOrderLoss, frozen
+from rl.objectives.returns import bootstrap_values, td_lambda_targets, window_return
+
+
+class SHACLoss(FirstOrderLoss):
+    """Actor: ``-(1 / (N H)) sum (R_{0:H} + gamma^H V'(s_H))`` (Eq. 20, with episode ends);
+    critic: MSE to TD(lambda) targets (Eq. 18-19) computed with the target critic ``V'``.
+
+    Args:
+        env, actor: the env and a ``SquashedGaussianActor`` (state-independent std, as SHAC).
+        critic: a ``ValueEnsemble`` (SHAC uses one critic; several are averaged).
+        horizon, gamma, lmbda: window length H, discount, TD(lambda) trace decay.
+        target_tau: target critic update ``V' <- tau V' + (1 - tau) V`` after each critic
+            training phase (table 2: 0.995); ``None`` bootstraps from the critic itself.
+    """
+
+    has_critic = True
+
+    def __init__(self, env: EnvBase, actor: TensorDictModuleBase, critic: ValueEnsemble, horizon: int = 32,
+                 gamma: float = 0.99, lmbda: float = 0.95, target_tau: float | None = 0.995):
+        super().__init__(env, actor, horizon, gamma)
+        self.make_value_estimator(gamma=gamma, lmbda=lmbda)
+        self.critic = critic
+        if target_tau is not None and not 0.0 <= target_tau < 1.0:
+            raise ValueError(f"target_tau must be in [0, 1) or None, got {target_tau}")
+        self.target_tau = target_tau
+        self.critic_target = None
+        if target_tau is not None:
+            self.critic_target = copy.deepcopy(critic)
+            self.critic_target.normalizer = critic.normalizer  # share the live statistics
+            self.critic_target.requires_grad_(False)
+
+    def bootstrap_net(self) -> ValueEnsemble:
+        return self.critic if self.critic_target is None else self.critic_target
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        traj, following = self.rollout(tensordict)
+        w = self.window_tensors(traj)
+        num_envs, horizon = w["reward"].shape
+        net = self.bootstrap_net()
+        with frozen(net):
+            values = bootstrap_values(net(w["next_observation"]).mean(-1), w["terminated"])
+        ret = window_return(w["reward"], values, w["done"], self.gamma)
+        with torch.no_grad():
+            targets = td_lambda_targets(w["reward"], values, w["done"], self.gamma, self.lmbda)
+        return TensorDict(
+            loss_actor=-ret.sum() / (num_envs * horizon),
+            next_state=self.detach_state(following),
+            critic_batch=self.critic_batch(traj, targets),
+            window=TensorDict(reward=w["reward"].detach(), done=w["done"], batch_size=w["reward"].shape),
+            batch_size=[],
+        )
+
+    def critic_batch(self, traj: TensorDictBase, targets: torch.Tensor) -> TensorDict:
+        """Flat ``[N H]`` batch of detached observations s_t and their value targets."""
+        keys = self.tensor_keys
+        obs = traj.get(keys.observation).detach()
+        batch = TensorDict({keys.observation: obs, keys.value_target: targets.detach()}, batch_size=targets.shape)
+        return batch.reshape(-1)
+
+    def critic_loss(self, batch: TensorDictBase) -> TensorDict:
+        """``loss_critic``: MSE of every critic of the ensemble to the targets, averaged (Eq. 18)."""
+        keys = self.tensor_keys
+        values = self.critic(batch.get(keys.observation))
+        target = batch.get(keys.value_target).unsqueeze(-1)
+        return TensorDict(loss_critic=(values - target).square().mean(), batch_size=[])
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        if self.critic_target is None:
+            return
+        for p_target, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+            p_target.lerp_(p, 1.0 - self.target_tau)

@@ -1,0 +1,11 @@
+"""Training loops, evaluation, checkpoints and run logging."""
+
+from rl.trainers.checkpoint import load_checkpoint, save_checkpoint
+from rl.trainers.evaluation import EvalResult, evaluate, summarize, t_quantile_975
+from rl.trainers.first_order import FirstOrderTrainer, NonFiniteError, TrainerConfig
+from rl.trainers.logging import RunLogger, plot_curves, read_metrics
+
+__all__ = [
+    "EvalResult", "FirstOrderTrainer", "NonFiniteError", "RunLogger", "TrainerConfig", "evaluate", "load_checkpoint",
+    "plot_curves", "read_metrics", "save_checkpoint", "summarize", "t_quantile_975",
+]
