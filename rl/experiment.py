@@ -38,7 +38,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"env.name: {err}") from None
     if not isinstance(cfg.num_envs, int) or isinstance(cfg.num_envs, bool) or cfg.num_envs < 1:
         raise ConfigError(f"num_envs must be an int >= 1, got {cfg.num_envs!r}")
-    if float(cfg.total_steps) < 1:
+    if cfg.total_steps is not None and float(cfg.total_steps) < 1:
         raise ConfigError(f"total_steps must be >= 1, got {cfg.total_steps!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")

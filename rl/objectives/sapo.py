@@ -50,7 +50,7 @@ class SAPOLoss(SHACLoss):
         if init_alpha <= 0:
             raise ValueError(f"init_alpha must be > 0, got {init_alpha}")
         self.normalize_entropy = normalize_entropy
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)))
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha), dtype=env.action_spec.dtype))
 
     @property
     def alpha(self) -> torch.Tensor:

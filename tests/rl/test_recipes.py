@@ -1,0 +1,90 @@
+"""Recipes: Hydra config errors name the key; every first-order recipe runs end to end on a tiny config."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+import tphys.envs
+from rl.experiment import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "recipes" / "config"
+RECIPES = ("sapo", "shac", "apg", "trajopt")
+TINY = ["env=pendulum2d", "num_envs=4", "algo.horizon=8", "eval.episodes=4", "eval.num_envs=4", "eval.every=2",
+        "progress=false", "checkpoint_every=2"]
+
+
+def composed(name, overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def test_every_registered_env_has_a_config():
+    names = {p.stem for p in (CONFIG_DIR / "env").glob("*.yaml")}
+    assert set(tphys.envs.list_envs()) <= names
+    for name in names:
+        cfg = composed("sapo", [f"env={name}"])
+        check_config(cfg)
+
+
+def test_unknown_env_lists_the_options():
+    with pytest.raises(MissingConfigException, match=r"Could not find 'env/nope'(.|\n)*rope"):
+        composed("sapo", ["env=nope"])
+    cfg = composed("sapo", ["env.name=nope"])
+    with pytest.raises(ConfigError, match=r"env.name: unknown env 'nope'"):
+        check_config(cfg)
+
+
+def test_unknown_algorithm_option_names_the_key():
+    with pytest.raises(ConfigCompositionException, match=r"algo.horizn"):
+        composed("sapo", ["algo.horizn=16"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_horizon_longer_than_episode_and_bad_num_envs_are_rejected(recipe):
+    with pytest.raises(ConfigError, match=r"algo.horizon=151 is longer than the episode of env 'rope3d' \(150 steps\)"):
+        check_config(composed(recipe, ["algo.horizon=151"]))
+    with pytest.raises(ConfigError, match="num_envs must be an int >= 1, got 0"):
+        check_config(composed(recipe, ["num_envs=0"]))
+
+
+def run_recipe(name, overrides, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / f"{name}.py"), *overrides], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_smoke_run_writes_every_output(recipe, tmp_path):
+    steps = "total_steps=256" if recipe != "trajopt" else "algo.epochs=1"
+    proc = run_recipe(recipe, [*TINY, steps, "video.every=30", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.yaml", "metrics.jsonl", "curve.png", "eval.json", "policy.gif", "checkpoints/last.pt"):
+        assert (tmp_path / name).is_file(), name
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["deterministic"]["episodes"] == 4 and summary["algo"] == recipe
+    assert "eval over 4 episodes" in proc.stdout
+
+
+def test_sapo_recipe_resumes_from_its_checkpoint(tmp_path):
+    first = run_recipe("sapo", [*TINY, "total_steps=128", "video.enabled=false", f"hydra.run.dir={tmp_path}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_recipe("sapo", [*TINY, "total_steps=256", "video.enabled=false", f"resume={tmp_path}",
+                                 f"hydra.run.dir={tmp_path / 'resumed'}"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["env_steps"] == 256
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 256
+
+
+def test_bad_config_fails_the_recipe_with_the_key_in_the_message(tmp_path):
+    proc = run_recipe("sapo", ["num_envs=0", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode != 0 and "num_envs must be an int >= 1" in proc.stderr
