@@ -17,6 +17,7 @@ episode-return trackers), so a resumed run computes the same next losses bit for
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -263,7 +264,8 @@ class FirstOrderTrainer:
         """Run until ``total_steps`` (or ``iterations`` more windows), with progress bar, logs and checkpoints."""
         stop = self.iterations if iterations is None else min(self.iterations, self.iteration + iterations)
         bar = tqdm(total=self.iterations * self.steps_per_iter, initial=self.env_steps, unit="step", unit_scale=True,
-                   disable=not self.cfg.progress, dynamic_ncols=True, desc=type(self.loss).__name__.replace("Loss", ""))
+                   disable=not self.cfg.progress, dynamic_ncols=True, desc=type(self.loss).__name__.replace("Loss", ""),
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
         start = time.perf_counter() - self.wall_time
         steps_at, time_at = self.env_steps, time.perf_counter()
         while self.iteration < stop:
