@@ -54,14 +54,14 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/tp
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
 import resource  # noqa: E402
-import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command_line, fmt_load, git_commit, machine, meminfo_mib, versions, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (1, 64, 1024, 4096)
@@ -232,19 +232,19 @@ def main(argv=None) -> None:
     header = dict(
         title=f"Throughput, {mode}, {integrator}",
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        machine=_machine(),
-        versions=_versions(),
+        machine=machine(),
+        versions=versions(),
         threads=_threads(results, args.threads),
-        load=f"{_fmt_load(load_before)} before, {_fmt_load(os.getloadavg())} after (1/5/15 min)",
-        commit=_git_commit(),
-        command=_command_line(),
+        load=f"{fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)",
+        commit=git_commit(),
+        command=command_line(__file__),
         duration=f"{time.perf_counter() - started:.0f} s",
         settings=f"horizon {args.horizon}, min {args.min_seconds} s measured per mode and cell, float32, CPU",
     )
     section = _markdown(header, results, args.compile)
     print(section)
     if not args.no_write:
-        _write_section(args.out, f"throughput:{mode}:{integrator}", section)
+        write_section(args.out, f"throughput:{mode}:{integrator}", section)
         print(f"wrote {args.out}", file=sys.stderr)
 
 
@@ -269,7 +269,7 @@ def _memory_skips(env: str, n: int, results: list[dict]) -> dict[str, str]:
     """Modes to skip because their peak, extrapolated linearly in N from a smaller cell of
     the same env, would not fit in 80% of the memory available now (rather than swap or be
     killed by the OOM killer, taking other processes with it)."""
-    available = _meminfo_mib("MemAvailable")
+    available = meminfo_mib("MemAvailable")
     skips = {}
     for mode in ("fwd", "fwd_bwd"):
         previous = [r for r in results if r.get("env") == env and "peak_mib" in r.get(mode, {}) and r["num_envs"] < n]
@@ -280,14 +280,6 @@ def _memory_skips(env: str, n: int, results: list[dict]) -> dict[str, str]:
         if needed > 0.8 * available:
             skips[mode] = f"skipped: needs ~{needed / 1024:.0f} GiB, {available / 1024:.0f} GiB available"
     return skips
-
-
-def _meminfo_mib(key: str) -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
-    except (OSError, StopIteration):
-        return None
 
 
 def _all_envs() -> list[str]:
@@ -336,68 +328,12 @@ def _row(r: dict, compiled: bool) -> list[str]:
     return cells
 
 
-def _write_section(path: Path, key: str, section: str) -> None:
-    """Replace the section between the ``key`` markers in ``path`` (append it if absent)."""
-    begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"
-    block = f"{begin}\n{section}{end}"
-    text = path.read_text() if path.exists() else "# tphys benchmarks\n\nWritten by `benchmarks/throughput.py`.\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 # ---------------------------------------------------------------------------- provenance
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    total = _meminfo_mib("MemTotal")
-    ram = "" if total is None else f", {total / 1024:.1f} GiB RAM"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {os.cpu_count()} logical cores ({usable} usable){ram}, {platform.system()} {platform.release()}"
-
-
-def _versions() -> str:
-    from importlib.metadata import version
-
-    return ", ".join(f"{p} {version(p)}" for p in ("torch", "torchrl", "tensordict")) + f", Python {platform.python_version()}"
-
-
 def _threads(results: list[dict], requested: int | None) -> str:
     counts = sorted({r["threads"] for r in results if "threads" in r})
     omp = os.environ.get("OMP_NUM_THREADS", "unset")
     how = f"--threads {requested}" if requested else f"torch default, OMP_NUM_THREADS={omp}"
     return f"{', '.join(map(str, counts)) or '?'} ({how})"
-
-
-def _command_line() -> str:
-    """The command as typed from the current directory, with the thread settings in the environment."""
-    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
-    argv = [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]
-    return " ".join([*env, "python", *map(shlex.quote, argv)])
-
-
-def _fmt_load(load: tuple[float, float, float]) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
-
-
-def _git_commit() -> str:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
 
 
 if __name__ == "__main__":

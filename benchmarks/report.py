@@ -1,0 +1,77 @@
+"""Provenance and markdown helpers shared by the benchmark scripts (machine, versions, commit, sections)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_section(path: Path, key: str, section: str) -> None:
+    """Replace the section between the ``key`` markers in ``path`` (append it if absent)."""
+    begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    block = f"{begin}\n{section}{end}"
+    text = path.read_text() if path.exists() else "# tphys benchmarks\n\nWritten by the scripts in `benchmarks/`.\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    total = meminfo_mib("MemTotal")
+    ram = "" if total is None else f", {total / 1024:.1f} GiB RAM"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {os.cpu_count()} logical cores ({usable} usable){ram}, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    return ", ".join(f"{p} {version(p)}" for p in ("torch", "torchrl", "tensordict")) + f", Python {platform.python_version()}"
+
+
+def command_line(script: str) -> str:
+    """The command as typed from the current directory, with the thread settings in the environment."""
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
+    argv = [os.path.relpath(script, Path.cwd()), *sys.argv[1:]]
+    return " ".join([*env, "python", *map(shlex.quote, argv)])
+
+
+def fmt_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+def git_commit() -> str:
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def meminfo_mib(key: str) -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
+    except (OSError, StopIteration):
+        return None
