@@ -183,8 +183,12 @@ def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_st
     """Write ``eval.json`` (final policy, deterministic and stochastic), ``curve.png`` and the video."""
     episodes = int(cfg.eval.episodes)
     t0 = time.perf_counter()
+    seed = int(cfg.seed) + 10_000
+    eval_env.set_seed(seed)  # the three evaluations start from the same initial states
     det = evaluate(eval_env, policy, episodes, deterministic=True)
+    eval_env.set_seed(seed)
     sto = evaluate(eval_env, policy, episodes, deterministic=False)
+    eval_env.set_seed(seed)
     rnd = random_policy_return(eval_env, episodes)
     summary = {
         "algo": algo_name or cfg.algo.name, "env": cfg.env.name, "goal": cfg.env.goal, "seed": int(cfg.seed),

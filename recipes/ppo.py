@@ -1,0 +1,24 @@
+"""PPO (zeroth-order baseline from TorchRL components), table 2 of the SAPO paper.
+
+    python recipes/ppo.py env=rope
+    python recipes/ppo.py env=pendulum2d env.goal=stop_at_origin seed=3 total_steps=2e6
+    python recipes/ppo.py resume=runs/ppo/<run>      # continue a run from its last checkpoint
+
+Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json and policy.gif
+into the run directory (printed at the end).
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rl.baselines.ppo import run_ppo
+
+
+@hydra.main(config_path="config", config_name="ppo", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_ppo(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
