@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from rl.experiment import check_config, checkpoint_path, finish_run, make_env, make_eval_env, resolve_run_dir, setup, write_config
 from rl.modules import MLP, ObservationNormalizer
 from rl.trainers import NonFiniteError, RunLogger, evaluate, load_checkpoint, save_checkpoint
+from rl.trainers.episodes import track_episode_returns
 from rl.trainers.first_order import NONFINITE_POLICIES, OPTIMIZERS
 
 MAX_SKIPS = 10
@@ -128,7 +129,7 @@ class BaselineTrainer:
 
     # ------------------------------------------------------------------ subclass hooks
     def update(self, batch: TensorDictBase) -> dict[str, float]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement update(batch): one collected batch -> scalars")
 
     def extra_state(self) -> dict:
         return {}
@@ -167,13 +168,7 @@ class BaselineTrainer:
     def _track_returns(self, batch: TensorDictBase) -> None:
         reward = batch["next", "reward"].reshape(self.num_envs, -1).double()
         done = batch["next", "done"].reshape(self.num_envs, -1)
-        for t in range(reward.shape[1]):
-            self.running_return += reward[:, t]
-            ended = done[:, t]
-            if ended.any():
-                self.recent_returns.extend(self.running_return[ended].tolist())
-                self.running_return[ended] = 0.0
-        self.recent_returns = self.recent_returns[-1000:]
+        self.recent_returns = track_episode_returns(self.running_return, self.recent_returns, reward, done)
 
     # ------------------------------------------------------------------ the loop
     def _collect(self, iterator):

@@ -8,13 +8,12 @@ summed reward. Evaluation plays the same sequence from each env's random initial
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.envs import EnvBase
 
-from rl.objectives.common import FirstOrderLoss
-from rl.objectives.returns import window_return
+from rl.objectives.apg import APGLoss
 
 
 class OpenLoopPolicy(TensorDictModuleBase):
@@ -32,8 +31,8 @@ class OpenLoopPolicy(TensorDictModuleBase):
         return tensordict
 
 
-class TrajOptLoss(FirstOrderLoss):
-    """``loss_actor = -(1 / (N H)) sum_envs sum_t gamma^t r_t`` for the open-loop sequence (gamma 1)."""
+class TrajOptLoss(APGLoss):
+    """APG's loss (``-(1 / (N H)) sum_envs sum_t gamma^t r_t``, gamma 1) for the open-loop sequence."""
 
     def __init__(self, env: EnvBase, horizon: int = 32, gamma: float = 1.0, episode_length: int | None = None):
         length = int(episode_length or getattr(env, "horizon", 0))
@@ -42,15 +41,3 @@ class TrajOptLoss(FirstOrderLoss):
         action_dim = int(env.action_spec.shape[-1])
         policy = OpenLoopPolicy(length, action_dim).to(dtype=env.action_spec.dtype, device=env.device)
         super().__init__(env, policy, horizon, gamma)
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        traj, following = self.rollout(tensordict)
-        w = self.window_tensors(traj)
-        num_envs, horizon = w["reward"].shape
-        ret = window_return(w["reward"], torch.zeros_like(w["reward"]), w["done"], self.gamma)
-        return TensorDict(
-            loss_actor=-ret.sum() / (num_envs * horizon),
-            next_state=self.detach_state(following),
-            window=TensorDict(reward=w["reward"].detach(), done=w["done"], batch_size=w["reward"].shape),
-            batch_size=[],
-        )

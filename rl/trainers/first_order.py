@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.common import FirstOrderLoss
 from rl.trainers.checkpoint import load_checkpoint, save_checkpoint
+from rl.trainers.episodes import track_episode_returns
 from rl.trainers.evaluation import evaluate
 from rl.trainers.logging import RunLogger
 
@@ -245,15 +246,7 @@ class FirstOrderTrainer:
         return float("nan")
 
     def _track_returns(self, window: TensorDictBase) -> None:
-        reward = window["reward"].double()
-        done = window["done"]
-        for t in range(reward.shape[1]):
-            self.running_return += reward[:, t]
-            ended = done[:, t]
-            if ended.any():
-                self.recent_returns.extend(self.running_return[ended].tolist())
-                self.running_return[ended] = 0.0
-        self.recent_returns = self.recent_returns[-1000:]
+        self.recent_returns = track_episode_returns(self.running_return, self.recent_returns, window["reward"].double(), window["done"])
 
     # ------------------------------------------------------------------ outer loop
     def evaluate(self, episodes: int | None = None, deterministic: bool = True):
