@@ -1,6 +1,7 @@
 """Forces are minus the gradient of their energies; smooth ramps are C¹; safe norm is finite at 0."""
 
 import torch
+from helpers import no_damping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ ENV_NAMES = sorted(E.list_envs())
 @settings(max_examples=12)
 @given(name=st.sampled_from(ENV_NAMES), seed=st.integers(0, 2**31 - 1), noise=st.floats(0.0, 0.05))
 def test_conservative_forces_are_minus_energy_gradient(name, seed, noise):
-    env = E.make(name, num_envs=3, dtype=torch.float64, seed=seed, drag=0.0, **_no_damping(name))
+    env = E.make(name, num_envs=3, dtype=torch.float64, seed=seed, drag=0.0, **no_damping(name))
     td = env.reset()
     gen = torch.Generator().manual_seed(seed)
     x = (td["x"] + noise * torch.randn(td["x"].shape, generator=gen, dtype=torch.float64)).requires_grad_()
@@ -24,12 +25,6 @@ def test_conservative_forces_are_minus_energy_gradient(name, seed, noise):
     force = total_forces(env.model, x.detach(), torch.zeros_like(x))
     free = env.model.free_mask[:, None]
     assert torch.allclose(force, -gradient * free, rtol=1e-9, atol=1e-9 * (1 + force.abs().max().item()))
-
-
-def _no_damping(name):
-    if name == "cloth":
-        return dict(contact_damping=0.0, friction=0.0)
-    return dict(damping=0.0)
 
 
 @given(width=st.floats(1e-4, 1e-1))

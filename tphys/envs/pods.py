@@ -9,8 +9,8 @@ Integrators: ``integrator="semi_implicit"`` (default; symplectic Euler with ``su
 step) or ``integrator="bdf2"``, the paper's implicit scheme (Newton per step, adjoint
 gradients). BDF2 is about 10x slower here because its Jacobians come from forward-mode
 autograd. On the cloth, violent random corner motions buckle the sheet (a bifurcation where
-Newton's Jacobian turns singular) and Newton may stop unconverged (it warns); smooth handle
-motion is fine.
+Newton on |G| can stall between roots); the solver then restarts from a minimiser of the
+step's incremental potential (see ``tphys.particles.implicit``) and converges.
 
 State sizes against the paper's table 2 (observation = handle coordinates + payload
 positions + payload velocities):

@@ -9,7 +9,17 @@ linear solve and one vector-Jacobian product of the residual at the solution.
 Jacobians are dense, built column by column with forward-mode AD (``torch.func.jvp``
 vmapped over the D unit vectors) and factored with ``torch.linalg.solve``: O(N·D²) memory
 and O(N·D³) time. That is the right tool up to D of a few hundred (every PODS task is
-D <= 63); beyond that a sparse or matrix-free (CG) solve is needed.
+D <= 75); beyond that a sparse or matrix-free (CG) solve is needed.
+
+Globalisation. Newton on G with a line search on |G| can stall at a local minimum of |G|
+where G != 0 and the Jacobian is singular: a cloth buckling under compression has a
+negative out-of-plane stiffness larger than the inertia term m·c0²/dt², so G has several
+roots and |G| valleys between them. When the caller can supply an *energy* E(y) whose
+gradient is a positive diagonal scaling of G's conservative part (the incremental potential
+of an implicit step), envs that stall are restarted from a local minimiser of E found by
+projected Newton (eigenvalues of the Hessian reflected to positive, Armijo steps on E),
+which is a root of G's conservative part and a starting point from which Newton on the
+full G converges. The solution is still a root of G, so the adjoint is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +32,12 @@ import torch
 from torch import Tensor
 
 Residual = Callable[..., Tensor]
+Energy = Callable[..., Tensor]  # E(y [N, D], *inputs) -> [N]
+
+
+# A solve whose max |G| ends above UNCONVERGED x tol is unconverged (restarted, then warned
+# about); between tol and that, Newton has reached G's round-off floor.
+UNCONVERGED = 100.0
 
 
 class NewtonInfo(NamedTuple):
@@ -35,6 +51,44 @@ def batched_jacobian(fn: Callable[[Tensor], Tensor], y: Tensor) -> Tensor:
     basis = torch.eye(dim, dtype=y.dtype, device=y.device).unsqueeze(1).expand(dim, y.shape[0], dim)
     columns = torch.func.vmap(lambda t: torch.func.jvp(fn, (y,), (t,))[1])(basis)  # [D_in, N, D_out]
     return columns.permute(1, 2, 0)
+
+
+def minimize_energy(energy: Callable[[Tensor], Tensor], y0: Tensor, max_iter: int) -> Tensor:
+    """A local minimiser [N, D] of energy: [N, D] -> [N] (envs independent) by projected Newton.
+
+    Each step solves with |H| (the Hessian's eigenvalues reflected to positive and floored
+    at 1e-8 of the largest), a descent direction even where H is indefinite, and backtracks
+    per env until the Armijo condition holds. Stops when no env decreases E any further.
+    """
+
+    def gradient(y):
+        return torch.func.grad(lambda z: energy(z).sum())(y)
+
+    y = y0
+    value = energy(y)
+    for _ in range(max_iter):
+        grad = gradient(y)
+        hessian = batched_jacobian(gradient, y)
+        eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (hessian + hessian.transpose(-1, -2)))
+        magnitude = eigenvalues.abs()
+        magnitude = torch.maximum(magnitude, 1e-8 * magnitude.amax(-1, keepdim=True))
+        coefficients = (eigenvectors.transpose(-1, -2) @ grad.unsqueeze(-1)).squeeze(-1) / magnitude
+        step = (eigenvectors @ coefficients.unsqueeze(-1)).squeeze(-1)
+        slope = -(grad * step).sum(-1)  # directional derivative along -step, <= 0
+        scale = torch.ones_like(value)
+        for _ in range(40):
+            trial = y - scale.unsqueeze(-1) * step
+            trial_value = energy(trial)
+            worse = ~(trial_value <= value + 1e-4 * scale * slope)
+            if not worse.any():
+                break
+            scale = torch.where(worse, 0.5 * scale, scale)
+        improved = ~worse & (trial_value < value)
+        if not improved.any():
+            break
+        y = torch.where(improved.unsqueeze(-1), trial, y)
+        value = torch.where(improved, trial_value, value)
+    return y
 
 
 def newton(fn: Callable[[Tensor], Tensor], y0: Tensor, tol: float, max_iter: int) -> tuple[Tensor, NewtonInfo]:
@@ -98,6 +152,31 @@ class _AdjointSolve(torch.autograd.Function):
         return (None, None, *[next(grads) if w else None for w in wanted])
 
 
+def globalized_newton(
+    fn: Callable[[Tensor], Tensor],
+    y0: Tensor,
+    tol: float,
+    max_iter: int,
+    energy: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, NewtonInfo]:
+    """``newton``, and for the envs it leaves above ``tol``: Newton again from a minimiser of ``energy``.
+
+    With an energy, the first attempt gets a third of ``max_iter``: Newton that has not
+    converged by then is in a |G| valley far more often than it is about to converge.
+    """
+    if energy is None:
+        return newton(fn, y0, tol, max_iter)
+    y, info = newton(fn, y0, tol, max(max_iter // 3, 1))
+    if info.residual <= UNCONVERGED * tol:
+        return y, info
+    stalled = (fn(y).detach().abs().amax(-1) > UNCONVERGED * tol).unsqueeze(-1)
+    restart = minimize_energy(energy, y0, max_iter).detach()  # the start carries no gradient
+    retried, retry_info = newton(fn, torch.where(stalled, restart, y), tol, max_iter)
+    y = torch.where(stalled, retried, y)
+    error = fn(y).detach().abs().max().item()
+    return y, NewtonInfo(info.iterations + retry_info.iterations, error)
+
+
 def implicit_solve(
     residual: Residual,
     y0: Tensor,
@@ -105,6 +184,7 @@ def implicit_solve(
     tol: float,
     max_iter: int = 30,
     adjoint: bool = True,
+    energy: Energy | None = None,
 ) -> tuple[Tensor, NewtonInfo]:
     """Solve residual(y, *inputs) = 0 for y [N, D] by Newton from ``y0``.
 
@@ -116,19 +196,24 @@ def implicit_solve(
         max_iter: Newton iterations at most.
         adjoint: True differentiates by the implicit function theorem (one solve in
             backward); False unrolls the Newton iterations in autograd (for testing).
+        energy: optional E(y, *inputs) -> [N] whose y-gradient is a positive diagonal
+            scaling of G's conservative part; envs where Newton stalls restart from a
+            local minimiser of E (see the module docstring).
     """
     if not adjoint:
-        return newton(lambda y: residual(y, *inputs), y0.detach(), tol, max_iter)
+        fallback = None if energy is None else (lambda y: energy(y, *inputs))
+        return globalized_newton(lambda y: residual(y, *inputs), y0.detach(), tol, max_iter, fallback)
     with torch.no_grad():
         constants = [t.detach() for t in inputs]
-        solution, info = newton(lambda y: residual(y, *constants), y0.detach(), tol, max_iter)
+        fallback = None if energy is None else (lambda y: energy(y, *constants))
+        solution, info = globalized_newton(lambda y: residual(y, *constants), y0.detach(), tol, max_iter, fallback)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         solution = _AdjointSolve.apply(residual, solution, *inputs)
     return solution, info
 
 
 def warn_if_unconverged(info: NewtonInfo, tol: float, where: str) -> None:
-    if info.residual > 100 * tol:
+    if info.residual > UNCONVERGED * tol:
         warnings.warn(
             f"{where}: Newton stopped after {info.iterations} iterations with residual {info.residual:.3e} "
             f"(tolerance {tol:.1e}); reduce dt or stiffness, or raise max_iter",

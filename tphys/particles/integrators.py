@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from tphys.particles.forces import total_forces
+from tphys.particles.forces import potential_energy, total_forces
 from tphys.particles.implicit import implicit_solve, warn_if_unconverged
 from tphys.particles.model import ParticleModel, ParticleState
 
@@ -61,6 +61,8 @@ def bdf2(
         G(x) = c0·v(x) + c1·v_n + c2·v_{n-1} - dt·f(x, v(x)) / m = 0,
         v(x) = (c0·x + c1·x_n + c2·x_{n-1}) / dt,
     by Newton, and differentiates the solution by the adjoint (see ``implicit_solve``).
+    Envs where Newton stalls (a buckling cloth) restart from a minimiser of the step's
+    incremental potential (``_incremental_potential``).
     """
     tol = default_tolerance(state.x.dtype) if tol is None else tol
     num_envs, _, dim = state.x.shape
@@ -74,22 +76,44 @@ def bdf2(
     leaves, spec = tree_flatten(model)
     tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
 
-    def residual(y, x_n, v_n, x_p, v_p, u, c, *model_tensors):
+    def rebuild(model_tensors):
         model_leaves = list(leaves)
         for slot, tensor in zip(tensor_slots, model_tensors):
             model_leaves[slot] = tensor
-        m = tree_unflatten(model_leaves, spec)
+        return tree_unflatten(model_leaves, spec)
+
+    def residual(y, x_n, v_n, x_p, v_p, u, c, *model_tensors):
+        m = rebuild(model_tensors)
         x, v = _bdf_kinematics(m, y, x_n, x_p, u, c, dt)
         c0, c1, c2 = (c[:, k, None, None] for k in range(3))
         g = c0 * v + c1 * v_n + c2 * v_p - dt * total_forces(m, x, v) / m.mass.unsqueeze(-1)
         return torch.einsum("fp,npd->nfd", m.free_scatter, g).reshape(num_envs, -1)
 
+    def energy(y, x_n, v_n, x_p, v_p, u, c, *model_tensors):
+        m = rebuild(model_tensors)
+        return _incremental_potential(m, *_bdf_kinematics(m, y, x_n, x_p, u, c, dt), v_n, v_p, c, dt)
+
     free_x = torch.einsum("fp,npd->nfd", model.free_scatter, state.x + dt * state.v).reshape(num_envs, -1)
     inputs = [state.x, state.v, state.x_prev, state.v_prev, handle_u, coefficients] + [leaves[i] for i in tensor_slots]
-    solution, info = implicit_solve(residual, free_x, inputs, tol=tol, max_iter=max_iter, adjoint=adjoint)
+    solution, info = implicit_solve(residual, free_x, inputs, tol=tol, max_iter=max_iter, adjoint=adjoint, energy=energy)
     warn_if_unconverged(info, tol, "bdf2")
     x, v = _bdf_kinematics(model, solution, state.x, state.x_prev, handle_u, coefficients, dt)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))
+
+
+def _incremental_potential(model, x, v, v_n, v_p, coefficients, dt):
+    """E [N] in J whose gradient in the free positions is (m/dt)·G without the dissipative forces.
+
+    E = sum_free m|v|²/2 + m(c1·v_n + c2·v_{n-1})·x/dt + drag·dt|v|²/(2c0) + U(x),
+    with v = v(x) the BDF velocity and U the potential energy: the inertia, drag and
+    conservative forces of G. Spring and contact damping and friction have no potential and
+    are left out; they only shape where the restarted Newton iteration starts.
+    """
+    c0, c1, c2 = (coefficients[:, k, None] for k in range(3))
+    speed2 = (v * v).sum(-1)  # [N, P]
+    momentum = ((c1.unsqueeze(-1) * v_n + c2.unsqueeze(-1) * v_p) * x).sum(-1)
+    per_particle = model.mass * (0.5 * speed2 + momentum / dt) + model.drag * dt * speed2 / (2 * c0)
+    return (model.free_mask * per_particle).sum(-1) + potential_energy(model, x)
 
 
 def _bdf_kinematics(model, free_positions, x_n, x_p, handle_u, coefficients, dt):
