@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
 import tphys.envs
-from rl.modules import ObservationNormalizer, SquashedGaussianActor, ValueEnsemble
-from rl.objectives import APGLoss, SAPOLoss, SHACLoss, TrajOptLoss
-from rl.trainers import FirstOrderTrainer, TrainerConfig, evaluate, plot_curves, summarize
+from rl.modules import DeterministicActor, ObservationNormalizer, SquashedGaussianActor, ValueEnsemble
+from rl.objectives import APGLoss, PODSLoss, SAPOLoss, SHACLoss, TrajOptLoss
+from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves, summarize
 from rl.trainers.checkpoint import load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -137,6 +137,43 @@ def run_first_order(cfg: DictConfig, run_dir: str | Path) -> dict:
     return finish_run(cfg, run_dir, eval_env, loss.actor, trainer.env_steps, trainer.wall_time)
 
 
+# ---------------------------------------------------------------------- PODS
+def build_pods(cfg: DictConfig, env: EnvBase) -> tuple[PODSLoss, ObservationNormalizer | None]:
+    """``(loss, normalizer)`` of PODS with the deterministic tanh policy of its appendix A.3."""
+    algo = cfg.algo
+    obs_dim = int(env.observation_spec["observation"].shape[-1])
+    action_dim = int(env.action_spec.shape[-1])
+    normalizer = ObservationNormalizer(obs_dim) if algo.obs_norm else None
+    actor = DeterministicActor(obs_dim, action_dim, tuple(algo.actor_hidden), algo.activation, bool(algo.layer_norm),
+                               normalizer=normalizer).to(DTYPES[cfg.dtype])
+    change = algo.max_action_change
+    loss = PODSLoss(env, actor, order=int(algo.order), max_action_change=None if change is None else float(change),
+                    line_search_trials=int(algo.line_search_trials), armijo=float(algo.armijo),
+                    cg_iterations=int(algo.cg_iterations), cg_tol=float(algo.cg_tol), damping=float(algo.damping))
+    return loss, normalizer
+
+
+def run_pods(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train PODS, evaluate and write every output; returns the eval summary."""
+    if int(cfg.algo.order) not in (1, 2):
+        raise ConfigError(f"algo.order must be 1 or 2, got {cfg.algo.order!r}")
+    check_config(cfg)
+    setup(cfg)
+    run_dir = resolve_run_dir(cfg, run_dir)
+    write_config(cfg, run_dir)
+    env, eval_env = make_env(cfg), make_eval_env(cfg)
+    loss, normalizer = build_pods(cfg, env)
+    trainer = PODSTrainer(loss, trainer_config(cfg), regression_steps=int(cfg.algo.regression_steps),
+                          minibatches=int(cfg.algo.minibatches), run_dir=run_dir, eval_env=eval_env, normalizer=normalizer,
+                          logger=cfg.logger)
+    if cfg.resume:
+        trainer.resume(checkpoint_path(cfg.resume))
+        print(f"resumed from {checkpoint_path(cfg.resume)} at env step {trainer.env_steps}")
+    trainer.train()
+    return finish_run(cfg, run_dir, eval_env, loss.actor, trainer.env_steps, trainer.wall_time,
+                      algo_name=f"pods{int(cfg.algo.order)}", stochastic=False)
+
+
 # ---------------------------------------------------------------------- run directory and outputs
 def checkpoint_path(resume: str) -> Path:
     path = Path(resume)
@@ -179,34 +216,62 @@ def random_policy_return(env: EnvBase, episodes: int):
 
 
 def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_steps: int, wall_time: float,
-               algo_name: str | None = None) -> dict:
-    """Write ``eval.json`` (final policy, deterministic and stochastic), ``curve.png`` and the video."""
+               algo_name: str | None = None, stochastic: bool = True) -> dict:
+    """Write ``eval.json`` (final policy: deterministic, stochastic unless the policy has no noise,
+    random policy, and the env's episode metrics), ``curve.png`` and the video."""
     episodes = int(cfg.eval.episodes)
     t0 = time.perf_counter()
     seed = int(cfg.seed) + 10_000
-    eval_env.set_seed(seed)  # the three evaluations start from the same initial states
+    eval_env.set_seed(seed)  # every evaluation starts from the same initial states
     det = evaluate(eval_env, policy, episodes, deterministic=True)
-    eval_env.set_seed(seed)
-    sto = evaluate(eval_env, policy, episodes, deterministic=False)
+    sto = None
+    if stochastic:
+        eval_env.set_seed(seed)
+        sto = evaluate(eval_env, policy, episodes, deterministic=False)
     eval_env.set_seed(seed)
     rnd = random_policy_return(eval_env, episodes)
     summary = {
         "algo": algo_name or cfg.algo.name, "env": cfg.env.name, "goal": cfg.env.goal, "seed": int(cfg.seed),
         "env_steps": int(env_steps), "train_wall_time_s": round(float(wall_time), 2),
-        "deterministic": det.to_dict(), "stochastic": sto.to_dict(), "random_policy": rnd.to_dict(),
+        "deterministic": det.to_dict(), "stochastic": None if sto is None else sto.to_dict(), "random_policy": rnd.to_dict(),
         "commit": git_commit(), "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
+    if hasattr(eval_env, "episode_metrics"):
+        eval_env.set_seed(seed)
+        summary["metrics"] = {"deterministic": episode_metrics(eval_env, policy, episodes),
+                              "random_policy": episode_metrics(eval_env, None, episodes)}
     summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 2)
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curve.png",
                 title=f"{summary['algo']} on {cfg.env.name} ({cfg.env.goal}), seed {cfg.seed}")
     if cfg.video.enabled:
         write_policy_video(eval_env, policy, run_dir / f"policy.{cfg.video.format}", every=int(cfg.video.every))
-    print(f"eval over {episodes} episodes: deterministic {det.mean:.2f} ± {det.ci95:.2f}, "
-          f"stochastic {sto.mean:.2f} ± {sto.ci95:.2f}, random policy {rnd.mean:.2f} ± {rnd.ci95:.2f}")
+    noisy = "" if sto is None else f"stochastic {sto.mean:.2f} ± {sto.ci95:.2f}, "
+    print(f"eval over {episodes} episodes: deterministic {det.mean:.2f} ± {det.ci95:.2f}, {noisy}"
+          f"random policy {rnd.mean:.2f} ± {rnd.ci95:.2f}")
     print(f"outputs in {run_dir}")
     return summary
+
+
+@torch.no_grad()
+def episode_metrics(env: EnvBase, policy, episodes: int) -> dict[str, dict[str, float]]:
+    """Mean and std over ``episodes`` of ``env.episode_metrics`` (deterministic policy; None: random)."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    values: dict[str, list[torch.Tensor]] = {}
+    count = 0
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        while count < episodes:
+            traj = env.rollout(int(env.horizon), policy, break_when_any_done=False)
+            for name, value in env.episode_metrics(traj).items():
+                values.setdefault(name, []).append(value.double())
+            count += int(env.batch_size.numel())
+    out = {}
+    for name, chunks in values.items():
+        v = torch.cat(chunks)[:episodes]
+        out[name] = {"mean": v.mean().item(), "std": v.std().item() if v.numel() > 1 else 0.0}
+    return out
 
 
 @torch.no_grad()

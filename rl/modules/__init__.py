@@ -1,8 +1,12 @@
-"""Networks: MLP trunk, squashed-Gaussian actor, value ensembles, observation normalizer."""
+"""Networks: MLP trunk, squashed-Gaussian and deterministic actors, value ensembles, observation normalizer."""
 
 from rl.modules.actor import SquashedGaussianActor, squashed_gaussian_log_prob
 from rl.modules.critic import ValueEnsemble
+from rl.modules.deterministic import DeterministicActor
 from rl.modules.mlp import MLP, activation
 from rl.modules.normalizer import ObservationNormalizer
 
-__all__ = ["MLP", "ObservationNormalizer", "SquashedGaussianActor", "ValueEnsemble", "activation", "squashed_gaussian_log_prob"]
+__all__ = [
+    "DeterministicActor", "MLP", "ObservationNormalizer", "SquashedGaussianActor", "ValueEnsemble", "activation",
+    "squashed_gaussian_log_prob",
+]

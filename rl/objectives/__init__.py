@@ -1,13 +1,14 @@
-"""First-order losses in TorchRL's ``LossModule`` style: APG, SHAC, SAPO, TrajOpt."""
+"""First-order losses in TorchRL's ``LossModule`` style: APG, SHAC, SAPO, TrajOpt, PODS."""
 
 from rl.objectives.apg import APGLoss
 from rl.objectives.common import FirstOrderLoss, differentiable_rollout, frozen
+from rl.objectives.pods import PODSLoss
 from rl.objectives.returns import bootstrap_values, td_lambda_targets, window_return
 from rl.objectives.sapo import SAPOLoss
 from rl.objectives.shac import SHACLoss
 from rl.objectives.trajopt import OpenLoopPolicy, TrajOptLoss
 
 __all__ = [
-    "APGLoss", "FirstOrderLoss", "OpenLoopPolicy", "SAPOLoss", "SHACLoss", "TrajOptLoss",
+    "APGLoss", "FirstOrderLoss", "OpenLoopPolicy", "PODSLoss", "SAPOLoss", "SHACLoss", "TrajOptLoss",
     "bootstrap_values", "differentiable_rollout", "frozen", "td_lambda_targets", "window_return",
 ]

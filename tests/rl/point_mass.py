@@ -1,7 +1,8 @@
 """A hand-checkable MDP for loss tests: a 1-D point mass pushed by a bounded force.
 
 State (x, v); action a in [-1, 1]; v' = v + dt a, x' = x + dt v' (exact, differentiable);
-reward r = -(x'^2) - 0.1 a^2; truncated after ``horizon`` steps; terminated when |x'| >
+reward r = -(x'^2) - 0.1 a^2 = -|e|² with e = (x', sqrt(0.1)·a): linear dynamics, quadratic reward (an
+LQ problem: Gauss-Newton is exact on it); truncated after ``horizon`` steps; terminated when |x'| >
 ``terminate_at`` (if set). Stateless in TorchRL's sense: (x, v, step_count) travel in the td.
 """
 
@@ -56,6 +57,10 @@ class PointMass1D(EnvBase):
         terminated = torch.zeros_like(truncated) if self.terminate_at is None else obs[:, :1].abs() > self.terminate_at
         return TensorDict(observation=obs, step_count=steps, reward=reward, done=truncated | terminated, terminated=terminated,
                           truncated=truncated, batch_size=self.batch_size)
+
+    def reward_residual(self, transition):
+        """[N, 2] e with reward = -|e|²."""
+        return torch.cat([transition["next", "observation"][:, :1], 0.1**0.5 * transition["action"]], -1)
 
 
 def step_point_mass(obs: torch.Tensor, action: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:

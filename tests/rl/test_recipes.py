@@ -88,3 +88,37 @@ def test_sapo_recipe_resumes_from_its_checkpoint(tmp_path):
 def test_bad_config_fails_the_recipe_with_the_key_in_the_message(tmp_path):
     proc = run_recipe("sapo", ["num_envs=0", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode != 0 and "num_envs must be an int >= 1" in proc.stderr
+
+
+PODS_TINY = ["env=pendulum2d", "+env.options.horizon=12", "num_envs=4", "eval.episodes=4", "eval.num_envs=4", "eval.every=1",
+             "progress=false", "checkpoint_every=1", "algo.cg_iterations=3", "algo.regression_steps=5", "dtype=float64"]
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_pods_recipe_writes_every_output_and_the_paper_metrics(order, tmp_path):
+    proc = run_recipe("pods", [*PODS_TINY, f"algo.order={order}", "total_steps=96", "video.every=6", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.yaml", "metrics.jsonl", "curve.png", "eval.json", "policy.gif", "checkpoints/last.pt"):
+        assert (tmp_path / name).is_file(), name
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["algo"] == f"pods{order}" and summary["env_steps"] == 96 and summary["stochastic"] is None
+    assert set(summary["metrics"]["deterministic"]) == {"final_kinetic_energy", "final_distance", "mean_handle_speed"}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["pods/improved_return"] >= r["train/episode_return"] for r in records if "pods/improved_return" in r)
+    assert ("pods/cg_iterations" in records[0]) == (order == 2)
+
+
+def test_pods_recipe_resumes_from_its_checkpoint(tmp_path):
+    first = run_recipe("pods", [*PODS_TINY, "total_steps=48", "video.enabled=false", f"hydra.run.dir={tmp_path}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_recipe("pods", [*PODS_TINY, "total_steps=96", "video.enabled=false", f"resume={tmp_path}",
+                                 f"hydra.run.dir={tmp_path / 'resumed'}"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 96
+
+
+def test_pods_rejects_a_bad_order(tmp_path):
+    proc = run_recipe("pods", [*PODS_TINY, "algo.order=3", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode != 0 and "algo.order must be 1 or 2" in proc.stderr

@@ -86,6 +86,7 @@ class PayloadEnv(EnvBase):
         newton_max_iter: int = 30,
         validate: bool = True,
         seed: int | None = None,
+        horizon: int | None = None,
     ):
         if goal not in GOALS:
             raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {', '.join(GOALS)}")
@@ -95,6 +96,9 @@ class PayloadEnv(EnvBase):
         substeps = task.substeps if substeps is None else substeps
         if not isinstance(substeps, int) or substeps < 1:
             raise ValueError(f"{task.name}: substeps must be an int >= 1, got {substeps!r}")
+        horizon = task.horizon if horizon is None else horizon
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"{task.name}: horizon must be an int >= 1 (steps per episode), got {horizon!r}")
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.task = task
         self.goal = goal
@@ -106,7 +110,7 @@ class PayloadEnv(EnvBase):
         self.dtype = dtype
         self.num_envs = num_envs
         self.dt = task.dt
-        self.horizon = task.horizon
+        self.horizon = horizon
         self.weights = task.weights[goal]
         self.model = task.model.to(device=self.device, dtype=dtype)
         self.reference = task.reference.to(device=self.device, dtype=dtype)
@@ -198,15 +202,54 @@ class PayloadEnv(EnvBase):
         ``observation`` may pass ``observe(state)`` when the caller has it already.
         """
         obs = self.observe(state) if observation is None else observation
-        a, f = self.action_dim, self.model.num_free * state.x.shape[-1]
+        return -self.residual(obs, handle_velocity).square().sum(-1, keepdim=True)
+
+    def residual(self, observation: Tensor, handle_velocity: Tensor) -> Tensor:
+        """[N, E] weighted errors e with reward = -|e|² (Eq. 15 as a sum of squares).
+
+        e = (sqrt(w_p)·p, sqrt(w_x)·x, sqrt(w_v)·v, sqrt(w_a)·u): handle coordinates,
+        payload positions and velocities (the observation) and handle velocities u in m/s.
+        Gauss-Newton methods (PODS's second-order step) linearise e, not the reward.
+        """
+        a, f = self.action_dim, (self.observation_dim - self.action_dim) // 2
         w = self.weights
-        penalty = (
-            w.handle_position * (obs[:, :a] ** 2).sum(-1)
-            + w.payload_position * (obs[:, a : a + f] ** 2).sum(-1)
-            + w.payload_velocity * (obs[:, a + f :] ** 2).sum(-1)
-            + w.action * (handle_velocity**2).sum((-1, -2))
-        )
-        return -penalty.unsqueeze(-1)
+        scale = torch.cat([
+            torch.full((a,), w.handle_position, dtype=observation.dtype, device=observation.device),
+            torch.full((f,), w.payload_position, dtype=observation.dtype, device=observation.device),
+            torch.full((f,), w.payload_velocity, dtype=observation.dtype, device=observation.device),
+        ]).sqrt()
+        return torch.cat([observation * scale, (w.action**0.5) * handle_velocity.flatten(1)], dim=-1)
+
+    def reward_residual(self, transition: TensorDictBase) -> Tensor:
+        """[N, E] residual of a transition (``env.step`` output: ``action`` and ``("next", "observation")``).
+
+        ``("next", "reward") == -|reward_residual|²`` for every transition.
+        """
+        action = transition["action"].clamp(-1.0, 1.0)
+        handle_velocity = self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
+        return self.residual(transition["next", "observation"], handle_velocity)
+
+    def episode_metrics(self, trajectory: TensorDictBase, window: int = 10) -> dict[str, Tensor]:
+        """The PODS paper's metrics (figures 8-10) of ``env.rollout`` output [N, T], each [N].
+
+        final_kinetic_energy  J, payload kinetic energy averaged over the last ``window`` steps
+        final_distance        m, payload particles' mean distance to their targets, same average
+        mean_handle_speed     m/s, |u| averaged over handles and steps (control effort)
+        """
+        x, v = trajectory["next", "x"][:, -window:], trajectory["next", "v"][:, -window:]  # [N, W, P, d]
+        free = self.model.free_scatter
+        payload_x = torch.einsum("fp,nwpd->nwfd", free, x) - self.free_reference
+        payload_v = torch.einsum("fp,nwpd->nwfd", free, v)
+        mass = free @ self.model.mass
+        kinetic = 0.5 * (mass * payload_v.square().sum(-1)).sum(-1)  # [N, W]
+        distance = payload_x.norm(dim=-1).mean(-1)
+        action = trajectory["action"].clamp(-1.0, 1.0)
+        handle_velocity = self.task.max_handle_speed * torch.einsum("ahd,nta->nthd", self.action_basis, action)
+        return {
+            "final_kinetic_energy": kinetic.mean(-1),
+            "final_distance": distance.mean(-1),
+            "mean_handle_speed": handle_velocity.norm(dim=-1).mean((-1, -2)),
+        }
 
     def render_geometry(self) -> dict:
         """Static drawing data for ``tphys.render``: edges, triangles, handles, ground."""

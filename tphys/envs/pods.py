@@ -7,7 +7,7 @@ steps of 16 ms).
 
 Integrators: ``integrator="semi_implicit"`` (default; symplectic Euler with ``substeps`` per
 step) or ``integrator="bdf2"``, the paper's implicit scheme (Newton per step, adjoint
-gradients). BDF2 is about 10x slower here because its Jacobians come from forward-mode
+gradients). BDF2 is about 10x slower here because its dense Newton Jacobians come from
 autograd. On the cloth, violent random corner motions buckle the sheet (a bifurcation where
 Newton on |G| can stall between roots); the solver then restarts from a minimiser of the
 step's incremental potential (see ``tphys.particles.implicit``) and converges.
@@ -47,7 +47,7 @@ WEIGHTS = {
 SLACK_WIDTH = 1e-3  # m, ParticleBuilder's default cable slack width
 G = 9.81  # m/s²
 
-ENV_OPTIONS = ("goal", "integrator", "substeps", "newton_tol", "newton_max_iter", "validate", "seed")
+ENV_OPTIONS = ("goal", "integrator", "substeps", "newton_tol", "newton_max_iter", "validate", "seed", "horizon")
 
 
 def _uniform(gen: torch.Generator, n: int, low: float, high: float, *shape: int) -> Tensor:

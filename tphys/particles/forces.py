@@ -143,7 +143,7 @@ def total_forces(model: ParticleModel, x: Tensor, v: Tensor, fused: bool = False
     """
     force = model.mass.unsqueeze(-1) * model.gravity - model.drag * v
     if model.springs is not None:
-        if fused and use_fused_springs(model.springs):
+        if fused and use_fused_springs(model.springs, x, v):
             force = force + fused_spring_forces(model.springs, x, v)
         else:
             force = force + spring_forces(model.springs, x, v)

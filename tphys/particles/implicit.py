@@ -6,7 +6,7 @@ block per env). Its backward pass does not unroll the Newton iterations: by the 
 function theorem, dL/dinputs = -lambdaᵀ ∂G/∂inputs with Jᵀ lambda = dL/dy*, one transposed
 linear solve and one vector-Jacobian product of the residual at the solution.
 
-Jacobians are dense, built column by column with forward-mode AD (``torch.func.jvp``
+Jacobians are dense, built row by row with reverse-mode AD (``torch.func.vjp``
 vmapped over the D unit vectors) and factored with ``torch.linalg.solve``: O(N·D²) memory
 and O(N·D³) time. That is the right tool up to D of a few hundred (every PODS task is
 D <= 75); beyond that a sparse or matrix-free (CG) solve is needed.
@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 Residual = Callable[..., Tensor]
@@ -46,11 +47,17 @@ class NewtonInfo(NamedTuple):
 
 
 def batched_jacobian(fn: Callable[[Tensor], Tensor], y: Tensor) -> Tensor:
-    """Jacobian blocks [N, D, D] of fn: [N, D] -> [N, D] whose envs are independent."""
+    """Jacobian blocks [N, D, D] of fn: [N, D] -> [N, D] whose envs are independent.
+
+    Reverse mode (one forward pass, D vmapped vector-Jacobian products): unlike
+    ``torch.func.jvp`` it also runs inside a ``torch.autograd.forward_ad`` dual level, which
+    the forward-mode Gauss-Newton products of PODS open around the whole rollout.
+    """
     dim = y.shape[-1]
+    _, pullback = torch.func.vjp(fn, y)
     basis = torch.eye(dim, dtype=y.dtype, device=y.device).unsqueeze(1).expand(dim, y.shape[0], dim)
-    columns = torch.func.vmap(lambda t: torch.func.jvp(fn, (y,), (t,))[1])(basis)  # [D_in, N, D_out]
-    return columns.permute(1, 2, 0)
+    rows = torch.func.vmap(lambda t: pullback(t)[0])(basis)  # [D_out, N, D_in]
+    return rows.transpose(0, 1)
 
 
 def minimize_energy(energy: Callable[[Tensor], Tensor], y0: Tensor, max_iter: int) -> Tensor:
@@ -129,26 +136,57 @@ def newton(fn: Callable[[Tensor], Tensor], y0: Tensor, tol: float, max_iter: int
 
 
 class _AdjointSolve(torch.autograd.Function):
-    """Identity on the converged solution; backward by the implicit function theorem."""
+    """Identity on the converged solution; derivatives by the implicit function theorem.
+
+    Reverse mode (``backward``): one solve with Jᵀ. Forward mode (``jvp``, for the
+    Gauss-Newton products of PODS): dy = -J⁻¹·(∂G/∂inputs · d inputs), one solve with J.
+    """
 
     @staticmethod
     def forward(ctx, residual: Residual, solution: Tensor, *inputs: Tensor) -> Tensor:
         ctx.residual = residual
         ctx.save_for_backward(solution, *inputs)
+        ctx.save_for_forward(solution, *inputs)
         return solution.clone()
 
     @staticmethod
-    def backward(ctx, grad_solution: Tensor):
+    def jvp(ctx, _residual_tangent, _solution_tangent, *input_tangents):
         solution, *inputs = ctx.saved_tensors
-        wanted = ctx.needs_input_grad[2:]
+        moving = [d is not None for d in input_tangents]
+        constants = [t.detach() for t in inputs]
         with torch.enable_grad():
+            # ∂G/∂inputs · tangents by the double-vjp trick (nested forward mode is unsupported):
+            # u -> <(∂G/∂inputs)ᵀu, tangents> is linear in u and its gradient is the product.
+            leaves = [t.requires_grad_(m) for t, m in zip(constants, moving)]
+            value = ctx.residual(solution.detach(), *leaves)
+            probe = torch.zeros_like(value, requires_grad=True)
+            targets = [t for t, m in zip(leaves, moving) if m]
+            pulled = torch.autograd.grad(value, targets, grad_outputs=probe, create_graph=True, allow_unused=True)
+            tangents = [d for d in input_tangents if d is not None]
+            inner = sum((p * d).sum() for p, d in zip(pulled, tangents) if p is not None)
+            if not isinstance(inner, Tensor):  # no moving input reaches G
+                return torch.zeros_like(solution)
+            (moved,) = torch.autograd.grad(inner, probe)
             constants = [t.detach() for t in inputs]
             jacobian = batched_jacobian(lambda y: ctx.residual(y, *constants), solution.detach())
+        return -torch.linalg.solve(jacobian, moved)
+
+    @staticmethod
+    def backward(ctx, grad_solution: Tensor):
+        # Under create_graph the result stays differentiable w.r.t. grad_solution (it is linear
+        # in it), which is what a Jacobian-vector product by the double-vjp trick needs; second
+        # derivatives w.r.t. the inputs are not provided.
+        solution, *inputs = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[2:]
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            constants = [t.detach() for t in inputs]
+            jacobian = batched_jacobian(lambda y: ctx.residual(y, *constants), solution.detach()).detach()
             adjoint = torch.linalg.solve(jacobian.transpose(-1, -2), grad_solution)
             leaves = [t.detach().requires_grad_(w) for t, w in zip(inputs, wanted)]
             value = ctx.residual(solution.detach(), *leaves)
             targets = [t for t, w in zip(leaves, wanted) if w]
-            grads = iter(torch.autograd.grad(value, targets, grad_outputs=-adjoint, allow_unused=True))
+            grads = iter(torch.autograd.grad(value, targets, grad_outputs=-adjoint, allow_unused=True, create_graph=create_graph))
         return (None, None, *[next(grads) if w else None for w in wanted])
 
 
@@ -207,7 +245,9 @@ def implicit_solve(
         constants = [t.detach() for t in inputs]
         fallback = None if energy is None else (lambda y: energy(y, *constants))
         solution, info = globalized_newton(lambda y: residual(y, *constants), y0.detach(), tol, max_iter, fallback)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    reverse = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    forward = any(fwAD.unpack_dual(t).tangent is not None for t in inputs)
+    if reverse or forward:
         solution = _AdjointSolve.apply(residual, solution, *inputs)
     return solution, info
 

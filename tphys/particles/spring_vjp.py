@@ -10,7 +10,11 @@ serves those (``use_fused_springs`` decides).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -69,6 +73,28 @@ def fused_spring_forces(springs: Springs, x: Tensor, v: Tensor) -> Tensor:
     )
 
 
-def use_fused_springs(springs: Springs) -> bool:
-    """The fused node is exact only when no spring parameter needs a gradient."""
-    return not any(t.requires_grad for t in springs)
+_TWICE_DIFFERENTIABLE: ContextVar[bool] = ContextVar("twice_differentiable", default=False)
+
+
+@contextmanager
+def twice_differentiable():
+    """Inside, spring forces use the twin: graphs built here support double backward.
+
+    Gauss-Newton products (PODS) differentiate a backward pass once more.
+    """
+    token = _TWICE_DIFFERENTIABLE.set(True)
+    try:
+        yield
+    finally:
+        _TWICE_DIFFERENTIABLE.reset(token)
+
+
+def use_fused_springs(springs: Springs, x: Tensor, v: Tensor) -> bool:
+    """The fused node serves only first-order reverse-mode gradients w.r.t. x and v.
+
+    The twin takes over when a spring parameter needs a gradient, when x or v carries a
+    forward-mode tangent (``torch.autograd.forward_ad``), or inside ``twice_differentiable()``.
+    """
+    if _TWICE_DIFFERENTIABLE.get() or any(t.requires_grad for t in springs):
+        return False
+    return all(fwAD.unpack_dual(t).tangent is None for t in (x, v))

@@ -1,0 +1,168 @@
+"""PODS vs BPTT (figure 3 of the PODS paper): evaluation return against iterations on pendulum2d.
+
+Three methods from the same initial policy (``rl.modules.DeterministicActor``, 2 x 256 ReLU,
+tanh; same weights per seed), each iteration on k fresh initial states:
+
+    PODS-1st  improve the k episodes' actions along dV/dā (line search), 50 Adam steps on Eq. 7
+    PODS-2nd  the same with the Gauss-Newton step Ĥ⁻¹dV/dā (truncated CG)
+    BPTT      one Adam step on -mean V(π_θ) through the full episodes (``APGLoss``, γ = 1,
+              window = episode)
+
+"Equal iterations" is the paper's axis: one PODS epoch against one BPTT gradient step on the
+same k episodes. The return is evaluated on the same 64 initial states after every iteration.
+Writes a figure and a section between ``<!-- pods-figure -->`` markers of --out.
+
+    python benchmarks/pods_figure.py                          # goal stop, 50-step episodes, 30 iterations, 2 seeds
+    python benchmarks/pods_figure.py --iterations 5 --seeds 1 --out /tmp/pods.md    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+
+import tphys.envs  # noqa: E402
+from rl.modules import DeterministicActor, ObservationNormalizer  # noqa: E402
+from rl.objectives import APGLoss, PODSLoss  # noqa: E402
+from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate  # noqa: E402
+from rl.trainers.evaluation import t_quantile_975  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("pods2", "pods1", "bptt")
+LABELS = {"pods2": "PODS 2nd order", "pods1": "PODS 1st order", "bptt": "BPTT"}
+
+
+def make_env(args, num_envs: int, seed: int):
+    return tphys.envs.make(args.env, num_envs=num_envs, dtype=torch.float64, goal=args.goal, seed=seed, horizon=args.horizon)
+
+
+def build(args, method: str, seed: int):
+    env = make_env(args, args.num_envs, seed)
+    torch.manual_seed(seed)  # the same initial weights for every method
+    normalizer = ObservationNormalizer(env.observation_dim)
+    actor = DeterministicActor(env.observation_dim, env.action_dim, normalizer=normalizer).double()
+    config = TrainerConfig(total_steps=10**12, actor_lr=args.lr, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
+                           grad_clip=None if method != "bptt" else 1.0, eval_every=0, checkpoint_every=0, seed=seed, progress=False)
+    if method == "bptt":
+        loss = APGLoss(env, actor, horizon=args.horizon, gamma=1.0)
+        return FirstOrderTrainer(loss, config, normalizer=normalizer, logger="none"), actor
+    loss = PODSLoss(env, actor, order=2 if method == "pods2" else 1, cg_iterations=args.cg_iterations)
+    return PODSTrainer(loss, config, regression_steps=50, normalizer=normalizer, logger="none"), actor
+
+
+def run(args, method: str, seed: int) -> dict:
+    trainer, actor = build(args, method, seed)
+    eval_env = make_env(args, 64, seed + 10_000)
+
+    def score() -> float:
+        eval_env.set_seed(seed + 10_000)  # the same 64 initial states every time
+        return evaluate(eval_env, actor, 64).mean
+
+    returns, seconds = [score()], []
+    for _ in range(args.iterations):
+        t0 = time.perf_counter()
+        trainer.step()
+        seconds.append(time.perf_counter() - t0)
+        returns.append(score())
+    print(f"{method:6s} seed {seed}: {returns[0]:9.3f} -> {returns[-1]:9.3f}  ({sum(seconds) / len(seconds):.2f} s / iteration)",
+          flush=True)
+    return {"method": method, "seed": seed, "returns": returns, "seconds_per_iteration": sum(seconds) / len(seconds)}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t_quantile_975(n - 1) * std / math.sqrt(n)
+
+
+def plot(args, results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method in args.methods:
+        runs = [r["returns"] for r in results if r["method"] == method]
+        its = list(range(len(runs[0])))
+        stats = [mean_ci([r[i] for r in runs]) for i in its]
+        mean = [m for m, _ in stats]
+        ax.plot(its, mean, label=LABELS[method])
+        if len(runs) > 1:
+            ax.fill_between(its, [m - c for m, c in stats], [m + c for m, c in stats], alpha=0.2)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel(f"iteration (PODS epoch / BPTT gradient step), k = {args.num_envs} episodes each")
+    ax.set_ylabel("eval return, 64 fixed initial states")
+    ax.set_title(f"{args.env} ({args.goal}), {args.horizon}-step episodes, {args.seeds} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="pendulum2d")
+    parser.add_argument("--goal", default="stop")
+    parser.add_argument("--horizon", type=int, default=50, help="steps per episode (the paper's figure 3: 50)")
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--num-envs", type=int, default=64, help="k: initial states per iteration")
+    parser.add_argument("--cg-iterations", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--figure", type=Path, default=None, help="default: pods_vs_bptt.png beside --out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.figure = args.figure or args.out.parent / "pods_vs_bptt.png"
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    results = [run(args, method, seed) for seed in range(args.seeds) for method in args.methods]
+    (args.figure.with_suffix(".json")).write_text(json.dumps(results))
+    plot(args, results, args.figure)
+    rows = [f"| method | return at iteration 0 | at iteration {args.iterations} | best | s / iteration |", "|---|---:|---:|---:|---:|"]
+    for method in args.methods:
+        runs = [r for r in results if r["method"] == method]
+        start, _ = mean_ci([r["returns"][0] for r in runs])
+        final, ci = mean_ci([r["returns"][-1] for r in runs])
+        best, _ = mean_ci([max(r["returns"]) for r in runs])
+        secs = sum(r["seconds_per_iteration"] for r in runs) / len(runs)
+        rows.append(f"| {LABELS[method]} | {start:.3f} | {final:.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}")
+                    + f" | {best:.3f} | {secs:.2f} |")
+    lines = [
+        "### PODS vs BPTT (PODS paper, figure 3)", "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"- machine: {machine()}", f"- versions: {versions()}",
+        f"- threads: {args.threads}; load: {fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)",
+        f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
+        f"- duration: {time.perf_counter() - t0:.0f} s", "",
+        f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
+        f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; Adam lr {args.lr}; "
+        f"PODS: 50 regression steps per epoch, line search from a 0.5 action-unit step, {args.cg_iterations} CG iterations "
+        "(2nd order); BPTT: one step per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
+        "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",
+    ]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    write_section(args.out, "pods-figure", section)
+    print(f"wrote {args.out} and {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

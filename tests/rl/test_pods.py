@@ -1,0 +1,161 @@
+"""PODS: Gauss-Newton products, conjugate gradients, the line search and one-step LQ optimality."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from point_mass import PointMass1D
+
+import tphys.envs as E
+from rl.modules import DeterministicActor
+from rl.objectives.pods import PODSLoss
+from rl.objectives.trajectory import (
+    GaussNewton,
+    backtracking_line_search,
+    conjugate_gradient,
+    env_major,
+    play,
+    time_major,
+    value_and_gradient,
+)
+
+
+def _start_and_actions(name, seed, steps, integrator="semi_implicit", goal="stop_at_origin", num_envs=2):
+    env = E.make(name, num_envs=num_envs, dtype=torch.float64, seed=seed, integrator=integrator, goal=goal)
+    start = env.reset()
+    gen = torch.Generator().manual_seed(seed)
+    actions = 0.8 * torch.rand(steps, num_envs, env.action_dim, generator=gen, dtype=torch.float64) - 0.4
+    return env, start, actions, gen
+
+
+@pytest.mark.parametrize("name", sorted(E.list_envs()))
+def test_reward_is_minus_squared_residual(name):
+    env, start, actions, _ = _start_and_actions(name, 0, 3)
+    rollout = play(env, start, actions, residuals=True)
+    assert torch.allclose(rollout.rewards, -rollout.residuals.square().sum(-1), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    case=st.sampled_from([("pendulum2d", "semi_implicit"), ("cable_payload2d", "semi_implicit"), ("rope3d", "bdf2"),
+                          ("double_pendulum3d", "bdf2")]),
+    seed=st.integers(0, 2**31 - 1),
+    steps=st.integers(2, 4),
+)
+def test_matrix_free_gauss_newton_product_equals_dense(case, seed, steps):
+    name, integrator = case
+    env, start, actions, gen = _start_and_actions(name, seed, steps, integrator)
+    hessian = GaussNewton(env, start, actions, damping=1e-3)
+    dense = hessian.dense()
+    vectors = torch.randn(2, steps * env.action_dim, generator=gen, dtype=torch.float64)
+    expected = (dense @ vectors.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(hessian(vectors), expected, rtol=1e-9, atol=1e-9 * expected.abs().max().item())
+    assert torch.allclose(dense, dense.transpose(-1, -2), rtol=1e-10, atol=1e-12)
+    # Its gradient is the reward gradient: -|e|² and the env's reward are one function.
+    _, gradient = value_and_gradient(env, start, actions)
+    assert torch.allclose(hessian.gradient, gradient, rtol=1e-10, atol=1e-12)
+
+
+def test_gauss_newton_is_the_exact_hessian_on_a_linear_quadratic_problem():
+    env = PointMass1D(num_envs=2, horizon=5)
+    start = env.reset()
+    actions = 0.1 * torch.randn(5, 2, 1, dtype=torch.float64)
+    dense = GaussNewton(env, start, actions).dense()
+
+    def negative_value(flat):
+        return -play(env, start, time_major(flat.unsqueeze(0).expand(2, -1), 5)).rewards.sum(0)[0]
+
+    exact = torch.autograd.functional.hessian(negative_value, env_major(actions)[0])
+    assert torch.allclose(dense[0], exact, rtol=1e-10, atol=1e-12)
+
+
+def test_conjugate_gradient_solves_each_env_block():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 6, 6, generator=gen, dtype=torch.float64)
+    matrices = a @ a.transpose(-1, -2) + 0.1 * torch.eye(6, dtype=torch.float64)
+    rhs = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    x, info = conjugate_gradient(lambda v: (matrices @ v.unsqueeze(-1)).squeeze(-1), rhs, iterations=40, tol=1e-12)
+    assert torch.allclose(x, torch.linalg.solve(matrices, rhs), rtol=1e-8, atol=1e-10)
+    assert info.relative_residual.max() < 1e-10
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3), order=st.sampled_from([1, 2]))
+def test_line_search_never_accepts_a_step_that_lowers_the_value(seed, scale, order):
+    env, start, actions, gen = _start_and_actions("pendulum2d", seed, 20, num_envs=3)
+    rollout = play(env, start, actions)
+    value = rollout.rewards.sum(0)
+    _, gradient = value_and_gradient(env, start, actions)
+    # Random directions, ascent or not, at any scale: the result may only keep or raise V.
+    direction = scale * torch.randn(actions.shape, generator=gen, dtype=torch.float64)
+    if order == 2:
+        direction = torch.where(torch.rand(1, 3, 1, generator=gen) < 0.5, gradient * scale, direction)
+    result = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, direction,
+                                      torch.ones(3, dtype=torch.float64), max_trials=6)
+    assert (result.value >= value).all()
+    replay = play(env, start, result.actions)
+    assert torch.allclose(replay.rewards.sum(0), result.value, rtol=1e-12)
+    assert torch.allclose(replay.observations, result.observations)
+    kept = result.step_size == 0
+    assert torch.equal(result.actions[:, kept], actions[:, kept])
+    improved = ~kept
+    assert (result.value[improved] > value[improved]).all()
+
+
+def test_second_order_step_reaches_the_optimum_of_a_linear_quadratic_problem_in_one_iteration():
+    env = PointMass1D(num_envs=3, horizon=10)
+    start = env.reset()
+    start["observation"] = 0.1 * start["observation"]  # keep the optimal forces inside [-1, 1]
+    actor = DeterministicActor(2, 1, hidden=(8,)).double()
+    loss = PODSLoss(env, actor, order=2, max_action_change=None, cg_iterations=10, cg_tol=1e-14, damping=0.0)
+    out = loss.improve(start)
+    assert (out["stats", "step_size"] == 1.0).all()
+    improved = out["batch", "target_action"].transpose(0, 1)
+    assert improved.abs().max() < 1.0
+    value, gradient = value_and_gradient(env, start, improved)
+    assert gradient.abs().max() < 1e-9, "not a stationary point of the concave return"
+    assert torch.allclose(value, out["stats", "value_improved"], rtol=1e-12)
+    # First order from the same policy gets nowhere near in one step.
+    first = PODSLoss(env, actor, order=1, max_action_change=0.5).improve(start)
+    assert (first["stats", "value_improved"] < value - 1e-6).all()
+
+
+def test_improvement_is_monotone_on_every_initial_state_and_regression_fits_targets():
+    env = E.make("pendulum2d", num_envs=4, dtype=torch.float64, seed=1, goal="stop", horizon=50)
+    actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(32, 32)).double()
+    loss = PODSLoss(env, actor, order=2, cg_iterations=5)
+    out = loss.improve(env.reset())
+    stats = out["stats"]
+    assert (stats["value_improved"] >= stats["value_policy"]).all()
+    assert (stats["value_improved"] > stats["value_policy"]).any()
+    batch = out["batch"].reshape(-1)
+    optimizer = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    first = loss(batch)["loss_actor"].item()
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss(batch)["loss_actor"].backward()
+        optimizer.step()
+    assert loss(batch)["loss_actor"].item() < 0.5 * first
+
+
+def test_bad_configurations_are_rejected_with_a_clear_message():
+    env = PointMass1D()
+    actor = DeterministicActor(2, 1, hidden=(8,)).double()
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        PODSLoss(env, actor, order=3)
+    with pytest.raises(ValueError, match="needs max_action_change"):
+        PODSLoss(env, actor, order=1, max_action_change=None)
+    with pytest.raises(TypeError, match="reward_residual"):
+        PODSLoss(_without_residual(), actor, order=2)
+
+
+def _without_residual():
+    from torchrl.envs import EnvBase
+
+    class Plain(PointMass1D):
+        def __getattribute__(self, name):
+            if name == "reward_residual":
+                raise AttributeError(name)
+            return EnvBase.__getattribute__(self, name)
+
+    return Plain()
