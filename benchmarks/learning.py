@@ -52,39 +52,52 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, t_quantile_975(n - 1) * std / math.sqrt(n)
 
 
-def run_dir(args, algo: str, env: str, seed: int) -> Path:
-    return args.runs / f"{env}-{args.goal}" / algo / f"seed{seed}"
+# Algorithms that are one recipe with fixed overrides.
+VARIANTS = {"pods1": ("pods", ["algo.order=1"]), "pods2": ("pods", ["algo.order=2"])}
+EPISODE_STEPS = {"cloth": 60}  # episode length where it is not 150
 
 
-def launch(args, algo: str, env: str, seed: int) -> dict:
+def run_dir(args, algo: str, env: str, seed: int, goal: str | None = None) -> Path:
+    return args.runs / f"{env}-{goal or args.goal}" / algo / f"seed{seed}"
+
+
+def iteration_steps(args, algo: str, env: str) -> int:
+    """Env steps per training iteration: a 32-step window (PPO/SAC: a 32-step batch) or a PODS episode."""
+    per_env = EPISODE_STEPS.get(env, 150) if algo in VARIANTS else 32
+    return args.num_envs * per_env
+
+
+def launch(args, algo: str, env: str, seed: int, goal: str | None = None) -> dict:
     """Run one recipe (or reuse a finished run with the same budget); returns its eval.json."""
-    out = run_dir(args, algo, env, seed)
+    goal = goal or args.goal
+    out = run_dir(args, algo, env, seed, goal)
     steps = args.steps[env]
     done = out / "eval.json"
     if done.exists() and not args.fresh:
         summary = json.loads(done.read_text())
-        if summary.get("env_steps", -1) >= steps - args.num_envs * 32:
+        if summary.get("env_steps", -1) >= steps - iteration_steps(args, algo, env):
             return summary
     out.mkdir(parents=True, exist_ok=True)
-    windows = max(steps // (args.num_envs * 32), 1)
+    windows = max(steps // iteration_steps(args, algo, env), 1)
+    recipe, extra = VARIANTS.get(algo, (algo, []))
     overrides = [
-        f"env={env}", f"env.goal={args.goal}", f"seed={seed}", f"total_steps={steps}", "progress=false", "video.enabled=false",
+        f"env={env}", f"env.goal={goal}", f"seed={seed}", f"total_steps={steps}", "progress=false", "video.enabled=false",
         f"eval.every={max(windows // args.curve_points, 1)}", f"eval.episodes={args.eval_episodes}", f"hydra.run.dir={out}",
-        "threads=1",
+        "threads=1", *extra,
     ]
     log = (out / "run.log").open("w")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "recipes" / f"{algo}.py"), *overrides], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *overrides], stdout=log, stderr=subprocess.STDOUT,
                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
     log.close()
     if proc.returncode != 0:
         tail = (out / "run.log").read_text()[-1500:]
-        return {"error": f"exit {proc.returncode}", "log_tail": tail, "algo": algo, "env": env, "seed": seed}
+        return {"error": f"exit {proc.returncode}", "log_tail": tail, "algo": algo, "env": env, "seed": seed, "goal": goal}
     summary = json.loads(done.read_text())
     summary["process_wall_time_s"] = round(time.perf_counter() - t0, 1)
     done.write_text(json.dumps(summary, indent=2))
-    print(f"{algo:8s} {env:11s} seed {seed}: {summary['deterministic']['mean']:9.2f}  ({summary['train_wall_time_s']:.0f} s train)",
-          flush=True)
+    print(f"{algo:8s} {env:11s} {goal:15s} seed {seed}: {summary['deterministic']['mean']:9.2f}  "
+          f"({summary['train_wall_time_s']:.0f} s train)", flush=True)
     return summary
 
 

@@ -20,3 +20,26 @@ def test_learning_benchmark_quick_writes_table_and_figure(tmp_path):
     text = out.read_text()
     assert "<!-- learning -->" in text and "| sapo |" in text and "| random |" in text
     assert (tmp_path / "learning.png").is_file()
+
+
+@pytest.mark.slow
+def test_pods_table_quick_writes_reward_time_and_metric_tables(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pods_table.py"), "--quick", "--algos", "pods1", "apg", "--envs", "pendulum2d",
+           "--goals", "stop", "--jobs", "1", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- pods-table -->" in text and "| pendulum2d | stop |" in text and "failed" not in text
+    assert "| pendulum2d | stop | pods1 |" in text  # the metrics row
+
+
+@pytest.mark.slow
+def test_pods_figure_smoke_writes_figure_and_table(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pods_figure.py"), "--iterations", "1", "--seeds", "1", "--num-envs", "4",
+           "--cg-iterations", "2", "--horizon", "10", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "<!-- pods-figure -->" in out.read_text() and "| PODS 2nd order |" in out.read_text()
+    assert (tmp_path / "pods_vs_bptt.png").is_file()
