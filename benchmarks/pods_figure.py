@@ -13,6 +13,7 @@ same k episodes. The return is evaluated on the same 64 initial states after eve
 Writes a figure and a section between ``<!-- pods-figure -->`` markers of --out.
 
     python benchmarks/pods_figure.py                          # goal stop, 50-step episodes, 30 iterations, 2 seeds
+    python benchmarks/pods_figure.py --iterations 20 --seeds 1  # the run in RESULTS.md
     python benchmarks/pods_figure.py --iterations 5 --seeds 1 --out /tmp/pods.md    # smoke test
 """
 
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--num-envs", type=int, default=64, help="k: initial states per iteration")
-    parser.add_argument("--cg-iterations", type=int, default=10)
+    parser.add_argument("--cg-iterations", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
@@ -153,9 +154,10 @@ def main() -> None:
         f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
         f"- duration: {time.perf_counter() - t0:.0f} s", "",
         f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
-        f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; Adam lr {args.lr}; "
-        f"PODS: 50 regression steps per epoch, line search from a 0.5 action-unit step, {args.cg_iterations} CG iterations "
-        "(2nd order); BPTT: one step per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
+        f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; "
+        f"Adam lr {args.lr}; PODS: 50 regression steps per epoch; line search from a 0.5 action-unit step "
+        f"(1st order) or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order); BPTT: one step "
+        "per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
         "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",
     ]
     section = "\n".join(lines) + "\n"

@@ -107,7 +107,7 @@ def test_second_order_step_reaches_the_optimum_of_a_linear_quadratic_problem_in_
     start = env.reset()
     start["observation"] = 0.1 * start["observation"]  # keep the optimal forces inside [-1, 1]
     actor = DeterministicActor(2, 1, hidden=(8,)).double()
-    loss = PODSLoss(env, actor, order=2, max_action_change=None, cg_iterations=10, cg_tol=1e-14, damping=0.0)
+    loss = PODSLoss(env, actor, order=2, cg_iterations=10, cg_tol=1e-14, damping=0.0)
     out = loss.improve(start)
     assert (out["stats", "step_size"] == 1.0).all()
     improved = out["batch", "target_action"].transpose(0, 1)
@@ -143,8 +143,10 @@ def test_bad_configurations_are_rejected_with_a_clear_message():
     actor = DeterministicActor(2, 1, hidden=(8,)).double()
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         PODSLoss(env, actor, order=3)
-    with pytest.raises(ValueError, match="needs max_action_change"):
+    with pytest.raises(ValueError, match="needs max_action_change > 0"):
         PODSLoss(env, actor, order=1, max_action_change=None)
+    with pytest.raises(ValueError, match="newton_step_cap must be > 0"):
+        PODSLoss(env, actor, order=2, newton_step_cap=0.0)
     with pytest.raises(TypeError, match="reward_residual"):
         PODSLoss(_without_residual(), actor, order=2)
 
