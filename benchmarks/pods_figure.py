@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import mean_ci  # noqa: E402
 from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
 
 import tphys.envs  # noqa: E402
 from rl.modules import DeterministicActor, ObservationNormalizer  # noqa: E402
 from rl.objectives import APGLoss, PODSLoss  # noqa: E402
 from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate  # noqa: E402
-from rl.trainers.evaluation import t_quantile_975  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("pods2", "pods1", "bptt")
@@ -79,15 +79,6 @@ def run(args, method: str, seed: int) -> dict:
     print(f"{method:6s} seed {seed}: {returns[0]:9.3f} -> {returns[-1]:9.3f}  ({sum(seconds) / len(seconds):.2f} s / iteration)",
           flush=True)
     return {"method": method, "seed": seed, "returns": returns, "seconds_per_iteration": sum(seconds) / len(seconds)}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t_quantile_975(n - 1) * std / math.sqrt(n)
 
 
 def plot(args, results: list[dict], path: Path) -> None:

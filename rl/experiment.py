@@ -77,6 +77,23 @@ def setup(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.seed))
 
 
+def prepare_run(cfg: DictConfig, run_dir: str | Path) -> tuple[Path, EnvBase, EnvBase]:
+    """Validate, seed, write config.yaml; returns (run dir, training env, evaluation env)."""
+    check_config(cfg)
+    setup(cfg)
+    run_dir = resolve_run_dir(cfg, run_dir)
+    write_config(cfg, run_dir)
+    return run_dir, make_env(cfg), make_eval_env(cfg)
+
+
+def train_or_resume(cfg: DictConfig, trainer) -> None:
+    """``trainer.train()``, first loading ``cfg.resume``'s checkpoint when there is one."""
+    if cfg.resume:
+        trainer.resume(checkpoint_path(cfg.resume))
+        print(f"resumed from {checkpoint_path(cfg.resume)} at env step {trainer.env_steps}")
+    trainer.train()
+
+
 # ---------------------------------------------------------------------- first-order algorithms
 def build_first_order(cfg: DictConfig, env: EnvBase) -> tuple:
     """``(loss, normalizer)`` for ``cfg.algo.name`` in apg, shac, sapo, trajopt."""
@@ -122,18 +139,11 @@ def run_first_order(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train, evaluate and write every output of a first-order run; returns the eval summary."""
     if cfg.total_steps is None and cfg.algo.name == "trajopt":
         cfg.total_steps = int(cfg.algo.epochs) * episode_length(cfg) * int(cfg.num_envs)
-    check_config(cfg)
-    setup(cfg)
-    run_dir = resolve_run_dir(cfg, run_dir)
-    write_config(cfg, run_dir)
-    env, eval_env = make_env(cfg), make_eval_env(cfg)
+    run_dir, env, eval_env = prepare_run(cfg, run_dir)
     loss, normalizer = build_first_order(cfg, env)
     trainer = FirstOrderTrainer(loss, trainer_config(cfg), run_dir=run_dir, eval_env=eval_env, normalizer=normalizer,
                                 logger=cfg.logger)
-    if cfg.resume:
-        trainer.resume(checkpoint_path(cfg.resume))
-        print(f"resumed from {checkpoint_path(cfg.resume)} at env step {trainer.env_steps}")
-    trainer.train()
+    train_or_resume(cfg, trainer)
     return finish_run(cfg, run_dir, eval_env, loss.actor, trainer.env_steps, trainer.wall_time)
 
 
@@ -158,19 +168,12 @@ def run_pods(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train PODS, evaluate and write every output; returns the eval summary."""
     if int(cfg.algo.order) not in (1, 2):
         raise ConfigError(f"algo.order must be 1 or 2, got {cfg.algo.order!r}")
-    check_config(cfg)
-    setup(cfg)
-    run_dir = resolve_run_dir(cfg, run_dir)
-    write_config(cfg, run_dir)
-    env, eval_env = make_env(cfg), make_eval_env(cfg)
+    run_dir, env, eval_env = prepare_run(cfg, run_dir)
     loss, normalizer = build_pods(cfg, env)
     trainer = PODSTrainer(loss, trainer_config(cfg), regression_steps=int(cfg.algo.regression_steps),
                           minibatches=int(cfg.algo.minibatches), run_dir=run_dir, eval_env=eval_env, normalizer=normalizer,
                           logger=cfg.logger)
-    if cfg.resume:
-        trainer.resume(checkpoint_path(cfg.resume))
-        print(f"resumed from {checkpoint_path(cfg.resume)} at env step {trainer.env_steps}")
-    trainer.train()
+    train_or_resume(cfg, trainer)
     return finish_run(cfg, run_dir, eval_env, loss.actor, trainer.env_steps, trainer.wall_time,
                       algo_name=f"pods{int(cfg.algo.order)}", stochastic=False)
 

@@ -21,7 +21,7 @@ from torchrl.envs import EnvBase
 from torchrl.modules import ProbabilisticActor, TanhNormal
 from tqdm.auto import tqdm
 
-from rl.experiment import check_config, checkpoint_path, finish_run, make_env, make_eval_env, resolve_run_dir, setup, write_config
+from rl.experiment import finish_run, prepare_run, train_or_resume
 from rl.modules import MLP, ObservationNormalizer
 from rl.trainers import NonFiniteError, RunLogger, evaluate, load_checkpoint, save_checkpoint
 from rl.trainers.episodes import track_episode_returns
@@ -282,14 +282,7 @@ class BaselineTrainer:
 
 def run_baseline(cfg: DictConfig, run_dir: str | Path, trainer_cls: type[BaselineTrainer]) -> dict:
     """Check the config, train (or resume) ``trainer_cls``, then write every output of the run; returns the eval summary."""
-    check_config(cfg)
-    setup(cfg)
-    run_dir = resolve_run_dir(cfg, run_dir)
-    write_config(cfg, run_dir)
-    env, eval_env = make_env(cfg), make_eval_env(cfg)
+    run_dir, env, eval_env = prepare_run(cfg, run_dir)
     trainer = trainer_cls(cfg, run_dir, env, eval_env)
-    if cfg.resume:
-        trainer.resume(checkpoint_path(cfg.resume))
-        print(f"resumed from {checkpoint_path(cfg.resume)} at env step {trainer.env_steps}")
-    trainer.train()
+    train_or_resume(cfg, trainer)
     return finish_run(cfg, run_dir, eval_env, trainer.actor, trainer.env_steps, trainer.wall_time, algo_name=trainer.name)
