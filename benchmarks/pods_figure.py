@@ -58,8 +58,10 @@ def build(args, method: str, seed: int):
     if method == "bptt":
         loss = APGLoss(env, actor, horizon=args.horizon, gamma=1.0)
         return FirstOrderTrainer(loss, config, normalizer=normalizer, logger="none"), actor
-    loss = PODSLoss(env, actor, order=2 if method == "pods2" else 1, cg_iterations=args.cg_iterations)
-    return PODSTrainer(loss, config, regression_steps=50, normalizer=normalizer, logger="none"), actor
+    loss = PODSLoss(env, actor, order=2 if method == "pods2" else 1, cg_iterations=args.cg_iterations,
+                    newton_step_cap=args.newton_step_cap, damping=args.damping,
+                    gradient_fallback=args.gradient_fallback)
+    return PODSTrainer(loss, config, regression_steps=args.regression_steps, normalizer=normalizer, logger="none"), actor
 
 
 def run(args, method: str, seed: int) -> dict:
@@ -70,15 +72,17 @@ def run(args, method: str, seed: int) -> dict:
         eval_env.set_seed(seed + 10_000)  # the same 64 initial states every time
         return evaluate(eval_env, actor, 64).mean
 
-    returns, seconds = [score()], []
+    returns, seconds, accepted = [score()], [], []
     for _ in range(args.iterations):
         t0 = time.perf_counter()
-        trainer.step()
+        scalars = trainer.step()
         seconds.append(time.perf_counter() - t0)
         returns.append(score())
+        accepted.append(scalars.get("pods/accepted", float("nan")))
     print(f"{method:6s} seed {seed}: {returns[0]:9.3f} -> {returns[-1]:9.3f}  ({sum(seconds) / len(seconds):.2f} s / iteration)",
           flush=True)
-    return {"method": method, "seed": seed, "returns": returns, "seconds_per_iteration": sum(seconds) / len(seconds)}
+    return {"method": method, "seed": seed, "returns": returns, "accepted": accepted,
+            "seconds_per_iteration": sum(seconds) / len(seconds)}
 
 
 def plot(args, results: list[dict], path: Path) -> None:
@@ -117,6 +121,10 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=64, help="k: initial states per iteration")
     parser.add_argument("--cg-iterations", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--newton-step-cap", type=float, default=None, help="PODS-2nd: cap on the first trial step")
+    parser.add_argument("--damping", type=float, default=1e-6, help="PODS-2nd: Levenberg term added to the Gauss-Newton matrix")
+    parser.add_argument("--gradient-fallback", action="store_true", help="PODS-2nd: first-order step where the GN step fails")
+    parser.add_argument("--regression-steps", type=int, default=50, help="PODS: Adam steps on Eq. 7 per epoch")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
@@ -146,7 +154,7 @@ def main() -> None:
         f"- duration: {time.perf_counter() - t0:.0f} s", "",
         f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
         f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; "
-        f"Adam lr {args.lr}; PODS: 50 regression steps per epoch; line search from a 0.5 action-unit step "
+        f"Adam lr {args.lr}; PODS: {args.regression_steps} regression steps per epoch; line search from a 0.5 action-unit step "
         f"(1st order) or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order); BPTT: one step "
         "per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
         "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",

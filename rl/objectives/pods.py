@@ -56,11 +56,13 @@ class PODSLoss(LossModule):
         armijo: sufficient-increase constant of the line search (0: any increase).
         cg_iterations, cg_tol: conjugate-gradient budget and relative tolerance (order 2).
         damping: Levenberg term λ added to Ĥ (units of Ĥ: reward per action²).
+        gradient_fallback: order 2: where the Gauss-Newton step improves nothing, line-search the
+            first-order direction instead (same monotone guarantee).
     """
 
     def __init__(self, env: EnvBase, actor: TensorDictModuleBase, order: int = 2, max_action_change: float = 0.5,
                  newton_step_cap: float | None = None, line_search_trials: int = 10, armijo: float = 1e-4,
-                 cg_iterations: int = 30, cg_tol: float = 1e-6, damping: float = 1e-6):
+                 cg_iterations: int = 30, cg_tol: float = 1e-6, damping: float = 1e-6, gradient_fallback: bool = False):
         super().__init__()
         if order not in ORDERS:
             raise ValueError(f"PODS order must be 1 or 2, got {order!r}")
@@ -79,6 +81,7 @@ class PODSLoss(LossModule):
         self.newton_step_cap = None if newton_step_cap is None else float(newton_step_cap)
         self.line_search_trials, self.armijo = int(line_search_trials), float(armijo)
         self.cg_iterations, self.cg_tol, self.damping = int(cg_iterations), float(cg_tol), float(damping)
+        self.gradient_fallback = bool(gradient_fallback)
         self.has_critic = False
 
     # ------------------------------------------------------------------ improvement (no policy gradient)
@@ -123,13 +126,31 @@ class PODSLoss(LossModule):
             self.env, start, actions, value, observations, gradient, direction, self.initial_step(direction),
             max_trials=self.line_search_trials, armijo=self.armijo,
         )
+        trials = search.trials
+        failed = search.step_size == 0
+        if self.order == 2 and self.gradient_fallback and failed.any():
+            # where the Gauss-Newton step found no improvement, try the first-order direction (same guarantee)
+            largest = gradient.abs().amax((0, 2)).clamp_min(torch.finfo(gradient.dtype).tiny)
+            retry = backtracking_line_search(
+                self.env, start, actions, value, observations, gradient, gradient, self.max_action_change / largest,
+                max_trials=self.line_search_trials, armijo=self.armijo,
+            )
+            trials += retry.trials
+            use = failed & (retry.step_size > 0)
+            search = search._replace(
+                actions=torch.where(use[None, :, None], retry.actions, search.actions),
+                observations=torch.where(use[None, :, None], retry.observations, search.observations),
+                value=torch.where(use, retry.value, search.value),
+                step_size=torch.where(use, retry.step_size, search.step_size),
+            )
+            diagnostics["gradient_fallback"] = use.double().mean().item()
         n = actions.shape[1]
         batch = TensorDict(
             {"observation": search.observations.transpose(0, 1), "target_action": search.actions.transpose(0, 1)},
             batch_size=[n, self.horizon],
         )
         stats = TensorDict({"value_policy": value, "value_improved": search.value, "step_size": search.step_size}, batch_size=[n])
-        scalars = {"trials": float(search.trials), **diagnostics}
+        scalars = {"trials": float(trials), **diagnostics}
         return TensorDict({"batch": batch, "stats": stats, **{k: torch.tensor(v) for k, v in scalars.items()}}, batch_size=[])
 
     # ------------------------------------------------------------------ regression (Eq. 7)

@@ -71,7 +71,7 @@ class PODSTrainer(FirstOrderTrainer):
             "pods/accepted": (stats["step_size"] > 0).double().mean().item(), "pods/step_size": stats["step_size"].mean().item(),
             "pods/line_search_trials": improved["trials"].item(), "time/sim_steps": float(self.sim_steps),
         }
-        for key in ("cg_iterations", "cg_residual"):
+        for key in ("cg_iterations", "cg_residual", "gradient_fallback"):
             if key in improved.keys():
                 scalars[f"pods/{key}"] = improved[key].item()
         return scalars

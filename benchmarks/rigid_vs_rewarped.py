@@ -1,0 +1,178 @@
+"""DFlex Ant side by side: tphys.rigid against Rewarped 1.3.3 (NVIDIA Warp, CPU backend), one command.
+
+Both systems simulate DFlex's Ant (16 substeps of a 1/60 s frame, penalty ground contact, joint
+limits, DFlex's density / armature / damping / contact / strength) with random actions in
+[-1, 1], and compute DFlex's 37-dim observation and reward every frame:
+
+    fwd       frames under no_grad;
+    fwd+bwd   H frames with a leaf action tensor per frame, then (sum of rewards).backward()
+              (Rewarped: ``shared/tools/rewarped/bench.py``, the same protocol).
+
+Every cell (system, N, mode) runs in a fresh subprocess with 1 thread (``OMP_NUM_THREADS=1``)
+for at least --seconds after a warm-up; env-steps/s = N · frames / s. Peak memory is the
+process's peak resident set size (``ru_maxrss``, imports included, the same measure for
+both). tphys runs eager float32; ``recompute`` keeps only frame inputs for backward
+(``tphys.rigid.step(recompute=True)``). Rewarped needs its own venv (see
+``../shared/tools/rewarped/README.md``), by default ``.venv-rewarped`` in the repository root.
+
+    python benchmarks/rigid_vs_rewarped.py                       # N = 1 16 64, H = 32, both systems
+    python benchmarks/rigid_vs_rewarped.py --sizes 16 --seconds 5 --out /tmp/r.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+
+REWARPED_BENCH = REPO.parent / "shared" / "tools" / "rewarped" / "bench.py"
+
+
+def ant_cell(n: int, mode: str, horizon: int, seconds: float, recompute: bool) -> dict:
+    """One tphys cell, run inside the subprocess."""
+    import torch
+
+    from tphys.math import quat_mul, quat_to_matrix
+    from tphys.rigid import RigidState, step
+    from tphys.rigid.presets import DFLEX, dflex_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = dflex_model("ant")
+    substeps = DFLEX["ant"]["substeps"]
+    q0 = model.q0.expand(n, -1).clone()
+    q0[:, 2] = 0.75
+    q0[:, 7:] = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0])
+    start = RigidState(q0, torch.zeros(n, model.nv))
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+    def observe_reward(state: RigidState, action):
+        """DFlex's ant observation (37) and reward (progress + 0.1 up + heading + height - 0.27), z up."""
+        pos, rot = state.q[:, :3], state.q[:, 3:7]
+        ang_vel, lin_vel = state.qd[:, 3:6], state.qd[:, :3]
+        frame = quat_to_matrix(quat_mul(rot, identity.expand_as(rot)))
+        up, heading = frame[..., 2, 2], frame[..., 0, 0]
+        obs = torch.cat([pos[:, 2:3], rot, lin_vel, ang_vel, state.q[:, 7:], 0.1 * state.qd[:, 6:], up[:, None], heading[:, None],
+                         action], -1)
+        return obs, lin_vel[:, 0] + 0.1 * up + heading + (pos[:, 2] - 0.27)
+
+    def frames(count: int, grad: bool) -> None:
+        state = start
+        total = 0.0
+        actions = []
+        for _ in range(count):
+            action = (torch.rand(n, 8) * 2 - 1).requires_grad_(grad)
+            actions.append(action)
+            state = step(model, state, action, 1 / 60, substeps=substeps, recompute=recompute and grad)
+            _, reward = observe_reward(state, action)
+            total = total + reward.sum()
+        if grad:
+            total.backward()
+            assert all(torch.isfinite(a.grad).all() for a in actions)
+
+    grad = mode == "fwdbwd"
+    with torch.set_grad_enabled(grad):
+        frames(horizon if grad else 2, grad)  # warm-up
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or done == 0:
+            frames(horizon if grad else 1, grad)
+            done += horizon if grad else 1
+        elapsed = time.perf_counter() - t0
+    return dict(system="tphys", num_envs=n, mode=mode, H=horizon if grad else None, steps_per_s=done * n / elapsed,
+                max_rss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, recompute=recompute and grad,
+                torch_threads=torch.get_num_threads())
+
+
+def run_cell(args, system: str, n: int, mode: str, recompute: bool = False) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if system == "tphys":
+        cmd = [sys.executable, __file__, "--cell", f"{n},{mode},{int(recompute)}", "--horizon", str(args.horizon),
+               "--seconds", str(args.seconds)]
+    else:
+        cmd = [str(args.rewarped_python), str(REWARPED_BENCH), "rewarped.envs.dflex.ant", "Ant", str(n), mode,
+               str(args.horizon), str(args.seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return dict(system=system, num_envs=n, mode=mode, error=(proc.stderr.strip().splitlines() or ["no output"])[-1])
+    result = json.loads(lines[-1][7:])
+    result["system"] = system
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument("--horizon", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0, help="minimum measured seconds per cell")
+    parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        n, mode, recompute = args.cell.split(",")
+        print("RESULT " + json.dumps(ant_cell(int(n), mode, args.horizon, args.seconds, bool(int(recompute)))), flush=True)
+        return
+    if not args.rewarped_python.exists():
+        sys.exit(f"no Rewarped python at {args.rewarped_python}; set it up as ../shared/tools/rewarped/README.md says")
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    rows = []
+    for n in args.sizes:
+        for mode in ("fwd", "fwdbwd"):
+            cells = [run_cell(args, "rewarped", n, mode), run_cell(args, "tphys", n, mode)]
+            if mode == "fwdbwd":
+                cells.append(run_cell(args, "tphys", n, mode, recompute=True))
+            for cell in cells:
+                print(json.dumps(cell), flush=True)
+            rows.append((n, mode, cells))
+
+    def fmt(cell):
+        if "error" in cell:
+            return f"failed: {cell['error'][:60]}", "-"
+        return f"{cell['steps_per_s']:.0f}", f"{cell['max_rss_MB'] / 1024:.2f}"
+
+    table = ["| N | mode | Rewarped env-steps/s | tphys env-steps/s | ratio | tphys recompute env-steps/s | ratio | "
+             "peak RSS GB Rewarped / tphys / tphys recompute |", "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for n, mode, cells in rows:
+        rw, tp = fmt(cells[0]), fmt(cells[1])
+        ratio = "-" if "error" in cells[0] or "error" in cells[1] else f"{cells[1]['steps_per_s'] / cells[0]['steps_per_s']:.1f}x"
+        if mode == "fwdbwd":
+            rc = fmt(cells[2])
+            ratio_rc = "-" if "error" in cells[0] or "error" in cells[2] else f"{cells[2]['steps_per_s'] / cells[0]['steps_per_s']:.1f}x"
+            label = f"fwd+bwd H={args.horizon}"
+        else:
+            rc, ratio_rc, label = ("-", None), "-", "fwd"
+        memory = f"{rw[1]} / {tp[1]}" + (f" / {rc[1]}" if mode == "fwdbwd" else "")
+        table.append(f"| {n} | {label} | {rw[0]} | {tp[0]} | {ratio} | {rc[0]} | {ratio_rc} | {memory} |")
+    lines = [
+        "### DFlex Ant: tphys.rigid vs Rewarped 1.3.3 (CPU)", "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"- machine: {machine()}",
+        f"- versions: {versions()}; Rewarped 1.3.3 / warp-lang 1.3.3 in {args.rewarped_python.parent.parent.name}",
+        f"- threads: 1 per process (OMP_NUM_THREADS=1), cells one at a time; load: {fmt_load(load_before)} before, "
+        f"{fmt_load(os.getloadavg())} after (1/5/15 min)",
+        f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
+        f"- duration: {time.perf_counter() - t0:.0f} s", "",
+        "Ant with DFlex's parameters, 16 substeps per 1/60 s frame, random actions, observation + reward per frame; "
+        f"at least {args.seconds:g} s measured per cell after a warm-up. Peak RSS includes the imports (same measure "
+        "for both). tphys: eager float32; recompute = `step(recompute=True)` (substeps recomputed in backward).", "",
+        *table,
+    ]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    write_section(args.out, "rigid-vs-rewarped", section)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

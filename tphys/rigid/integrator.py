@@ -1,0 +1,72 @@
+"""One frame of the rigid-body simulation: ``substeps`` semi-implicit Euler steps (DFlex's integrator).
+
+Per substep (the stages read as a list, MJX-style):
+    kinematics -> ground contact -> joint torques (motors, damping, springs, limit penalties)
+    -> qdd = H⁻¹(τ - C) -> qd += h·qdd -> q += h·qd (quaternions: q ⊗ exp(h·ω/2), renormalized)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from tphys.math import quat_integrate
+from tphys.rigid.contact import ground_forces
+from tphys.rigid.dynamics import actuator_forces, joint_accelerations, kinematics, limit_forces, passive_forces
+from tphys.rigid.model import RigidModel, RigidState
+
+
+def integrate_positions(model: RigidModel, q: Tensor, qd: Tensor, h: float) -> Tensor:
+    """q after moving with the velocities qd [N, D] for h seconds."""
+    links, dofs = model.links, model.dofs
+    out = q.index_add(1, dofs.scalar_q, h * qd[:, dofs.scalar])
+    arange3, arange4 = torch.arange(3, device=q.device), torch.arange(4, device=q.device)
+    if links.free.numel():
+        pos_idx = (links.free_q[:, None] + arange3).reshape(-1)
+        out = out.index_add(1, pos_idx, h * qd[:, (links.free_dof[:, None] + arange3).reshape(-1)])
+        quat_idx = links.free_q[:, None] + 3 + arange4
+        omega = qd[:, links.free_dof[:, None] + 3 + arange3]
+        out = out.index_copy(1, quat_idx.reshape(-1), quat_integrate(q[:, quat_idx], omega, h).flatten(1))
+    if links.ball.numel():
+        quat_idx = links.ball_q[:, None] + arange4
+        omega = qd[:, links.ball_dof[:, None] + arange3]
+        out = out.index_copy(1, quat_idx.reshape(-1), quat_integrate(q[:, quat_idx], omega, h).flatten(1))
+    return out
+
+
+def generalized_forces(model: RigidModel, q: Tensor, qd: Tensor, control: Tensor) -> Tensor:
+    """[N, D] joint-space forces except contact and bias: motors, passive damping/springs, limit penalties."""
+    mat = model.material
+    return actuator_forces(model, control) + passive_forces(model, q, qd) + limit_forces(model, q, qd, mat.limit_ke, mat.limit_kd)
+
+
+def substep(model: RigidModel, q: Tensor, qd: Tensor, control: Tensor, h: float, contact: bool = True) -> tuple[Tensor, Tensor]:
+    kin = kinematics(model, q, qd)
+    external = ground_forces(model, kin.poses, kin.velocities) if contact and model.contacts.link.numel() else None
+    qdd = joint_accelerations(model, kin, qd, generalized_forces(model, q, qd, control), external)
+    qd = qd + h * qdd
+    return integrate_positions(model, q, qd, h), qd
+
+
+def step(model: RigidModel, state: RigidState, control: Tensor, dt: float, substeps: int = 16, contact: bool = True,
+         recompute: bool = False) -> RigidState:
+    """Advance ``state`` by one frame of ``dt`` seconds in ``substeps`` equal substeps, holding ``control`` [N, A].
+
+    ``recompute=True`` keeps only the frame's inputs for backward and recomputes the substeps
+    there (``torch.utils.checkpoint``): memory grows with frames, not substeps.
+    """
+    if control.shape[-1] != model.num_actuators:
+        raise ValueError(f"control has {control.shape[-1]} entries per env, the model has {model.num_actuators} actuators")
+    h = dt / substeps
+
+    def frame(q, qd, u):
+        for _ in range(substeps):
+            q, qd = substep(model, q, qd, u, h, contact)
+        return q, qd
+
+    if recompute and torch.is_grad_enabled():
+        q, qd = checkpoint(frame, state.q, state.qd, control, use_reentrant=False)
+    else:
+        q, qd = frame(state.q, state.qd, control)
+    return RigidState(q, qd)
