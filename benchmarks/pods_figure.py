@@ -123,7 +123,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--newton-step-cap", type=float, default=None, help="PODS-2nd: cap on the first trial step")
     parser.add_argument("--damping", type=float, default=1e-6, help="PODS-2nd: Levenberg term added to the Gauss-Newton matrix")
-    parser.add_argument("--gradient-fallback", action="store_true", help="PODS-2nd: first-order step where the GN step fails")
+    parser.add_argument("--no-gradient-fallback", dest="gradient_fallback", action="store_false",
+                        help="PODS-2nd: keep the policy's actions where the Gauss-Newton step fails (default: try the gradient step)")
     parser.add_argument("--regression-steps", type=int, default=50, help="PODS: Adam steps on Eq. 7 per epoch")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
@@ -155,7 +156,8 @@ def main() -> None:
         f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
         f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; "
         f"Adam lr {args.lr}; PODS: {args.regression_steps} regression steps per epoch; line search from a 0.5 action-unit step "
-        f"(1st order) or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order); BPTT: one step "
+        f"(1st order) or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order"
+        f"{', falling back to the gradient step where it fails' if args.gradient_fallback else ''}); BPTT: one step "
         "per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
         "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",
     ]

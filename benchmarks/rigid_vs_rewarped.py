@@ -12,7 +12,7 @@ Every cell (system, N, mode) runs in a fresh subprocess with 1 thread (``OMP_NUM
 for at least --seconds after a warm-up; env-steps/s = N · frames / s. Peak memory is the
 process's peak resident set size (``ru_maxrss``, imports included, the same measure for
 both). tphys runs eager float32; ``recompute`` keeps only frame inputs for backward
-(``tphys.rigid.step(recompute=True)``). Rewarped needs its own venv (see
+(``tphys.rigid.step(recompute=True)``); compiled runs the substep under ``torch.compile``. Rewarped needs its own venv (see
 ``../shared/tools/rewarped/README.md``), by default ``.venv-rewarped`` in the repository root.
 
     python benchmarks/rigid_vs_rewarped.py                       # N = 1 16 64, H = 32, both systems
@@ -38,18 +38,22 @@ from report import command_line, fmt_load, git_commit, machine, versions, write_
 REWARPED_BENCH = REPO.parent / "shared" / "tools" / "rewarped" / "bench.py"
 
 
-def ant_cell(n: int, mode: str, horizon: int, seconds: float, recompute: bool) -> dict:
-    """One tphys cell, run inside the subprocess."""
+def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
+    """One tphys cell, run inside the subprocess. variant: eager | compiled | compiled+recompute."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/tphys-inductor"))
     import torch
 
     from tphys.math import quat_mul, quat_to_matrix
     from tphys.rigid import RigidState, step
+    from tphys.rigid.integrator import compiled_substep
     from tphys.rigid.presets import DFLEX, dflex_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = dflex_model("ant")
     substeps = DFLEX["ant"]["substeps"]
+    substep_fn = compiled_substep(model, 1 / 60, substeps) if variant.startswith("compiled") else None
+    recompute = variant.endswith("recompute")
     q0 = model.q0.expand(n, -1).clone()
     q0[:, 2] = 0.75
     q0[:, 7:] = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0])
@@ -73,7 +77,7 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, recompute: bool) -
         for _ in range(count):
             action = (torch.rand(n, 8) * 2 - 1).requires_grad_(grad)
             actions.append(action)
-            state = step(model, state, action, 1 / 60, substeps=substeps, recompute=recompute and grad)
+            state = step(model, state, action, 1 / 60, substeps=substeps, recompute=recompute and grad, substep_fn=substep_fn)
             _, reward = observe_reward(state, action)
             total = total + reward.sum()
         if grad:
@@ -82,21 +86,23 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, recompute: bool) -
 
     grad = mode == "fwdbwd"
     with torch.set_grad_enabled(grad):
-        frames(horizon if grad else 2, grad)  # warm-up
+        t_warm = time.perf_counter()
+        frames(horizon if grad else 2, grad)  # warm-up (and compilation)
+        t_warm = time.perf_counter() - t_warm
         done, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds or done == 0:
             frames(horizon if grad else 1, grad)
             done += horizon if grad else 1
         elapsed = time.perf_counter() - t0
     return dict(system="tphys", num_envs=n, mode=mode, H=horizon if grad else None, steps_per_s=done * n / elapsed,
-                max_rss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, recompute=recompute and grad,
+                max_rss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, variant=variant, warmup_s=t_warm,
                 torch_threads=torch.get_num_threads())
 
 
-def run_cell(args, system: str, n: int, mode: str, recompute: bool = False) -> dict:
+def run_cell(args, system: str, n: int, mode: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if system == "tphys":
-        cmd = [sys.executable, __file__, "--cell", f"{n},{mode},{int(recompute)}", "--horizon", str(args.horizon),
+    if system != "rewarped":
+        cmd = [sys.executable, __file__, "--cell", f"{n},{mode},{system}", "--horizon", str(args.horizon),
                "--seconds", str(args.seconds)]
     else:
         cmd = [str(args.rewarped_python), str(REWARPED_BENCH), "rewarped.envs.dflex.ant", "Ant", str(n), mode,
@@ -106,7 +112,7 @@ def run_cell(args, system: str, n: int, mode: str, recompute: bool = False) -> d
     if proc.returncode != 0 or not lines:
         return dict(system=system, num_envs=n, mode=mode, error=(proc.stderr.strip().splitlines() or ["no output"])[-1])
     result = json.loads(lines[-1][7:])
-    result["system"] = system
+    result["system"] = system if system == "rewarped" else f"tphys {system}"
     return result
 
 
@@ -120,40 +126,28 @@ def main() -> None:
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
-        n, mode, recompute = args.cell.split(",")
-        print("RESULT " + json.dumps(ant_cell(int(n), mode, args.horizon, args.seconds, bool(int(recompute)))), flush=True)
+        n, mode, variant = args.cell.split(",")
+        print("RESULT " + json.dumps(ant_cell(int(n), mode, args.horizon, args.seconds, variant)), flush=True)
         return
     if not args.rewarped_python.exists():
         sys.exit(f"no Rewarped python at {args.rewarped_python}; set it up as ../shared/tools/rewarped/README.md says")
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    rows = []
+    table = ["| N | mode | system | env-steps/s | vs Rewarped | peak RSS GB | warm-up s |", "|---:|---|---|---:|---:|---:|---:|"]
     for n in args.sizes:
         for mode in ("fwd", "fwdbwd"):
-            cells = [run_cell(args, "rewarped", n, mode), run_cell(args, "tphys", n, mode)]
-            if mode == "fwdbwd":
-                cells.append(run_cell(args, "tphys", n, mode, recompute=True))
+            variants = ["rewarped", "eager", "compiled"] + (["compiled+recompute"] if mode == "fwdbwd" else [])
+            cells = [run_cell(args, v, n, mode) for v in variants]
+            label = f"fwd+bwd H={args.horizon}" if mode == "fwdbwd" else "fwd"
             for cell in cells:
                 print(json.dumps(cell), flush=True)
-            rows.append((n, mode, cells))
-
-    def fmt(cell):
-        if "error" in cell:
-            return f"failed: {cell['error'][:60]}", "-"
-        return f"{cell['steps_per_s']:.0f}", f"{cell['max_rss_MB'] / 1024:.2f}"
-
-    table = ["| N | mode | Rewarped env-steps/s | tphys env-steps/s | ratio | tphys recompute env-steps/s | ratio | "
-             "peak RSS GB Rewarped / tphys / tphys recompute |", "|---:|---|---:|---:|---:|---:|---:|---|"]
-    for n, mode, cells in rows:
-        rw, tp = fmt(cells[0]), fmt(cells[1])
-        ratio = "-" if "error" in cells[0] or "error" in cells[1] else f"{cells[1]['steps_per_s'] / cells[0]['steps_per_s']:.1f}x"
-        if mode == "fwdbwd":
-            rc = fmt(cells[2])
-            ratio_rc = "-" if "error" in cells[0] or "error" in cells[2] else f"{cells[2]['steps_per_s'] / cells[0]['steps_per_s']:.1f}x"
-            label = f"fwd+bwd H={args.horizon}"
-        else:
-            rc, ratio_rc, label = ("-", None), "-", "fwd"
-        memory = f"{rw[1]} / {tp[1]}" + (f" / {rc[1]}" if mode == "fwdbwd" else "")
-        table.append(f"| {n} | {label} | {rw[0]} | {tp[0]} | {ratio} | {rc[0]} | {ratio_rc} | {memory} |")
+                if "error" in cell:
+                    table.append(f"| {n} | {label} | {cell['system']} | failed: {cell['error'][:80]} | | | |")
+                    continue
+                ref = cells[0]
+                ratio = "-" if "error" in ref else f"{cell['steps_per_s'] / ref['steps_per_s']:.2f}x"
+                warm = cell.get("warmup_s", "-")
+                table.append(f"| {n} | {label} | {cell['system']} | {cell['steps_per_s']:.0f} | {ratio} | "
+                             f"{cell['max_rss_MB'] / 1024:.2f} | {warm if isinstance(warm, str) else f'{warm:.0f}'} |")
     lines = [
         "### DFlex Ant: tphys.rigid vs Rewarped 1.3.3 (CPU)", "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
@@ -165,7 +159,9 @@ def main() -> None:
         f"- duration: {time.perf_counter() - t0:.0f} s", "",
         "Ant with DFlex's parameters, 16 substeps per 1/60 s frame, random actions, observation + reward per frame; "
         f"at least {args.seconds:g} s measured per cell after a warm-up. Peak RSS includes the imports (same measure "
-        "for both). tphys: eager float32; recompute = `step(recompute=True)` (substeps recomputed in backward).", "",
+        "for both). tphys float32: eager; compiled = `step(substep_fn=compiled_substep(...))` (the substep under "
+        "torch.compile, Inductor cache in TORCHINDUCTOR_CACHE_DIR; warm-up includes compilation unless cached); "
+        "+recompute = `step(recompute=True)` (substeps recomputed in backward).", "",
         *table,
     ]
     section = "\n".join(lines) + "\n"

@@ -160,7 +160,8 @@ def build_pods(cfg: DictConfig, env: EnvBase) -> tuple[PODSLoss, ObservationNorm
     loss = PODSLoss(env, actor, order=int(algo.order), max_action_change=float(algo.max_action_change),
                     newton_step_cap=None if cap is None else float(cap), line_search_trials=int(algo.line_search_trials),
                     armijo=float(algo.armijo),
-                    cg_iterations=int(algo.cg_iterations), cg_tol=float(algo.cg_tol), damping=float(algo.damping))
+                    cg_iterations=int(algo.cg_iterations), cg_tol=float(algo.cg_tol), damping=float(algo.damping),
+                    gradient_fallback=bool(algo.get("gradient_fallback", True)))
     return loss, normalizer
 
 

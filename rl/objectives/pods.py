@@ -62,7 +62,7 @@ class PODSLoss(LossModule):
 
     def __init__(self, env: EnvBase, actor: TensorDictModuleBase, order: int = 2, max_action_change: float = 0.5,
                  newton_step_cap: float | None = None, line_search_trials: int = 10, armijo: float = 1e-4,
-                 cg_iterations: int = 30, cg_tol: float = 1e-6, damping: float = 1e-6, gradient_fallback: bool = False):
+                 cg_iterations: int = 30, cg_tol: float = 1e-6, damping: float = 1e-6, gradient_fallback: bool = True):
         super().__init__()
         if order not in ORDERS:
             raise ValueError(f"PODS order must be 1 or 2, got {order!r}")

@@ -50,19 +50,21 @@ def substep(model: RigidModel, q: Tensor, qd: Tensor, control: Tensor, h: float,
 
 
 def step(model: RigidModel, state: RigidState, control: Tensor, dt: float, substeps: int = 16, contact: bool = True,
-         recompute: bool = False) -> RigidState:
+         recompute: bool = False, substep_fn=None) -> RigidState:
     """Advance ``state`` by one frame of ``dt`` seconds in ``substeps`` equal substeps, holding ``control`` [N, A].
 
     ``recompute=True`` keeps only the frame's inputs for backward and recomputes the substeps
     there (``torch.utils.checkpoint``): memory grows with frames, not substeps.
+    ``substep_fn(q, qd, control) -> (q, qd)`` replaces the substep (see ``compiled_substep``).
     """
     if control.shape[-1] != model.num_actuators:
         raise ValueError(f"control has {control.shape[-1]} entries per env, the model has {model.num_actuators} actuators")
     h = dt / substeps
+    one = substep_fn or (lambda q, qd, u: substep(model, q, qd, u, h, contact))
 
     def frame(q, qd, u):
         for _ in range(substeps):
-            q, qd = substep(model, q, qd, u, h, contact)
+            q, qd = one(q, qd, u)
         return q, qd
 
     if recompute and torch.is_grad_enabled():
@@ -70,3 +72,14 @@ def step(model: RigidModel, state: RigidState, control: Tensor, dt: float, subst
     else:
         q, qd = frame(state.q, state.qd, control)
     return RigidState(q, qd)
+
+
+def compiled_substep(model: RigidModel, dt: float, substeps: int = 16, contact: bool = True):
+    """``torch.compile`` of one substep of ``model`` (opt-in; pass as ``step(..., substep_fn=...)``).
+
+    Only the substep is compiled; frames and substeps stay a Python loop (compiling an unrolled
+    rollout makes Inductor's code generation explode). Shapes are static: one compilation per
+    batch size. Set ``TORCHINDUCTOR_CACHE_DIR`` to reuse compiled code across processes.
+    """
+    h = dt / substeps
+    return torch.compile(lambda q, qd, u: substep(model, q, qd, u, h, contact), dynamic=False)
