@@ -161,3 +161,26 @@ def _without_residual():
             return EnvBase.__getattribute__(self, name)
 
     return Plain()
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_gradient_fallback_where_the_second_order_step_fails(fallback, monkeypatch):
+    """A Gauss-Newton direction that only lowers V (here: its negation) is rejected for every env; with the
+    fallback the gradient step improves them instead, without it every env keeps the policy's actions."""
+    env = E.make("pendulum2d", num_envs=4, dtype=torch.float64, seed=2, goal="stop", horizon=30)
+    actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(32, 32)).double()
+    loss = PODSLoss(env, actor, order=2, cg_iterations=5, gradient_fallback=fallback)
+    honest = loss.direction
+
+    def uphill(start, actions):
+        value, gradient, direction, info = honest(start, actions)
+        return value, gradient, -direction.abs() * gradient.sign(), info  # never an ascent direction
+
+    monkeypatch.setattr(loss, "direction", uphill)
+    out = loss.improve(env.reset())
+    stats = out["stats"]
+    assert (stats["value_improved"] >= stats["value_policy"]).all()
+    if fallback:
+        assert out["gradient_fallback"].item() > 0 and (stats["value_improved"] > stats["value_policy"]).any()
+    else:
+        assert (stats["step_size"] == 0).all() and "gradient_fallback" not in out.keys()
