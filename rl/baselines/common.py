@@ -26,6 +26,7 @@ from rl.modules import MLP, ObservationNormalizer
 from rl.trainers import NonFiniteError, RunLogger, evaluate, load_checkpoint, save_checkpoint
 from rl.trainers.episodes import track_episode_returns
 from rl.trainers.first_order import NONFINITE_POLICIES, OPTIMIZERS
+from rl.trainers.logging import progress_postfix
 
 MAX_SKIPS = 10
 
@@ -218,10 +219,7 @@ class BaselineTrainer:
                 res = evaluate(self.eval_env, self.actor, int(cfg.eval.episodes), deterministic=True)
                 self.last_eval = {"eval/return": res.mean, "eval/return_ci95": res.ci95}
                 scalars.update(self.last_eval)
-            postfix = {"ret": f"{scalars.get('train/episode_return', float('nan')):.1f}", "steps/s": f"{rate:,.0f}"}
-            if self.last_eval:
-                postfix["eval"] = f"{self.last_eval['eval/return']:.1f}"
-            bar.set_postfix(postfix, refresh=False)
+            bar.set_postfix(progress_postfix(scalars, rate, self.last_eval), refresh=False)
             self.logger.log(self.env_steps, **scalars, **{"time/wall": self.wall_time, "time/steps_per_s": rate})
             if ckpt_every and (self.iteration % ckpt_every == 0 or self.iteration == self.iterations):
                 self.save(self.run_dir / "checkpoints" / "last.pt")

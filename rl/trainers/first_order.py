@@ -32,7 +32,7 @@ from rl.objectives.common import FirstOrderLoss
 from rl.trainers.checkpoint import load_checkpoint, save_checkpoint
 from rl.trainers.episodes import track_episode_returns
 from rl.trainers.evaluation import evaluate
-from rl.trainers.logging import RunLogger
+from rl.trainers.logging import RunLogger, progress_postfix
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 NONFINITE_POLICIES = ("stop", "skip")
@@ -272,10 +272,7 @@ class FirstOrderTrainer:
                 res = self.evaluate()
                 self.last_eval = {"eval/return": res.mean, "eval/return_ci95": res.ci95}
                 scalars.update(self.last_eval)
-            postfix = {"ret": f"{scalars.get('train/episode_return', float('nan')):.1f}", "steps/s": f"{rate:,.0f}"}
-            if self.last_eval:
-                postfix["eval"] = f"{self.last_eval['eval/return']:.1f}"
-            bar.set_postfix(postfix, refresh=False)
+            bar.set_postfix(progress_postfix(scalars, rate, self.last_eval), refresh=False)
             if self.logger is not None and (self.iteration % self.cfg.log_every == 0 or "eval/return" in scalars):
                 self.logger.log(self.env_steps, **scalars, **{"time/wall": self.wall_time, "time/steps_per_s": rate})
             if self.run_dir is not None and self.cfg.checkpoint_every and (

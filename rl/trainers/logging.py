@@ -47,6 +47,14 @@ class RunLogger:
         self.path.write_text("".join(line + "\n" for line in keep))
 
 
+def progress_postfix(scalars: dict, rate: float, last_eval: dict | None) -> dict:
+    """The progress bar's postfix: recent training return, env-steps/s and the last evaluation return."""
+    postfix = {"ret": f"{scalars.get('train/episode_return', float('nan')):.1f}", "steps/s": f"{rate:,.0f}"}
+    if last_eval:
+        postfix["eval"] = f"{last_eval['eval/return']:.1f}"
+    return postfix
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():

@@ -4,6 +4,7 @@ For random positions (normalized quaternions), velocities and controls in float6
 the joint-space mass matrix, bias forces, passive and actuator forces and the joint
 accelerations agree to 1e-6 relative (measured: ~1e-14)."""
 
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,6 @@ from hypothesis import strategies as st
 
 from tphys.rigid import bias_forces, joint_accelerations, kinematics, load_mjcf, mass_matrix, model_path
 from tphys.rigid.dynamics import actuator_forces, passive_forces
-
-mujoco = pytest.importorskip("mujoco", reason="MuJoCo is the reference for the rigid-body tests (pip install mujoco)")
 
 MODELS = ("cartpole", "hopper", "ant", "humanoid", "half_cheetah")
 _CACHE = {}

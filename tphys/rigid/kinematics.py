@@ -62,13 +62,15 @@ def forward_kinematics(model: RigidModel, q: Tensor) -> Poses:
     local = joint_frames(model, q)
     parent = model.links.parent
     pos_levels, rot_levels = [], []
+    previous = 0  # a link at depth k has its parent at depth k-1: gather from the previous level only
     for start, stop in model.links.levels:
         if start == 0:  # roots: children of the world
             pos_levels.append(local.pos[:, start:stop])
             rot_levels.append(local.rot[:, start:stop])
             continue
-        done_pos, done_rot = torch.cat(pos_levels, dim=1), torch.cat(rot_levels, dim=1)
-        p_pos, p_rot = done_pos[:, parent[start:stop]], done_rot[:, parent[start:stop]]
+        index = parent[start:stop] - previous
+        p_pos, p_rot = pos_levels[-1][:, index], rot_levels[-1][:, index]
+        previous = start
         rot_levels.append(p_rot @ local.rot[:, start:stop])
         pos_levels.append(p_pos + (p_rot @ local.pos[:, start:stop, :, None])[..., 0])
     return Poses(torch.cat(pos_levels, dim=1), torch.cat(rot_levels, dim=1))
