@@ -67,8 +67,11 @@ def iteration_steps(args, algo: str, env: str) -> int:
     return args.num_envs * per_env
 
 
-def launch(args, algo: str, env: str, seed: int, goal: str | None = None) -> dict:
-    """Run one recipe (or reuse a finished run with the same budget); returns its eval.json."""
+def launch(args, algo: str, env: str, seed: int, goal: str | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """Run one recipe (or reuse a finished run with the same budget); returns its eval.json.
+
+    ``extra``: more Hydra overrides for this run (e.g. a task's network sizes).
+    """
     goal = goal or args.goal
     out = run_dir(args, algo, env, seed, goal)
     steps = args.steps[env]
@@ -79,11 +82,11 @@ def launch(args, algo: str, env: str, seed: int, goal: str | None = None) -> dic
             return summary
     out.mkdir(parents=True, exist_ok=True)
     windows = max(steps // iteration_steps(args, algo, env), 1)
-    recipe, extra = VARIANTS.get(algo, (algo, []))
+    recipe, variant = VARIANTS.get(algo, (algo, []))
     overrides = [
         f"env={env}", f"env.goal={goal}", f"seed={seed}", f"total_steps={steps}", "progress=false", "video.enabled=false",
         f"eval.every={max(windows // args.curve_points, 1)}", f"eval.episodes={args.eval_episodes}", f"hydra.run.dir={out}",
-        "threads=1", *extra,
+        "threads=1", *extra, *variant,
     ]
     log = (out / "run.log").open("w")
     t0 = time.perf_counter()

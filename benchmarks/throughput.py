@@ -7,8 +7,9 @@ What one cell (env, N) measures, each in a fresh subprocess:
     fwd+bwd   the same H steps with the actions one leaf tensor [H, N, A] that requires
               grad, then ``sum of all rewards``.backward(); the action gradient is checked
               to be finite.
-    core fwd  the pure physics loop, ``env.physics_step`` + ``env.reward`` on a
-              ``ParticleState`` under no_grad (no TorchRL), to show the TorchRL overhead.
+    core fwd  the pure physics loop under no_grad (no TorchRL), to show the TorchRL overhead:
+              ``env.physics_step`` + ``env.reward`` on a ``ParticleState`` (particle envs), or
+              ``env.physics_step`` + the task's observation and reward on a ``RigidState`` (rigid envs).
 
 Throughput is env-steps/s = N * steps / seconds. Every mode is warmed up with a couple of
 steps (``--warmup-steps``; a whole horizon under ``--compile``, so that every recompilation
@@ -31,13 +32,14 @@ so only the first run compiles from scratch; "compile s" is the extra time of th
 
 The table is printed and written into ``--out`` (default benchmarks/RESULTS.md) as a section
 between ``<!-- throughput:MODE:INTEGRATOR -->`` and ``<!-- /throughput:MODE:INTEGRATOR -->``
-(MODE eager or compiled), which replaces the previous run of the same MODE and INTEGRATOR
+(MODE eager or compiled; INTEGRATOR is "rigid" for the rigid-body envs), which replaces the previous run of the same MODE and INTEGRATOR
 and leaves the others in place. The section records date, machine, versions, threads, load
 average, git commit and the command line.
 
 Run it on an otherwise idle machine, from the repository root:
 
-    python benchmarks/throughput.py                     # all envs, N = 1 64 1024 4096, eager
+    python benchmarks/throughput.py                     # the particle envs, N = 1 64 1024 4096, eager
+    python benchmarks/throughput.py --envs rigid --sizes 1 64 256   # the DFlex rigid-body envs
     python benchmarks/throughput.py --compile           # the same with torch.compile
     python benchmarks/throughput.py --integrator bdf2   # the implicit integrator
     python benchmarks/throughput.py --quick --out /tmp/r.md   # smoke test, N = 1 64
@@ -83,13 +85,13 @@ def run_cell(spec: dict) -> dict:
     n, horizon = spec["num_envs"], spec["horizon"]
     kwargs = {} if spec["integrator"] is None else {"integrator": spec["integrator"]}
     env = E.make(spec["env"], num_envs=n, seed=0, dtype=torch.float32, **kwargs)
-    result = {"env": spec["env"], "num_envs": n, "integrator": env.integrator, "threads": torch.get_num_threads()}
+    rigid = isinstance(env, E.RigidEnv)
+    result = {"env": spec["env"], "num_envs": n, "integrator": "rigid" if rigid else env.integrator, "threads": torch.get_num_threads()}
     if spec["compile"]:
         env.physics_step = torch.compile(env.physics_step, dynamic=False)
     td0 = env.reset()
     generator = torch.Generator().manual_seed(0)
     actions = (torch.rand(horizon, n, env.action_dim, generator=generator) - 0.5).to(env.dtype)  # in [-0.5, 0.5]
-    speed, basis = env.task.max_handle_speed, env.action_basis
 
     def torchrl_rollout(acts, steps):
         td, total = td0.copy(), 0.0
@@ -111,12 +113,8 @@ def run_cell(spec: dict) -> dict:
         torchrl_rollout(leaf, steps).backward()
 
     def core_fwd(steps):
-        state, total = env.read_state(td0), 0.0
         with torch.no_grad():
-            for t in range(steps):
-                handle_velocity = speed * torch.einsum("ahd,na->nhd", basis, actions[t])
-                state = env.physics_step(state, handle_velocity)
-                total = total + env.reward(state, handle_velocity).sum()
+            (_rigid_core if rigid else _particle_core)(env, td0, actions, steps)
 
     baseline = _rss_mib()
     result["baseline_mib"] = baseline
@@ -152,6 +150,27 @@ def run_cell(spec: dict) -> dict:
     return result
 
 
+def _particle_core(env, td0, actions, steps):
+    import torch
+
+    state, total = env.read_state(td0), 0.0
+    for t in range(steps):
+        handle_velocity = env.task.max_handle_speed * torch.einsum("ahd,na->nhd", env.action_basis, actions[t])
+        state = env.physics_step(state, handle_velocity)
+        total = total + env.reward(state, handle_velocity).sum()
+    return total
+
+
+def _rigid_core(env, td0, actions, steps):
+    from tphys.rigid import RigidState
+
+    state, total, task = RigidState(td0["q"], td0["qd"]), 0.0, env.task
+    for t in range(steps):
+        state = env.physics_step(state, actions[t])
+        total = total + task.reward(task.observe(env.model, state.q, state.qd, actions[t]), actions[t]).sum()
+    return total
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -183,7 +202,8 @@ def _short_error(error: Exception, compiling: bool) -> str:
 # ---------------------------------------------------------------------------- the run (parent)
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=None, help="env names (default: all registered envs)")
+    parser.add_argument("--envs", nargs="+", default=["particles"],
+                        help="env names, or 'particles' / 'rigid' for a whole family (default: particles)")
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help=f"num_envs values (default: {DEFAULT_SIZES})")
     parser.add_argument("--quick", action="store_true", help=f"smoke test: sizes {QUICK_SIZES} unless --sizes is given")
     parser.add_argument("--horizon", type=int, default=32, help="env steps per rollout (default 32)")
@@ -208,10 +228,12 @@ def main(argv=None) -> None:
         return
     from tqdm import tqdm
 
-    envs = args.envs or _all_envs()
+    envs, rigid = _expand_envs(args.envs)
+    if rigid and args.integrator:
+        raise SystemExit("--integrator applies to the particle envs only")
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     mode = "compiled" if args.compile else "eager"
-    integrator = args.integrator or "semi_implicit"  # every registered env defaults to it
+    integrator = "rigid" if rigid else args.integrator or "semi_implicit"  # every particle env defaults to it
     load_before, started = os.getloadavg(), time.perf_counter()
     results = []
     cells = [(env, n) for env in envs for n in sorted(sizes)]
@@ -282,10 +304,18 @@ def _memory_skips(env: str, n: int, results: list[dict]) -> dict[str, str]:
     return skips
 
 
-def _all_envs() -> list[str]:
+def _expand_envs(names: list[str]) -> tuple[list[str], bool]:
+    """(env names, True for rigid-body envs) from names and family words; one family per table."""
     import tphys.envs as E
 
-    return list(E.list_envs())
+    families = {"particles": [], "rigid": []}
+    for name in E.list_envs():
+        families["rigid" if E.registry.resolve(name) in E.locomotion.NAMES else "particles"].append(name)
+    envs = [e for name in names for e in families.get(name, [name])]
+    kinds = {("rigid" if E.registry.resolve(e) in E.locomotion.NAMES else "particles") for e in envs}
+    if len(kinds) != 1:
+        raise SystemExit(f"one family per table (particles or rigid), got {sorted(kinds)} from {names}")
+    return envs, kinds == {"rigid"}
 
 
 # ---------------------------------------------------------------------------- report

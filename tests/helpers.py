@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torchrl.envs.utils import step_mdp
+
+PARTICLE_ENVS = ("cable_payload2d", "cloth", "double_pendulum3d", "pendulum2d", "pendulum3d", "rope3d")  # the PODS suite
 
 
 def summed_reward(env, td0, actions):
@@ -22,3 +25,31 @@ def no_damping(name: str) -> dict:
     if name == "cloth":
         return dict(spring_damping=0.0, contact_damping=0.0, friction=0.0)
     return dict(damping=0.0)
+
+
+def _central_difference(loss, leaves, directions, eps):
+    with torch.no_grad():
+        plus = loss(*[t + eps * d for t, d in zip(leaves, directions)]).item()
+        minus = loss(*[t - eps * d for t, d in zip(leaves, directions)]).item()
+    return (plus - minus) / (2 * eps)
+
+
+def _richardson(loss, leaves, directions, eps):
+    """Central differences at EPS and EPS/2 combined to cancel the O(eps²) term."""
+    coarse = _central_difference(loss, leaves, directions, eps)
+    fine = _central_difference(loss, leaves, directions, eps / 2)
+    return (4 * fine - coarse) / 3
+
+
+def check_directional_derivative(loss, leaves, directions, eps: float = 1e-6, rtol: float = 1e-5):
+    """Autograd's derivative of ``loss(*leaves)`` along ``directions`` against Richardson-extrapolated central differences."""
+    leaves = [t.clone().requires_grad_() for t in leaves]
+    grads = torch.autograd.grad(loss(*leaves), leaves)
+    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
+    numeric = _richardson(loss, leaves, directions, eps)
+    # A directional derivative near zero is measured against the Cauchy-Schwarz bound
+    # |g|·|d| (times 1e-3), not against itself: there FD noise would dominate any ratio.
+    bound = sum(g.norm() * d.norm() for g, d in zip(grads, directions)).item()
+    scale = max(abs(analytic), abs(numeric), 1e-3 * bound, 1e-12)
+    assert abs(analytic - numeric) / scale < rtol, f"autograd {analytic:.12e} vs finite differences {numeric:.12e}"
+    assert all(torch.isfinite(g).all() for g in grads)

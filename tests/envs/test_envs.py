@@ -1,4 +1,7 @@
-"""TorchRL conformance, differentiable rollouts, registry and input validation of every env."""
+"""TorchRL conformance, differentiable rollouts, registry and input validation of the PODS (particle) envs.
+
+The rigid-body envs have their own file, ``test_rigid_envs.py``.
+"""
 
 import pytest
 import torch
@@ -8,7 +11,6 @@ from torchrl.envs.utils import check_env_specs
 import tphys.envs as E
 from tphys.envs import GOALS
 
-ENV_NAMES = sorted(E.list_envs())
 TABLE2_OBSERVATION = {
     "pendulum2d": 5,
     "pendulum3d": 8,
@@ -17,12 +19,13 @@ TABLE2_OBSERVATION = {
     "rope3d": 32,
     "cloth": 162,
 }
+ENV_NAMES = sorted(TABLE2_OBSERVATION)
 ACTION_DIMS = {"pendulum2d": 1, "pendulum3d": 2, "double_pendulum3d": 2, "cable_payload2d": 2, "rope3d": 2, "cloth": 12}
 
 
 def test_registry_lists_every_pods_env_with_a_description():
     envs = E.list_envs()
-    assert set(envs) == set(TABLE2_OBSERVATION)
+    assert set(TABLE2_OBSERVATION) <= set(envs)
     assert all(isinstance(d, str) and len(d) > 20 for d in envs.values())
     assert E.make("rope", num_envs=2).task.name == "rope3d"
 

@@ -7,14 +7,13 @@ derivatives are checked along random directions in action space and in initial-s
 
 import pytest
 import torch
-from helpers import summed_reward
+from helpers import check_directional_derivative, summed_reward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tphys.envs as E
 from tphys.envs import pods
 
-ENV_NAMES = sorted(E.list_envs())
 # Physical parameters drawn per example (scaled from their defaults) to vary the configuration.
 VARIED = {
     "pendulum2d": (pods.PENDULUM_DEFAULTS, ("stiffness", "mass", "length")),
@@ -24,8 +23,6 @@ VARIED = {
     "rope3d": (pods.ROPE_DEFAULTS, ("stiffness", "bending_stiffness", "mass")),
     "cloth": (pods.CLOTH_DEFAULTS, ("mu", "grip_stiffness", "mass")),
 }
-EPS = 1e-6
-RTOL = 1e-5
 
 
 @st.composite
@@ -43,34 +40,7 @@ def configurations(draw, name, integrator):
     )
 
 
-def _central_difference(loss, leaves, directions, eps):
-    with torch.no_grad():
-        plus = loss(*[t + eps * d for t, d in zip(leaves, directions)]).item()
-        minus = loss(*[t - eps * d for t, d in zip(leaves, directions)]).item()
-    return (plus - minus) / (2 * eps)
-
-
-def _richardson(loss, leaves, directions):
-    """Central differences at EPS and EPS/2 combined to cancel the O(eps²) term."""
-    coarse = _central_difference(loss, leaves, directions, EPS)
-    fine = _central_difference(loss, leaves, directions, EPS / 2)
-    return (4 * fine - coarse) / 3
-
-
-def _check_direction(loss, leaves, directions):
-    leaves = [t.clone().requires_grad_() for t in leaves]
-    grads = torch.autograd.grad(loss(*leaves), leaves)
-    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
-    numeric = _richardson(loss, leaves, directions)
-    # A directional derivative near zero is measured against the Cauchy-Schwarz bound
-    # |g|·|d| (times 1e-3), not against itself: there FD noise would dominate any ratio.
-    bound = sum(g.norm() * d.norm() for g, d in zip(grads, directions)).item()
-    scale = max(abs(analytic), abs(numeric), 1e-3 * bound, 1e-12)
-    assert abs(analytic - numeric) / scale < RTOL, f"autograd {analytic:.12e} vs finite differences {numeric:.12e}"
-    assert all(torch.isfinite(g).all() for g in grads)
-
-
-CASES = [(n, i) for n in ENV_NAMES for i in ("semi_implicit", "bdf2")]
+CASES = [(n, i) for n in sorted(VARIED) for i in ("semi_implicit", "bdf2")]
 
 
 @pytest.mark.parametrize("name, integrator", CASES)
@@ -95,8 +65,8 @@ def test_rollout_gradient_matches_finite_differences(name, integrator):
         def loss_of_state(x, v):
             return summed_reward(env, td0.clone().update({"x": x, "v": v}), actions)
 
-        _check_direction(loss_of_actions, [actions], [torch.randn(shape, generator=gen, dtype=torch.float64)])
+        check_directional_derivative(loss_of_actions, [actions], [torch.randn(shape, generator=gen, dtype=torch.float64)])
         state = [td0["x"], td0["v"]]
-        _check_direction(loss_of_state, state, [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in state])
+        check_directional_derivative(loss_of_state, state, [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in state])
 
     check()

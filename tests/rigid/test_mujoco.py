@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tphys.rigid import bias_forces, joint_accelerations, kinematics, load_mjcf, mass_matrix, model_path
 from tphys.rigid.dynamics import actuator_forces, passive_forces
 
-MODELS = ("cartpole", "hopper", "ant", "humanoid", "half_cheetah")
+MODELS = ("cartpole", "hopper", "ant", "humanoid", "half_cheetah", "dflex_humanoid")
 _CACHE = {}
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import PARTICLE_ENVS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from point_mass import PointMass1D
@@ -28,7 +29,7 @@ def _start_and_actions(name, seed, steps, integrator="semi_implicit", goal="stop
     return env, start, actions, gen
 
 
-@pytest.mark.parametrize("name", sorted(E.list_envs()))
+@pytest.mark.parametrize("name", PARTICLE_ENVS)
 def test_reward_is_minus_squared_residual(name):
     env, start, actions, _ = _start_and_actions(name, 0, 3)
     rollout = play(env, start, actions, residuals=True)

@@ -4,8 +4,9 @@
 ``python -m tphys.envs`` prints that table.
 """
 
-from tphys.envs import pods  # noqa: F401  (registers the PODS task suite)
+from tphys.envs import locomotion, pods  # noqa: F401  (register the DFlex rigid tasks and the PODS task suite)
 from tphys.envs.payload import GOALS, INTEGRATORS, PayloadEnv, PayloadTask, RewardWeights
 from tphys.envs.registry import list_envs, make, register
+from tphys.envs.rigid_env import RigidEnv, RigidTask
 
-__all__ = ["GOALS", "INTEGRATORS", "PayloadEnv", "PayloadTask", "RewardWeights", "list_envs", "make", "register"]
+__all__ = ["GOALS", "INTEGRATORS", "PayloadEnv", "PayloadTask", "RewardWeights", "RigidEnv", "RigidTask", "list_envs", "make", "register"]

@@ -49,7 +49,8 @@ def save_rollout(
     """Render env ``env_index`` of a rollout ``td`` (batch [N, T]) to a GIF, or an MP4 by suffix.
 
     Args:
-        env: the tphys env that produced ``td`` (for ``render_geometry()`` and ``dt``).
+        env: the tphys env that produced ``td`` (for ``render_geometry()``, ``dt`` and, where it has
+            one, ``render_positions(td, env_index)``: the [T + 1, P, d] points to draw).
         td: ``env.rollout(T, ...)`` output: ``td["x"]`` and ``td["next", "x"]`` are [N, T, P, d] (m).
         path: destination, ``.gif`` or ``.mp4`` (MP4 needs ``imageio-ffmpeg``).
         env_index: which env of the batch to draw, 0 <= env_index < N.
@@ -66,7 +67,8 @@ def save_rollout(
     """
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
-    x = rollout_positions(td, env_index)
+    # Particle envs carry positions ("x"); others (rigid bodies) map their state to drawable points.
+    x = env.render_positions(td, env_index) if hasattr(env, "render_positions") else rollout_positions(td, env_index)
     steps = list(range(0, x.shape[0], every))
     labels = None
     if show_reward and ("next", "reward") in td.keys(include_nested=True):

@@ -4,13 +4,15 @@ hopper, ant, humanoid, half_cheetah: gymnasium's MuJoCo assets (maintained by th
 Foundation, the descendants of the models DFlex adapted; the ``gymnasium`` wheel ships the XML
 files and needs no MuJoCo to install). cartpole: ours (``tphys/rigid/assets/cartpole.xml``),
 DFlex's URDF cart-pole written in MJCF, because no maintained package ships that model.
+dflex_humanoid: ours (``tphys/rigid/assets/dflex_humanoid.xml``), the 21-motor humanoid with ankles
+that DFlex's Humanoid task uses (gymnasium's humanoid has 17 motors and no ankles).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-OURS = ("cartpole",)
+OURS = ("cartpole", "dflex_humanoid")
 GYMNASIUM = ("hopper", "ant", "humanoid", "half_cheetah")
 
 

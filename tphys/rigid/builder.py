@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tphys.math import matrix_to_quat
-from tphys.rigid.model import JOINT_TYPES, Actuators, ContactPoints, Dofs, Links, RigidModel, material
+from tphys.rigid.model import JOINT_TYPES, SHAPE_KINDS, Actuators, ContactPoints, Dofs, Links, RigidModel, Shapes, material
 
 _NQ = {"free": 7, "ball": 4, "slide": 1, "hinge": 1, "fixed": 0}
 _NV = {"free": 6, "ball": 3, "slide": 1, "hinge": 1, "fixed": 0}
@@ -60,6 +60,7 @@ class Body:
     inertia: torch.Tensor = field(default_factory=lambda: torch.zeros(3, 3, dtype=torch.float64))
     joints: list = field(default_factory=list)
     contacts: list = field(default_factory=list)  # (pos in body frame, radius)
+    shapes: list = field(default_factory=list)  # (name, kind, pos, rot [3, 3], size) in the body frame
 
 
 class RigidBuilder:
@@ -206,6 +207,17 @@ class RigidBuilder:
             pos=torch.tensor([list(p[1]) for p in points], **f64).reshape(-1, 3),
             radius=torch.tensor([p[2] for p in points], **f64),
         )
+        shape_rows = [(body_last[b], *shape) for b, body in enumerate(self.bodies) for shape in body.shapes]
+        for _, name, kind, *_ in shape_rows:
+            if kind not in SHAPE_KINDS:
+                raise ValueError(f"shape {name!r}: unknown kind {kind!r}; expected one of {SHAPE_KINDS}")
+        shapes = Shapes(
+            link=torch.tensor([r[0] for r in shape_rows], dtype=torch.long),
+            pos=torch.tensor([list(r[3]) for r in shape_rows], **f64).reshape(-1, 3),
+            rot=torch.stack([torch.as_tensor(r[4], **f64) for r in shape_rows]) if shape_rows else torch.zeros(0, 3, 3, **f64),
+            kind=torch.tensor([SHAPE_KINDS.index(r[2]) for r in shape_rows], dtype=torch.long),
+            size=torch.tensor([(list(r[5]) + [0.0, 0.0, 0.0])[:3] for r in shape_rows], **f64).reshape(-1, 3),
+        )
         motor_dofs = []
         for name, joint, *_ in self.motors:
             if joint not in joint_names:
@@ -221,6 +233,7 @@ class RigidBuilder:
             upper=torch.tensor([m[4] for m in self.motors], **f64),
         )
         names = dict(bodies={body.name: body_last[b] for b, body in enumerate(self.bodies) if body.name},
-                     joints=joint_names, actuators=[m[0] for m in self.motors], body_links=list(body_last))
-        return RigidModel(links=link_table, dofs=dofs, contacts=contacts, actuators=actuators, material=material(),
+                     joints=joint_names, actuators=[m[0] for m in self.motors], shapes=[r[1] for r in shape_rows],
+                     body_links=list(body_last))
+        return RigidModel(links=link_table, dofs=dofs, contacts=contacts, shapes=shapes, actuators=actuators, material=material(),
                           gravity=torch.tensor(self.gravity, **f64), q0=torch.tensor(q0, **f64), names=names)

@@ -84,8 +84,12 @@ def actuator_forces(model: RigidModel, control: Tensor) -> Tensor:
 
 
 def joint_accelerations(model: RigidModel, kin: Kinematics, qd: Tensor, tau: Tensor, external: Tensor | None = None) -> Tensor:
-    """qdd [N, D] = H⁻¹ (τ - C), H by Cholesky."""
+    """qdd [N, D] = H⁻¹ (τ - C), H by Cholesky.
+
+    A diverged env (non-finite state, so H is not positive definite) gets NaN accelerations instead of
+    stopping the batch; ``RigidEnv`` detects and terminates such envs.
+    """
     h = mass_matrix(model, kin)
     rhs = tau - bias_forces(model, kin, qd, external)
-    factor = torch.linalg.cholesky(h)
+    factor, _ = torch.linalg.cholesky_ex(h)
     return torch.cholesky_solve(rhs[..., None], factor)[..., 0]

@@ -171,9 +171,10 @@ class _Parser:
         else:
             mass, com, inertia = combine((g["mass"], g["pos"], g["rot"], g["inertia"]) for g in geoms)
         contacts = [c for g in geoms for c in g["contacts"]]
+        shapes = [(g["name"], g["kind"], tuple(g["pos"].tolist()), g["rot"], tuple(g["size"])) for g in geoms]
         body = Body(name=element.get("name", ""), parent=parent, pos=tuple(_floats(element.get("pos", "0 0 0"), 3)),
                     rot=self._rotation(element.attrib), mass=float(mass), com=tuple(com.tolist()), inertia=inertia,
-                    joints=joints, contacts=contacts)
+                    joints=joints, contacts=contacts, shapes=shapes)
         index = builder.add_body(body)
         for child in element.findall("body"):
             self._body(builder, child, index, cls)
@@ -218,7 +219,8 @@ class _Parser:
                 contacts = [(tuple((pos + rot @ (c * torch.tensor(size[:3], dtype=F64))).tolist()), 0.0) for c in corners]
             else:
                 raise NotImplementedError(f"ground contact for geom type {kind!r} (set contype=conaffinity=0 to make it visual)")
-        return dict(mass=mass, pos=pos, rot=rot, inertia=inertia, contacts=contacts)
+        return dict(mass=mass, pos=pos, rot=rot, inertia=inertia, contacts=contacts, name=attrs.get("name", ""), kind=kind,
+                    size=[float(x) for x in size[:3]])
 
 
 def _z_to(direction: torch.Tensor) -> torch.Tensor:

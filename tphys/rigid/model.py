@@ -125,6 +125,28 @@ class ContactPoints(NamedTuple):
     radius: Tensor
 
 
+SHAPE_KINDS = ("sphere", "capsule", "box", "cylinder", "ellipsoid")
+
+
+class Shapes(NamedTuple):
+    """The geometric shapes (MJCF geoms) attached to links, for kinematic coupling and drawing.
+
+    Attributes:
+        link: [G] long.
+        pos: [G, 3] m, shape centre in the link frame.
+        rot: [G, 3, 3] shape axes in the link frame (capsules and cylinders lie along their z axis).
+        kind: [G] long index into ``SHAPE_KINDS``.
+        size: [G, 3] m, MuJoCo's size: sphere (r, -, -), capsule/cylinder (r, half length, -),
+            box (half extents), ellipsoid (radii).
+    """
+
+    link: Tensor
+    pos: Tensor
+    rot: Tensor
+    kind: Tensor
+    size: Tensor
+
+
 class Actuators(NamedTuple):
     """Motors on dofs: generalized force = gear · clamp(control, lower, upper).
 
@@ -171,16 +193,17 @@ class RigidModel(NamedTuple):
     """Everything constant during a rollout (shared by the envs of a batch).
 
     Attributes:
-        links, dofs, contacts, actuators, material: see their classes.
+        links, dofs, contacts, shapes, actuators, material: see their classes.
         gravity: [3] m/s².
         q0: [nq] default generalized positions (MJCF qpos0: ``ref`` values, free/ball bodies at their pose).
         names: dict with ``bodies`` {name: link}, ``joints`` {name: (q index, dof index, type)},
-            ``actuators`` [names] and ``body_links`` [link of each MJCF body, world excluded].
+            ``actuators`` [names], ``shapes`` [names] and ``body_links`` [link of each MJCF body, world excluded].
     """
 
     links: Links
     dofs: Dofs
     contacts: ContactPoints
+    shapes: Shapes
     actuators: Actuators
     material: Material
     gravity: Tensor
