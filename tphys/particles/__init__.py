@@ -1,9 +1,9 @@
-"""Batched particle systems: point masses, handles, springs, cables, cloth, ground contact."""
+"""Batched particle systems: point masses, handles, springs, cables, cloth, FEM solids, ground contact."""
 
 from tphys.particles.builder import ParticleBuilder
 from tphys.particles.forces import kinetic_energy, potential_energy, total_forces
 from tphys.particles.integrators import bdf2, semi_implicit_euler
-from tphys.particles.model import Ground, ParticleModel, ParticleState, Springs, Triangles
+from tphys.particles.model import Ground, ParticleModel, ParticleState, Springs, Tetrahedra, Triangles
 
 __all__ = [
     "Ground",
@@ -11,6 +11,7 @@ __all__ = [
     "ParticleModel",
     "ParticleState",
     "Springs",
+    "Tetrahedra",
     "Triangles",
     "bdf2",
     "kinetic_energy",

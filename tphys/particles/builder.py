@@ -1,4 +1,4 @@
-"""Incremental construction of a ``ParticleModel`` from particles, springs and triangles."""
+"""Incremental construction of a ``ParticleModel`` from particles, springs, triangles and tetrahedra."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tphys.particles.model import Ground, ParticleModel, Springs, Triangles
+from tphys.particles.model import Ground, ParticleModel, Springs, Tetrahedra, Triangles
 
 
 @dataclass
@@ -36,6 +36,7 @@ class ParticleBuilder:
     triangles: list = field(default_factory=list)
     membrane: tuple | None = None
     ground: dict | None = None
+    tetrahedra: list = field(default_factory=list)
 
     def add_particle(self, position, mass: float) -> int:
         """A free point mass (kg) at ``position`` (m); returns its index."""
@@ -61,6 +62,41 @@ class ParticleBuilder:
             raise ValueError("membrane triangles need dim = 3")
         self.triangles.append((i, j, k))
         return len(self.triangles) - 1
+
+    def add_tetrahedron(self, i: int, j: int, k: int, m: int, mu: float, lam: float, damping: float = 0.0,
+                        fiber=(1.0, 0.0, 0.0), max_stress: float = 0.0) -> int:
+        """A stable neo-Hookean element (see ``fem``): Lamé mu, lam in Pa, damping in Pa·s, a rest fiber
+        direction and the fiber tension (Pa) at activation 1. Corners are reordered to a positive volume."""
+        if self.dim != 3:
+            raise ValueError("tetrahedra need dim = 3")
+        if len({i, j, k, m}) != 4:
+            raise ValueError(f"tetrahedron ({i}, {j}, {k}, {m}) repeats a particle")
+        if mu <= 0 or lam <= 0:
+            raise ValueError(f"tetrahedron needs mu > 0 and lam > 0, got mu={mu}, lam={lam}")
+        p = [torch.tensor(self.positions[n], dtype=torch.float64) for n in (i, j, k, m)]
+        volume = torch.linalg.det(torch.stack([p[1] - p[0], p[2] - p[0], p[3] - p[0]], -1)).item() / 6
+        if abs(volume) < 1e-15:
+            raise ValueError(f"tetrahedron ({i}, {j}, {k}, {m}) has zero rest volume")
+        if volume < 0:
+            j, k = k, j
+        norm = math.sqrt(sum(c * c for c in fiber))
+        self.tetrahedra.append(((i, j, k, m), float(mu), float(lam), float(damping), [c / norm for c in fiber], float(max_stress)))
+        return len(self.tetrahedra) - 1
+
+    def add_solid(self, vertices, tets, density: float, mu: float, lam: float, damping: float = 0.0, fiber=(1.0, 0.0, 0.0),
+                  max_stress: float = 0.0) -> list[int]:
+        """A tetrahedral solid (e.g. ``meshing.box_mesh``): vertices [V, 3] m, tets [T, 4], density kg/m³,
+        lumped vertex masses; material as in ``add_tetrahedron``. Returns the particle index of every vertex."""
+        from tphys.particles.meshing import lumped_masses
+
+        vertices, tets = torch.as_tensor(vertices, dtype=torch.float64), torch.as_tensor(tets, dtype=torch.long)
+        masses = lumped_masses(vertices, tets, density)
+        if (masses <= 0).any():
+            raise ValueError("every vertex of a solid must belong to a tetrahedron")
+        index = [self.add_particle(p, float(m)) for p, m in zip(vertices.tolist(), masses.tolist())]
+        for tet in tets.tolist():
+            self.add_tetrahedron(*[index[c] for c in tet], mu=mu, lam=lam, damping=damping, fiber=fiber, max_stress=max_stress)
+        return index
 
     def set_membrane(self, mu: float, lam: float) -> None:
         """Lamé parameters of the sheet in N/m (co-rotational membrane)."""
@@ -92,6 +128,7 @@ class ParticleBuilder:
                 triangles=self._build_triangles(pos),
                 ground=None if self.ground is None else Ground(**{k: torch.tensor(v, **f64) for k, v in self.ground.items()}),
                 up_axis=self.up_axis,
+                tetrahedra=self._build_tetrahedra(pos),
             ),
             pos,
         )
@@ -161,4 +198,23 @@ class ParticleBuilder:
             rest_area=area,
             mu=torch.tensor(self.membrane[0], **f64),
             lam=torch.tensor(self.membrane[1], **f64),
+        )
+
+    def _build_tetrahedra(self, pos):
+        if not self.tetrahedra:
+            return None
+        corners = torch.tensor([t[0] for t in self.tetrahedra])
+        x = pos[corners]  # [T, 4, 3]
+        rest = (x[:, 1:] - x[:, :1]).transpose(-1, -2)  # [T, 3 (xyz), 3 (edge)]
+        f64 = dict(dtype=torch.float64)
+        return Tetrahedra(
+            corners=corners,
+            gather=torch.nn.functional.one_hot(corners.T, pos.shape[0]).to(torch.float64),  # [4, T, P]
+            rest_inverse=torch.linalg.inv(rest),
+            rest_volume=torch.linalg.det(rest) / 6,
+            mu=torch.tensor([t[1] for t in self.tetrahedra], **f64),
+            lam=torch.tensor([t[2] for t in self.tetrahedra], **f64),
+            damping=torch.tensor([t[3] for t in self.tetrahedra], **f64),
+            fiber=torch.tensor([t[4] for t in self.tetrahedra], **f64),
+            max_stress=torch.tensor([t[5] for t in self.tetrahedra], **f64),
         )

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tphys.math import safe_norm
+from tphys.particles.fem import tet_energy, tet_forces
 from tphys.particles.model import Ground, ParticleModel, Springs, Triangles
 from tphys.particles.spring_vjp import fused_spring_forces, use_fused_springs
 
@@ -135,8 +136,10 @@ def ground_forces(ground: Ground, up_axis: int, x: Tensor, v: Tensor) -> Tensor:
     return normal_force.unsqueeze(-1) * up + friction
 
 
-def total_forces(model: ParticleModel, x: Tensor, v: Tensor, fused: bool = False) -> Tensor:
+def total_forces(model: ParticleModel, x: Tensor, v: Tensor, fused: bool = False, activation: Tensor | None = None) -> Tensor:
     """Sum of all forces on the free particles [..., P, d]; rows of handles are zero.
+
+    ``activation`` [..., T] drives the muscle fibers of ``model.tetrahedra`` (None: passive).
 
     ``fused=True`` computes the springs with ``spring_vjp.fused_spring_forces`` (same values,
     cheaper backward, first derivatives only); keep it False under ``torch.func`` transforms.
@@ -149,19 +152,23 @@ def total_forces(model: ParticleModel, x: Tensor, v: Tensor, fused: bool = False
             force = force + spring_forces(model.springs, x, v)
     if model.triangles is not None:
         force = force + membrane_forces(model.triangles, x)
+    if model.tetrahedra is not None:
+        force = force + tet_forces(model.tetrahedra, x, v, activation)
     if model.ground is not None:
         force = force + ground_forces(model.ground, model.up_axis, x, v)
     return force * model.free_mask.unsqueeze(-1)
 
 
-def potential_energy(model: ParticleModel, x: Tensor) -> Tensor:
-    """Conservative energy [...] in J of the free particles: gravity + elastic + contact."""
+def potential_energy(model: ParticleModel, x: Tensor, activation: Tensor | None = None) -> Tensor:
+    """Conservative energy [...] in J of the free particles: gravity + elastic (+ active fibers) + contact."""
     free = model.free_mask
     energy = -(free * model.mass * (x * model.gravity).sum(-1)).sum(-1)
     if model.springs is not None:
         energy = energy + spring_energy(model.springs, x)
     if model.triangles is not None:
         energy = energy + membrane_energy(model.triangles, x)
+    if model.tetrahedra is not None:
+        energy = energy + tet_energy(model.tetrahedra, x, activation)
     if model.ground is not None:
         depth = model.ground.height - x[..., model.up_axis]
         energy = energy + (free * model.ground.stiffness * _smooth_ramp_integral(depth, model.ground.smoothing)).sum(-1)

@@ -24,11 +24,13 @@ def handle_velocity_field(model: ParticleModel, handle_velocity: Tensor) -> Tens
     return torch.einsum("hp,nhd->npd", model.handle_scatter, handle_velocity)
 
 
-def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_velocity: Tensor, dt: float, substeps: int = 1) -> ParticleState:
+def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_velocity: Tensor, dt: float, substeps: int = 1,
+                        activation: Tensor | None = None) -> ParticleState:
     """Symplectic Euler (v += h·a, then x += h·v) over ``substeps`` equal substeps of ``dt``.
 
     Args:
         handle_velocity: [N, H, d] m/s, held constant over the step.
+        activation: [N, T] muscle activations of ``model.tetrahedra``, held over the step (None: passive).
     """
     h = dt / substeps
     free = model.free_mask.unsqueeze(-1)
@@ -36,7 +38,7 @@ def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_veloc
     x = state.x
     v = free * state.v + handle_velocity_field(model, handle_velocity)
     for _ in range(substeps):
-        v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v, fused=True))
+        v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v, fused=True, activation=activation))
         x = torch.add(x, v, alpha=h)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))
 

@@ -61,6 +61,32 @@ class Triangles(NamedTuple):
     lam: Tensor
 
 
+class Tetrahedra(NamedTuple):
+    """Stable neo-Hookean solid elements with contractile muscle fibers, d = 3 only (see ``fem``).
+
+    Attributes:
+        corners: [T, 4] long particle indices.
+        gather: [4, T, P] one-hot rows that pick each corner (used for gather and scatter).
+        rest_inverse: [T, 3, 3] inverse of the rest edge matrix Dm = [x1-x0, x2-x0, x3-x0].
+        rest_volume: [T] m³.
+        mu: [T] Lamé mu, Pa.
+        lam: [T] Lamé lambda, Pa.
+        damping: [T] Pa·s, viscous stress damping·dF/dt.
+        fiber: [T, 3] unit fiber direction in the rest configuration.
+        max_stress: [T] Pa, fiber tension at activation 1 (0: passive tissue).
+    """
+
+    corners: Tensor
+    gather: Tensor
+    rest_inverse: Tensor
+    rest_volume: Tensor
+    mu: Tensor
+    lam: Tensor
+    damping: Tensor
+    fiber: Tensor
+    max_stress: Tensor
+
+
 class Ground(NamedTuple):
     """Horizontal plane ``x[up_axis] = height`` with penalty contact and smooth friction.
 
@@ -94,6 +120,7 @@ class ParticleModel(NamedTuple):
         triangles: cloth membrane, or None.
         ground: contact plane, or None.
         up_axis: index of the vertical axis.
+        tetrahedra: FEM solid elements, or None.
     """
 
     mass: Tensor
@@ -107,6 +134,7 @@ class ParticleModel(NamedTuple):
     triangles: Triangles | None
     ground: Ground | None
     up_axis: int = 1
+    tetrahedra: Tetrahedra | None = None
 
     @property
     def num_particles(self) -> int:
