@@ -32,7 +32,8 @@ so only the first run compiles from scratch; "compile s" is the extra time of th
 
 The table is printed and written into ``--out`` (default benchmarks/RESULTS.md) as a section
 between ``<!-- throughput:MODE:INTEGRATOR -->`` and ``<!-- /throughput:MODE:INTEGRATOR -->``
-(MODE eager or compiled; INTEGRATOR is "rigid" for the rigid-body envs), which replaces the previous run of the same MODE and INTEGRATOR
+(MODE eager or compiled; INTEGRATOR is "rigid" or "soft" for those families), which replaces
+the previous run of the same MODE and INTEGRATOR
 and leaves the others in place. The section records date, machine, versions, threads, load
 average, git commit and the command line.
 
@@ -40,6 +41,7 @@ Run it on an otherwise idle machine, from the repository root:
 
     python benchmarks/throughput.py                     # the particle envs, N = 1 64 1024 4096, eager
     python benchmarks/throughput.py --envs rigid --sizes 1 64 256   # the DFlex rigid-body envs
+    python benchmarks/throughput.py --envs soft --sizes 1 16 64 --horizon 8   # SoftJumper
     python benchmarks/throughput.py --compile           # the same with torch.compile
     python benchmarks/throughput.py --integrator bdf2   # the implicit integrator
     python benchmarks/throughput.py --quick --out /tmp/r.md   # smoke test, N = 1 64
@@ -85,8 +87,8 @@ def run_cell(spec: dict) -> dict:
     n, horizon = spec["num_envs"], spec["horizon"]
     kwargs = {} if spec["integrator"] is None else {"integrator": spec["integrator"]}
     env = E.make(spec["env"], num_envs=n, seed=0, dtype=torch.float32, **kwargs)
-    rigid = isinstance(env, E.RigidEnv)
-    result = {"env": spec["env"], "num_envs": n, "integrator": "rigid" if rigid else env.integrator, "threads": torch.get_num_threads()}
+    family = "rigid" if isinstance(env, E.RigidEnv) else "soft" if isinstance(env, E.soft_jumper.SoftJumperEnv) else "particles"
+    result = {"env": spec["env"], "num_envs": n, "integrator": getattr(env, "integrator", family), "threads": torch.get_num_threads()}
     if spec["compile"]:
         env.physics_step = torch.compile(env.physics_step, dynamic=False)
     td0 = env.reset()
@@ -114,7 +116,7 @@ def run_cell(spec: dict) -> dict:
 
     def core_fwd(steps):
         with torch.no_grad():
-            (_rigid_core if rigid else _particle_core)(env, td0, actions, steps)
+            {"rigid": _rigid_core, "soft": _soft_core, "particles": _particle_core}[family](env, td0, actions, steps)
 
     baseline = _rss_mib()
     result["baseline_mib"] = baseline
@@ -171,6 +173,14 @@ def _rigid_core(env, td0, actions, steps):
     return total
 
 
+def _soft_core(env, td0, actions, steps):
+    x, v, total = td0["x"], td0["v"], 0.0
+    for t in range(steps):
+        x, v = env.physics_step(x, v, actions[t])
+        total = total + env.reward(x, v, td0["com_start"], actions[t]).sum()
+    return total
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -203,7 +213,7 @@ def _short_error(error: Exception, compiling: bool) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["particles"],
-                        help="env names, or 'particles' / 'rigid' for a whole family (default: particles)")
+                        help="env names, or 'particles' / 'rigid' / 'soft' for a whole family (default: particles)")
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help=f"num_envs values (default: {DEFAULT_SIZES})")
     parser.add_argument("--quick", action="store_true", help=f"smoke test: sizes {QUICK_SIZES} unless --sizes is given")
     parser.add_argument("--horizon", type=int, default=32, help="env steps per rollout (default 32)")
@@ -228,12 +238,12 @@ def main(argv=None) -> None:
         return
     from tqdm import tqdm
 
-    envs, rigid = _expand_envs(args.envs)
-    if rigid and args.integrator:
+    envs, family = _expand_envs(args.envs)
+    if family != "particles" and args.integrator:
         raise SystemExit("--integrator applies to the particle envs only")
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     mode = "compiled" if args.compile else "eager"
-    integrator = "rigid" if rigid else args.integrator or "semi_implicit"  # every particle env defaults to it
+    integrator = family if family != "particles" else args.integrator or "semi_implicit"  # every particle env defaults to it
     load_before, started = os.getloadavg(), time.perf_counter()
     results = []
     cells = [(env, n) for env in envs for n in sorted(sizes)]
@@ -304,18 +314,25 @@ def _memory_skips(env: str, n: int, results: list[dict]) -> dict[str, str]:
     return skips
 
 
-def _expand_envs(names: list[str]) -> tuple[list[str], bool]:
-    """(env names, True for rigid-body envs) from names and family words; one family per table."""
+def _family(name: str) -> str:
     import tphys.envs as E
 
-    families = {"particles": [], "rigid": []}
+    canonical = E.registry.resolve(name)
+    return "rigid" if canonical in E.locomotion.NAMES else "soft" if canonical == "soft_jumper" else "particles"
+
+
+def _expand_envs(names: list[str]) -> tuple[list[str], str]:
+    """(env names, family) from names and family words (particles, rigid, soft); one family per table."""
+    import tphys.envs as E
+
+    families = {"particles": [], "rigid": [], "soft": []}
     for name in E.list_envs():
-        families["rigid" if E.registry.resolve(name) in E.locomotion.NAMES else "particles"].append(name)
+        families[_family(name)].append(name)
     envs = [e for name in names for e in families.get(name, [name])]
-    kinds = {("rigid" if E.registry.resolve(e) in E.locomotion.NAMES else "particles") for e in envs}
+    kinds = {_family(e) for e in envs}
     if len(kinds) != 1:
-        raise SystemExit(f"one family per table (particles or rigid), got {sorted(kinds)} from {names}")
-    return envs, kinds == {"rigid"}
+        raise SystemExit(f"one family per table (particles, rigid or soft), got {sorted(kinds)} from {names}")
+    return envs, kinds.pop()
 
 
 # ---------------------------------------------------------------------------- report

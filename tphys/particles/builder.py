@@ -209,7 +209,6 @@ class ParticleBuilder:
         f64 = dict(dtype=torch.float64)
         return Tetrahedra(
             corners=corners,
-            gather=torch.nn.functional.one_hot(corners.T, pos.shape[0]).to(torch.float64),  # [4, T, P]
             rest_inverse=torch.linalg.inv(rest),
             rest_volume=torch.linalg.det(rest) / 6,
             mu=torch.tensor([t[1] for t in self.tetrahedra], **f64),

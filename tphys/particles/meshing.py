@@ -1,8 +1,8 @@
 """Tetrahedral meshes of simple solids, written by us (no mesher dependency).
 
-``box_mesh`` fills an axis-aligned box with a grid of cubes, each split into the 6 tetrahedra
+``voxel_mesh`` turns a set of grid cubes into tetrahedra, each cube split into the 6 tetrahedra
 around its main diagonal (Kuhn's subdivision): neighbouring cubes share their face diagonals,
-so the mesh is conforming. ``lumped_masses`` gives each vertex a quarter of the mass of every
+so the mesh is conforming; ``box_mesh`` is a full box of cubes. ``lumped_masses`` gives each vertex a quarter of the mass of every
 tetrahedron it belongs to.
 """
 
@@ -30,17 +30,23 @@ def box_mesh(lower, upper, cells) -> tuple[Tensor, Tensor]:
     lower, upper = torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64)
     if (upper <= lower).any():
         raise ValueError(f"upper {upper.tolist()} must exceed lower {lower.tolist()} on every axis")
-    axes = [torch.linspace(lower[a], upper[a], n + 1, dtype=torch.float64) for a, n in enumerate((nx, ny, nz))]
-    vertices = torch.cartesian_prod(*axes)  # index (i·(ny+1) + j)·(nz+1) + k
+    spacing = (upper - lower) / torch.tensor([nx, ny, nz], dtype=torch.float64)
+    vertices, tets = voxel_mesh(list(itertools.product(range(nx), range(ny), range(nz))), 1.0)
+    return lower + vertices * spacing, tets
 
-    def vid(i, j, k):
-        return (i * (ny + 1) + j) * (nz + 1) + k
 
-    tets = []
-    for i, j, k in itertools.product(range(nx), range(ny), range(nz)):
-        corner = [vid(i + (c & 1), j + (c >> 1 & 1), k + (c >> 2 & 1)) for c in range(8)]
-        tets += [[corner[c] for c in tet] for tet in _KUHN]
-    tets = torch.tensor(tets, dtype=torch.long)
+def voxel_mesh(cells, size: float) -> tuple[Tensor, Tensor]:
+    """Vertices [V, 3] (m) and tetrahedra [T, 4] of the union of cubes of edge ``size`` (m) at the
+    integer grid positions ``cells`` [(i, j, k), ...]; vertices are shared between touching cubes,
+    numbered in sorted grid order."""
+    cells = sorted({tuple(int(c) for c in cell) for cell in cells})
+    if not cells:
+        raise ValueError("voxel_mesh needs at least one cell")
+    corners = [[(i + (c & 1), j + (c >> 1 & 1), k + (c >> 2 & 1)) for c in range(8)] for i, j, k in cells]
+    points = sorted({p for cube in corners for p in cube})
+    index = {p: n for n, p in enumerate(points)}
+    tets = torch.tensor([[index[cube[c]] for c in tet] for cube in corners for tet in _KUHN], dtype=torch.long)
+    vertices = size * torch.tensor(points, dtype=torch.float64)
     return vertices, orient(vertices, tets)
 
 

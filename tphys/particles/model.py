@@ -66,7 +66,6 @@ class Tetrahedra(NamedTuple):
 
     Attributes:
         corners: [T, 4] long particle indices.
-        gather: [4, T, P] one-hot rows that pick each corner (used for gather and scatter).
         rest_inverse: [T, 3, 3] inverse of the rest edge matrix Dm = [x1-x0, x2-x0, x3-x0].
         rest_volume: [T] m³.
         mu: [T] Lamé mu, Pa.
@@ -77,7 +76,6 @@ class Tetrahedra(NamedTuple):
     """
 
     corners: Tensor
-    gather: Tensor
     rest_inverse: Tensor
     rest_volume: Tensor
     mu: Tensor

@@ -1,0 +1,220 @@
+"""SoftJumper (SAPO paper, Rewarped's ``gradsim.Jumper``): a soft quadruped of muscle tetrahedra that
+learns to jump forward.
+
+The body is ours: cubes of ``cell`` m on a grid (a 7 x 2 x 4 torso on four 2 x 2 x 1 legs), split
+into 6 tetrahedra each (``tphys.particles.meshing.voxel_mesh``): 72 cubes, 432 tetrahedra, 168
+particles, 9 kg, about Rewarped's size (444 tetrahedra, 204 particles). Stable neo-Hookean tissue with
+muscle fibers along x in the torso and along y (up) in the legs; one activation per pair of
+tetrahedra, so 216 action dims (Rewarped: 222), each in [-1, 1] scaling the fiber stress
+``max_stress`` (negative: active extension, as in a pneumatic actuator). Penalty ground at y = 0.
+Frames of 1/60 s with 80 substeps (Rewarped's), 300-step episodes, no early termination.
+
+Reward (Rewarped's): 10·(COM forward velocity, m/s) + 30·(COM height above its start, m) - 0.001·|a|².
+
+Observation [N, 6 + 6·S + 6 + 8] (S = 30 sampled particles; 200 in all):
+    COM position relative to its start (3), COM velocity (3), positions of S sampled particles
+    relative to the COM (3S), their velocities relative to the COM's (3S), two rows of the sampled
+    particles' second-moment matrix (6, orientation cues), and the gait phase: sin and cos of 2π·t/period
+    for periods of 60, 30, 15 and 7.5 steps (8).
+
+Tensordict keys: observation, x / v [N, P, 3] (m, m/s), com_start [N, 3], step_count [N, 1], action
+[N, 216], reward, done / terminated (always False) / truncated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from tphys.envs.registry import register
+from tphys.particles import ParticleBuilder, ParticleModel, ParticleState, semi_implicit_euler
+from tphys.particles.meshing import lumped_masses, voxel_mesh
+
+DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
+                ground_damping=100.0, friction=0.8)  # fmt: skip
+ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "validate", "seed", "samples")
+PERIODS = (60.0, 30.0, 15.0, 7.5)  # gait-phase clocks, steps
+
+
+def quadruped_cells() -> tuple[list, list]:
+    """(torso cells, leg cells) of the soft quadruped on the integer grid (x forward, y up, z side)."""
+    torso = [(i, j, k) for i in range(7) for j in (2, 3) for k in range(4)]
+    legs = [(i, j, k) for i0 in (0, 5) for k in (0, 3) for i in (i0, i0 + 1) for j in (0, 1)]
+    return torso, legs
+
+
+def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, ground_damping, friction) -> tuple[ParticleModel, Tensor]:
+    """The soft quadruped standing on the ground at y = 0: (model, rest positions [P, 3])."""
+    torso, legs = quadruped_cells()
+    vertices, tets = voxel_mesh(torso + legs, cell)
+    # fibers: legs (cells below the torso) along y, the torso along x; Kuhn tetrahedra come 6 per cube in cell order
+    leg_cells = set(legs)
+    cells = sorted(set(torso + legs))
+    fibers = [(0.0, 1.0, 0.0) if c in leg_cells else (1.0, 0.0, 0.0) for c in cells for _ in range(6)]
+    b = ParticleBuilder(dim=3)
+    masses = lumped_masses(vertices, tets, density)
+    index = [b.add_particle(p, float(m)) for p, m in zip(vertices.tolist(), masses.tolist())]
+    for tet, fiber in zip(tets.tolist(), fibers):
+        b.add_tetrahedron(*[index[c] for c in tet], mu=mu, lam=lam, damping=damping, fiber=fiber, max_stress=max_stress)
+    b.set_ground(height=0.0, stiffness=ground_stiffness, damping=ground_damping, friction=friction, slip=1e-2, smoothing=1e-3)
+    return b.build()
+
+
+class SoftJumperEnv(EnvBase):
+    """Batched differentiable SoftJumper; see the module docstring."""
+
+    batch_locked = True
+
+    def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
+                 horizon: int = 300, recompute: bool = True, validate: bool = True, seed: int | None = None, samples: int = 30,
+                 **physics):
+        if goal not in (None, "jump"):
+            raise ValueError(f"soft_jumper: unknown goal {goal!r}; valid goals: jump")
+        unknown = sorted(set(physics) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for env 'soft_jumper'; env options: {', '.join(ENV_OPTIONS)}; "
+                             f"physical parameters: {', '.join(DEFAULTS)}")
+        for name, value in (("substeps", substeps), ("horizon", horizon), ("samples", samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"soft_jumper: {name} must be an int >= 1, got {value!r}")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        model, rest = quadruped(**{**DEFAULTS, **physics})
+        self.goal, self.num_envs, self.dtype, self.dt = "jump", num_envs, dtype, 1.0 / 60.0
+        self.substeps, self.horizon, self.recompute, self.validate = substeps, horizon, recompute, validate
+        self.model = model.to(device=self.device, dtype=dtype)
+        self.rest = rest.to(device=self.device, dtype=dtype)
+        num_particles = rest.shape[0]
+        if samples > num_particles:
+            raise ValueError(f"soft_jumper: samples={samples} exceeds the {num_particles} particles")
+        self.sample_index = torch.linspace(0, num_particles - 1, samples).round().long().to(self.device)
+        self.num_tets = model.tetrahedra.corners.shape[0]
+        self.action_dim = self.num_tets // 2
+        self.observation_dim = 6 + 6 * samples + 6 + 2 * len(PERIODS)
+        self._make_specs(num_particles)
+        self._generator = torch.Generator()
+        self._generator.manual_seed(torch.seed() if seed is None else seed)
+
+    def _make_specs(self, num_particles: int) -> None:
+        n, kw = self.num_envs, dict(dtype=self.dtype, device=self.device)
+        state = Unbounded(shape=(n, num_particles, 3), **kw)
+        self.observation_spec = Composite(
+            observation=Unbounded(shape=(n, self.observation_dim), **kw), x=state, v=state.clone(),
+            com_start=Unbounded(shape=(n, 3), **kw), step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
+            shape=(n,),
+        )
+        self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, self.action_dim), **kw)
+        self.reward_spec = Unbounded(shape=(n, 1), **kw)
+        flag = Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device)
+        self.done_spec = Composite(done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=(n,))
+
+    # ------------------------------------------------------------------ TorchRL API
+    def _set_seed(self, seed: int | None) -> None:
+        self._generator.manual_seed(torch.seed() if seed is None else int(seed))
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        n, gen = self.num_envs, self._generator
+        shift = torch.zeros(n, 1, 3, dtype=torch.float64)
+        shift[..., 0] = 0.05 * (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1)
+        shift[..., 2] = 0.05 * (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1)
+        v = 0.05 * (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1)
+        x = (self.rest.double() + shift).to(self.dtype)
+        v = v.expand(n, self.rest.shape[0], 3).to(self.dtype).clone()
+        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
+        com_start = self.com(x)
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and "x" in tensordict.keys():
+            keep = mask.reshape(n).logical_not()
+            x = torch.where(keep[:, None, None], tensordict["x"], x)
+            v = torch.where(keep[:, None, None], tensordict["v"], v)
+            com_start = torch.where(keep[:, None], tensordict["com_start"], com_start)
+            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
+        flags = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
+        return self._pack(x, v, com_start, step_count, flags)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict["action"]
+        if self.validate:
+            self._check_action(action)
+        action = action.clamp(-1.0, 1.0)
+        x, v = self.physics_step(tensordict["x"], tensordict["v"], action)
+        if self.validate:
+            bad = ~(torch.isfinite(x).flatten(1).all(-1) & torch.isfinite(v).flatten(1).all(-1))
+            if bad.any():
+                where = bad.nonzero().flatten().tolist()[:20]
+                raise FloatingPointError(f"soft_jumper: non-finite state after the step in env indices {where}")
+        step_count = tensordict["step_count"] + 1
+        out = self._pack(x, v, tensordict["com_start"], step_count, step_count >= self.horizon)
+        out.set("reward", self.reward(x, v, tensordict["com_start"], action))
+        return out
+
+    # ------------------------------------------------------------------ physics
+    def physics_step(self, x: Tensor, v: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """One frame: ``substeps`` semi-implicit Euler substeps with activations from ``action`` [N, A].
+
+        ``recompute=True`` keeps only the frame's inputs for backward (memory per frame, not per substep).
+        """
+        activation = action.repeat_interleave(2, dim=-1)  # one action per pair of tetrahedra
+
+        def frame(x, v, activation):
+            state = ParticleState.without_history(x, v)
+            none = torch.zeros(x.shape[0], 0, 3, dtype=x.dtype, device=x.device)
+            state = semi_implicit_euler(self.model, state, none, self.dt, self.substeps, activation=activation)
+            return state.x, state.v
+
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(frame, x, v, activation, use_reentrant=False)
+        return frame(x, v, activation)
+
+    def com(self, x: Tensor) -> Tensor:
+        """[N, 3] centre of mass, m."""
+        mass = self.model.mass
+        return (mass[:, None] * x).sum(-2) / mass.sum()
+
+    def reward(self, x: Tensor, v: Tensor, com_start: Tensor, action: Tensor) -> Tensor:
+        """[N, 1] 10·COM x velocity + 30·COM height gain - 0.001·|a|²."""
+        com_v = self.com(v)
+        gain = self.com(x)[:, 1] - com_start[:, 1]
+        return (10.0 * com_v[:, 0] + 30.0 * gain - 0.001 * action.square().sum(-1)).unsqueeze(-1)
+
+    def observe(self, x: Tensor, v: Tensor, com_start: Tensor, step_count: Tensor) -> Tensor:
+        com, com_v = self.com(x), self.com(v)
+        points = x[:, self.sample_index] - com[:, None]
+        speeds = v[:, self.sample_index] - com_v[:, None]
+        spread = points.transpose(-1, -2) @ points / points.shape[1]  # [N, 3, 3] second moment of the body
+        phase = step_count.to(x.dtype) * (2 * math.pi / torch.tensor(PERIODS, dtype=x.dtype, device=x.device))
+        return torch.cat([com - com_start, com_v, points.flatten(1), speeds.flatten(1), spread[:, 0], spread[:, 1],
+                          torch.sin(phase), torch.cos(phase)], -1)
+
+    def _pack(self, x, v, com_start, step_count, truncated) -> TensorDictBase:
+        return TensorDict(
+            {"observation": self.observe(x, v, com_start, step_count), "x": x, "v": v, "com_start": com_start,
+             "step_count": step_count, "done": truncated, "terminated": torch.zeros_like(truncated), "truncated": truncated},
+            batch_size=self.batch_size, device=self.device,
+        )
+
+    def _check_action(self, action: Tensor) -> None:
+        expected = (self.num_envs, self.action_dim)
+        if tuple(action.shape) != expected:
+            raise ValueError(f"soft_jumper: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)")
+        if action.dtype != self.dtype:
+            raise TypeError(f"soft_jumper: action dtype is {action.dtype} but the env runs in {self.dtype}; cast the policy output")
+        bad = ~torch.isfinite(action).all(-1)
+        if bad.any():
+            raise ValueError(f"soft_jumper: non-finite action (NaN/inf) in env indices {bad.nonzero().flatten().tolist()[:20]}")
+
+    def render_geometry(self) -> dict:
+        """Static drawing data for ``tphys.render``: the tetrahedra's edges and the ground."""
+        corners = self.model.tetrahedra.corners.tolist()
+        edges = sorted({tuple(sorted((t[a], t[b]))) for t in corners for a in range(4) for b in range(a + 1, 4)})
+        return dict(dim=3, up_axis=1, edges=[list(e) for e in edges], cable=[False] * len(edges), ground=0.0)
+
+
+@register("soft_jumper", "SoftJumper: soft quadruped of 432 muscle tetrahedra (168 particles), 80 substeps; obs 200, action 216, 300 steps")
+def make_soft_jumper(num_envs, device, dtype, **overrides):
+    return SoftJumperEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)
