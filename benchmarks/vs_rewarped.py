@@ -92,14 +92,16 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
 
 
 def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
-    """One tphys SoftJumper cell, run inside the subprocess. variant: eager | eager+recompute."""
+    """One tphys SoftJumper cell, run inside the subprocess. variant: eager | compiled, optionally +recompute."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/tphys-inductor"))
     import torch
 
     from tphys.envs.soft_jumper import SoftJumperEnv
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    env = SoftJumperEnv(num_envs=n, seed=0, recompute=variant.endswith("recompute"), validate=False)
+    env = SoftJumperEnv(num_envs=n, seed=0, recompute=variant.endswith("recompute"), compile=variant.startswith("compiled"),
+                        validate=False)
     start = env.reset()
 
     def frames(count: int, grad: bool) -> None:
@@ -140,7 +142,8 @@ def _timed(frames, n: int, mode: str, horizon: int, seconds: float, variant: str
 TASKS = {  # task: (tphys cell, Rewarped module, class, default horizon, tphys variants (fwd, fwd+bwd), section, title)
     "ant": (ant_cell, "rewarped.envs.dflex.ant", "Ant", 32, (["eager", "compiled"], ["eager", "compiled", "compiled+recompute"]),
             "rigid-vs-rewarped", "DFlex Ant: tphys.rigid vs Rewarped 1.3.3 (CPU)"),
-    "jumper": (jumper_cell, "rewarped.envs.gradsim.jumper", "Jumper", 8, (["eager"], ["eager", "eager+recompute"]),
+    "jumper": (jumper_cell, "rewarped.envs.gradsim.jumper", "Jumper", 8,
+               (["eager", "compiled"], ["eager", "compiled", "compiled+recompute"]),
                "soft-vs-rewarped", "SoftJumper: tphys FEM vs Rewarped 1.3.3 (CPU)"),
 }
 
@@ -168,8 +171,9 @@ DESCRIPTIONS = {
            "Inductor cache in TORCHINDUCTOR_CACHE_DIR; warm-up includes compilation unless cached); +recompute = "
            "`step(recompute=True)` (substeps recomputed in backward).",
     "jumper": "SoftJumper, 80 substeps per 1/60 s frame, random actions in [-1, 1], observation + reward per frame. Rewarped: "
-              "444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32, eager; "
-              "+recompute = `recompute=True` (the frame's substeps recomputed in backward).",
+              "444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32; compiled = "
+              "`compile=True` (each substep under torch.compile; warm-up includes compilation unless cached); +recompute = "
+              "`recompute=True` (the frame's substeps recomputed in backward).",
 }
 
 

@@ -21,6 +21,12 @@ from tphys.math import safe_norm
 from tphys.particles.model import Tetrahedra
 
 
+def _matmul3(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for [..., 3, 3] matrices as broadcast multiply-adds: batched 3x3 ``bmm`` with a
+    broadcast operand copies the batch and costs several times more on the CPU."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+
+
 def deformation_gradient(tets: Tetrahedra, x: Tensor) -> Tensor:
     """F [..., T, 3, 3] from positions x [..., P, 3].
 
@@ -29,7 +35,7 @@ def deformation_gradient(tets: Tetrahedra, x: Tensor) -> Tensor:
     """
     corners = x.index_select(-2, tets.corners.reshape(-1)).unflatten(-2, tets.corners.shape)  # [..., T, 4, 3]
     edges = (corners[..., 1:, :] - corners[..., :1, :]).transpose(-1, -2)  # [..., T, 3 (xyz), 3 (edge)]
-    return edges @ tets.rest_inverse
+    return _matmul3(edges, tets.rest_inverse)
 
 
 def _cofactor(f: Tensor) -> Tensor:
@@ -50,7 +56,7 @@ def tet_energy(tets: Tetrahedra, x: Tensor, activation: Tensor | None = None) ->
     alpha = _alpha(tets)
     density = 0.5 * tets.mu * (ic - 3) - 0.5 * tets.mu * torch.log((ic + 1) / 4) + 0.5 * tets.lam * ((j - alpha) ** 2 - (1 - alpha) ** 2)
     if activation is not None:
-        density = density + activation * tets.max_stress * safe_norm(f @ tets.fiber.unsqueeze(-1), dim=(-1, -2))
+        density = density + activation * tets.max_stress * safe_norm((f * tets.fiber.unsqueeze(-2)).sum(-1))
     return (tets.rest_volume * density).sum(-1)
 
 
@@ -63,9 +69,9 @@ def tet_forces(tets: Tetrahedra, x: Tensor, v: Tensor, activation: Tensor | None
     stress = (tets.mu * (1 - 1 / (ic + 1)))[..., None, None] * f + (tets.lam * (j - _alpha(tets)))[..., None, None] * cof
     stress = stress + tets.damping[:, None, None] * deformation_gradient(tets, v)
     if activation is not None:
-        fiber_world = f @ tets.fiber.unsqueeze(-1)  # [..., T, 3, 1]
-        tension = (activation * tets.max_stress / safe_norm(fiber_world, dim=(-1, -2)))[..., None, None]
-        stress = stress + tension * fiber_world @ tets.fiber.unsqueeze(-2)
-    h = -tets.rest_volume[:, None, None] * stress @ tets.rest_inverse.transpose(-1, -2)  # [..., T, 3 (xyz), 3 (corner 1..3)]
+        fiber_world = (f * tets.fiber.unsqueeze(-2)).sum(-1)  # [..., T, 3] = F f
+        tension = (activation * tets.max_stress / safe_norm(fiber_world))[..., None, None]
+        stress = stress + tension * fiber_world.unsqueeze(-1) * tets.fiber.unsqueeze(-2)
+    h = -tets.rest_volume[:, None, None] * _matmul3(stress, tets.rest_inverse.transpose(-1, -2))  # [..., T, 3 (xyz), 3 (corner 1..3)]
     per_corner = torch.cat([-h.sum(-1, keepdim=True), h], -1).transpose(-1, -2)  # [..., T, 4, 3]
     return torch.zeros_like(x).index_add(-2, tets.corners.reshape(-1), per_corner.flatten(-3, -2))
