@@ -14,7 +14,7 @@ Every cell (system, N, mode) runs in a fresh subprocess with 1 thread (``OMP_NUM
 for at least --seconds after a warm-up; env-steps/s = N · frames / s. Peak memory is the
 process's peak resident set size (``ru_maxrss``, imports included, the same measure for
 both). tphys runs eager float32; ``recompute`` keeps only frame inputs for backward
-(``tphys.rigid.step(recompute=True)``, ``soft_jumper(recompute=True)``); compiled (Ant) runs the
+(``tphys.rigid.step(recompute=True)``, ``soft_jumper(recompute=True)``); compiled runs each
 substep under ``torch.compile``. Rewarped needs its own venv (see ``../shared/tools/rewarped/README.md``),
 by default ``.venv-rewarped`` in the repository root.
 
@@ -100,7 +100,7 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    env = SoftJumperEnv(num_envs=n, seed=0, recompute=variant.endswith("recompute"), compile=variant.startswith("compiled"),
+    env = SoftJumperEnv(num_envs=n, seed=0, recompute=variant.endswith("recompute"), compile_substep=variant.startswith("compiled"),
                         validate=False)
     start = env.reset()
 
@@ -172,7 +172,7 @@ DESCRIPTIONS = {
            "`step(recompute=True)` (substeps recomputed in backward).",
     "jumper": "SoftJumper, 80 substeps per 1/60 s frame, random actions in [-1, 1], observation + reward per frame. Rewarped: "
               "444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32; compiled = "
-              "`compile=True` (each substep under torch.compile; warm-up includes compilation unless cached); +recompute = "
+              "`compile_substep=True` (each substep under torch.compile; warm-up includes compilation unless cached); +recompute = "
               "`recompute=True` (the frame's substeps recomputed in backward).",
 }
 

@@ -86,3 +86,9 @@ def test_bad_inputs_are_reported():
         env.step(td.clone().set("action", torch.zeros(2, 5)))
     with pytest.raises(TypeError, match="float64"):
         env.step(td.clone().set("action", torch.zeros(2, 216, dtype=torch.float64)))
+
+
+def test_compile_substep_wraps_the_substep_lazily():
+    """TorchRL's EnvBase consumes a ``compile`` keyword, so the option is ``compile_substep``; building compiles nothing."""
+    assert hasattr(E.make("soft_jumper", num_envs=1, compile_substep=True)._substep, "__wrapped__")
+    assert not hasattr(E.make("soft_jumper", num_envs=1)._substep, "__wrapped__")

@@ -8,7 +8,8 @@ muscle fibers along x in the torso and along y (up) in the legs; one activation 
 tetrahedra, so 216 action dims (Rewarped: 222), each in [-1, 1] scaling the fiber stress
 ``max_stress`` (negative: active extension, as in a pneumatic actuator). Penalty ground at y = 0.
 Frames of 1/60 s with 80 substeps (Rewarped's), 300-step episodes, no early termination.
-``compile=True`` runs each substep under torch.compile (opt-in; about 2x on the CPU).
+``compile_substep=True`` runs each substep under torch.compile (opt-in). (TorchRL's EnvBase takes a
+``compile`` keyword of its own, hence the name.)
 
 Reward (Rewarped's): 10·(COM forward velocity, m/s) + 30·(COM height above its start, m) - 0.001·|a|².
 
@@ -40,7 +41,7 @@ from tphys.particles.meshing import lumped_masses, voxel_mesh
 
 DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
                 ground_damping=100.0, friction=0.8)  # fmt: skip
-ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "compile", "validate", "seed", "samples")
+ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "compile_substep", "validate", "seed", "samples")
 PERIODS = (60.0, 30.0, 15.0, 7.5)  # gait-phase clocks, steps
 
 
@@ -74,7 +75,7 @@ class SoftJumperEnv(EnvBase):
     batch_locked = True
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
-                 horizon: int = 300, recompute: bool = True, compile: bool = False, validate: bool = True, seed: int | None = None,
+                 horizon: int = 300, recompute: bool = True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
                  samples: int = 30, **physics):
         if goal not in (None, "jump"):
             raise ValueError(f"soft_jumper: unknown goal {goal!r}; valid goals: jump")
@@ -99,7 +100,7 @@ class SoftJumperEnv(EnvBase):
             return x + h * v, v
 
         # opt-in: one substep under torch.compile (frames and substeps stay a Python loop)
-        self._substep = torch.compile(substep, dynamic=False) if compile else substep
+        self._substep = torch.compile(substep, dynamic=False) if compile_substep else substep
         num_particles = rest.shape[0]
         if samples > num_particles:
             raise ValueError(f"soft_jumper: samples={samples} exceeds the {num_particles} particles")
@@ -170,7 +171,7 @@ class SoftJumperEnv(EnvBase):
         ``tphys.particles.semi_implicit_euler``) with activations from ``action`` [N, A].
 
         ``recompute=True`` keeps only the frame's inputs for backward (memory per frame, not per substep);
-        ``compile=True`` runs each substep under torch.compile (the first frames compile).
+        ``compile_substep=True`` runs each substep under torch.compile (the first frames compile).
         """
         activation = action.repeat_interleave(2, dim=-1)  # one action per pair of tetrahedra
 
