@@ -212,3 +212,9 @@ def test_episode_metrics():
     metrics = cart.episode_metrics(td)
     assert torch.allclose(metrics["final_abs_angle"], torch.atan2(torch.sin(q[:, 1]), torch.cos(q[:, 1])).abs())
     assert torch.allclose(metrics["final_abs_position"], q[:, 0].abs())
+
+
+def test_compile_substep_is_opt_in_and_lazy():
+    """The substep is wrapped by torch.compile only on request, and building the env compiles nothing."""
+    assert hasattr(E.make("ant", num_envs=1, compile_substep=True)._substep_fn, "__wrapped__")
+    assert E.make("ant", num_envs=1)._substep_fn is None

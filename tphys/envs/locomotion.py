@@ -34,7 +34,7 @@ from tphys.envs.rigid_env import RigidEnv, RigidTask
 from tphys.math import quat_mul, quat_to_matrix
 from tphys.rigid.model import RigidModel
 
-ENV_OPTIONS = ("goal", "substeps", "horizon", "early_termination", "recompute", "validate", "seed")
+ENV_OPTIONS = ("goal", "substeps", "horizon", "early_termination", "recompute", "compile_substep", "validate", "seed")
 NAMES = ("cartpole_swingup", "hopper", "cheetah", "ant", "humanoid")  # the registered rigid-body tasks
 
 

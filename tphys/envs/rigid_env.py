@@ -32,6 +32,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from tphys.rigid import RigidModel, RigidState, forward_kinematics, step
+from tphys.rigid.integrator import compiled_substep
 from tphys.rigid.presets import DFLEX, dflex_model
 
 DIVERGED = 1e6  # DFlex: |q| or |qd| beyond this counts as a diverged simulation
@@ -85,6 +86,7 @@ class RigidEnv(EnvBase):
         horizon: int | None = None,
         early_termination: bool = True,
         recompute: bool = False,
+        compile_substep: bool = False,
         validate: bool = True,
         seed: int | None = None,
     ):
@@ -102,6 +104,9 @@ class RigidEnv(EnvBase):
         self.substeps, self.horizon = substeps, horizon
         self.early_termination, self.recompute, self.validate = early_termination, recompute, validate
         self.model: RigidModel = dflex_model(task.preset, dtype=dtype, device=self.device)
+        # opt-in: each substep under torch.compile (``tphys.rigid.integrator.compiled_substep``); TorchRL's
+        # EnvBase consumes a keyword named ``compile``, hence the name
+        self._substep_fn = compiled_substep(self.model, self.dt, substeps, task.contact) if compile_substep else None
         self.action_dim = self.model.num_actuators
         self.observation_dim = task.observation_dim
         self._make_specs()
@@ -168,7 +173,8 @@ class RigidEnv(EnvBase):
     # ------------------------------------------------------------------ physics and views
     def physics_step(self, state: RigidState, action: Tensor) -> RigidState:
         """One 1/60 s frame of ``substeps`` semi-implicit Euler substeps; ``action`` [N, A] in [-1, 1]."""
-        return step(self.model, state, action, self.dt, self.substeps, contact=self.task.contact, recompute=self.recompute)
+        return step(self.model, state, action, self.dt, self.substeps, contact=self.task.contact, recompute=self.recompute,
+                    substep_fn=self._substep_fn)
 
     def episode_metrics(self, trajectory: TensorDictBase) -> dict[str, Tensor]:
         """Metrics of ``env.rollout`` output [N, T], each [N]: ``episode_length`` (steps up to and including
