@@ -22,7 +22,6 @@ training time, and the published level for reference:
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import launch, mean_ci  # noqa: E402
-from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+from report import publish, run_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HOPPER_NETS = ("algo.actor_hidden=[128,64,32]", "algo.critic_hidden=[64,64]")
@@ -78,22 +77,13 @@ def main() -> None:
         rows.append(f"| {env} | {RUNS[env][0]} | {args.steps[env]:,} | {mean:.1f} ± {within:.1f} | {shown} | {seconds:.0f} "
                     f"| {RUNS[env][4]} |")
     lines = [
-        "### DFlex rigid-body tasks: our recipes against the published returns", "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: {machine()}", f"- versions: {versions()}",
-        f"- load: {fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)",
-        f"- parallelism: {args.jobs} runs at a time, 1 thread each", f"- commit: {git_commit()}",
-        f"- command: `{command_line(__file__)}`", f"- duration: {time.perf_counter() - t0:.0f} s", "",
+        *run_header("DFlex rigid-body tasks: our recipes against the published returns", __file__, load_before, t0,
+                    parallelism=f"{args.jobs} runs at a time, 1 thread each"),
         f"{args.seeds} seed(s), 64 envs, recipe defaults otherwise; return = mean over {args.eval_episodes} deterministic "
         "evaluation episodes of the final policy ± 95 % CI (over episodes for one seed, over seeds otherwise).", "",
         *rows,
     ]
-    if failures:
-        lines += ["", "Failed runs:", *[f"- {f['algo']} {f['env']} seed {f['seed']}: {f['error']}" for f in failures]]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    write_section(args.out, "dflex-tasks", section)
-    print(f"wrote {args.out}")
+    publish(args.out, "dflex-tasks", lines, failures)
 
 
 if __name__ == "__main__":

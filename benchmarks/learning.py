@@ -22,7 +22,6 @@ benchmark continues where it stopped (``--fresh`` reruns everything).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -33,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+
+from report import publish, run_header  # noqa: E402
 
 from rl.trainers.evaluation import t_quantile_975  # noqa: E402
 
@@ -206,14 +206,8 @@ def main() -> None:
     failures = [s for s in summaries if "error" in s]
     plot(args, results, args.figure)
     lines = [
-        "### Learning: final evaluation return at an equal env-step budget", "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: {machine()}", f"- versions: {versions()}",
-        f"- load: {fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)",
-        f"- parallelism: {args.jobs} runs at a time, 1 thread each",
-        f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
-        f"- duration: {time.perf_counter() - t0:.0f} s",
-        "",
+        *run_header("Learning: final evaluation return at an equal env-step budget", __file__, load_before, t0,
+                    parallelism=f"{args.jobs} runs at a time, 1 thread each"),
         f"Final policy, deterministic, {args.eval_episodes} evaluation episodes per run; mean ± 95 % CI (Student t) over "
         f"{args.seeds} seeds of the per-run mean return; goal `{args.goal}`; 64 envs (TrajOpt 16), recipe defaults otherwise. "
         "`random` is the uniform-random policy on the same evaluation envs. wall s / run = training time per run (mean).",
@@ -222,12 +216,7 @@ def main() -> None:
         "",
         f"![learning curves]({os.path.relpath(args.figure, args.out.parent)})",
     ]
-    if failures:
-        lines += ["", "Failed runs:", *[f"- {f['algo']} {f['env']} seed {f['seed']}: {f['error']}" for f in failures]]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    write_section(args.out, "learning", section)
-    print(f"wrote {args.out} and {args.figure}")
+    publish(args.out, "learning", lines, failures, wrote_also=f" and {args.figure}")
 
 
 if __name__ == "__main__":

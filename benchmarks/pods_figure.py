@@ -20,7 +20,6 @@ Writes a figure and a section between ``<!-- pods-figure -->`` markers of --out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import mean_ci  # noqa: E402
-from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+from report import publish, run_header  # noqa: E402
 
 import tphys.envs  # noqa: E402
 from rl.modules import DeterministicActor, ObservationNormalizer  # noqa: E402
@@ -147,12 +146,7 @@ def main() -> None:
         rows.append(f"| {LABELS[method]} | {start:.3f} | {final:.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}")
                     + f" | {best:.3f} | {secs:.2f} |")
     lines = [
-        "### PODS vs BPTT (PODS paper, figure 3)", "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: {machine()}", f"- versions: {versions()}",
-        f"- threads: {args.threads}; load: {fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)",
-        f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
-        f"- duration: {time.perf_counter() - t0:.0f} s", "",
+        *run_header("PODS vs BPTT (PODS paper, figure 3)", __file__, load_before, t0, threads=str(args.threads)),
         f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
         f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; "
         f"Adam lr {args.lr}; PODS: {args.regression_steps} regression steps per epoch; line search from a 0.5 action-unit step "
@@ -161,10 +155,7 @@ def main() -> None:
         "per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
         "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",
     ]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    write_section(args.out, "pods-figure", section)
-    print(f"wrote {args.out} and {args.figure}")
+    publish(args.out, "pods-figure", lines, wrote_also=f" and {args.figure}")
 
 
 if __name__ == "__main__":

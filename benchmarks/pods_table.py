@@ -19,7 +19,6 @@ between ``<!-- pods-table -->`` markers:
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import launch, mean_ci  # noqa: E402
-from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+from report import publish, run_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALGOS = ("pods1", "pods2", "apg", "shac", "sapo", "ppo", "sac")
@@ -106,23 +105,13 @@ def main() -> None:
     failures = [s for s in summaries if "error" in s]
     budgets = ", ".join(f"{e} {args.steps[e]:,}" for e in args.envs)
     lines = [
-        "### PODS table 1: reward and compute time on the PODS envs", "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: {machine()}", f"- versions: {versions()}",
-        f"- load: {fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)",
-        f"- parallelism: {args.jobs} runs at a time, 1 thread each",
-        f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
-        f"- duration: {time.perf_counter() - t0:.0f} s", "",
+        *run_header("PODS table 1: reward and compute time on the PODS envs", __file__, load_before, t0,
+                    parallelism=f"{args.jobs} runs at a time, 1 thread each"),
         f"Budgets (env steps per run): {budgets}. 64 envs; PODS: k = 64 episodes per epoch. {args.seeds} seed(s); "
         f"{args.eval_episodes} deterministic evaluation episodes per run; recipe defaults otherwise.", "",
         *tables(args, results),
     ]
-    if failures:
-        lines += ["", "Failed runs:", *[f"- {f['algo']} {f['env']} {f['goal']} seed {f['seed']}: {f['error']}" for f in failures]]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    write_section(args.out, "pods-table", section)
-    print(f"wrote {args.out}")
+    publish(args.out, "pods-table", lines, failures)
 
 
 if __name__ == "__main__":

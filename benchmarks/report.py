@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,31 @@ def write_section(path: Path, key: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def run_header(title: str, script: str, load_before, started: float, parallelism: str | None = None,
+               threads: str | None = None) -> list[str]:
+    """The first lines of a results section: title, date, machine, versions, load (and threads), parallelism,
+    commit, command line of ``script`` and the duration since ``started`` (``time.perf_counter()``)."""
+    load = f"{fmt_load(load_before)} before, {fmt_load(os.getloadavg())} after (1/5/15 min)"
+    lines = [f"### {title}", "", f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+             f"- machine: {machine()}", f"- versions: {versions()}",
+             f"- threads: {threads}; load: {load}" if threads else f"- load: {load}"]
+    if parallelism:
+        lines.append(f"- parallelism: {parallelism}")
+    return lines + [f"- commit: {git_commit()}", f"- command: `{command_line(script)}`",
+                    f"- duration: {time.perf_counter() - started:.0f} s", ""]
+
+
+def publish(out: Path, key: str, lines: list[str], failures=(), wrote_also: str = "") -> None:
+    """Append the failed runs (``learning.launch`` error dicts) to ``lines``, print the section and write it into ``out``."""
+    if failures:
+        lines = [*lines, "", "Failed runs:",
+                 *[f"- {f['algo']} {f['env']} {f.get('goal') or ''} seed {f['seed']}: {f['error']}" for f in failures]]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    write_section(out, key, section)
+    print(f"wrote {out}{wrote_also}")
 
 
 def machine() -> str:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from test_mujoco import random_state
 
 from tphys.rigid import load_mjcf, model_path
-from tphys.rigid.kinematic import interpolate, joint_rates, kinematic_frame, shape_frames
+from tphys.rigid.integrator import integrate_positions
+from tphys.rigid.kinematic import joint_rates, kinematic_frame, shape_frames
 from tphys.rigid.model import SHAPE_KINDS
 
 MODELS = ("ant", "humanoid", "half_cheetah", "dflex_humanoid")
@@ -68,8 +69,9 @@ def test_frame_ends_at_the_target_and_velocities_are_the_motion_s(seed, substeps
     # the reported velocity is the derivative of the motion: central differences of the pose in time
     qd = joint_rates(model, q, target, dt)
     t, eps = 0.4 * dt, 1e-6
-    ahead, behind = shape_frames(model, interpolate(model, q, qd, t + eps)), shape_frames(model, interpolate(model, q, qd, t - eps))
-    now = shape_frames(model, interpolate(model, q, qd, t), qd)
+    ahead = shape_frames(model, integrate_positions(model, q, qd, t + eps))
+    behind = shape_frames(model, integrate_positions(model, q, qd, t - eps))
+    now = shape_frames(model, integrate_positions(model, q, qd, t), qd)
     torch.testing.assert_close(now.lin_vel, (ahead.pos - behind.pos) / (2 * eps), atol=1e-6, rtol=1e-6)
     spin = (ahead.rot - behind.rot) / (2 * eps) @ now.rot.transpose(-1, -2)  # = skew(ω)
     omega = torch.stack([spin[..., 2, 1], spin[..., 0, 2], spin[..., 1, 0]], -1)

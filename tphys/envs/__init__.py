@@ -5,8 +5,10 @@
 """
 
 from tphys.envs import locomotion, pods, soft_jumper  # noqa: F401  (register the DFlex rigid tasks, the PODS suite, SoftJumper)
+from tphys.envs.base import TphysEnv
 from tphys.envs.payload import GOALS, INTEGRATORS, PayloadEnv, PayloadTask, RewardWeights
 from tphys.envs.registry import list_envs, make, register
 from tphys.envs.rigid_env import RigidEnv, RigidTask
 
-__all__ = ["GOALS", "INTEGRATORS", "PayloadEnv", "PayloadTask", "RewardWeights", "RigidEnv", "RigidTask", "list_envs", "make", "register"]
+__all__ = ["GOALS", "INTEGRATORS", "PayloadEnv", "PayloadTask", "RewardWeights", "RigidEnv", "RigidTask", "TphysEnv",
+           "list_envs", "make", "register"]

@@ -35,7 +35,6 @@ from tphys.math import quat_mul, quat_to_matrix
 from tphys.rigid.model import RigidModel
 
 ENV_OPTIONS = ("goal", "substeps", "horizon", "early_termination", "recompute", "compile_substep", "validate", "seed")
-NAMES = ("cartpole_swingup", "hopper", "cheetah", "ant", "humanoid")  # the registered rigid-body tasks
 
 
 def _rand(gen: torch.Generator, *shape: int) -> Tensor:
@@ -183,28 +182,20 @@ def _make(task: RigidTask, num_envs, device, dtype, overrides: dict) -> RigidEnv
     return RigidEnv(task, num_envs=num_envs, device=device, dtype=dtype, **overrides)
 
 
-@register("cartpole_swingup", "DFlex cart-pole swing-up (1000 N motor on the cart, no ground); obs 5, action 1, 240 steps",
-          aliases=("cartpole",))
-def make_cartpole_swingup(num_envs, device, dtype, **overrides):
-    return _make(CARTPOLE, num_envs, device, dtype, overrides)
+def _factory(task: RigidTask):
+    def make(num_envs, device, dtype, **overrides):
+        return _make(task, num_envs, device, dtype, overrides)
+
+    return make
 
 
-@register("hopper", "DFlex Hopper (gymnasium model, penalty ground contact); obs 11, action 3, 1000 steps")
-def make_hopper(num_envs, device, dtype, **overrides):
-    return _make(HOPPER, num_envs, device, dtype, overrides)
-
-
-@register("cheetah", "DFlex HalfCheetah (gymnasium model, penalty ground contact); obs 17, action 6, 1000 steps",
-          aliases=("half_cheetah",))
-def make_cheetah(num_envs, device, dtype, **overrides):
-    return _make(CHEETAH, num_envs, device, dtype, overrides)
-
-
-@register("ant", "DFlex Ant (gymnasium model, penalty ground contact); obs 37, action 8, 1000 steps")
-def make_ant(num_envs, device, dtype, **overrides):
-    return _make(ANT, num_envs, device, dtype, overrides)
-
-
-@register("humanoid", "DFlex Humanoid (21 motors, 48 substeps, penalty ground contact); obs 76, action 21, 1000 steps")
-def make_humanoid(num_envs, device, dtype, **overrides):
-    return _make(HUMANOID, num_envs, device, dtype, overrides)
+REGISTERED = (  # (task, description, aliases)
+    (CARTPOLE, "DFlex cart-pole swing-up (1000 N motor on the cart, no ground); obs 5, action 1, 240 steps", ("cartpole",)),
+    (HOPPER, "DFlex Hopper (gymnasium model, penalty ground contact); obs 11, action 3, 1000 steps", ()),
+    (CHEETAH, "DFlex HalfCheetah (gymnasium model, penalty ground contact); obs 17, action 6, 1000 steps", ("half_cheetah",)),
+    (ANT, "DFlex Ant (gymnasium model, penalty ground contact); obs 37, action 8, 1000 steps", ()),
+    (HUMANOID, "DFlex Humanoid (21 motors, 48 substeps, penalty ground contact); obs 76, action 21, 1000 steps", ()),
+)
+NAMES = tuple(task.name for task, _, _ in REGISTERED)  # the registered rigid-body tasks
+for _task, _description, _aliases in REGISTERED:
+    register(_task.name, _description, aliases=_aliases)(_factory(_task))

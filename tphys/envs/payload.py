@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import EnvBase
+from torchrl.data import Unbounded
 
+from tphys.envs.base import TphysEnv, check_action, env_indices
 from tphys.particles import ParticleModel, ParticleState, bdf2, semi_implicit_euler
 
 GOALS = ("stop", "stop_at_origin")
@@ -68,10 +68,8 @@ class PayloadTask:
     integrator: str = "semi_implicit"
 
 
-class PayloadEnv(EnvBase):
+class PayloadEnv(TphysEnv):
     """Batched differentiable env of a ``PayloadTask``; see the module docstring for keys."""
-
-    batch_locked = True
 
     def __init__(
         self,
@@ -120,32 +118,12 @@ class PayloadEnv(EnvBase):
         self.action_dim = task.action_basis.shape[0]
         num_particles, dim = task.reference.shape
         self.observation_dim = self.action_dim + 2 * self.model.num_free * dim
-        self._make_specs(num_particles, dim)
-        self._generator = torch.Generator()
-        self._generator.manual_seed(torch.seed() if seed is None else seed)
-
-    # ------------------------------------------------------------------ specs
-    def _make_specs(self, num_particles: int, dim: int) -> None:
-        n, kw = self.num_envs, dict(dtype=self.dtype, device=self.device)
-        state = Unbounded(shape=(n, num_particles, dim), **kw)
-        self.observation_spec = Composite(
-            observation=Unbounded(shape=(n, self.observation_dim), **kw),
-            x=state,
-            v=state.clone(),
-            x_prev=state.clone(),
-            v_prev=state.clone(),
-            step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
-            shape=(n,),
-        )
-        self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, self.action_dim), **kw)
-        self.reward_spec = Unbounded(shape=(n, 1), **kw)
-        flag = Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device)
-        self.done_spec = Composite(done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=(n,))
+        state = Unbounded(shape=(num_envs, num_particles, dim), dtype=dtype, device=self.device)
+        self._set_specs(self.action_dim, observation=Unbounded(shape=(num_envs, self.observation_dim), dtype=dtype, device=self.device),
+                        x=state, v=state.clone(), x_prev=state.clone(), v_prev=state.clone())
+        self._seed_generator(seed)
 
     # ------------------------------------------------------------------ TorchRL API
-    def _set_seed(self, seed: int | None) -> None:
-        self._generator.manual_seed(torch.seed() if seed is None else int(seed))
-
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         x, v = self.task.sample_initial(self.task.model, self.task.reference, self.num_envs, self._generator)
         x = x.to(device=self.device, dtype=self.dtype)
@@ -165,7 +143,7 @@ class PayloadEnv(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict["action"]
         if self.validate:
-            self._check_action(action)
+            check_action(self.task.name, action, self.num_envs, self.action_dim, self.dtype)
         state = self.read_state(tensordict)
         if self.validate:
             self._check_finite(state, "input state")
@@ -292,31 +270,14 @@ class PayloadEnv(EnvBase):
             device=self.device,
         )
 
-    def _check_action(self, action: Tensor) -> None:
-        expected = (self.num_envs, self.action_dim)
-        if tuple(action.shape) != expected:
-            raise ValueError(f"{self.task.name}: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)")
-        if action.dtype != self.dtype:
-            raise TypeError(
-                f"{self.task.name}: action dtype is {action.dtype} but the env runs in {self.dtype}; "
-                f"cast the policy output (a {action.dtype} action would silently promote the state)"
-            )
-        bad = ~torch.isfinite(action).all(-1)
-        if bad.any():
-            raise ValueError(f"{self.task.name}: non-finite action (NaN/inf) in env indices {_indices(bad)}")
-
     def _check_finite(self, state: ParticleState, what: str) -> None:
         bad = ~(torch.isfinite(state.x).flatten(1).all(-1) & torch.isfinite(state.v).flatten(1).all(-1))
         if bad.any():
             raise FloatingPointError(
-                f"{self.task.name}: non-finite {what} (NaN/inf) in env indices {_indices(bad)}; integrator={self.integrator}, dt={self.dt}"
+                f"{self.task.name}: non-finite {what} (NaN/inf) in env indices {env_indices(bad)}; "
+                f"integrator={self.integrator}, dt={self.dt}"
             )
 
 
 def _where_env(keep: Tensor, old: Tensor, new: Tensor) -> Tensor:
     return torch.where(keep.reshape(-1, *([1] * (old.dim() - 1))), old, new)
-
-
-def _indices(mask: Tensor, limit: int = 20) -> str:
-    idx = torch.nonzero(mask).flatten().tolist()
-    return str(idx[:limit]) + (f" ... ({len(idx)} in all)" if len(idx) > limit else "")

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import EnvBase
+from torchrl.data import Unbounded
 
+from tphys.envs.base import TphysEnv, check_action, env_indices
 from tphys.rigid import RigidModel, RigidState, forward_kinematics, step
 from tphys.rigid.integrator import compiled_substep
 from tphys.rigid.presets import DFLEX, dflex_model
@@ -70,10 +70,8 @@ class RigidTask:
     dt: float = 1.0 / 60.0
 
 
-class RigidEnv(EnvBase):
+class RigidEnv(TphysEnv):
     """Batched differentiable env of a ``RigidTask``; see the module docstring for keys."""
-
-    batch_locked = True
 
     def __init__(
         self,
@@ -109,29 +107,12 @@ class RigidEnv(EnvBase):
         self._substep_fn = compiled_substep(self.model, self.dt, substeps, task.contact) if compile_substep else None
         self.action_dim = self.model.num_actuators
         self.observation_dim = task.observation_dim
-        self._make_specs()
-        self._generator = torch.Generator()
-        self._generator.manual_seed(torch.seed() if seed is None else seed)
-
-    # ------------------------------------------------------------------ specs
-    def _make_specs(self) -> None:
-        n, kw = self.num_envs, dict(dtype=self.dtype, device=self.device)
-        self.observation_spec = Composite(
-            observation=Unbounded(shape=(n, self.observation_dim), **kw),
-            q=Unbounded(shape=(n, self.model.nq), **kw),
-            qd=Unbounded(shape=(n, self.model.nv), **kw),
-            step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
-            shape=(n,),
-        )
-        self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, self.action_dim), **kw)
-        self.reward_spec = Unbounded(shape=(n, 1), **kw)
-        flag = Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device)
-        self.done_spec = Composite(done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=(n,))
+        kw = dict(dtype=dtype, device=self.device)
+        self._set_specs(self.action_dim, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw),
+                        q=Unbounded(shape=(num_envs, self.model.nq), **kw), qd=Unbounded(shape=(num_envs, self.model.nv), **kw))
+        self._seed_generator(seed)
 
     # ------------------------------------------------------------------ TorchRL API
-    def _set_seed(self, seed: int | None) -> None:
-        self._generator.manual_seed(torch.seed() if seed is None else int(seed))
-
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         q, qd = self.task.sample_initial(self.model, self.num_envs, self._generator)
         q, qd = q.to(device=self.device, dtype=self.dtype), qd.to(device=self.device, dtype=self.dtype)
@@ -151,7 +132,7 @@ class RigidEnv(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action, q, qd = tensordict["action"], tensordict["q"], tensordict["qd"]
         if self.validate:
-            self._check_action(action)
+            check_action(self.task.name, action, self.num_envs, self.action_dim, self.dtype)
             self._check_finite(q, qd)
         action = action.clamp(-1.0, 1.0)
         new = self.physics_step(RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), _CleanGrad.apply(action))
@@ -218,23 +199,10 @@ class RigidEnv(EnvBase):
             device=self.device,
         )
 
-    def _check_action(self, action: Tensor) -> None:
-        expected = (self.num_envs, self.action_dim)
-        if tuple(action.shape) != expected:
-            raise ValueError(f"{self.task.name}: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)")
-        if action.dtype != self.dtype:
-            raise TypeError(
-                f"{self.task.name}: action dtype is {action.dtype} but the env runs in {self.dtype}; "
-                f"cast the policy output (a {action.dtype} action would silently promote the state)"
-            )
-        bad = ~torch.isfinite(action).all(-1)
-        if bad.any():
-            raise ValueError(f"{self.task.name}: non-finite action (NaN/inf) in env indices {_indices(bad)}")
-
     def _check_finite(self, q: Tensor, qd: Tensor) -> None:
         bad = ~(torch.isfinite(q).all(-1) & torch.isfinite(qd).all(-1))
         if bad.any():
-            raise FloatingPointError(f"{self.task.name}: non-finite input state (NaN/inf) in env indices {_indices(bad)}")
+            raise FloatingPointError(f"{self.task.name}: non-finite input state (NaN/inf) in env indices {env_indices(bad)}")
 
 
 def _diverged(x: Tensor) -> Tensor:
@@ -255,8 +223,3 @@ class _CleanGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return _finite(grad)
-
-
-def _indices(mask: Tensor, limit: int = 20) -> str:
-    idx = torch.nonzero(mask).flatten().tolist()
-    return str(idx[:limit]) + (f" ... ({len(idx)} in all)" if len(idx) > limit else "")

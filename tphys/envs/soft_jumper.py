@@ -31,13 +31,13 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import EnvBase
+from torchrl.data import Unbounded
 
+from tphys.envs.base import TphysEnv, check_action, env_indices
 from tphys.envs.registry import register
 from tphys.particles import ParticleBuilder, ParticleModel
 from tphys.particles.forces import total_forces
-from tphys.particles.meshing import lumped_masses, voxel_mesh
+from tphys.particles.meshing import voxel_mesh
 
 DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
                 ground_damping=100.0, friction=0.8)  # fmt: skip
@@ -61,18 +61,13 @@ def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, gro
     cells = sorted(set(torso + legs))
     fibers = [(0.0, 1.0, 0.0) if c in leg_cells else (1.0, 0.0, 0.0) for c in cells for _ in range(6)]
     b = ParticleBuilder(dim=3)
-    masses = lumped_masses(vertices, tets, density)
-    index = [b.add_particle(p, float(m)) for p, m in zip(vertices.tolist(), masses.tolist())]
-    for tet, fiber in zip(tets.tolist(), fibers):
-        b.add_tetrahedron(*[index[c] for c in tet], mu=mu, lam=lam, damping=damping, fiber=fiber, max_stress=max_stress)
+    b.add_solid(vertices, tets, density, mu=mu, lam=lam, damping=damping, fiber=fibers, max_stress=max_stress)
     b.set_ground(height=0.0, stiffness=ground_stiffness, damping=ground_damping, friction=friction, slip=1e-2, smoothing=1e-3)
     return b.build()
 
 
-class SoftJumperEnv(EnvBase):
+class SoftJumperEnv(TphysEnv):
     """Batched differentiable SoftJumper; see the module docstring."""
-
-    batch_locked = True
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
                  horizon: int = 300, recompute: bool = True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
@@ -108,27 +103,13 @@ class SoftJumperEnv(EnvBase):
         self.num_tets = model.tetrahedra.corners.shape[0]
         self.action_dim = self.num_tets // 2
         self.observation_dim = 6 + 6 * samples + 6 + 2 * len(PERIODS)
-        self._make_specs(num_particles)
-        self._generator = torch.Generator()
-        self._generator.manual_seed(torch.seed() if seed is None else seed)
-
-    def _make_specs(self, num_particles: int) -> None:
-        n, kw = self.num_envs, dict(dtype=self.dtype, device=self.device)
-        state = Unbounded(shape=(n, num_particles, 3), **kw)
-        self.observation_spec = Composite(
-            observation=Unbounded(shape=(n, self.observation_dim), **kw), x=state, v=state.clone(),
-            com_start=Unbounded(shape=(n, 3), **kw), step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
-            shape=(n,),
-        )
-        self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, self.action_dim), **kw)
-        self.reward_spec = Unbounded(shape=(n, 1), **kw)
-        flag = Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device)
-        self.done_spec = Composite(done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=(n,))
+        kw = dict(dtype=dtype, device=self.device)
+        state = Unbounded(shape=(num_envs, num_particles, 3), **kw)
+        self._set_specs(self.action_dim, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw), x=state, v=state.clone(),
+                        com_start=Unbounded(shape=(num_envs, 3), **kw))
+        self._seed_generator(seed)
 
     # ------------------------------------------------------------------ TorchRL API
-    def _set_seed(self, seed: int | None) -> None:
-        self._generator.manual_seed(torch.seed() if seed is None else int(seed))
-
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         n, gen = self.num_envs, self._generator
         shift = torch.zeros(n, 1, 3, dtype=torch.float64)
@@ -152,14 +133,13 @@ class SoftJumperEnv(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict["action"]
         if self.validate:
-            self._check_action(action)
+            check_action("soft_jumper", action, self.num_envs, self.action_dim, self.dtype)
         action = action.clamp(-1.0, 1.0)
         x, v = self.physics_step(tensordict["x"], tensordict["v"], action)
         if self.validate:
             bad = ~(torch.isfinite(x).flatten(1).all(-1) & torch.isfinite(v).flatten(1).all(-1))
             if bad.any():
-                where = bad.nonzero().flatten().tolist()[:20]
-                raise FloatingPointError(f"soft_jumper: non-finite state after the step in env indices {where}")
+                raise FloatingPointError(f"soft_jumper: non-finite state after the step in env indices {env_indices(bad)}")
         step_count = tensordict["step_count"] + 1
         out = self._pack(x, v, tensordict["com_start"], step_count, step_count >= self.horizon)
         out.set("reward", self.reward(x, v, tensordict["com_start"], action))
@@ -210,16 +190,6 @@ class SoftJumperEnv(EnvBase):
              "step_count": step_count, "done": truncated, "terminated": torch.zeros_like(truncated), "truncated": truncated},
             batch_size=self.batch_size, device=self.device,
         )
-
-    def _check_action(self, action: Tensor) -> None:
-        expected = (self.num_envs, self.action_dim)
-        if tuple(action.shape) != expected:
-            raise ValueError(f"soft_jumper: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)")
-        if action.dtype != self.dtype:
-            raise TypeError(f"soft_jumper: action dtype is {action.dtype} but the env runs in {self.dtype}; cast the policy output")
-        bad = ~torch.isfinite(action).all(-1)
-        if bad.any():
-            raise ValueError(f"soft_jumper: non-finite action (NaN/inf) in env indices {bad.nonzero().flatten().tolist()[:20]}")
 
     def render_geometry(self) -> dict:
         """Static drawing data for ``tphys.render``: the tetrahedra's edges and the ground."""

@@ -86,16 +86,18 @@ class ParticleBuilder:
     def add_solid(self, vertices, tets, density: float, mu: float, lam: float, damping: float = 0.0, fiber=(1.0, 0.0, 0.0),
                   max_stress: float = 0.0) -> list[int]:
         """A tetrahedral solid (e.g. ``meshing.box_mesh``): vertices [V, 3] m, tets [T, 4], density kg/m³,
-        lumped vertex masses; material as in ``add_tetrahedron``. Returns the particle index of every vertex."""
+        lumped vertex masses; material as in ``add_tetrahedron``, with ``fiber`` one direction [3] or one
+        per tetrahedron [T, 3]. Returns the particle index of every vertex."""
         from tphys.particles.meshing import lumped_masses
 
         vertices, tets = torch.as_tensor(vertices, dtype=torch.float64), torch.as_tensor(tets, dtype=torch.long)
         masses = lumped_masses(vertices, tets, density)
         if (masses <= 0).any():
             raise ValueError("every vertex of a solid must belong to a tetrahedron")
+        fibers = torch.as_tensor(fiber, dtype=torch.float64).expand(tets.shape[0], 3)
         index = [self.add_particle(p, float(m)) for p, m in zip(vertices.tolist(), masses.tolist())]
-        for tet in tets.tolist():
-            self.add_tetrahedron(*[index[c] for c in tet], mu=mu, lam=lam, damping=damping, fiber=fiber, max_stress=max_stress)
+        for tet, direction in zip(tets.tolist(), fibers.tolist()):
+            self.add_tetrahedron(*[index[c] for c in tet], mu=mu, lam=lam, damping=damping, fiber=direction, max_stress=max_stress)
         return index
 
     def set_membrane(self, mu: float, lam: float) -> None:

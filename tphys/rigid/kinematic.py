@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tphys.math import quat_integrate, quat_mul, safe_norm
+from tphys.math import quat_mul, safe_norm
+from tphys.rigid.integrator import integrate_positions
 from tphys.rigid.kinematics import forward_kinematics, link_velocities, motion_subspaces, point_velocities
 from tphys.rigid.model import RigidModel
 
@@ -72,24 +73,6 @@ def joint_rates(model: RigidModel, q: Tensor, target: Tensor, dt: float) -> Tens
     return qd
 
 
-def interpolate(model: RigidModel, q: Tensor, qd: Tensor, t: float) -> Tensor:
-    """q after moving at the constant rates qd for t seconds (exact on the geodesic of ``joint_rates``)."""
-    links, dofs = model.links, model.dofs
-    out = q.index_add(1, dofs.scalar_q, t * qd[:, dofs.scalar])
-    arange3, arange4 = torch.arange(3, device=q.device), torch.arange(4, device=q.device)
-    if links.free.numel():
-        pos = (links.free_q[:, None] + arange3).reshape(-1)
-        out = out.index_add(1, pos, t * qd[:, (links.free_dof[:, None] + arange3).reshape(-1)])
-        quat = links.free_q[:, None] + 3 + arange4
-        turned = quat_integrate(q[:, quat], qd[:, links.free_dof[:, None] + 3 + arange3], t)
-        out = out.index_copy(1, quat.reshape(-1), turned.flatten(1))
-    if links.ball.numel():
-        quat = links.ball_q[:, None] + arange4
-        turned = quat_integrate(q[:, quat], qd[:, links.ball_dof[:, None] + arange3], t)
-        out = out.index_copy(1, quat.reshape(-1), turned.flatten(1))
-    return out
-
-
 def kinematic_frame(model: RigidModel, q: Tensor, target: Tensor, dt: float, substeps: int) -> list[ShapeFrames]:
     """Shape frames at the end of each of ``substeps`` equal substeps while q [N, nq] moves to target in dt s.
 
@@ -101,7 +84,8 @@ def kinematic_frame(model: RigidModel, q: Tensor, target: Tensor, dt: float, sub
         raise ValueError(f"substeps must be an int >= 1, got {substeps!r}")
     qd = joint_rates(model, q, target, dt)
     h = dt / substeps
-    return [shape_frames(model, interpolate(model, q, qd, k * h), qd) for k in range(1, substeps + 1)]
+    # integrate_positions is exact on the geodesic here: the rates are constant over the frame
+    return [shape_frames(model, integrate_positions(model, q, qd, k * h), qd) for k in range(1, substeps + 1)]
 
 
 def _body_rate(start: Tensor, end: Tensor, dt: float) -> Tensor:
@@ -118,4 +102,4 @@ def _body_rate(start: Tensor, end: Tensor, dt: float) -> Tensor:
     return scale[..., None] * v / dt
 
 
-__all__ = ["ShapeFrames", "interpolate", "joint_rates", "kinematic_frame", "shape_frames"]
+__all__ = ["ShapeFrames", "joint_rates", "kinematic_frame", "shape_frames"]
