@@ -90,5 +90,6 @@ def test_bad_inputs_are_reported():
 
 def test_compile_substep_wraps_the_substep_lazily():
     """TorchRL's EnvBase consumes a ``compile`` keyword, so the option is ``compile_substep``; building compiles nothing."""
-    assert hasattr(E.make("soft_jumper", num_envs=1, compile_substep=True)._substep, "__wrapped__")
-    assert not hasattr(E.make("soft_jumper", num_envs=1)._substep, "__wrapped__")
+    compiled, eager = E.make("soft_jumper", num_envs=1, compile_substep=True)._substep, E.make("soft_jumper", num_envs=1)._substep
+    assert hasattr(compiled.forward_fn, "__wrapped__") and hasattr(compiled.backward_fn, "__wrapped__")
+    assert not hasattr(eager.forward_fn, "__wrapped__") and not hasattr(eager.backward_fn, "__wrapped__")

@@ -8,8 +8,10 @@ muscle fibers along x in the torso and along y (up) in the legs; one activation 
 tetrahedra, so 216 action dims (Rewarped: 222), each in [-1, 1] scaling the fiber stress
 ``max_stress`` (negative: active extension, as in a pneumatic actuator). Penalty ground at y = 0.
 Frames of 1/60 s with 80 substeps (Rewarped's), 300-step episodes, no early termination.
-``compile_substep=True`` runs each substep under torch.compile (opt-in). (TorchRL's EnvBase takes a
-``compile`` keyword of its own, hence the name.)
+Each substep is one autograd node with a hand-written backward (``tphys.particles.solid_substep``);
+``compile_substep=True`` runs its forward and backward under torch.compile (opt-in, several times
+faster; the first frames compile). (TorchRL's EnvBase takes a ``compile`` keyword of its own, hence
+the name.)
 
 Reward (Rewarped's): 10·(COM forward velocity, m/s) + 30·(COM height above its start, m) - 0.001·|a|².
 
@@ -36,8 +38,8 @@ from torchrl.data import Unbounded
 from tphys.envs.base import TphysEnv, check_action, env_indices
 from tphys.envs.registry import register
 from tphys.particles import ParticleBuilder, ParticleModel
-from tphys.particles.forces import total_forces
 from tphys.particles.meshing import voxel_mesh
+from tphys.particles.solid_substep import SolidSubstep
 
 DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
                 ground_damping=100.0, friction=0.8)  # fmt: skip
@@ -87,15 +89,9 @@ class SoftJumperEnv(TphysEnv):
         self.substeps, self.horizon, self.recompute, self.validate = substeps, horizon, recompute, validate
         self.model = model.to(device=self.device, dtype=dtype)
         self.rest = rest.to(device=self.device, dtype=dtype)
-        h = self.dt / substeps
-        impulse_per_force = (h / self.model.mass).unsqueeze(-1)  # [P, 1] s/kg (no handles: every particle is free)
-
-        def substep(x, v, activation):
-            v = torch.addcmul(v, impulse_per_force, total_forces(self.model, x, v, activation=activation))
-            return x + h * v, v
-
-        # opt-in: one substep under torch.compile (frames and substeps stay a Python loop)
-        self._substep = torch.compile(substep, dynamic=False) if compile_substep else substep
+        # one autograd node per substep with a hand-written backward; opt-in: its forward and backward
+        # each under torch.compile (frames and substeps stay a Python loop)
+        self._substep = SolidSubstep(self.model, self.dt / substeps, compile=compile_substep)
         num_particles = rest.shape[0]
         if samples > num_particles:
             raise ValueError(f"soft_jumper: samples={samples} exceeds the {num_particles} particles")
@@ -150,8 +146,8 @@ class SoftJumperEnv(TphysEnv):
         """One frame: ``substeps`` semi-implicit Euler substeps (v += h·F/m, then x += h·v, as
         ``tphys.particles.semi_implicit_euler``) with activations from ``action`` [N, A].
 
-        ``recompute=True`` keeps only the frame's inputs for backward (memory per frame, not per substep);
-        ``compile_substep=True`` runs each substep under torch.compile (the first frames compile).
+        Without ``recompute`` backward keeps x and v of every substep (2·N·P·3 numbers); ``recompute=True``
+        keeps only the frame's inputs and reruns its substeps in backward (memory per frame, not per substep).
         """
         activation = action.repeat_interleave(2, dim=-1)  # one action per pair of tetrahedra
 

@@ -89,12 +89,17 @@ def twice_differentiable():
         _TWICE_DIFFERENTIABLE.reset(token)
 
 
+def twice_differentiable_requested() -> bool:
+    """Whether the caller is inside ``twice_differentiable()`` (fused nodes must step aside)."""
+    return _TWICE_DIFFERENTIABLE.get()
+
+
 def use_fused_springs(springs: Springs, x: Tensor, v: Tensor) -> bool:
     """The fused node serves only first-order reverse-mode gradients w.r.t. x and v.
 
     The twin takes over when a spring parameter needs a gradient, when x or v carries a
     forward-mode tangent (``torch.autograd.forward_ad``), or inside ``twice_differentiable()``.
     """
-    if _TWICE_DIFFERENTIABLE.get() or any(t.requires_grad for t in springs):
+    if twice_differentiable_requested() or any(t.requires_grad for t in springs):
         return False
     return all(fwAD.unpack_dual(t).tangent is None for t in (x, v))
