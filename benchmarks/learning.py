@@ -17,6 +17,8 @@ benchmark continues where it stopped (``--fresh`` reruns everything).
     python benchmarks/learning.py                                    # rope + pendulum2d, 6 algos, 5 seeds
     python benchmarks/learning.py --algos sapo ppo --envs rope --seeds 2 --steps rope=100000
     python benchmarks/learning.py --quick --out /tmp/learning.md     # smoke test
+    python benchmarks/learning.py --algos sapo shac ppo --envs soft_jumper --goal jump --seeds 2 \
+        --steps soft_jumper=200000 --section learning-soft-jumper    # issue 7's SoftJumper comparison
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ def main() -> None:
     parser.add_argument("--curve-points", type=int, default=10)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "learning")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    parser.add_argument("--figure", type=Path, default=None, help="default: learning.png beside --out")
+    parser.add_argument("--figure", type=Path, default=None, help="default: <section>.png beside --out")
+    parser.add_argument("--section", default="learning", help="marker of the section of --out to write (<!-- section -->)")
     parser.add_argument("--fresh", action="store_true", help="rerun even where eval.json exists")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, tiny budgets, 8 eval episodes")
     args = parser.parse_args()
@@ -195,7 +198,7 @@ def main() -> None:
     if missing:
         parser.error(f"no step budget for {missing}; pass --steps {missing[0]}=N")
     args.steps = steps
-    args.figure = args.figure or args.out.parent / "learning.png"
+    args.figure = args.figure or args.out.parent / f"{args.section.replace('-', '_')}.png"
     load_before, t0 = os.getloadavg(), time.perf_counter()
     jobs = [(a, e, s) for e in args.envs for s in range(args.seeds) for a in args.algos]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -216,7 +219,7 @@ def main() -> None:
         "",
         f"![learning curves]({os.path.relpath(args.figure, args.out.parent)})",
     ]
-    publish(args.out, "learning", lines, failures, wrote_also=f" and {args.figure}")
+    publish(args.out, args.section, lines, failures, wrote_also=f" and {args.figure}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,23 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float | None) -> float:
+    """Scale gradients in place to total norm <= ``max_norm`` (None: only measure); returns the norm before.
+
+    The norm is accumulated in float64: gradients through long stiff rollouts can be finite in float32
+    yet have a float32 norm of inf (elements above ~1e19), where ``clip_grad_norm_`` would zero them
+    instead of rescaling.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.stack([g.detach().double().norm() for g in grads]).norm().item()
+    if max_norm is not None and norm > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
 class NonFiniteError(FloatingPointError):
     """Training met a NaN/inf loss, gradient or simulator state and was configured to stop."""
 
@@ -213,10 +230,7 @@ class FirstOrderTrainer:
         return {"train/skipped": float(self.skips)}
 
     def _clip(self, params: list[nn.Parameter]) -> float:
-        if self.cfg.grad_clip is None:
-            norms = [p.grad.norm() for p in params if p.grad is not None]
-            return torch.stack(norms).norm().item() if norms else 0.0
-        return nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
+        return clip_grad_norm(params, self.cfg.grad_clip)
 
     def _train_critic(self, batch: TensorDictBase) -> float:
         size = batch.shape[0]

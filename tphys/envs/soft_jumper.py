@@ -6,7 +6,11 @@ into 6 tetrahedra each (``tphys.particles.meshing.voxel_mesh``): 72 cubes, 432 t
 particles, 9 kg, about Rewarped's size (444 tetrahedra, 204 particles). Stable neo-Hookean tissue with
 muscle fibers along x in the torso and along y (up) in the legs; one activation per pair of
 tetrahedra, so 216 action dims (Rewarped: 222), each in [-1, 1] scaling the fiber stress
-``max_stress`` (negative: active extension, as in a pneumatic actuator). Penalty ground at y = 0.
+``max_stress`` (negative: active extension, as in a pneumatic actuator). Penalty ground at y = 0 with
+smooth Coulomb friction, viscous below ``slip`` = 0.2 m/s: the friction's tangent damping
+friction·f_n/slip must keep h·friction·f_n/(slip·m) < 2 for the linearised explicit substep to stay
+contractive; at slip = 0.01 or 0.05 m/s gradients over a 32-step window grow ~1e4-1e5 times past
+16 steps (forward stays bounded), at 0.2 they grow ~3x from 16 to 32 steps.
 Frames of 1/60 s with 80 substeps (Rewarped's), 300-step episodes, no early termination.
 Each substep is one autograd node with a hand-written backward (``tphys.particles.solid_substep``);
 ``compile_substep=True`` runs its forward and backward under torch.compile (opt-in, several times
@@ -42,7 +46,7 @@ from tphys.particles.meshing import voxel_mesh
 from tphys.particles.solid_substep import SolidSubstep
 
 DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
-                ground_damping=100.0, friction=0.8)  # fmt: skip
+                ground_damping=100.0, friction=0.8, slip=0.2)  # fmt: skip
 ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "compile_substep", "validate", "seed", "samples")
 PERIODS = (60.0, 30.0, 15.0, 7.5)  # gait-phase clocks, steps
 
@@ -54,7 +58,8 @@ def quadruped_cells() -> tuple[list, list]:
     return torso, legs
 
 
-def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, ground_damping, friction) -> tuple[ParticleModel, Tensor]:
+def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, ground_damping, friction,
+              slip) -> tuple[ParticleModel, Tensor]:
     """The soft quadruped standing on the ground at y = 0: (model, rest positions [P, 3])."""
     torso, legs = quadruped_cells()
     vertices, tets = voxel_mesh(torso + legs, cell)
@@ -64,7 +69,7 @@ def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, gro
     fibers = [(0.0, 1.0, 0.0) if c in leg_cells else (1.0, 0.0, 0.0) for c in cells for _ in range(6)]
     b = ParticleBuilder(dim=3)
     b.add_solid(vertices, tets, density, mu=mu, lam=lam, damping=damping, fiber=fibers, max_stress=max_stress)
-    b.set_ground(height=0.0, stiffness=ground_stiffness, damping=ground_damping, friction=friction, slip=1e-2, smoothing=1e-3)
+    b.set_ground(height=0.0, stiffness=ground_stiffness, damping=ground_damping, friction=friction, slip=slip, smoothing=1e-3)
     return b.build()
 
 

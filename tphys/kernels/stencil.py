@@ -1,0 +1,88 @@
+"""MLS-MPM particle-grid transfers in plain torch: the twins of the Triton kernels (same signatures).
+
+Quadratic B-spline stencil of 3x3x3 nodes (Hu et al. 2018, MLS-MPM). Nodes sit at i·dx, i = 0..G-1
+per axis; a particle at x (m) has base node floor(x/dx - 0.5) and fractional offset f = x/dx - base in
+[0.5, 1.5). Per axis, offset o = 0, 1, 2 weighs
+
+    w0 = (1.5 - f)²/2,   w1 = 0.75 - (f - 1)²,   w2 = (f - 0.5)²/2,
+
+and the node lies at dpos = (o - f)·dx from the particle. Nodes outside the grid get weight 0
+(keep particles at least 1.5 cells inside; ``tphys.mpm`` enforces it).
+
+    p2g: grid mass m_i = Σ_p w_ip m_p;  grid momentum (mv)_i = Σ_p w_ip (m_p v_p + A_p·dpos_ip)
+    g2p: v_p = Σ_i w_ip v_i;  C_p = 4/dx² Σ_i w_ip v_i ⊗ dpos_ip
+
+Everything is differentiable by autograd (positions through the weights and dpos).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+OFFSETS = [(a, b, c) for a in range(3) for b in range(3) for c in range(3)]
+
+
+def check_transfer_inputs(x: Tensor, grid_size: int, dx: float, **per_particle: Tensor) -> None:
+    """Shape and dtype checks shared by both backends (messages name the argument)."""
+    if x.dim() != 3 or x.shape[-1] != 3:
+        raise ValueError(f"x must be [N, P, 3] positions, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point, got {x.dtype}")
+    if not isinstance(grid_size, int) or grid_size < 3:
+        raise ValueError(f"grid_size must be an int >= 3, got {grid_size!r}")
+    if not dx > 0:
+        raise ValueError(f"dx must be > 0, got {dx!r}")
+    shapes = {"mass": x.shape[:2], "momentum": x.shape, "affine": (*x.shape, 3)}
+    for name, t in per_particle.items():
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise ValueError(f"{name} must have shape {tuple(shapes[name])} for x of shape {tuple(x.shape)}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype or t.device != x.device:
+            raise TypeError(f"{name} is {t.dtype} on {t.device}; x is {x.dtype} on {x.device}: they must match")
+
+
+def stencil(x: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(flat node index [N, P, 27] into [N·G³], weight [N, P, 27], dpos [N, P, 27, 3] in m) of positions x [N, P, 3]."""
+    n = x.shape[0]
+    f = x / dx
+    base = torch.floor(f - 0.5).detach()
+    frac = f - base
+    per_axis = torch.stack([0.5 * (1.5 - frac) ** 2, 0.75 - (frac - 1) ** 2, 0.5 * (frac - 0.5) ** 2], -1)  # [N, P, 3 (axis), 3 (o)]
+    offsets = torch.tensor(OFFSETS, device=x.device)  # [27, 3]
+    weight = per_axis[..., 0, offsets[:, 0]] * per_axis[..., 1, offsets[:, 1]] * per_axis[..., 2, offsets[:, 2]]
+    dpos = (offsets.to(x.dtype) - frac.unsqueeze(-2)) * dx
+    node = base.long().unsqueeze(-2) + offsets  # [N, P, 27, 3]
+    inside = ((node >= 0) & (node < grid_size)).all(-1)
+    node = node.clamp(0, grid_size - 1)
+    env = torch.arange(n, device=x.device).view(n, 1, 1)
+    flat = ((env * grid_size + node[..., 0]) * grid_size + node[..., 1]) * grid_size + node[..., 2]
+    return flat, weight * inside, dpos
+
+
+def p2g_torch(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor]:
+    """Particles to grid: (grid mass [N, G, G, G] kg, grid momentum [N, G, G, G, 3] kg·m/s).
+
+    Args:
+        x: [N, P, 3] positions, m.  mass: [N, P] kg.  momentum: [N, P, 3] m·v, kg·m/s.
+        affine: [N, P, 3, 3] the MLS affine term A (kg/s): each node gets A·dpos on top of w·m·v.
+    """
+    check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
+    n, g = x.shape[0], grid_size
+    flat, weight, dpos = stencil(x, g, dx)
+    nodal = momentum.unsqueeze(-2) + (affine.unsqueeze(-3) @ dpos.unsqueeze(-1)).squeeze(-1)  # [N, P, 27, 3]
+    grid_mass = x.new_zeros(n * g**3).index_add(0, flat.reshape(-1), (weight * mass.unsqueeze(-1)).reshape(-1))
+    grid_momentum = x.new_zeros(n * g**3, 3).index_add(0, flat.reshape(-1), (weight.unsqueeze(-1) * nodal).reshape(-1, 3))
+    return grid_mass.view(n, g, g, g), grid_momentum.view(n, g, g, g, 3)
+
+
+def g2p_torch(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[Tensor, Tensor]:
+    """Grid to particles: (v [N, P, 3] m/s, C [N, P, 3, 3] 1/s) from grid velocity [N, G, G, G, 3]."""
+    grid_size = grid_velocity.shape[1]
+    check_transfer_inputs(x, grid_size, dx)
+    if tuple(grid_velocity.shape) != (x.shape[0], grid_size, grid_size, grid_size, 3):
+        raise ValueError(f"grid_velocity must be [N, G, G, G, 3] with N = {x.shape[0]}, got {tuple(grid_velocity.shape)}")
+    flat, weight, dpos = stencil(x, grid_size, dx)
+    nodal = grid_velocity.reshape(-1, 3)[flat]  # [N, P, 27, 3]
+    v = (weight.unsqueeze(-1) * nodal).sum(-2)
+    c = (4 / dx**2) * ((weight.unsqueeze(-1) * nodal).unsqueeze(-1) * dpos.unsqueeze(-2)).sum(-3)
+    return v, c

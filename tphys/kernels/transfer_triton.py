@@ -1,0 +1,340 @@
+"""MLS-MPM particle-grid transfers as Triton kernels with hand-written backward kernels.
+
+Same signatures and math as ``stencil.p2g_torch`` / ``stencil.g2p_torch`` (the twins, see there).
+One program handles BLOCK particles and unrolls the 27 stencil nodes:
+
+    p2g forward    scatter (atomic adds) of w·m and w·(m v + A·dpos) into the grids
+    p2g backward   gather of dL/dgrid at the 27 nodes -> dL/dx, dL/dm, dL/d(m v), dL/dA (no atomics)
+    g2p forward    gather of grid velocity -> v, C
+    g2p backward   scatter of dL/dv, dL/dC into dL/dgrid (atomic adds) and a gather of dL/dx
+
+On CPU tensors these run only under ``TRITON_INTERPRET=1`` set before this module is imported
+(slow: for tests against the twins). Inputs are made contiguous; first derivatives only.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from tphys.kernels.stencil import check_transfer_inputs
+
+BLOCK = 128
+
+
+@triton.jit
+def _weight(f, o: tl.constexpr):
+    """Quadratic B-spline weight of stencil offset o at fractional position f in [0.5, 1.5)."""
+    if o == 0:
+        return 0.5 * (1.5 - f) * (1.5 - f)
+    elif o == 1:
+        return 0.75 - (f - 1.0) * (f - 1.0)
+    else:
+        return 0.5 * (f - 0.5) * (f - 0.5)
+
+
+@triton.jit
+def _weight_slope(f, o: tl.constexpr):
+    """d weight / d f."""
+    if o == 0:
+        return f - 1.5
+    elif o == 1:
+        return -2.0 * (f - 1.0)
+    else:
+        return f - 0.5
+
+
+@triton.jit
+def _axis(x, inv_dx):
+    """(base node index int64, fractional position f) along one axis."""
+    fx = x * inv_dx
+    base = tl.floor(fx - 0.5)
+    return base.to(tl.int64), fx - base
+
+
+@triton.jit
+def _node(env, bx, by, bz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr, G, valid):
+    """(flat node index into [N·G³], in-grid mask) of stencil node (ox, oy, oz)."""
+    ix, iy, iz = bx + ox, by + oy, bz + oz
+    inside = valid & (ix >= 0) & (ix < G) & (iy >= 0) & (iy < G) & (iz >= 0) & (iz < G)
+    return ((env * G + ix) * G + iy) * G + iz, inside
+
+
+@triton.jit
+def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = p < total
+    p = p.to(tl.int64)
+    env = p // P
+    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
+    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
+    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    m = tl.load(m_ptr + p, mask=valid, other=0.0)
+    q0 = tl.load(mom_ptr + 3 * p, mask=valid, other=0.0)
+    q1 = tl.load(mom_ptr + 3 * p + 1, mask=valid, other=0.0)
+    q2 = tl.load(mom_ptr + 3 * p + 2, mask=valid, other=0.0)
+    a00 = tl.load(a_ptr + 9 * p, mask=valid, other=0.0)
+    a01 = tl.load(a_ptr + 9 * p + 1, mask=valid, other=0.0)
+    a02 = tl.load(a_ptr + 9 * p + 2, mask=valid, other=0.0)
+    a10 = tl.load(a_ptr + 9 * p + 3, mask=valid, other=0.0)
+    a11 = tl.load(a_ptr + 9 * p + 4, mask=valid, other=0.0)
+    a12 = tl.load(a_ptr + 9 * p + 5, mask=valid, other=0.0)
+    a20 = tl.load(a_ptr + 9 * p + 6, mask=valid, other=0.0)
+    a21 = tl.load(a_ptr + 9 * p + 7, mask=valid, other=0.0)
+    a22 = tl.load(a_ptr + 9 * p + 8, mask=valid, other=0.0)
+    for ox in tl.static_range(3):
+        for oy in tl.static_range(3):
+            for oz in tl.static_range(3):
+                w = _weight(fx, ox) * _weight(fy, oy) * _weight(fz, oz)
+                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
+                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+                tl.atomic_add(gm_ptr + node, w * m, mask=inside)
+                tl.atomic_add(gmv_ptr + 3 * node, w * (q0 + a00 * d0 + a01 * d1 + a02 * d2), mask=inside)
+                tl.atomic_add(gmv_ptr + 3 * node + 1, w * (q1 + a10 * d0 + a11 * d1 + a12 * d2), mask=inside)
+                tl.atomic_add(gmv_ptr + 3 * node + 2, w * (q2 + a20 * d0 + a21 * d1 + a22 * d2), mask=inside)
+
+
+@triton.jit
+def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr, gm_out_ptr, gmom_ptr, ga_ptr, total, P, G, dx, inv_dx,
+                         BLOCK: tl.constexpr):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = p < total
+    p = p.to(tl.int64)
+    env = p // P
+    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
+    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
+    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    m = tl.load(m_ptr + p, mask=valid, other=0.0)
+    q0 = tl.load(mom_ptr + 3 * p, mask=valid, other=0.0)
+    q1 = tl.load(mom_ptr + 3 * p + 1, mask=valid, other=0.0)
+    q2 = tl.load(mom_ptr + 3 * p + 2, mask=valid, other=0.0)
+    a00 = tl.load(a_ptr + 9 * p, mask=valid, other=0.0)
+    a01 = tl.load(a_ptr + 9 * p + 1, mask=valid, other=0.0)
+    a02 = tl.load(a_ptr + 9 * p + 2, mask=valid, other=0.0)
+    a10 = tl.load(a_ptr + 9 * p + 3, mask=valid, other=0.0)
+    a11 = tl.load(a_ptr + 9 * p + 4, mask=valid, other=0.0)
+    a12 = tl.load(a_ptr + 9 * p + 5, mask=valid, other=0.0)
+    a20 = tl.load(a_ptr + 9 * p + 6, mask=valid, other=0.0)
+    a21 = tl.load(a_ptr + 9 * p + 7, mask=valid, other=0.0)
+    a22 = tl.load(a_ptr + 9 * p + 8, mask=valid, other=0.0)
+    zero = m * 0.0
+    gx0, gx1, gx2, gm = zero, zero, zero, zero
+    gq0, gq1, gq2 = zero, zero, zero
+    g00, g01, g02, g10, g11, g12, g20, g21, g22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    for ox in tl.static_range(3):
+        for oy in tl.static_range(3):
+            for oz in tl.static_range(3):
+                wx, wy, wz = _weight(fx, ox), _weight(fy, oy), _weight(fz, oz)
+                w = wx * wy * wz
+                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
+                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+                u = tl.load(ggm_ptr + node, mask=inside, other=0.0)
+                h0 = tl.load(ggmv_ptr + 3 * node, mask=inside, other=0.0)
+                h1 = tl.load(ggmv_ptr + 3 * node + 1, mask=inside, other=0.0)
+                h2 = tl.load(ggmv_ptr + 3 * node + 2, mask=inside, other=0.0)
+                gm += w * u
+                gq0 += w * h0
+                gq1 += w * h1
+                gq2 += w * h2
+                g00 += w * h0 * d0
+                g01 += w * h0 * d1
+                g02 += w * h0 * d2
+                g10 += w * h1 * d0
+                g11 += w * h1 * d1
+                g12 += w * h1 * d2
+                g20 += w * h2 * d0
+                g21 += w * h2 * d1
+                g22 += w * h2 * d2
+                # d/dx through the weight: scalar s = m·u + h·(q + A·dpos); through dpos (d dpos/dx = -I): -w·Aᵀh
+                s = m * u + h0 * (q0 + a00 * d0 + a01 * d1 + a02 * d2) + h1 * (q1 + a10 * d0 + a11 * d1 + a12 * d2) \
+                    + h2 * (q2 + a20 * d0 + a21 * d1 + a22 * d2)
+                gx0 += _weight_slope(fx, ox) * inv_dx * wy * wz * s - w * (a00 * h0 + a10 * h1 + a20 * h2)
+                gx1 += wx * _weight_slope(fy, oy) * inv_dx * wz * s - w * (a01 * h0 + a11 * h1 + a21 * h2)
+                gx2 += wx * wy * _weight_slope(fz, oz) * inv_dx * s - w * (a02 * h0 + a12 * h1 + a22 * h2)
+    tl.store(gx_ptr + 3 * p, gx0, mask=valid)
+    tl.store(gx_ptr + 3 * p + 1, gx1, mask=valid)
+    tl.store(gx_ptr + 3 * p + 2, gx2, mask=valid)
+    tl.store(gm_out_ptr + p, gm, mask=valid)
+    tl.store(gmom_ptr + 3 * p, gq0, mask=valid)
+    tl.store(gmom_ptr + 3 * p + 1, gq1, mask=valid)
+    tl.store(gmom_ptr + 3 * p + 2, gq2, mask=valid)
+    tl.store(ga_ptr + 9 * p, g00, mask=valid)
+    tl.store(ga_ptr + 9 * p + 1, g01, mask=valid)
+    tl.store(ga_ptr + 9 * p + 2, g02, mask=valid)
+    tl.store(ga_ptr + 9 * p + 3, g10, mask=valid)
+    tl.store(ga_ptr + 9 * p + 4, g11, mask=valid)
+    tl.store(ga_ptr + 9 * p + 5, g12, mask=valid)
+    tl.store(ga_ptr + 9 * p + 6, g20, mask=valid)
+    tl.store(ga_ptr + 9 * p + 7, g21, mask=valid)
+    tl.store(ga_ptr + 9 * p + 8, g22, mask=valid)
+
+
+@triton.jit
+def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = p < total
+    p = p.to(tl.int64)
+    env = p // P
+    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
+    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
+    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    zero = fx * 0.0
+    v0, v1, v2 = zero, zero, zero
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    for ox in tl.static_range(3):
+        for oy in tl.static_range(3):
+            for oz in tl.static_range(3):
+                w = _weight(fx, ox) * _weight(fy, oy) * _weight(fz, oz)
+                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
+                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+                u0 = w * tl.load(gv_ptr + 3 * node, mask=inside, other=0.0)
+                u1 = w * tl.load(gv_ptr + 3 * node + 1, mask=inside, other=0.0)
+                u2 = w * tl.load(gv_ptr + 3 * node + 2, mask=inside, other=0.0)
+                v0 += u0
+                v1 += u1
+                v2 += u2
+                c00 += u0 * d0
+                c01 += u0 * d1
+                c02 += u0 * d2
+                c10 += u1 * d0
+                c11 += u1 * d1
+                c12 += u1 * d2
+                c20 += u2 * d0
+                c21 += u2 * d1
+                c22 += u2 * d2
+    k = 4.0 * inv_dx * inv_dx
+    tl.store(v_ptr + 3 * p, v0, mask=valid)
+    tl.store(v_ptr + 3 * p + 1, v1, mask=valid)
+    tl.store(v_ptr + 3 * p + 2, v2, mask=valid)
+    tl.store(c_ptr + 9 * p, k * c00, mask=valid)
+    tl.store(c_ptr + 9 * p + 1, k * c01, mask=valid)
+    tl.store(c_ptr + 9 * p + 2, k * c02, mask=valid)
+    tl.store(c_ptr + 9 * p + 3, k * c10, mask=valid)
+    tl.store(c_ptr + 9 * p + 4, k * c11, mask=valid)
+    tl.store(c_ptr + 9 * p + 5, k * c12, mask=valid)
+    tl.store(c_ptr + 9 * p + 6, k * c20, mask=valid)
+    tl.store(c_ptr + 9 * p + 7, k * c21, mask=valid)
+    tl.store(c_ptr + 9 * p + 8, k * c22, mask=valid)
+
+
+@triton.jit
+def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = p < total
+    p = p.to(tl.int64)
+    env = p // P
+    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
+    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
+    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    k = 4.0 * inv_dx * inv_dx
+    e0 = tl.load(dv_ptr + 3 * p, mask=valid, other=0.0)
+    e1 = tl.load(dv_ptr + 3 * p + 1, mask=valid, other=0.0)
+    e2 = tl.load(dv_ptr + 3 * p + 2, mask=valid, other=0.0)
+    b00 = k * tl.load(dc_ptr + 9 * p, mask=valid, other=0.0)
+    b01 = k * tl.load(dc_ptr + 9 * p + 1, mask=valid, other=0.0)
+    b02 = k * tl.load(dc_ptr + 9 * p + 2, mask=valid, other=0.0)
+    b10 = k * tl.load(dc_ptr + 9 * p + 3, mask=valid, other=0.0)
+    b11 = k * tl.load(dc_ptr + 9 * p + 4, mask=valid, other=0.0)
+    b12 = k * tl.load(dc_ptr + 9 * p + 5, mask=valid, other=0.0)
+    b20 = k * tl.load(dc_ptr + 9 * p + 6, mask=valid, other=0.0)
+    b21 = k * tl.load(dc_ptr + 9 * p + 7, mask=valid, other=0.0)
+    b22 = k * tl.load(dc_ptr + 9 * p + 8, mask=valid, other=0.0)
+    zero = fx * 0.0
+    gx0, gx1, gx2 = zero, zero, zero
+    for ox in tl.static_range(3):
+        for oy in tl.static_range(3):
+            for oz in tl.static_range(3):
+                wx, wy, wz = _weight(fx, ox), _weight(fy, oy), _weight(fz, oz)
+                w = wx * wy * wz
+                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
+                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+                # r = dL/dv + (4/dx²)·dL/dC·dpos: what node velocity meets, per unit weight
+                r0 = e0 + b00 * d0 + b01 * d1 + b02 * d2
+                r1 = e1 + b10 * d0 + b11 * d1 + b12 * d2
+                r2 = e2 + b20 * d0 + b21 * d1 + b22 * d2
+                tl.atomic_add(ggv_ptr + 3 * node, w * r0, mask=inside)
+                tl.atomic_add(ggv_ptr + 3 * node + 1, w * r1, mask=inside)
+                tl.atomic_add(ggv_ptr + 3 * node + 2, w * r2, mask=inside)
+                u0 = tl.load(gv_ptr + 3 * node, mask=inside, other=0.0)
+                u1 = tl.load(gv_ptr + 3 * node + 1, mask=inside, other=0.0)
+                u2 = tl.load(gv_ptr + 3 * node + 2, mask=inside, other=0.0)
+                s = u0 * r0 + u1 * r1 + u2 * r2
+                gx0 += _weight_slope(fx, ox) * inv_dx * wy * wz * s - w * (b00 * u0 + b10 * u1 + b20 * u2)
+                gx1 += wx * _weight_slope(fy, oy) * inv_dx * wz * s - w * (b01 * u0 + b11 * u1 + b21 * u2)
+                gx2 += wx * wy * _weight_slope(fz, oz) * inv_dx * s - w * (b02 * u0 + b12 * u1 + b22 * u2)
+    tl.store(gx_ptr + 3 * p, gx0, mask=valid)
+    tl.store(gx_ptr + 3 * p + 1, gx1, mask=valid)
+    tl.store(gx_ptr + 3 * p + 2, gx2, mask=valid)
+
+
+def _grid(total: int) -> tuple[int]:
+    return (triton.cdiv(total, BLOCK),)
+
+
+class _P2G(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mass, momentum, affine, grid_size, dx):
+        x, mass, momentum, affine = (t.contiguous() for t in (x, mass, momentum, affine))
+        n, p = mass.shape
+        grid_mass = x.new_zeros(n, grid_size, grid_size, grid_size)
+        grid_momentum = x.new_zeros(n, grid_size, grid_size, grid_size, 3)
+        _p2g_kernel[_grid(n * p)](x, mass, momentum, affine, grid_mass, grid_momentum, n * p, p, grid_size, dx, 1.0 / dx, BLOCK=BLOCK)
+        ctx.save_for_backward(x, mass, momentum, affine)
+        ctx.grid_size, ctx.dx = grid_size, dx
+        return grid_mass, grid_momentum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mass, grad_momentum):
+        x, mass, momentum, affine = ctx.saved_tensors
+        n, p = mass.shape
+        grad_mass = x.new_zeros(n, ctx.grid_size, ctx.grid_size, ctx.grid_size) if grad_mass is None else grad_mass
+        grad_momentum = x.new_zeros(n, ctx.grid_size, ctx.grid_size, ctx.grid_size, 3) if grad_momentum is None else grad_momentum
+        grads = [torch.empty_like(t) for t in (x, mass, momentum, affine)]
+        _p2g_backward_kernel[_grid(n * p)](x, mass, momentum, affine, grad_mass.contiguous(), grad_momentum.contiguous(), *grads, n * p, p,
+                                           ctx.grid_size, ctx.dx, 1.0 / ctx.dx, BLOCK=BLOCK)
+        return (*grads, None, None)
+
+
+class _G2P(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, grid_velocity, dx):
+        x, grid_velocity = x.contiguous(), grid_velocity.contiguous()
+        n, p = x.shape[:2]
+        g = grid_velocity.shape[1]
+        v, c = torch.empty_like(x), x.new_empty(n, p, 3, 3)
+        _g2p_kernel[_grid(n * p)](x, grid_velocity, v, c, n * p, p, g, dx, 1.0 / dx, BLOCK=BLOCK)
+        ctx.save_for_backward(x, grid_velocity)
+        ctx.dx = dx
+        return v, c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_v, grad_c):
+        x, grid_velocity = ctx.saved_tensors
+        n, p = x.shape[:2]
+        grad_v = torch.zeros_like(x) if grad_v is None else grad_v.contiguous()
+        grad_c = x.new_zeros(n, p, 3, 3) if grad_c is None else grad_c.contiguous()
+        grad_grid, grad_x = torch.zeros_like(grid_velocity), torch.empty_like(x)
+        _g2p_backward_kernel[_grid(n * p)](x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n * p, p, grid_velocity.shape[1], ctx.dx,
+                                           1.0 / ctx.dx, BLOCK=BLOCK)
+        return grad_x, grad_grid, None
+
+
+def p2g_triton(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor]:
+    """``stencil.p2g_torch`` as Triton kernels (forward scatter, backward gather)."""
+    check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
+    return _P2G.apply(x, mass, momentum, affine, grid_size, float(dx))
+
+
+def g2p_triton(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[Tensor, Tensor]:
+    """``stencil.g2p_torch`` as Triton kernels (forward gather, backward scatter)."""
+    check_transfer_inputs(x, grid_velocity.shape[1], dx)
+    if tuple(grid_velocity.shape[:1]) != tuple(x.shape[:1]) or grid_velocity.dim() != 5:
+        raise ValueError(f"grid_velocity must be [N, G, G, G, 3] with N = {x.shape[0]}, got {tuple(grid_velocity.shape)}")
+    if grid_velocity.dtype != x.dtype:
+        raise TypeError(f"grid_velocity is {grid_velocity.dtype}; x is {x.dtype}: they must match")
+    return _G2P.apply(x, grid_velocity, float(dx))
