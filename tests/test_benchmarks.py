@@ -43,3 +43,12 @@ def test_pods_figure_smoke_writes_figure_and_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "<!-- pods-figure -->" in out.read_text() and "| PODS 2nd order |" in out.read_text()
     assert (tmp_path / "pods_vs_bptt.png").is_file()
+
+
+def test_transfer_kernels_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "transfer_kernels.py"), "--sizes", "1", "--seconds", "0.05", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- transfer-kernels -->" in text and "| 1 | p2g | fwd+bwd | torch |" in text and "| 1 | g2p | fwd | torch |" in text
