@@ -1,0 +1,71 @@
+"""MPM materials: stress-free rest states, the return mappings' yield surfaces, gradients against FD."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tphys.mpm import KINDS, Material, kirchhoff_stress, project, svd3
+
+EYE = torch.eye(3, dtype=torch.float64)
+
+
+def material(kind):
+    return Material.from_young(kind, 1e4, 0.3, yield_stress=300.0, friction_angle=30.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rest_state_is_stress_free(kind):
+    m = material(kind)
+    f = project(m, EYE.expand(2, 3, 3).clone())
+    torch.testing.assert_close(f, EYE.expand(2, 3, 3), rtol=0, atol=1e-12)
+    assert kirchhoff_stress(m, f).abs().max() < 1e-9
+
+
+def test_plasticine_projects_onto_the_von_mises_surface_and_keeps_volume():
+    m = material("plasticine")
+    f = torch.diag(torch.tensor([1.3, 0.9, 0.85], dtype=torch.float64))[None]
+    projected = project(m, f)
+    eps = torch.log(svd3(projected)[1].abs())
+    deviator = eps - eps.mean(-1, keepdim=True)
+    assert math.isclose(deviator.norm().item(), m.yield_stress / (2 * m.mu), rel_tol=1e-9)
+    assert math.isclose(torch.linalg.det(projected).item(), torch.linalg.det(f).item(), rel_tol=1e-9), "plastic flow is isochoric"
+    small = torch.diag(torch.tensor([1.001, 0.9995, 0.9995], dtype=torch.float64))[None]
+    torch.testing.assert_close(project(m, small), small, rtol=1e-12, atol=1e-12)
+
+
+def test_sand_projects_expansion_to_the_tip_and_leaves_the_cone_interior():
+    m = material("sand")
+    stretched = torch.diag(torch.tensor([1.2, 1.1, 1.05], dtype=torch.float64))[None]
+    torch.testing.assert_close(project(m, stretched), EYE[None], rtol=1e-12, atol=1e-12)
+    squeezed = torch.diag(torch.tensor([0.9, 0.9, 0.89], dtype=torch.float64))[None]  # compressed, nearly hydrostatic: inside
+    torch.testing.assert_close(project(m, squeezed), squeezed, rtol=1e-10, atol=1e-10)
+
+
+def test_water_keeps_only_the_volume():
+    m = material("water")
+    f = torch.tensor([[1.1, 0.2, 0.0], [0.0, 0.9, 0.1], [0.05, 0.0, 0.95]], dtype=torch.float64)[None]
+    projected = project(m, f)
+    j = torch.linalg.det(f)
+    torch.testing.assert_close(projected, j.pow(1 / 3)[:, None, None] * EYE)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(KINDS))
+def test_stress_of_the_projected_gradient_matches_finite_differences(seed, kind):
+    gen = torch.Generator().manual_seed(seed)
+    stretch = torch.tensor([1.1, 0.95, 0.8], dtype=torch.float64) * (1 + 0.05 * torch.rand(3, generator=gen, dtype=torch.float64))
+    q = [torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))[0] for _ in range(2)]
+    f = (q[0] * torch.linalg.det(q[0])) @ torch.diag(stretch) @ (q[1] * torch.linalg.det(q[1])).T
+    m = material(kind)
+    stress = lambda a: kirchhoff_stress(m, project(m, a))  # noqa: E731
+    assert torch.autograd.gradcheck(stress, (f[None].requires_grad_(),), eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_kind_and_bad_moduli_are_rejected():
+    with pytest.raises(ValueError, match="unknown material kind 'jelly'"):
+        Material.from_young("jelly", 1e4, 0.3)
+    with pytest.raises(ValueError, match="poisson"):
+        Material.from_young("corotated", 1e4, 0.5)

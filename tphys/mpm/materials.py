@@ -1,0 +1,118 @@
+"""MPM materials: Kirchhoff stress τ(F) and plastic return mapping F_trial -> F.
+
+Kinds (Lamé μ, λ in Pa from Young's modulus E and Poisson's ratio ν; Hencky strain ε = log of the
+singular values s of F):
+
+    corotated     τ = 2μ (F - R) Fᵀ + λ (J - 1) J I                       (R: polar rotation of F)
+    neo_hookean   τ = μ (F Fᵀ - I) + λ log(J) I
+    water         τ = K (J - 1) J I, K = λ + 2μ/3; F is reset to J^(1/3) I (no shear memory)
+    plasticine    corotated stress; von Mises return mapping on the deviatoric Hencky strain with
+                  yield stress σ_y: ε ← ε - max(0, |ε̂| - σ_y/(2μ)) ε̂/|ε̂|   (PlasticineLab's model)
+    sand          Drucker-Prager (Klar et al. 2016): tr ε >= 0 projects to the tip (ε = 0); otherwise
+                  ε ← ε - max(0, |ε̂| + (3λ + 2μ)/(2μ)·tr ε·α) ε̂/|ε̂|, α = sqrt(2/3)·2 sin φ/(3 - sin φ);
+                  τ = U (2μ ε + λ tr ε I) Uᵀ (St. Venant-Kirchhoff in Hencky strain)
+
+All are functions of batches [..., 3, 3]; gradients go through ``svd.polar`` / ``svd.svd3``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tphys.mpm.svd import polar, svd3
+
+KINDS = ("corotated", "neo_hookean", "water", "plasticine", "sand")
+_MIN_STRETCH = 1e-4  # floor on |s| before taking logs
+
+
+class Material(NamedTuple):
+    """One material for every particle of a model.
+
+    Attributes:
+        kind: one of ``KINDS``.
+        mu, lam: Lamé parameters, Pa.
+        yield_stress: plasticine's von Mises yield stress, Pa.
+        friction_angle: sand's internal friction angle, degrees.
+    """
+
+    kind: str
+    mu: float
+    lam: float
+    yield_stress: float = 0.0
+    friction_angle: float = 30.0
+
+    @staticmethod
+    def from_young(kind: str, young: float, poisson: float, **kw) -> Material:
+        """Lamé parameters from Young's modulus (Pa) and Poisson's ratio."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
+        if young <= 0 or not -1.0 < poisson < 0.5:
+            raise ValueError(f"need young > 0 and -1 < poisson < 0.5, got {young}, {poisson}")
+        mu = young / (2 * (1 + poisson))
+        lam = young * poisson / ((1 + poisson) * (1 - 2 * poisson))
+        return Material(kind, mu, lam, **kw)
+
+
+def _eye(f: Tensor) -> Tensor:
+    return torch.eye(3, dtype=f.dtype, device=f.device)
+
+
+def _hencky(s: Tensor) -> Tensor:
+    return torch.log(s.abs().clamp_min(_MIN_STRETCH))
+
+
+def _safe_norm(x: Tensor) -> Tensor:
+    return torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-20)
+
+
+def _rebuild(u: Tensor, stretch: Tensor, v: Tensor) -> Tensor:
+    return u @ torch.diag_embed(stretch) @ v.transpose(-1, -2)
+
+
+def project(material: Material, f_trial: Tensor) -> Tensor:
+    """Return mapping: the plastic (or fluid) projection of the trial deformation gradient [..., 3, 3]."""
+    kind = material.kind
+    if kind in ("corotated", "neo_hookean"):
+        return f_trial
+    if kind == "water":
+        j = torch.linalg.det(f_trial)
+        return torch.sign(j)[..., None, None] * j.abs().pow(1 / 3)[..., None, None] * _eye(f_trial)
+    u, s, v = svd3(f_trial)
+    eps = _hencky(s)
+    if kind == "plasticine":
+        deviator = eps - eps.mean(-1, keepdim=True)
+        norm = _safe_norm(deviator)
+        excess = torch.clamp_min(norm - material.yield_stress / (2 * material.mu), 0.0)
+        return _rebuild(u, torch.exp(eps - excess * deviator / norm), v)
+    if kind == "sand":
+        sine = math.sin(math.radians(material.friction_angle))
+        alpha = math.sqrt(2 / 3) * 2 * sine / (3 - sine)
+        trace = eps.sum(-1, keepdim=True)
+        deviator = eps - trace / 3
+        norm = _safe_norm(deviator)
+        excess = torch.clamp_min(norm + (3 * material.lam + 2 * material.mu) / (2 * material.mu) * trace * alpha, 0.0)
+        projected = torch.where(trace >= 0, torch.zeros_like(eps), eps - excess * deviator / norm)
+        return _rebuild(u, torch.exp(projected), v)
+    raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
+    """τ = P·Fᵀ [..., 3, 3] in Pa for deformation gradients f [..., 3, 3] (after ``project``)."""
+    kind, mu, lam = material.kind, material.mu, material.lam
+    eye = _eye(f)
+    j = torch.linalg.det(f)[..., None, None]
+    if kind in ("corotated", "plasticine"):
+        return 2 * mu * (f - polar(f)) @ f.transpose(-1, -2) + lam * (j - 1) * j * eye
+    if kind == "neo_hookean":
+        return mu * (f @ f.transpose(-1, -2) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
+    if kind == "water":
+        return (lam + 2 * mu / 3) * (j - 1) * j * eye
+    if kind == "sand":
+        u, s, _ = svd3(f)
+        eps = _hencky(s)
+        return u @ torch.diag_embed(2 * mu * eps + lam * eps.sum(-1, keepdim=True)) @ u.transpose(-1, -2)
+    raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
