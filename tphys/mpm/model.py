@@ -26,6 +26,7 @@ class MPMModel(NamedTuple):
         material: the particles' material.
         bound: boundary layer in cells: velocities into a wall are removed on nodes within it.
         wall_friction: Coulomb coefficient of walls and floor (0: free slip).
+        sticky_floor: nodes in the floor layer moving down stop entirely (Rewarped's dexdeform ground).
     """
 
     grid_size: int
@@ -37,6 +38,7 @@ class MPMModel(NamedTuple):
     material: Material
     bound: int = 3
     wall_friction: float = 0.0
+    sticky_floor: bool = False
 
     def to(self, device=None, dtype=None) -> MPMModel:
         cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731

@@ -16,15 +16,16 @@ from tphys.mpm.materials import kirchhoff_stress, project
 from tphys.mpm.model import MPMModel, MPMState
 
 
-def substep(model: MPMModel, state: MPMState, backend: str = "auto") -> MPMState:
-    """One MLS-MPM substep of ``model.dt`` seconds; ``backend`` picks the transfer kernels (see ``tphys.kernels``)."""
+def substep(model: MPMModel, state: MPMState, backend: str = "auto", colliders: tuple | None = None) -> MPMState:
+    """One MLS-MPM substep of ``model.dt`` seconds; ``backend`` picks the transfer kernels (see ``tphys.kernels``);
+    ``colliders``: None or (shapes, position, rotation, position_next, rotation_next), see ``grid.grid_velocity``."""
     x, v, c, f = state
     n = x.shape[0]
     mass = model.particle_mass.expand(n, -1)
     stress = kirchhoff_stress(model.material, f)
     affine = (-model.dt * 4 / model.dx**2) * model.particle_volume[:, None, None] * stress + mass[..., None, None] * c
     grid_mass, grid_momentum = p2g(x, mass, mass.unsqueeze(-1) * v, affine, model.grid_size, model.dx, backend=backend)
-    v, c = g2p(x, grid_velocity(model, grid_mass, grid_momentum), model.dx, backend=backend)
+    v, c = g2p(x, grid_velocity(model, grid_mass, grid_momentum, colliders), model.dx, backend=backend)
     f_trial = (torch.eye(3, dtype=x.dtype, device=x.device) + model.dt * c) @ f
     return MPMState(x + model.dt * v, v, c, project(model.material, f_trial))
 
