@@ -1,0 +1,205 @@
+"""RollingFlat (SAPO paper; Rewarped's ``plasticinelab.RollingPin``): a kinematic rolling pin flattens dough.
+
+MLS-MPM (``tphys.mpm``) on a G³ grid over the unit cube (G = 48, 3-cell boundary layer, sticky floor
+at y = 3/G), 40 substeps of 5e-5 s per env step, gravity -90 m/s², Rewarped's ``dexdeform`` settings.
+Dough: von Mises plasticine (E 5 kPa, ν 0.2, yield 50 Pa, density 1 kg/m³, Rewarped's values), a
+0.3 x 0.125 x 0.3 m block of 18 x 8 x 18 particles (2592, Rewarped's count) centred at
+(0.5, 0.7·0.125 + floor, 0.5); each reset shifts it by up to ±0.1 m in x and z and up to +0.05 m in y
+and scales it by up to ±10 % about its centre.
+
+Roller: two capsules along z (radius 0.03 m, length 0.4 m, and a 0.012 m axle of 0.6 m), friction 0.9.
+Its joint q = (x, y, yaw) starts at (0.5, 0.66·(hi - lo) + lo, 0) with lo = 0.06 + floor, hi = lo + 0.25;
+limits x in [0.12, 0.88], y in [lo, hi], yaw in ±0.66π. Action a in [-1, 1]³ moves q by
+a·(0.01 m, 0.01 m, π/60) per step (clipped to the limits), linearly over the substeps. (Rewarped's D6
+joint swings the roller about a pivot at z = 0; ours yaws it about its own centre.)
+
+Reward (Rewarped's): with h the heights of the 250 observed particles and d = mean(h)/0.125,
+(1/(1 + d))² (doubled where d <= 0.33) - Var(h). 300 steps, no early termination.
+
+Observations: ``particle_q`` [N, 250, 3] (every ⌊P/250⌋-th particle), ``com_q`` [N, 3] (their mean),
+``joint_q`` [N, 3] (Rewarped's keys, for a point-cloud encoder) and ``observation`` [N, 756], their
+concatenation. State keys: x, v [N, P, 3], c, f [N, P, 3, 3] (see ``tphys.mpm.MPMState``), joint_q.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+from torchrl.data import Unbounded
+
+from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.envs.registry import register
+from tphys.math import axis_angle_to_matrix
+from tphys.mpm import Material, MPMModel, MPMState, substep
+from tphys.mpm.colliders import Shapes
+
+DEFAULTS = dict(young=5e3, poisson=0.2, yield_stress=50.0, density=1.0, gravity=-90.0, dt=5e-5, friction=0.9, softness=666.0)
+ENV_OPTIONS = ("goal", "substeps", "horizon", "grid_size", "lattice", "samples", "recompute", "backend", "validate", "seed")
+SIZE, HEIGHT = 0.3, 0.125  # dough block, m
+RADIUS = 0.03
+ACTION_SCALE = (0.01, 0.01, math.pi / 60)
+
+
+class RollingFlatEnv(TphysEnv):
+    """Batched differentiable RollingFlat; see the module docstring."""
+
+    def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
+                 horizon: int = 300, grid_size: int = 48, lattice: tuple = (18, 8, 18), samples: int = 250, recompute: bool = True,
+                 backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
+        if goal not in (None, "flatten"):
+            raise ValueError(f"rolling_flat: unknown goal {goal!r}; valid goals: flatten")
+        unknown = sorted(set(physics) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for env 'rolling_flat'; env options: {', '.join(ENV_OPTIONS)}; "
+                             f"physical parameters: {', '.join(DEFAULTS)}")
+        for name, value in (("substeps", substeps), ("horizon", horizon), ("samples", samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"rolling_flat: {name} must be an int >= 1, got {value!r}")
+        if not isinstance(grid_size, int) or grid_size < 12:
+            raise ValueError(f"rolling_flat: grid_size must be an int >= 12, got {grid_size!r}")
+        lattice = tuple(int(k) for k in lattice)
+        if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
+            raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        p = {**DEFAULTS, **physics}
+        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = "flatten", num_envs, dtype, substeps, horizon
+        self.recompute, self.backend, self.validate = recompute, backend, validate
+        self.dt = p["dt"] * substeps
+        kw = dict(dtype=dtype, device=self.device)
+        dx = 1.0 / grid_size
+        self.floor = 3 * dx
+        counts = torch.tensor(lattice, dtype=torch.float64)
+        spacing = torch.tensor([SIZE, HEIGHT, SIZE], dtype=torch.float64) / counts
+        axes = [(torch.arange(k, dtype=torch.float64) + 0.5) * s for k, s in zip(lattice, spacing.tolist())]
+        block = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        self.block = (block - block.mean(0) + torch.tensor([0.5, 0.7 * HEIGHT + self.floor, 0.5], dtype=torch.float64)).to(**kw)
+        volume = torch.full((block.shape[0],), float(spacing.prod()), **kw)
+        material = Material.from_young("plasticine", p["young"], p["poisson"], yield_stress=p["yield_stress"])
+        self.model = MPMModel(grid_size, dx, p["dt"], torch.tensor([0.0, p["gravity"], 0.0], **kw), p["density"] * volume, volume,
+                              material, bound=3, sticky_floor=True)
+        self.shapes = Shapes(("capsule", "capsule"), torch.tensor([[RADIUS, 0.2, 0.0], [0.4 * RADIUS, 0.3, 0.0]], **kw),
+                             friction=p["friction"], softness=p["softness"])
+        low = 2 * RADIUS + self.floor
+        self.joint_lower = torch.tensor([4 * RADIUS, low, -0.66 * math.pi], **kw)
+        self.joint_upper = torch.tensor([1 - 4 * RADIUS, low + 0.25, 0.66 * math.pi], **kw)
+        self.joint_start = torch.tensor([0.5, 0.66 * 0.25 + low, 0.0], **kw)
+        self.action_scale = torch.tensor(ACTION_SCALE, **kw)
+        self.lying = axis_angle_to_matrix(torch.tensor([1.0, 0.0, 0.0], **kw), torch.tensor(-math.pi / 2, **kw))  # capsule y -> world z
+        num_particles = block.shape[0]
+        self.sample_stride = num_particles // samples
+        self.samples = samples
+        self.observation_dim = 3 * samples + 6
+        particles = Unbounded(shape=(num_envs, num_particles, 3), **kw)
+        matrices = Unbounded(shape=(num_envs, num_particles, 3, 3), **kw)
+        self._set_specs(3, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw),
+                        particle_q=Unbounded(shape=(num_envs, samples, 3), **kw), com_q=Unbounded(shape=(num_envs, 3), **kw),
+                        joint_q=Unbounded(shape=(num_envs, 3), **kw), x=particles, v=particles.clone(), c=matrices, f=matrices.clone())
+        self._seed_generator(seed)
+
+    # ------------------------------------------------------------------ TorchRL API
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        n, gen = self.num_envs, self._generator
+        shift = (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1) * torch.tensor([0.1, 0.05, 0.1], dtype=torch.float64)
+        shift[..., 1] = shift[..., 1].abs()  # up only
+        scale = 1 + 0.1 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
+        centre = self.block.double().mean(0)
+        x = ((self.block.double() - centre) * scale + centre + shift).to(self.dtype)
+        state = MPMState.at_rest(x)
+        joint_q = self.joint_start.expand(n, 3).clone()
+        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and "x" in tensordict.keys():
+            keep = mask.reshape(n).logical_not()
+            state = MPMState(*(torch.where(keep.view(n, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in zip("xvcf", state)))
+            joint_q = torch.where(keep[:, None], tensordict["joint_q"], joint_q)
+            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
+        return self._pack(state, joint_q, step_count, torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict["action"]
+        if self.validate:
+            check_action("rolling_flat", action, self.num_envs, 3, self.dtype)
+        state = MPMState(*(tensordict[k] for k in "xvcf"))
+        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
+        if self.validate:
+            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
+            if bad.any():
+                raise FloatingPointError(f"rolling_flat: non-finite state after the step in env indices {env_indices(bad)}")
+        step_count = tensordict["step_count"] + 1
+        out = self._pack(state, joint_q, step_count, step_count >= self.horizon)
+        out.set("reward", self.reward(out["particle_q"]))
+        return out
+
+    # ------------------------------------------------------------------ physics
+    def roller_pose(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
+        """World position [N, 2, 3] and rotation [N, 2, 3, 3] of the roller's two capsules at joint_q [N, 3]."""
+        n = joint_q.shape[0]
+        centre = torch.stack([joint_q[:, 0], joint_q[:, 1], torch.full_like(joint_q[:, 0], 0.5)], -1)
+        up = torch.tensor([0.0, 1.0, 0.0], dtype=joint_q.dtype, device=joint_q.device).expand(n, 3)
+        rotation = axis_angle_to_matrix(up, joint_q[:, 2]) @ self.lying
+        return centre[:, None].expand(n, 2, 3), rotation[:, None].expand(n, 2, 3, 3)
+
+    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
+        """One env step: the joint moves by the clipped action over ``substeps`` MPM substeps."""
+        move = action * self.action_scale
+        move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
+
+        def frame(x, v, c, f, joint_q, move):
+            s = MPMState(x, v, c, f)
+            pose = self.roller_pose(joint_q)
+            for k in range(1, self.substeps + 1):
+                pose_next = self.roller_pose(joint_q + move * (k / self.substeps))
+                s = substep(self.model, s, self.backend, colliders=(self.shapes, *pose, *pose_next))
+                pose = pose_next
+            return (*s, joint_q + move)
+
+        if self.recompute and torch.is_grad_enabled():
+            out = checkpoint(frame, *state, joint_q, move, use_reentrant=False)
+        else:
+            out = frame(*state, joint_q, move)
+        return MPMState(*out[:4]), out[4]
+
+    def reward(self, particle_q: Tensor) -> Tensor:
+        """[N, 1] Rewarped's flattening reward of the observed particles [N, S, 3]."""
+        h = particle_q[..., 1]
+        d = h.mean(-1) / HEIGHT
+        closeness = (1 / (1 + d)).square()
+        return (torch.where(d <= 0.33, 2 * closeness, closeness) - h.var(-1)).unsqueeze(-1)
+
+    def _pack(self, state: MPMState, joint_q: Tensor, step_count: Tensor, truncated: Tensor) -> TensorDictBase:
+        particle_q = state.x[:, :: self.sample_stride][:, : self.samples]
+        com_q = particle_q.mean(1)
+        observation = torch.cat([particle_q.flatten(1), com_q, joint_q], -1)
+        return TensorDict(
+            {"observation": observation, "particle_q": particle_q, "com_q": com_q, "joint_q": joint_q, "x": state.x, "v": state.v,
+             "c": state.c, "f": state.f, "step_count": step_count, "done": truncated, "terminated": torch.zeros_like(truncated),
+             "truncated": truncated},
+            batch_size=self.batch_size, device=self.device,
+        )
+
+    # ------------------------------------------------------------------ rendering
+    def render_positions(self, td, env_index: int = 0):
+        """[T + 1, 250 + 11, 3] observed particles and 11 points along the roller, per frame (numpy)."""
+        frames = [(td["particle_q"][env_index, 0], td["joint_q"][env_index, 0])]
+        frames += [(td["next", "particle_q"][env_index, k], td["next", "joint_q"][env_index, k]) for k in range(td.shape[-1])]
+        along = torch.linspace(-0.2, 0.2, 11, dtype=self.dtype, device=self.device)
+        points = []
+        for particles, joint_q in frames:
+            position, rotation = self.roller_pose(joint_q[None])
+            axis = rotation[0, 0, :, 1]
+            points.append(torch.cat([particles, position[0, 0] + along[:, None] * axis], 0))
+        return torch.stack(points).detach().cpu().numpy()
+
+    def render_geometry(self) -> dict:
+        roller = [[self.samples + k, self.samples + k + 1] for k in range(10)]
+        return dict(dim=3, up_axis=1, edges=roller, cable=[False] * len(roller), ground=self.floor)
+
+
+@register("rolling_flat", "RollingFlat: MPM plasticine dough (2592 particles, 48³ grid) flattened by a kinematic rolling pin; "
+          "obs 756 (+ particle_q 250x3), action 3, 300 steps")
+def make_rolling_flat(num_envs, device, dtype, **overrides):
+    return RollingFlatEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)
