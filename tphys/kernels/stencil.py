@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-OFFSETS = [(a, b, c) for a in range(3) for b in range(3) for c in range(3)]
-
 
 def check_transfer_inputs(x: Tensor, grid_size: int, dx: float, **per_particle: Tensor) -> None:
     """Shape and dtype checks shared by both backends (messages name the argument)."""
@@ -42,21 +40,28 @@ def check_transfer_inputs(x: Tensor, grid_size: int, dx: float, **per_particle: 
 
 
 def stencil(x: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(flat node index [N, P, 27] into [N·G³], weight [N, P, 27], dpos [N, P, 27, 3] in m) of positions x [N, P, 3]."""
-    n = x.shape[0]
+    """(flat node index [N, P, 27] into [N·G³], weight [N, P, 27], dpos [N, P, 27, 3] in m) of positions x [N, P, 3].
+
+    Offsets run (ox, oy, oz) in row-major order; the 27 values are outer products of per-axis terms.
+    """
+    n, p, _ = x.shape
+    g = grid_size
     f = x / dx
     base = torch.floor(f - 0.5).detach()
     frac = f - base
     per_axis = torch.stack([0.5 * (1.5 - frac) ** 2, 0.75 - (frac - 1) ** 2, 0.5 * (frac - 0.5) ** 2], -1)  # [N, P, 3 (axis), 3 (o)]
-    offsets = torch.tensor(OFFSETS, device=x.device)  # [27, 3]
-    weight = per_axis[..., 0, offsets[:, 0]] * per_axis[..., 1, offsets[:, 1]] * per_axis[..., 2, offsets[:, 2]]
-    dpos = (offsets.to(x.dtype) - frac.unsqueeze(-2)) * dx
-    node = base.long().unsqueeze(-2) + offsets  # [N, P, 27, 3]
-    inside = ((node >= 0) & (node < grid_size)).all(-1)
-    node = node.clamp(0, grid_size - 1)
-    env = torch.arange(n, device=x.device).view(n, 1, 1)
-    flat = ((env * grid_size + node[..., 0]) * grid_size + node[..., 1]) * grid_size + node[..., 2]
-    return flat, weight * inside, dpos
+    weight = per_axis[..., 0, :, None, None] * per_axis[..., 1, None, :, None] * per_axis[..., 2, None, None, :]
+    offset = torch.arange(3, device=x.device)
+    node = base.long().unsqueeze(-1) + offset  # [N, P, 3 (axis), 3 (o)]
+    valid = (node >= 0) & (node < g)
+    inside = valid[..., 0, :, None, None] & valid[..., 1, None, :, None] & valid[..., 2, None, None, :]
+    env = torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * g**3
+    flat = env + node[..., 0, :, None, None] * g**2 + node[..., 1, None, :, None] * g + node[..., 2, None, None, :]
+    flat = torch.where(inside, flat, 0).reshape(n, p, 27)
+    d = (offset.to(x.dtype) - frac.unsqueeze(-1)) * dx  # [N, P, 3 (axis), 3 (o)]
+    dpos = torch.stack([d[..., 0, :, None, None].expand(n, p, 3, 3, 3), d[..., 1, None, :, None].expand(n, p, 3, 3, 3),
+                        d[..., 2, None, None, :].expand(n, p, 3, 3, 3)], -1).reshape(n, p, 27, 3)
+    return flat, (weight * inside).reshape(n, p, 27), dpos
 
 
 def p2g_torch(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor]:
@@ -69,7 +74,7 @@ def p2g_torch(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_si
     check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
     n, g = x.shape[0], grid_size
     flat, weight, dpos = stencil(x, g, dx)
-    nodal = momentum.unsqueeze(-2) + (affine.unsqueeze(-3) @ dpos.unsqueeze(-1)).squeeze(-1)  # [N, P, 27, 3]
+    nodal = momentum.unsqueeze(-2) + dpos @ affine.transpose(-1, -2)  # [N, P, 27, 3]: m·v + A·dpos per node
     grid_mass = x.new_zeros(n * g**3).index_add(0, flat.reshape(-1), (weight * mass.unsqueeze(-1)).reshape(-1))
     grid_momentum = x.new_zeros(n * g**3, 3).index_add(0, flat.reshape(-1), (weight.unsqueeze(-1) * nodal).reshape(-1, 3))
     return grid_mass.view(n, g, g, g), grid_momentum.view(n, g, g, g, 3)
@@ -82,7 +87,5 @@ def g2p_torch(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[Tensor, Tens
     if tuple(grid_velocity.shape) != (x.shape[0], grid_size, grid_size, grid_size, 3):
         raise ValueError(f"grid_velocity must be [N, G, G, G, 3] with N = {x.shape[0]}, got {tuple(grid_velocity.shape)}")
     flat, weight, dpos = stencil(x, grid_size, dx)
-    nodal = grid_velocity.reshape(-1, 3)[flat]  # [N, P, 27, 3]
-    v = (weight.unsqueeze(-1) * nodal).sum(-2)
-    c = (4 / dx**2) * ((weight.unsqueeze(-1) * nodal).unsqueeze(-1) * dpos.unsqueeze(-2)).sum(-3)
-    return v, c
+    weighted = weight.unsqueeze(-1) * grid_velocity.reshape(-1, 3)[flat]  # [N, P, 27, 3]
+    return weighted.sum(-2), (4 / dx**2) * (weighted.transpose(-1, -2) @ dpos)

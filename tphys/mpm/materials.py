@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tphys.mpm.svd import polar, svd3
+from tphys.mpm.svd import det3, polar, svd3
 
 KINDS = ("corotated", "neo_hookean", "water", "plasticine", "sand")
 _MIN_STRETCH = 1e-4  # floor on |s| before taking logs
@@ -79,7 +79,7 @@ def project(material: Material, f_trial: Tensor) -> Tensor:
     if kind in ("corotated", "neo_hookean"):
         return f_trial
     if kind == "water":
-        j = torch.linalg.det(f_trial)
+        j = det3(f_trial)
         return torch.sign(j)[..., None, None] * j.abs().pow(1 / 3)[..., None, None] * _eye(f_trial)
     u, s, v = svd3(f_trial)
     eps = _hencky(s)
@@ -104,7 +104,7 @@ def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
     """τ = P·Fᵀ [..., 3, 3] in Pa for deformation gradients f [..., 3, 3] (after ``project``)."""
     kind, mu, lam = material.kind, material.mu, material.lam
     eye = _eye(f)
-    j = torch.linalg.det(f)[..., None, None]
+    j = det3(f)[..., None, None]
     if kind in ("corotated", "plasticine"):
         return 2 * mu * (f - polar(f)) @ f.transpose(-1, -2) + lam * (j - 1) * j * eye
     if kind == "neo_hookean":

@@ -26,12 +26,18 @@ from torch.autograd.function import once_differentiable
 EPS = 1e-6
 
 
+def det3(f: Tensor) -> Tensor:
+    """det of [..., 3, 3] matrices by cofactors (elementwise: fuses under torch.compile, unlike LU)."""
+    c0, c1, c2 = f[..., :, 0], f[..., :, 1], f[..., :, 2]
+    return (c0 * torch.linalg.cross(c1, c2)).sum(-1)
+
+
 def _signed_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(U, S, V) with U, V rotations; a reflection moves into the sign of the smallest singular value."""
     u, s, vh = torch.linalg.svd(f)
     v = vh.transpose(-1, -2)
-    flip_u = (torch.linalg.det(u) < 0)[..., None]
-    flip_v = (torch.linalg.det(v) < 0)[..., None]
+    flip_u = (det3(u) < 0)[..., None]
+    flip_v = (det3(v) < 0)[..., None]
     last = torch.tensor([1.0, 1.0, -1.0], dtype=f.dtype, device=f.device)
     u = torch.where(flip_u[..., None], u * last, u)  # flips column 2
     v = torch.where(flip_v[..., None], v * last, v)
