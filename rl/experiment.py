@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
 import tphys.envs
-from rl.modules import DeterministicActor, ObservationNormalizer, SquashedGaussianActor, ValueEnsemble
+from rl.modules import DeterministicActor, ObservationNormalizer, PointCloudEncoder, SquashedGaussianActor, ValueEnsemble
 from rl.objectives import APGLoss, PODSLoss, SAPOLoss, SHACLoss, TrajOptLoss
 from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves, summarize
 from rl.trainers.checkpoint import load_checkpoint
@@ -95,6 +95,25 @@ def train_or_resume(cfg: DictConfig, trainer) -> None:
 
 
 # ---------------------------------------------------------------------- first-order algorithms
+def point_cloud_encoder(cfg: DictConfig, obs_dim: int):
+    """A factory of ``PointCloudEncoder``s from ``cfg.env.encoder`` (None where the env config has none).
+
+    ``env.encoder``: {points: M, blocks: [64, 128, 256], out_dim: 64}; the env's ``observation``
+    must start with the M x 3 point cloud (the tphys MPM envs do). The actor and every critic get their
+    own encoder (SAPO paper, appendix B.2).
+    """
+    spec = cfg.env.get("encoder")
+    if spec is None:
+        return None
+    unknown = sorted(set(spec) - {"points", "blocks", "out_dim"})
+    if unknown:
+        raise ConfigError(f"env.encoder: unknown key(s) {unknown}; valid: points, blocks, out_dim")
+    points, blocks, out_dim = int(spec.points), tuple(spec.get("blocks", (64, 128, 256))), int(spec.get("out_dim", 64))
+    PointCloudEncoder(obs_dim, points, 3, blocks, out_dim)  # fail here, with the sizes, rather than inside a loss
+    return lambda: PointCloudEncoder(obs_dim, points, 3, blocks, out_dim)
+
+
+
 def build_first_order(cfg: DictConfig, env: EnvBase) -> tuple:
     """``(loss, normalizer)`` for ``cfg.algo.name`` in apg, shac, sapo, trajopt."""
     algo = cfg.algo
@@ -104,14 +123,16 @@ def build_first_order(cfg: DictConfig, env: EnvBase) -> tuple:
     if algo.name == "trajopt":
         return TrajOptLoss(env, horizon=int(algo.horizon), gamma=float(algo.gamma)), None
     normalizer = ObservationNormalizer(obs_dim) if algo.obs_norm else None
+    encoder = point_cloud_encoder(cfg, obs_dim)
     actor = SquashedGaussianActor(
         obs_dim, action_dim, tuple(algo.actor_hidden), algo.activation, state_dependent_std=bool(algo.state_dependent_std),
         log_std_bounds=tuple(algo.log_std_bounds), init_log_std=float(algo.init_log_std), normalizer=normalizer,
+        encoder=None if encoder is None else encoder(),
     ).to(dtype)
     if algo.name == "apg":
         return APGLoss(env, actor, int(algo.horizon), float(algo.gamma)), normalizer
     critic = ValueEnsemble(obs_dim, tuple(algo.critic_hidden), algo.activation, num_critics=int(algo.num_critics),
-                           normalizer=normalizer).to(dtype)
+                           normalizer=normalizer, encoder=encoder).to(dtype)
     if algo.name == "shac":
         tau = algo.target_tau
         return SHACLoss(env, actor, critic, int(algo.horizon), float(algo.gamma), float(algo.lmbda),

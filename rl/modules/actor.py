@@ -54,12 +54,14 @@ class SquashedGaussianActor(TensorDictModuleBase):
         init_log_std: initial ``log sigma`` of the state-independent variant.
         normalizer: optional ``ObservationNormalizer`` applied to the observation first
             (shared with the critics; updated by the trainer, never in forward).
+        encoder: optional module between the (normalized) observation and the MLP, e.g. a
+            ``PointCloudEncoder``; it needs an ``output_dim`` attribute.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 128), act: str = "silu",
                  layer_norm: bool = True, state_dependent_std: bool = True, log_std_bounds: Sequence[float] = (-5.0, 2.0),
                  init_log_std: float = -1.0, normalizer: ObservationNormalizer | None = None,
-                 observation_key: str = "observation", action_key: str = "action"):
+                 observation_key: str = "observation", action_key: str = "action", encoder: nn.Module | None = None):
         super().__init__()
         self.in_keys = [observation_key]
         self.out_keys = [action_key, "action_log_prob"]
@@ -70,7 +72,8 @@ class SquashedGaussianActor(TensorDictModuleBase):
         if not self.log_std_bounds[0] < self.log_std_bounds[1]:
             raise ValueError(f"log_std_bounds must be (low, high) with low < high, got {tuple(log_std_bounds)}")
         out = 2 * action_dim if state_dependent_std else action_dim
-        self.net = MLP(obs_dim, out, hidden, act, layer_norm, out_gain=0.01)
+        self.encoder = encoder
+        self.net = MLP(obs_dim if encoder is None else encoder.output_dim, out, hidden, act, layer_norm, out_gain=0.01)
         if not state_dependent_std:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.normalizer = normalizer
@@ -81,7 +84,7 @@ class SquashedGaussianActor(TensorDictModuleBase):
             raise ValueError(f"actor expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
         if self.normalizer is not None:
             obs = self.normalizer(obs)
-        out = self.net(obs)
+        out = self.net(obs if self.encoder is None else self.encoder(obs))
         if self.state_dependent_std:
             mu, raw = out.chunk(2, dim=-1)
             lo, hi = self.log_std_bounds

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
@@ -122,3 +123,15 @@ def test_pods_recipe_resumes_from_its_checkpoint(tmp_path):
 def test_pods_rejects_a_bad_order(tmp_path):
     proc = run_recipe("pods", [*PODS_TINY, "algo.order=3", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode != 0 and "algo.order must be 1 or 2" in proc.stderr
+
+
+def test_sapo_runs_on_rolling_flat_with_the_pointnet_encoder(tmp_path):
+    """A tiny MPM config (16³ grid, 108 particles, 20 observed): the recipe trains, evaluates and saves PointNet weights."""
+    small = ["+env.options.grid_size=16", "+env.options.lattice=[6,3,6]", "+env.options.samples=20", "+env.options.substeps=4",
+             "+env.options.horizon=8", "env.encoder.points=20"]
+    proc = run_recipe("sapo", ["env=rolling_flat", "num_envs=2", "algo.horizon=4", "total_steps=16", "eval.episodes=2", "eval.num_envs=2",
+                               "eval.every=100", "progress=false", "video.every=2", *small, f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["loss"]
+    assert any(k.startswith("actor.encoder.pointnet.") for k in state) and any(".pointnet." in k and k.startswith("critic.") for k in state)
+    assert (tmp_path / "policy.gif").is_file() and json.loads((tmp_path / "eval.json").read_text())["env"] == "rolling_flat"
