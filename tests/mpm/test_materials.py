@@ -69,3 +69,16 @@ def test_unknown_kind_and_bad_moduli_are_rejected():
         Material.from_young("jelly", 1e4, 0.3)
     with pytest.raises(ValueError, match="poisson"):
         Material.from_young("corotated", 1e4, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["plasticine", "sand"])
+def test_projection_at_rest_passes_gradients_through_unchanged(kind):
+    """Every particle starts at F = I (all singular values repeat); inside the yield surface the projection
+    is the identity map, so its vector-Jacobian product must return the incoming gradient exactly."""
+    m = material(kind)
+    # sand at F = I sits on the apex of its cone (tr ε = 0 projects to the tip): test it slightly compressed
+    for f in (EYE[None], 0.97 * EYE[None]) if kind == "plasticine" else (0.97 * EYE[None],):
+        f = f.clone().requires_grad_()
+        weights = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        (grad,) = torch.autograd.grad((project(m, f) * weights).sum(), f)
+        torch.testing.assert_close(grad, weights, rtol=1e-9, atol=1e-9)

@@ -52,3 +52,31 @@ def test_polar_gradient_is_exact_and_svd_gradient_finite_at_repeated_singular_va
     loss = (u * weights).sum() + (v * weights.T).sum() + (torch.log(s.abs()) ** 2).sum()
     (grad,) = torch.autograd.grad(loss, f)
     assert torch.isfinite(grad).all()
+
+
+def _plastic(s):
+    eps = torch.log(s.abs())
+    dev = eps - eps.mean(-1, keepdim=True)
+    norm = torch.sqrt((dev * dev).sum(-1, keepdim=True) + 1e-20)
+    return torch.exp(eps - torch.clamp_min(norm - 0.05, 0.0) * dev / norm)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), which=st.sampled_from(["plastic", "identity", "square"]),
+       stretch=st.sampled_from([(1.0, 1.0, 1.0), (1.3, 1.3, 0.7), (1.2, 1.0, 0.85), (1.0 + 1e-9, 1.0, 1.0)]))
+def test_spectral_gradient_is_exact_at_and_near_repeated_singular_values(seed, stretch, which):
+    from tphys.mpm import spectral
+
+    g = {"plastic": _plastic, "identity": lambda s: s, "square": lambda s: s * s}[which]
+    gen = torch.Generator().manual_seed(seed)
+    f = rotation(gen) @ torch.diag(torch.tensor(stretch, dtype=torch.float64)) @ rotation(gen)
+    weights = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    leaf = f.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((spectral(leaf, g) * weights).sum(), leaf)
+    eps, numeric = 1e-6, torch.zeros(3, 3, dtype=torch.float64)
+    for i in range(3):
+        for j in range(3):
+            d = torch.zeros(3, 3, dtype=torch.float64)
+            d[i, j] = eps
+            numeric[i, j] = ((spectral(f.detach() + d, g) - spectral(f.detach() - d, g)) * weights).sum() / (2 * eps)
+    torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-7)

@@ -5,6 +5,7 @@ from tphys.mpm.grid import grid_velocity
 from tphys.mpm.materials import KINDS, Material, kirchhoff_stress, project
 from tphys.mpm.model import MPMModel, MPMState
 from tphys.mpm.step import step, substep
-from tphys.mpm.svd import polar, svd3
+from tphys.mpm.svd import polar, spectral, svd3
 
-__all__ = ["KINDS", "MPMModel", "MPMState", "Material", "grid_velocity", "kirchhoff_stress", "polar", "project", "step", "substep", "svd3"]
+__all__ = ["KINDS", "MPMModel", "MPMState", "Material", "grid_velocity", "kirchhoff_stress", "polar", "project", "spectral", "step",
+           "substep", "svd3"]

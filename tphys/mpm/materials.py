@@ -12,7 +12,8 @@ singular values s of F):
                   ε ← ε - max(0, |ε̂| + (3λ + 2μ)/(2μ)·tr ε·α) ε̂/|ε̂|, α = sqrt(2/3)·2 sin φ/(3 - sin φ);
                   τ = U (2μ ε + λ tr ε I) Uᵀ (St. Venant-Kirchhoff in Hencky strain)
 
-All are functions of batches [..., 3, 3]; gradients go through ``svd.polar`` / ``svd.svd3``.
+All are functions of batches [..., 3, 3]; gradients go through ``svd.polar`` / ``svd.spectral``, exact at
+repeated singular values (every particle at rest has F = I).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tphys.mpm.svd import det3, polar, svd3
+from tphys.mpm.svd import det3, polar, spectral
 
 KINDS = ("corotated", "neo_hookean", "water", "plasticine", "sand")
 _MIN_STRETCH = 1e-4  # floor on |s| before taking logs
@@ -69,8 +70,31 @@ def _safe_norm(x: Tensor) -> Tensor:
     return torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-20)
 
 
-def _rebuild(u: Tensor, stretch: Tensor, v: Tensor) -> Tensor:
-    return u @ torch.diag_embed(stretch) @ v.transpose(-1, -2)
+def _plastic_flow(material: Material):
+    """The return mapping as a map of singular values s [..., 3] -> projected stretches [..., 3] (isotropic)."""
+    kind, mu, lam = material.kind, material.mu, material.lam
+    if kind == "plasticine":
+
+        def flow(s):
+            eps = _hencky(s)
+            deviator = eps - eps.mean(-1, keepdim=True)
+            norm = _safe_norm(deviator)
+            excess = torch.clamp_min(norm - material.yield_stress / (2 * mu), 0.0)
+            return torch.exp(eps - excess * deviator / norm)
+
+        return flow
+    sine = math.sin(math.radians(material.friction_angle))
+    alpha = math.sqrt(2 / 3) * 2 * sine / (3 - sine)
+
+    def sand(s):
+        eps = _hencky(s)
+        trace = eps.sum(-1, keepdim=True)
+        deviator = eps - trace / 3
+        norm = _safe_norm(deviator)
+        excess = torch.clamp_min(norm + (3 * lam + 2 * mu) / (2 * mu) * trace * alpha, 0.0)
+        return torch.exp(torch.where(trace >= 0, torch.zeros_like(eps), eps - excess * deviator / norm))
+
+    return sand
 
 
 def project(material: Material, f_trial: Tensor) -> Tensor:
@@ -81,22 +105,8 @@ def project(material: Material, f_trial: Tensor) -> Tensor:
     if kind == "water":
         j = det3(f_trial)
         return torch.sign(j)[..., None, None] * j.abs().pow(1 / 3)[..., None, None] * _eye(f_trial)
-    u, s, v = svd3(f_trial)
-    eps = _hencky(s)
-    if kind == "plasticine":
-        deviator = eps - eps.mean(-1, keepdim=True)
-        norm = _safe_norm(deviator)
-        excess = torch.clamp_min(norm - material.yield_stress / (2 * material.mu), 0.0)
-        return _rebuild(u, torch.exp(eps - excess * deviator / norm), v)
-    if kind == "sand":
-        sine = math.sin(math.radians(material.friction_angle))
-        alpha = math.sqrt(2 / 3) * 2 * sine / (3 - sine)
-        trace = eps.sum(-1, keepdim=True)
-        deviator = eps - trace / 3
-        norm = _safe_norm(deviator)
-        excess = torch.clamp_min(norm + (3 * material.lam + 2 * material.mu) / (2 * material.mu) * trace * alpha, 0.0)
-        projected = torch.where(trace >= 0, torch.zeros_like(eps), eps - excess * deviator / norm)
-        return _rebuild(u, torch.exp(projected), v)
+    if kind in ("plasticine", "sand"):
+        return spectral(f_trial, _plastic_flow(material))
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
@@ -111,8 +121,11 @@ def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
         return mu * (f @ f.transpose(-1, -2) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
     if kind == "water":
         return (lam + 2 * mu / 3) * (j - 1) * j * eye
-    if kind == "sand":
-        u, s, _ = svd3(f)
-        eps = _hencky(s)
-        return u @ torch.diag_embed(2 * mu * eps + lam * eps.sum(-1, keepdim=True)) @ u.transpose(-1, -2)
+    if kind == "sand":  # U·diag(2μ ε + λ tr ε)·Uᵀ = [U·diag(...)·Vᵀ]·[U·Vᵀ]ᵀ, both with exact gradients
+
+        def hencky_stress(s):
+            eps = _hencky(s)
+            return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
+
+        return spectral(f, hencky_stress) @ polar(f).transpose(-1, -2)
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")

@@ -11,10 +11,11 @@ with |s_j² - s_i²| floored at ``eps`` (sign kept): where singular values repea
 antisymmetric parts vanish for the isotropic energies MPM uses, and the floor keeps 0·∞ from
 producing NaN (near repeated values the gradient is then approximate; exact elsewhere).
 
-``polar(F) = R = U·Vᵀ``, the rotation of F = R·S, has its own exact backward, finite wherever
-s_i + s_j ≠ 0 (repeated singular values included; the rest state F = I is one):
+``spectral(F, g) = U·diag(g(s))·Vᵀ`` (isotropic g: plastic return mappings) and ``polar(F) = U·Vᵀ``
+(g = 1, the rotation of F = R·S) have exact backwards, finite wherever s_i + s_j ≠ 0, repeated singular
+values included (the rest state F = I is one); see ``spectral``.
 
-    dL/dF = U [ (M̄ - M̄ᵀ) ⊘ (s_i + s_j) ] Vᵀ,   M̄ = Uᵀ (dL/dR) V.
+The SVD itself is elementwise: cyclic Jacobi on FᵀF (no LAPACK, so it fuses under torch.compile).
 """
 
 from __future__ import annotations
@@ -32,16 +33,69 @@ def det3(f: Tensor) -> Tensor:
     return (c0 * torch.linalg.cross(c1, c2)).sum(-1)
 
 
+SWEEPS = 6  # cyclic Jacobi sweeps: quadratic convergence; 6 reach float64 round-off on 3x3
+
+
+def _rotate(a: dict, v: list, p: int, q: int) -> None:
+    """One Jacobi rotation zeroing a[p, q] of the symmetric matrix held in ``a`` (entries keyed (i, j), i <= j),
+    accumulated into the columns of ``v`` (v[k][c] = entry (k, c)); in place on the dicts/lists of tensors."""
+    r = 3 - p - q
+    apq, app, aqq = a[p, q], a[p, p], a[q, q]
+    small = apq.abs() < 1e-30
+    tau = (aqq - app) / (2 * torch.where(small, torch.ones_like(apq), apq))
+    t = torch.where(small, torch.zeros_like(apq), torch.sign(tau) / (tau.abs() + torch.sqrt(1 + tau * tau)))
+    t = torch.where(tau == 0, torch.where(small, t, torch.ones_like(t)), t)  # tau = 0: 45 degrees
+    c = 1 / torch.sqrt(1 + t * t)
+    sn = t * c
+    rp, rq = (min(r, p), max(r, p)), (min(r, q), max(r, q))
+    arp, arq = a[rp], a[rq]
+    a[p, p], a[q, q], a[p, q] = app - t * apq, aqq + t * apq, torch.zeros_like(apq)
+    a[rp], a[rq] = c * arp - sn * arq, sn * arp + c * arq
+    for k in range(3):
+        vkp, vkq = v[k][p], v[k][q]
+        v[k][p], v[k][q] = c * vkp - sn * vkq, sn * vkp + c * vkq
+
+
+def _swap(lam: list, vcols: list, i: int, j: int) -> None:
+    """Order eigenpairs i < j by decreasing eigenvalue (a compare-swap, elementwise)."""
+    swap = lam[j] > lam[i]
+    lam[i], lam[j] = torch.where(swap, lam[j], lam[i]), torch.where(swap, lam[i], lam[j])
+    vcols[i], vcols[j] = torch.where(swap[..., None], vcols[j], vcols[i]), torch.where(swap[..., None], vcols[i], vcols[j])
+
+
 def _signed_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(U, S, V) with U, V rotations; a reflection moves into the sign of the smallest singular value."""
-    u, s, vh = torch.linalg.svd(f)
-    v = vh.transpose(-1, -2)
-    flip_u = (det3(u) < 0)[..., None]
-    flip_v = (det3(v) < 0)[..., None]
-    last = torch.tensor([1.0, 1.0, -1.0], dtype=f.dtype, device=f.device)
-    u = torch.where(flip_u[..., None], u * last, u)  # flips column 2
-    v = torch.where(flip_v[..., None], v * last, v)
-    return u, torch.where(flip_u ^ flip_v, s * last, s), v
+    """(U, S, V) with U, V rotations; a reflection moves into the sign of the smallest singular value.
+
+    Elementwise (no LAPACK, so it fuses under torch.compile): cyclic Jacobi on FᵀF gives V and S²,
+    then U's first two columns are F·v_i/s_i and its third their cross product.
+    """
+    ftf = f.transpose(-1, -2) @ f
+    a = {(i, j): ftf[..., i, j] for i in range(3) for j in range(i, 3)}
+    one, zero = torch.ones_like(ftf[..., 0, 0]), torch.zeros_like(ftf[..., 0, 0])
+    v = [[one if k == c else zero for c in range(3)] for k in range(3)]
+    for _ in range(SWEEPS):
+        for p, q in ((0, 1), (0, 2), (1, 2)):
+            _rotate(a, v, p, q)
+    lam = [a[0, 0], a[1, 1], a[2, 2]]
+    vcols = [torch.stack([v[k][c] for k in range(3)], -1) for c in range(3)]
+    for i, j in ((0, 1), (1, 2), (0, 1)):
+        _swap(lam, vcols, i, j)
+    flip = (vcols[0] * torch.linalg.cross(vcols[1], vcols[2])).sum(-1, keepdim=True) < 0
+    vcols[2] = torch.where(flip, -vcols[2], vcols[2])
+    fv = [(f @ col.unsqueeze(-1)).squeeze(-1) for col in vcols]
+    norm0 = torch.linalg.vector_norm(fv[0], dim=-1, keepdim=True)
+    u0 = torch.where(norm0 > 1e-30, fv[0] / norm0.clamp_min(1e-30), torch.eye(3, dtype=f.dtype, device=f.device)[0])  # F = 0: any axis
+    u1 = fv[1] - (u0 * fv[1]).sum(-1, keepdim=True) * u0  # Gram-Schmidt against round-off
+    # rank < 2 (F v_1 = 0): any unit vector orthogonal to u0
+    axes = torch.eye(3, dtype=f.dtype, device=f.device)
+    across = [torch.linalg.cross(u0, axes[k].expand_as(u0)) for k in range(2)]
+    fallback = torch.where((torch.linalg.vector_norm(across[0], dim=-1, keepdim=True) > 0.5), across[0], across[1])
+    norm1 = torch.linalg.vector_norm(u1, dim=-1, keepdim=True)
+    u1 = torch.where(norm1 > 1e-12 * torch.linalg.vector_norm(fv[0], dim=-1, keepdim=True), u1 / norm1.clamp_min(1e-30),
+                     fallback / torch.linalg.vector_norm(fallback, dim=-1, keepdim=True).clamp_min(1e-30))
+    u2 = torch.linalg.cross(u0, u1)
+    s = torch.stack([(u0 * fv[0]).sum(-1), (u1 * fv[1]).sum(-1), (u2 * fv[2]).sum(-1)], -1)
+    return torch.stack([u0, u1, u2], -1), s, torch.stack(vcols, -1)
 
 
 class _SVD3(torch.autograd.Function):
@@ -80,26 +134,62 @@ def svd3(f: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor, Tensor]:
     return _SVD3.apply(f, eps)
 
 
-class _Polar(torch.autograd.Function):
+class _Spectral(torch.autograd.Function):
+    """F -> U·diag(g(s))·Vᵀ for an isotropic g (a function of the singular values that commutes with permuting them)."""
+
     @staticmethod
-    def forward(ctx, f: Tensor, eps: float):
+    def forward(ctx, f: Tensor, g, eps: float):
         u, s, v = _signed_svd(f)
-        ctx.save_for_backward(u, s, v)
+        if g is None:  # the polar rotation: g = 1
+            out, jac = torch.ones_like(s), torch.zeros_like(u)
+        else:
+            with torch.enable_grad():
+                leaf = s.detach().requires_grad_()
+                out = g(leaf)
+                rows = [torch.autograd.grad(out[..., k].sum(), leaf, retain_graph=k < 2, allow_unused=True)[0]
+                        if out.requires_grad else None for k in range(3)]
+            jac = torch.stack([torch.zeros_like(s) if r is None else r for r in rows], -2)  # [..., k, i] = d g_k / d s_i
+            out = out.detach()
+        ctx.save_for_backward(u, s, v, out, jac)
         ctx.eps = eps
-        return u @ v.transpose(-1, -2)
+        return u @ torch.diag_embed(out) @ v.transpose(-1, -2)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_r):
-        u, s, v = ctx.saved_tensors
-        m = u.transpose(-1, -2) @ grad_r @ v
+    def backward(ctx, grad):
+        u, s, v, out, jac = ctx.saved_tensors
+        m = u.transpose(-1, -2) @ grad @ v
+        # off-diagonal: the symmetric part scales by (g_i - g_j)/(s_i - s_j), the antisymmetric one by (g_i + g_j)/(s_i + s_j)
+        gap = s.unsqueeze(-1) - s.unsqueeze(-2)
+        close = gap.abs() < ctx.eps
+        limit = torch.diagonal(jac, dim1=-2, dim2=-1).unsqueeze(-1) - jac  # d g_i/d s_i - d g_i/d s_j
+        minus = torch.where(close, limit, (out.unsqueeze(-1) - out.unsqueeze(-2)) / torch.where(close, 1.0, gap))
         total = s.unsqueeze(-1) + s.unsqueeze(-2)
         total = torch.where(total >= 0, total.clamp_min(ctx.eps), total.clamp_max(-ctx.eps))
-        return u @ ((m - m.transpose(-1, -2)) / total) @ v.transpose(-1, -2), None
+        plus = (out.unsqueeze(-1) + out.unsqueeze(-2)) / total
+        sym, skew = 0.5 * (m + m.transpose(-1, -2)), 0.5 * (m - m.transpose(-1, -2))
+        z = sym * minus + skew * plus
+        diag = (torch.diagonal(m, dim1=-2, dim2=-1).unsqueeze(-1) * jac).sum(-2)  # Σ_k M_kk d g_k / d s_i
+        z = z - torch.diag_embed(torch.diagonal(z, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
+        return u @ z @ v.transpose(-1, -2), None, None
+
+
+def spectral(f: Tensor, g, eps: float = EPS) -> Tensor:
+    """U·diag(g(s))·Vᵀ [..., 3, 3] of the signed SVD of f [..., 3, 3], for an isotropic g: s [..., 3] -> [..., 3].
+
+    Its backward is exact at repeated singular values: off the diagonal (in the singular bases) the
+    symmetric part of the incoming gradient scales by the divided difference (g_i - g_j)/(s_i - s_j),
+    which tends to d g_i/d s_i - d g_i/d s_j where s_i = s_j, and the antisymmetric part by
+    (g_i + g_j)/(s_i + s_j). (Plastic return mappings and the polar rotation are such maps; at rest,
+    F = I, all singular values repeat.)
+    """
+    if f.shape[-2:] != (3, 3):
+        raise ValueError(f"spectral needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
+    return _Spectral.apply(f, g, eps)
 
 
 def polar(f: Tensor, eps: float = EPS) -> Tensor:
-    """Rotation R [..., 3, 3] of the polar decomposition F = R·S (R = U·Vᵀ of the signed SVD)."""
+    """Rotation R [..., 3, 3] of the polar decomposition F = R·S (R = U·Vᵀ of the signed SVD); ``spectral`` with g = 1."""
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"polar needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Polar.apply(f, eps)
+    return _Spectral.apply(f, None, eps)
