@@ -80,3 +80,20 @@ def test_spectral_gradient_is_exact_at_and_near_repeated_singular_values(seed, s
             d[i, j] = eps
             numeric[i, j] = ((spectral(f.detach() + d, g) - spectral(f.detach() - d, g)) * weights).sum() / (2 * eps)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_jacobi_svd_used_under_compile_agrees_with_lapack(seed):
+    from tphys.mpm.svd import det3, jacobi_svd
+
+    gen = torch.Generator().manual_seed(seed)
+    f = torch.randn(64, 3, 3, generator=gen, dtype=torch.float64)
+    f[:16] = torch.eye(3, dtype=torch.float64)  # all singular values repeated
+    f[16:32] = torch.eye(3, dtype=torch.float64) + 1e-3 * torch.randn(16, 3, 3, generator=gen, dtype=torch.float64)
+    u, s, v = jacobi_svd(f)
+    torch.testing.assert_close(u @ torch.diag_embed(s) @ v.transpose(-1, -2), f, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(det3(u), torch.ones(64, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(det3(v), torch.ones(64, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s.abs(), torch.linalg.svdvals(f), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s, svd3(f)[1], rtol=1e-12, atol=1e-12)

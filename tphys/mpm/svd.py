@@ -15,12 +15,13 @@ producing NaN (near repeated values the gradient is then approximate; exact else
 (g = 1, the rotation of F = R·S) have exact backwards, finite wherever s_i + s_j ≠ 0, repeated singular
 values included (the rest state F = I is one); see ``spectral``.
 
-The SVD itself is elementwise: cyclic Jacobi on FᵀF (no LAPACK, so it fuses under torch.compile).
+The SVD is LAPACK's in eager mode and cyclic Jacobi on FᵀF (elementwise, so it fuses) under torch.compile.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -66,9 +67,24 @@ def _swap(lam: list, vcols: list, i: int, j: int) -> None:
 def _signed_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(U, S, V) with U, V rotations; a reflection moves into the sign of the smallest singular value.
 
-    Elementwise (no LAPACK, so it fuses under torch.compile): cyclic Jacobi on FᵀF gives V and S²,
-    then U's first two columns are F·v_i/s_i and its third their cross product.
+    Eager: LAPACK (``torch.linalg.svd``), made signed. Under torch.compile: ``jacobi_svd`` (elementwise,
+    so it fuses; a few hundred tiny ops, which eager runs slowly).
     """
+    if not torch.compiler.is_compiling():
+        u, s, vh = torch.linalg.svd(f)
+        v = vh.transpose(-1, -2)
+        flip_u = (det3(u) < 0)[..., None]
+        flip_v = (det3(v) < 0)[..., None]
+        last = torch.tensor([1.0, 1.0, -1.0], dtype=f.dtype, device=f.device)
+        u = torch.where(flip_u[..., None], u * last, u)  # flips column 2
+        v = torch.where(flip_v[..., None], v * last, v)
+        return u, torch.where(flip_u ^ flip_v, s * last, s), v
+    return jacobi_svd(f)
+
+
+def jacobi_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Signed SVD by elementwise ops: cyclic Jacobi on FᵀF gives V and S², then U's first two columns
+    are F·v_i/s_i (Gram-Schmidt) and its third their cross product; S sorted by magnitude."""
     ftf = f.transpose(-1, -2) @ f
     a = {(i, j): ftf[..., i, j] for i in range(3) for j in range(i, 3)}
     one, zero = torch.ones_like(ftf[..., 0, 0]), torch.zeros_like(ftf[..., 0, 0])
@@ -135,21 +151,12 @@ def svd3(f: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class _Spectral(torch.autograd.Function):
-    """F -> U·diag(g(s))·Vᵀ for an isotropic g (a function of the singular values that commutes with permuting them)."""
+    """F -> U·diag(g(s))·Vᵀ for an isotropic g (a function of the singular values that commutes with permuting them).
+    The decomposition, g(s) and its Jacobian come in precomputed (``spectral``): forward-mode AD, which
+    gives the Jacobian, is off inside an autograd.Function's forward."""
 
     @staticmethod
-    def forward(ctx, f: Tensor, g, eps: float):
-        u, s, v = _signed_svd(f)
-        if g is None:  # the polar rotation: g = 1
-            out, jac = torch.ones_like(s), torch.zeros_like(u)
-        else:
-            with torch.enable_grad():
-                leaf = s.detach().requires_grad_()
-                out = g(leaf)
-                rows = [torch.autograd.grad(out[..., k].sum(), leaf, retain_graph=k < 2, allow_unused=True)[0]
-                        if out.requires_grad else None for k in range(3)]
-            jac = torch.stack([torch.zeros_like(s) if r is None else r for r in rows], -2)  # [..., k, i] = d g_k / d s_i
-            out = out.detach()
+    def forward(ctx, f: Tensor, u: Tensor, s: Tensor, v: Tensor, out: Tensor, jac: Tensor, eps: float):
         ctx.save_for_backward(u, s, v, out, jac)
         ctx.eps = eps
         return u @ torch.diag_embed(out) @ v.transpose(-1, -2)
@@ -171,7 +178,22 @@ class _Spectral(torch.autograd.Function):
         z = sym * minus + skew * plus
         diag = (torch.diagonal(m, dim1=-2, dim2=-1).unsqueeze(-1) * jac).sum(-2)  # Σ_k M_kk d g_k / d s_i
         z = z - torch.diag_embed(torch.diagonal(z, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
-        return u @ z @ v.transpose(-1, -2), None, None
+        return u @ z @ v.transpose(-1, -2), None, None, None, None, None, None
+
+
+def _spectral_parts(f: Tensor, g) -> tuple[Tensor, ...]:
+    """(U, S, V, g(S), dg/dS [..., k, i]) of f, without autograd; the Jacobian by forward-mode AD (saves
+    nothing, so checkpoint's saved-tensor hooks never fire)."""
+    with torch.no_grad():
+        u, s, v = _signed_svd(f.detach())
+        if g is None:  # the polar rotation: g = 1
+            return u, s, v, torch.ones_like(s), torch.zeros_like(u)
+        columns = []
+        with fwAD.dual_level():
+            for i in range(3):
+                out, tangent = fwAD.unpack_dual(g(fwAD.make_dual(s, torch.eye(3, dtype=s.dtype, device=s.device)[i].expand_as(s))))
+                columns.append(torch.zeros_like(s) if tangent is None else tangent)
+        return u, s, v, out.clone(), torch.stack(columns, -1)
 
 
 def spectral(f: Tensor, g, eps: float = EPS) -> Tensor:
@@ -185,11 +207,11 @@ def spectral(f: Tensor, g, eps: float = EPS) -> Tensor:
     """
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"spectral needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Spectral.apply(f, g, eps)
+    return _Spectral.apply(f, *_spectral_parts(f, g), eps)
 
 
 def polar(f: Tensor, eps: float = EPS) -> Tensor:
     """Rotation R [..., 3, 3] of the polar decomposition F = R·S (R = U·Vᵀ of the signed SVD); ``spectral`` with g = 1."""
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"polar needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Spectral.apply(f, None, eps)
+    return _Spectral.apply(f, *_spectral_parts(f, None), eps)
