@@ -19,6 +19,7 @@ benchmark continues where it stopped (``--fresh`` reruns everything).
     python benchmarks/learning.py --quick --out /tmp/learning.md     # smoke test
     python benchmarks/learning.py --algos sapo shac ppo --envs soft_jumper --goal jump --seeds 2 \
         --steps soft_jumper=200000 --section learning-soft-jumper    # issue 7's SoftJumper comparison
+    python benchmarks/learning.py --algos shac shac_lr5e-4 --variant shac_lr5e-4=shac:algo.actor_lr=5e-4 ...
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ def run_dir(args, algo: str, env: str, seed: int, goal: str | None = None) -> Pa
     return args.runs / f"{env}-{goal or args.goal}" / algo / f"seed{seed}"
 
 
+def recipe_of(args, algo: str) -> tuple[str, list[str]]:
+    """(recipe, extra overrides) of an algorithm name: a recipe, a built-in variant, or a --variant."""
+    return {**VARIANTS, **getattr(args, "variants", {})}.get(algo, (algo, []))
+
+
 def iteration_steps(args, algo: str, env: str) -> int:
     """Env steps per training iteration: a 32-step window (PPO/SAC: a 32-step batch) or a PODS episode."""
-    per_env = EPISODE_STEPS.get(env, 150) if algo in VARIANTS else 32
+    per_env = EPISODE_STEPS.get(env, 150) if recipe_of(args, algo)[0] == "pods" else 32
     return args.num_envs * per_env
 
 
@@ -84,7 +90,7 @@ def launch(args, algo: str, env: str, seed: int, goal: str | None = None, extra:
             return summary
     out.mkdir(parents=True, exist_ok=True)
     windows = max(steps // iteration_steps(args, algo, env), 1)
-    recipe, variant = VARIANTS.get(algo, (algo, []))
+    recipe, variant = recipe_of(args, algo)
     overrides = [
         f"env={env}", f"env.goal={goal}", f"seed={seed}", f"total_steps={steps}", "progress=false", "video.enabled=false",
         f"eval.every={max(windows // args.curve_points, 1)}", f"eval.episodes={args.eval_episodes}", f"hydra.run.dir={out}",
@@ -171,7 +177,9 @@ def table(args, results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), help=f"from {', '.join(ALGOS)} and the --variant names")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=RECIPE:OVERRIDE[,OVERRIDE]",
+                        help="a recipe with Hydra overrides under its own name, e.g. shac_lr5e-4=shac:algo.actor_lr=5e-4")
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_STEPS))
     parser.add_argument("--goal", default=GOAL)
     parser.add_argument("--seeds", type=int, default=5)
@@ -186,6 +194,16 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rerun even where eval.json exists")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, tiny budgets, 8 eval episodes")
     args = parser.parse_args()
+    args.variants = {}
+    for item in args.variant:
+        name, _, spec = item.partition("=")
+        recipe, _, overrides = spec.partition(":")
+        if not name or recipe not in ALGOS or recipe in VARIANTS:
+            parser.error(f"--variant {item!r}: expected NAME=RECIPE:OVERRIDE[,OVERRIDE] with RECIPE one of {', '.join(ALGOS)}")
+        args.variants[name] = (recipe, [o for o in overrides.split(",") if o])
+    unknown = [a for a in args.algos if a not in ALGOS and a not in args.variants]
+    if unknown:
+        parser.error(f"unknown algorithm(s) {unknown}; valid: {', '.join(ALGOS)} or a --variant name")
     args.num_envs = 64
     steps = dict(DEFAULT_STEPS)
     if args.quick:
@@ -213,7 +231,8 @@ def main() -> None:
                     parallelism=f"{args.jobs} runs at a time, 1 thread each"),
         f"Final policy, deterministic, {args.eval_episodes} evaluation episodes per run; mean ± 95 % CI (Student t) over "
         f"{args.seeds} seeds of the per-run mean return; goal `{args.goal}`; 64 envs (TrajOpt 16), recipe defaults otherwise. "
-        "`random` is the uniform-random policy on the same evaluation envs. wall s / run = training time per run (mean).",
+        "`random` is the uniform-random policy on the same evaluation envs. wall s / run = training time per run (mean)."
+        + "".join(f" `{name}` = `{recipe}` with `{' '.join(o)}`." for name, (recipe, o) in args.variants.items()),
         "",
         *table(args, results),
         "",
