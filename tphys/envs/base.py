@@ -33,6 +33,20 @@ class TphysEnv(EnvBase):
         self._generator.manual_seed(torch.seed() if seed is None else int(seed))
 
 
+def check_options(env: str, goal, goals: tuple, physics: dict, defaults: dict, env_options: tuple, **counts) -> None:
+    """Raise ValueError naming the env and the valid choices on an unknown goal or physical parameter, or on
+    a count (``name=value``) that is not an int >= 1."""
+    if goal not in (None, *goals):
+        raise ValueError(f"{env}: unknown goal {goal!r}; valid goals: {', '.join(goals)}")
+    unknown = sorted(set(physics) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for env {env!r}; env options: {', '.join(env_options)}; "
+                         f"physical parameters: {', '.join(defaults)}")
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{env}: {name} must be an int >= 1, got {value!r}")
+
+
 def env_indices(mask: Tensor, limit: int = 20) -> str:
     """The indices where ``mask`` [N] is True, as text (the first ``limit``)."""
     idx = torch.nonzero(mask).flatten().tolist()

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
 from tphys.envs.registry import register
 from tphys.math import axis_angle_to_matrix
 from tphys.mpm import Material, MPMModel, MPMState, substep
@@ -50,15 +50,8 @@ class RollingFlatEnv(TphysEnv):
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, lattice: tuple = (18, 8, 18), samples: int = 250, recompute: bool = True,
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
-        if goal not in (None, "flatten"):
-            raise ValueError(f"rolling_flat: unknown goal {goal!r}; valid goals: flatten")
-        unknown = sorted(set(physics) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for env 'rolling_flat'; env options: {', '.join(ENV_OPTIONS)}; "
-                             f"physical parameters: {', '.join(DEFAULTS)}")
-        for name, value in (("substeps", substeps), ("horizon", horizon), ("samples", samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"rolling_flat: {name} must be an int >= 1, got {value!r}")
+        check_options("rolling_flat", goal, ("flatten",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
+                      samples=samples)
         if not isinstance(grid_size, int) or grid_size < 12:
             raise ValueError(f"rolling_flat: grid_size must be an int >= 12, got {grid_size!r}")
         lattice = tuple(int(k) for k in lattice)

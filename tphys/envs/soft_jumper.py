@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
 from tphys.envs.registry import register
 from tphys.particles import ParticleBuilder, ParticleModel
 from tphys.particles.meshing import voxel_mesh
@@ -79,15 +79,8 @@ class SoftJumperEnv(TphysEnv):
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
                  horizon: int = 300, recompute: bool = True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
                  samples: int = 30, **physics):
-        if goal not in (None, "jump"):
-            raise ValueError(f"soft_jumper: unknown goal {goal!r}; valid goals: jump")
-        unknown = sorted(set(physics) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for env 'soft_jumper'; env options: {', '.join(ENV_OPTIONS)}; "
-                             f"physical parameters: {', '.join(DEFAULTS)}")
-        for name, value in (("substeps", substeps), ("horizon", horizon), ("samples", samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"soft_jumper: {name} must be an int >= 1, got {value!r}")
+        check_options("soft_jumper", goal, ("jump",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
+                      samples=samples)
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         model, rest = quadruped(**{**DEFAULTS, **physics})
         self.goal, self.num_envs, self.dtype, self.dt = "jump", num_envs, dtype, 1.0 / 60.0

@@ -64,33 +64,71 @@ def _node(env, bx, by, bz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr,
 
 
 @triton.jit
-def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+def _particles(total, P, BLOCK: tl.constexpr):
+    """(flat particle indices of this program, in-range mask, env index of each)."""
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = p < total
     p = p.to(tl.int64)
-    env = p // P
+    return p, valid, p // P
+
+
+@triton.jit
+def _stencil_base(x_ptr, p, valid, inv_dx):
+    """(bx, fx, by, fy, bz, fz): base node and fractional position per axis of particles p."""
     bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
     by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
     bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    return bx, fx, by, fy, bz, fz
+
+
+@triton.jit
+def _load3(ptr, p, valid):
+    return (tl.load(ptr + 3 * p, mask=valid, other=0.0), tl.load(ptr + 3 * p + 1, mask=valid, other=0.0),
+            tl.load(ptr + 3 * p + 2, mask=valid, other=0.0))
+
+
+@triton.jit
+def _load9(ptr, p, valid):
+    return (tl.load(ptr + 9 * p, mask=valid, other=0.0), tl.load(ptr + 9 * p + 1, mask=valid, other=0.0),
+            tl.load(ptr + 9 * p + 2, mask=valid, other=0.0), tl.load(ptr + 9 * p + 3, mask=valid, other=0.0),
+            tl.load(ptr + 9 * p + 4, mask=valid, other=0.0), tl.load(ptr + 9 * p + 5, mask=valid, other=0.0),
+            tl.load(ptr + 9 * p + 6, mask=valid, other=0.0), tl.load(ptr + 9 * p + 7, mask=valid, other=0.0),
+            tl.load(ptr + 9 * p + 8, mask=valid, other=0.0))
+
+
+@triton.jit
+def _store3(ptr, p, a, b, c, valid):
+    tl.store(ptr + 3 * p, a, mask=valid)
+    tl.store(ptr + 3 * p + 1, b, mask=valid)
+    tl.store(ptr + 3 * p + 2, c, mask=valid)
+
+
+@triton.jit
+def _store9(ptr, p, a0, a1, a2, a3, a4, a5, a6, a7, a8, valid):
+    _store3(ptr, 3 * p, a0, a1, a2, valid)
+    _store3(ptr, 3 * p + 1, a3, a4, a5, valid)
+    _store3(ptr, 3 * p + 2, a6, a7, a8, valid)
+
+
+@triton.jit
+def _stencil_node(env, bx, fx, by, fy, bz, fz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr, G, dx, valid):
+    """Per-axis weights, offset dpos (m), flat node index and in-grid mask of stencil node (ox, oy, oz)."""
+    node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+    return _weight(fx, ox), _weight(fy, oy), _weight(fz, oz), (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx, node, inside
+
+
+@triton.jit
+def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+    p, valid, env = _particles(total, P, BLOCK)
+    bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     m = tl.load(m_ptr + p, mask=valid, other=0.0)
-    q0 = tl.load(mom_ptr + 3 * p, mask=valid, other=0.0)
-    q1 = tl.load(mom_ptr + 3 * p + 1, mask=valid, other=0.0)
-    q2 = tl.load(mom_ptr + 3 * p + 2, mask=valid, other=0.0)
-    a00 = tl.load(a_ptr + 9 * p, mask=valid, other=0.0)
-    a01 = tl.load(a_ptr + 9 * p + 1, mask=valid, other=0.0)
-    a02 = tl.load(a_ptr + 9 * p + 2, mask=valid, other=0.0)
-    a10 = tl.load(a_ptr + 9 * p + 3, mask=valid, other=0.0)
-    a11 = tl.load(a_ptr + 9 * p + 4, mask=valid, other=0.0)
-    a12 = tl.load(a_ptr + 9 * p + 5, mask=valid, other=0.0)
-    a20 = tl.load(a_ptr + 9 * p + 6, mask=valid, other=0.0)
-    a21 = tl.load(a_ptr + 9 * p + 7, mask=valid, other=0.0)
-    a22 = tl.load(a_ptr + 9 * p + 8, mask=valid, other=0.0)
+    q0, q1, q2 = _load3(mom_ptr, p, valid)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _load9(a_ptr, p, valid)
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                w = _weight(fx, ox) * _weight(fy, oy) * _weight(fz, oz)
-                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
-                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
+                w = wx * wy * wz
                 tl.atomic_add(gm_ptr + node, w * m, mask=inside)
                 tl.atomic_add(gmv_ptr + 3 * node, w * (q0 + a00 * d0 + a01 * d1 + a02 * d2), mask=inside)
                 tl.atomic_add(gmv_ptr + 3 * node + 1, w * (q1 + a10 * d0 + a11 * d1 + a12 * d2), mask=inside)
@@ -100,26 +138,11 @@ def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, 
 @triton.jit
 def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr, gm_out_ptr, gmom_ptr, ga_ptr, total, P, G, dx, inv_dx,
                          BLOCK: tl.constexpr):
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = p < total
-    p = p.to(tl.int64)
-    env = p // P
-    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
-    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
-    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    p, valid, env = _particles(total, P, BLOCK)
+    bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     m = tl.load(m_ptr + p, mask=valid, other=0.0)
-    q0 = tl.load(mom_ptr + 3 * p, mask=valid, other=0.0)
-    q1 = tl.load(mom_ptr + 3 * p + 1, mask=valid, other=0.0)
-    q2 = tl.load(mom_ptr + 3 * p + 2, mask=valid, other=0.0)
-    a00 = tl.load(a_ptr + 9 * p, mask=valid, other=0.0)
-    a01 = tl.load(a_ptr + 9 * p + 1, mask=valid, other=0.0)
-    a02 = tl.load(a_ptr + 9 * p + 2, mask=valid, other=0.0)
-    a10 = tl.load(a_ptr + 9 * p + 3, mask=valid, other=0.0)
-    a11 = tl.load(a_ptr + 9 * p + 4, mask=valid, other=0.0)
-    a12 = tl.load(a_ptr + 9 * p + 5, mask=valid, other=0.0)
-    a20 = tl.load(a_ptr + 9 * p + 6, mask=valid, other=0.0)
-    a21 = tl.load(a_ptr + 9 * p + 7, mask=valid, other=0.0)
-    a22 = tl.load(a_ptr + 9 * p + 8, mask=valid, other=0.0)
+    q0, q1, q2 = _load3(mom_ptr, p, valid)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _load9(a_ptr, p, valid)
     zero = m * 0.0
     gx0, gx1, gx2, gm = zero, zero, zero, zero
     gq0, gq1, gq2 = zero, zero, zero
@@ -127,10 +150,8 @@ def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                wx, wy, wz = _weight(fx, ox), _weight(fy, oy), _weight(fz, oz)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
                 w = wx * wy * wz
-                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
-                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
                 u = tl.load(ggm_ptr + node, mask=inside, other=0.0)
                 h0 = tl.load(ggmv_ptr + 3 * node, mask=inside, other=0.0)
                 h1 = tl.load(ggmv_ptr + 3 * node + 1, mask=inside, other=0.0)
@@ -154,42 +175,24 @@ def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr
                 gx0 += _weight_slope(fx, ox) * inv_dx * wy * wz * s - w * (a00 * h0 + a10 * h1 + a20 * h2)
                 gx1 += wx * _weight_slope(fy, oy) * inv_dx * wz * s - w * (a01 * h0 + a11 * h1 + a21 * h2)
                 gx2 += wx * wy * _weight_slope(fz, oz) * inv_dx * s - w * (a02 * h0 + a12 * h1 + a22 * h2)
-    tl.store(gx_ptr + 3 * p, gx0, mask=valid)
-    tl.store(gx_ptr + 3 * p + 1, gx1, mask=valid)
-    tl.store(gx_ptr + 3 * p + 2, gx2, mask=valid)
+    _store3(gx_ptr, p, gx0, gx1, gx2, valid)
     tl.store(gm_out_ptr + p, gm, mask=valid)
-    tl.store(gmom_ptr + 3 * p, gq0, mask=valid)
-    tl.store(gmom_ptr + 3 * p + 1, gq1, mask=valid)
-    tl.store(gmom_ptr + 3 * p + 2, gq2, mask=valid)
-    tl.store(ga_ptr + 9 * p, g00, mask=valid)
-    tl.store(ga_ptr + 9 * p + 1, g01, mask=valid)
-    tl.store(ga_ptr + 9 * p + 2, g02, mask=valid)
-    tl.store(ga_ptr + 9 * p + 3, g10, mask=valid)
-    tl.store(ga_ptr + 9 * p + 4, g11, mask=valid)
-    tl.store(ga_ptr + 9 * p + 5, g12, mask=valid)
-    tl.store(ga_ptr + 9 * p + 6, g20, mask=valid)
-    tl.store(ga_ptr + 9 * p + 7, g21, mask=valid)
-    tl.store(ga_ptr + 9 * p + 8, g22, mask=valid)
+    _store3(gmom_ptr, p, gq0, gq1, gq2, valid)
+    _store9(ga_ptr, p, g00, g01, g02, g10, g11, g12, g20, g21, g22, valid)
 
 
 @triton.jit
 def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = p < total
-    p = p.to(tl.int64)
-    env = p // P
-    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
-    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
-    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    p, valid, env = _particles(total, P, BLOCK)
+    bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     zero = fx * 0.0
     v0, v1, v2 = zero, zero, zero
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                w = _weight(fx, ox) * _weight(fy, oy) * _weight(fz, oz)
-                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
-                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
+                w = wx * wy * wz
                 u0 = w * tl.load(gv_ptr + 3 * node, mask=inside, other=0.0)
                 u1 = w * tl.load(gv_ptr + 3 * node + 1, mask=inside, other=0.0)
                 u2 = w * tl.load(gv_ptr + 3 * node + 2, mask=inside, other=0.0)
@@ -206,51 +209,33 @@ def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, G, dx, inv_dx, BLOCK: tl.
                 c21 += u2 * d1
                 c22 += u2 * d2
     k = 4.0 * inv_dx * inv_dx
-    tl.store(v_ptr + 3 * p, v0, mask=valid)
-    tl.store(v_ptr + 3 * p + 1, v1, mask=valid)
-    tl.store(v_ptr + 3 * p + 2, v2, mask=valid)
-    tl.store(c_ptr + 9 * p, k * c00, mask=valid)
-    tl.store(c_ptr + 9 * p + 1, k * c01, mask=valid)
-    tl.store(c_ptr + 9 * p + 2, k * c02, mask=valid)
-    tl.store(c_ptr + 9 * p + 3, k * c10, mask=valid)
-    tl.store(c_ptr + 9 * p + 4, k * c11, mask=valid)
-    tl.store(c_ptr + 9 * p + 5, k * c12, mask=valid)
-    tl.store(c_ptr + 9 * p + 6, k * c20, mask=valid)
-    tl.store(c_ptr + 9 * p + 7, k * c21, mask=valid)
-    tl.store(c_ptr + 9 * p + 8, k * c22, mask=valid)
+    _store3(v_ptr, p, v0, v1, v2, valid)
+    _store9(c_ptr, p, k * c00, k * c01, k * c02, k * c10, k * c11, k * c12, k * c20, k * c21, k * c22, valid)
 
 
 @triton.jit
 def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = p < total
-    p = p.to(tl.int64)
-    env = p // P
-    bx, fx = _axis(tl.load(x_ptr + 3 * p, mask=valid, other=1.0), inv_dx)
-    by, fy = _axis(tl.load(x_ptr + 3 * p + 1, mask=valid, other=1.0), inv_dx)
-    bz, fz = _axis(tl.load(x_ptr + 3 * p + 2, mask=valid, other=1.0), inv_dx)
+    p, valid, env = _particles(total, P, BLOCK)
+    bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     k = 4.0 * inv_dx * inv_dx
-    e0 = tl.load(dv_ptr + 3 * p, mask=valid, other=0.0)
-    e1 = tl.load(dv_ptr + 3 * p + 1, mask=valid, other=0.0)
-    e2 = tl.load(dv_ptr + 3 * p + 2, mask=valid, other=0.0)
-    b00 = k * tl.load(dc_ptr + 9 * p, mask=valid, other=0.0)
-    b01 = k * tl.load(dc_ptr + 9 * p + 1, mask=valid, other=0.0)
-    b02 = k * tl.load(dc_ptr + 9 * p + 2, mask=valid, other=0.0)
-    b10 = k * tl.load(dc_ptr + 9 * p + 3, mask=valid, other=0.0)
-    b11 = k * tl.load(dc_ptr + 9 * p + 4, mask=valid, other=0.0)
-    b12 = k * tl.load(dc_ptr + 9 * p + 5, mask=valid, other=0.0)
-    b20 = k * tl.load(dc_ptr + 9 * p + 6, mask=valid, other=0.0)
-    b21 = k * tl.load(dc_ptr + 9 * p + 7, mask=valid, other=0.0)
-    b22 = k * tl.load(dc_ptr + 9 * p + 8, mask=valid, other=0.0)
+    e0, e1, e2 = _load3(dv_ptr, p, valid)
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = _load9(dc_ptr, p, valid)
+    b00 = k * b00
+    b01 = k * b01
+    b02 = k * b02
+    b10 = k * b10
+    b11 = k * b11
+    b12 = k * b12
+    b20 = k * b20
+    b21 = k * b21
+    b22 = k * b22
     zero = fx * 0.0
     gx0, gx1, gx2 = zero, zero, zero
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                wx, wy, wz = _weight(fx, ox), _weight(fy, oy), _weight(fz, oz)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
                 w = wx * wy * wz
-                d0, d1, d2 = (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx
-                node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
                 # r = dL/dv + (4/dx²)·dL/dC·dpos: what node velocity meets, per unit weight
                 r0 = e0 + b00 * d0 + b01 * d1 + b02 * d2
                 r1 = e1 + b10 * d0 + b11 * d1 + b12 * d2
@@ -265,9 +250,7 @@ def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, 
                 gx0 += _weight_slope(fx, ox) * inv_dx * wy * wz * s - w * (b00 * u0 + b10 * u1 + b20 * u2)
                 gx1 += wx * _weight_slope(fy, oy) * inv_dx * wz * s - w * (b01 * u0 + b11 * u1 + b21 * u2)
                 gx2 += wx * wy * _weight_slope(fz, oz) * inv_dx * s - w * (b02 * u0 + b12 * u1 + b22 * u2)
-    tl.store(gx_ptr + 3 * p, gx0, mask=valid)
-    tl.store(gx_ptr + 3 * p + 1, gx1, mask=valid)
-    tl.store(gx_ptr + 3 * p + 2, gx2, mask=valid)
+    _store3(gx_ptr, p, gx0, gx1, gx2, valid)
 
 
 def _grid(total: int) -> tuple[int]:
