@@ -102,8 +102,13 @@ class PODSLoss(LossModule):
             return value, gradient, gradient, {}
         hessian = GaussNewton(self.env, start, actions, damping=self.damping)
         flat, info = conjugate_gradient(hessian, env_major(hessian.gradient), self.cg_iterations, self.cg_tol)
-        diagnostics = {"cg_iterations": float(info.iterations), "cg_residual": info.relative_residual.max().item()}
-        return hessian.value, hessian.gradient, time_major(flat, self.horizon), diagnostics
+        step = time_major(flat, self.horizon)
+        # a CG breakdown (non-finite step) in an env falls back to its gradient: a NaN action would stop training
+        broken = ~torch.isfinite(step).all(-1).all(0)  # [N]
+        step = torch.where(broken[None, :, None], hessian.gradient, step)
+        diagnostics = {"cg_iterations": float(info.iterations), "cg_residual": info.relative_residual.nan_to_num(float("inf")).max().item(),
+                       "cg_nonfinite": broken.double().mean().item()}
+        return hessian.value, hessian.gradient, step, diagnostics
 
     def initial_step(self, direction: torch.Tensor) -> torch.Tensor:
         """[N] first α of the line search (see the module docstring)."""

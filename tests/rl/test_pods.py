@@ -185,3 +185,28 @@ def test_gradient_fallback_where_the_second_order_step_fails(fallback, monkeypat
         assert out["gradient_fallback"].item() > 0 and (stats["value_improved"] > stats["value_policy"]).any()
     else:
         assert (stats["step_size"] == 0).all() and "gradient_fallback" not in out.keys()
+
+
+def test_a_non_finite_gauss_newton_step_falls_back_to_the_gradient(monkeypatch):
+    """PODS-2 on cloth once stopped with a NaN action: a CG breakdown in one env must not reach the simulator."""
+    import rl.objectives.pods as pods
+
+    env = E.make("pendulum2d", num_envs=4, dtype=torch.float64, seed=2, goal="stop", horizon=30)
+    actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(32, 32)).double()
+    loss = PODSLoss(env, actor, order=2, cg_iterations=5)
+    solve = pods.conjugate_gradient
+
+    def breaks_in_env_1(*args, **kwargs):
+        flat, info = solve(*args, **kwargs)
+        flat = flat.clone()
+        flat[1] = float("nan")
+        return flat, info
+
+    monkeypatch.setattr(pods, "conjugate_gradient", breaks_in_env_1)
+    start = env.reset()
+    actions, _, _ = loss.policy_actions(start)
+    _, gradient, step, info = loss.direction(start, actions)
+    assert torch.isfinite(step).all() and info["cg_nonfinite"] == 0.25
+    torch.testing.assert_close(step[:, 1], gradient[:, 1])
+    out = loss.improve(start)
+    assert torch.isfinite(out["batch", "target_action"]).all()
