@@ -109,7 +109,6 @@ def point_cloud_encoder(cfg: DictConfig, obs_dim: int):
     if unknown:
         raise ConfigError(f"env.encoder: unknown key(s) {unknown}; valid: points, blocks, out_dim")
     points, blocks, out_dim = int(spec.points), tuple(spec.get("blocks", (64, 128, 256))), int(spec.get("out_dim", 64))
-    PointCloudEncoder(obs_dim, points, 3, blocks, out_dim)  # fail here, with the sizes, rather than inside a loss
     return lambda: PointCloudEncoder(obs_dim, points, 3, blocks, out_dim)
 
 

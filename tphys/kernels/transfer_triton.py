@@ -88,12 +88,12 @@ def _load3(ptr, p, valid):
 
 
 @triton.jit
-def _load9(ptr, p, valid):
-    return (tl.load(ptr + 9 * p, mask=valid, other=0.0), tl.load(ptr + 9 * p + 1, mask=valid, other=0.0),
-            tl.load(ptr + 9 * p + 2, mask=valid, other=0.0), tl.load(ptr + 9 * p + 3, mask=valid, other=0.0),
-            tl.load(ptr + 9 * p + 4, mask=valid, other=0.0), tl.load(ptr + 9 * p + 5, mask=valid, other=0.0),
-            tl.load(ptr + 9 * p + 6, mask=valid, other=0.0), tl.load(ptr + 9 * p + 7, mask=valid, other=0.0),
-            tl.load(ptr + 9 * p + 8, mask=valid, other=0.0))
+def _load9(ptr, p, valid, scale):
+    """The 9 entries of each particle's row-major 3x3 matrix, times ``scale``."""
+    a0, a1, a2 = _load3(ptr, 3 * p, valid)
+    a3, a4, a5 = _load3(ptr, 3 * p + 1, valid)
+    a6, a7, a8 = _load3(ptr, 3 * p + 2, valid)
+    return a0 * scale, a1 * scale, a2 * scale, a3 * scale, a4 * scale, a5 * scale, a6 * scale, a7 * scale, a8 * scale
 
 
 @triton.jit
@@ -123,7 +123,7 @@ def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, 
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     m = tl.load(m_ptr + p, mask=valid, other=0.0)
     q0, q1, q2 = _load3(mom_ptr, p, valid)
-    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _load9(a_ptr, p, valid)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _load9(a_ptr, p, valid, 1.0)
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
@@ -142,7 +142,7 @@ def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     m = tl.load(m_ptr + p, mask=valid, other=0.0)
     q0, q1, q2 = _load3(mom_ptr, p, valid)
-    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _load9(a_ptr, p, valid)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _load9(a_ptr, p, valid, 1.0)
     zero = m * 0.0
     gx0, gx1, gx2, gm = zero, zero, zero, zero
     gq0, gq1, gq2 = zero, zero, zero
@@ -219,16 +219,7 @@ def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, 
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     k = 4.0 * inv_dx * inv_dx
     e0, e1, e2 = _load3(dv_ptr, p, valid)
-    b00, b01, b02, b10, b11, b12, b20, b21, b22 = _load9(dc_ptr, p, valid)
-    b00 = k * b00
-    b01 = k * b01
-    b02 = k * b02
-    b10 = k * b10
-    b11 = k * b11
-    b12 = k * b12
-    b20 = k * b20
-    b21 = k * b21
-    b22 = k * b22
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = _load9(dc_ptr, p, valid, k)  # (4/dx²)·dL/dC
     zero = fx * 0.0
     gx0, gx1, gx2 = zero, zero, zero
     for ox in tl.static_range(3):

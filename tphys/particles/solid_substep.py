@@ -25,8 +25,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.utils._pytree import tree_leaves
 
-from tphys.particles.forces import total_forces
+from tphys.particles.forces import smooth_ramp, total_forces
 from tphys.particles.model import ParticleModel, Tetrahedra
 from tphys.particles.spring_vjp import twice_differentiable_requested
 
@@ -119,18 +120,12 @@ def _sub(a: list, b: list) -> list:
     return [a[d] - b[d] for d in range(3)]
 
 
-def _ramp(s: Tensor, width: Tensor) -> Tensor:
-    """``forces.smooth_ramp``."""
-    r = torch.minimum(torch.clamp_min(s, 0.0), width)
-    return r * (2 * s - r) * (0.5 / width)
-
-
 def _ground(model: ParticleModel, x: Tensor, v: Tensor):
     """Contact terms of ``forces.ground_forces`` from x, v [P, 3, N]."""
     g, up = model.ground, model.up_axis
     depth = g.height - x[:, up]
-    press = _ramp(depth, g.smoothing)
-    stiffness = g.stiffness + g.damping * _ramp(-v[:, up], g.slip)
+    press = smooth_ramp(depth, g.smoothing)
+    stiffness = g.stiffness + g.damping * smooth_ramp(-v[:, up], g.slip)
     tangential = [torch.zeros_like(depth) if d == up else v[:, d] for d in range(3)]
     slip_speed = torch.sqrt(_dot(tangential, tangential) + g.slip**2)
     return depth, press, stiffness, tangential, slip_speed
@@ -257,13 +252,8 @@ class SolidSubstep:
         inputs = (x, v, activation)
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             return self.forward_fn(*inputs)
-        if twice_differentiable_requested() or any(t.requires_grad for t in _tensors(self.model)) or any(
+        if twice_differentiable_requested() or any(isinstance(t, Tensor) and t.requires_grad for t in tree_leaves(self.model)) or any(
                 fwAD.unpack_dual(t).tangent is not None for t in inputs):
             return self.twin(*inputs)
         return _Substep.apply(x, v, activation, self)
 
-
-def _tensors(obj) -> list:
-    if isinstance(obj, tuple):
-        return [t for item in obj for t in _tensors(item)]
-    return [obj] if isinstance(obj, Tensor) else []
