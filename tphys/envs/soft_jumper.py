@@ -9,8 +9,8 @@ tetrahedra, so 216 action dims (Rewarped: 222), each in [-1, 1] scaling the fibe
 ``max_stress`` (negative: active extension, as in a pneumatic actuator). Penalty ground at y = 0 with
 smooth Coulomb friction, viscous below ``slip`` = 0.2 m/s: the friction's tangent damping
 friction·f_n/slip must keep h·friction·f_n/(slip·m) < 2 for the linearised explicit substep to stay
-contractive; at slip = 0.01 or 0.05 m/s gradients over a 32-step window grow ~1e4-1e5 times past
-16 steps (forward stays bounded), at 0.2 they grow ~3x from 16 to 32 steps.
+contractive. With a small slip (0.01 m/s) the forward stays bounded but gradients over 32-step
+windows blow up past float32's range, and training stalls.
 Frames of 1/60 s with 80 substeps (Rewarped's), 300-step episodes, no early termination.
 Each substep is one autograd node with a hand-written backward (``tphys.particles.solid_substep``);
 ``compile_substep=True`` runs its forward and backward under torch.compile (opt-in, several times
