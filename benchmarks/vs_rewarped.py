@@ -3,6 +3,7 @@
 --task ant (default): DFlex's Ant in both (16 substeps of a 1/60 s frame, penalty ground contact,
 joint limits, DFlex's density / armature / damping / contact / strength), random actions in
 [-1, 1], DFlex's 37-dim observation and reward every frame.
+--task rollingpin: Rewarped's ``plasticinelab.RollingPin`` against our ``rolling_flat`` (MPM, H = 2).
 --task jumper: SoftJumper: Rewarped's ``gradsim.Jumper`` (444 tetrahedra, 80 substeps) against our
 ``soft_jumper`` (432 tetrahedra, 80 substeps), random actions, observation and reward every frame.
 
@@ -20,6 +21,7 @@ by default ``.venv-rewarped`` in the repository root.
 
     python benchmarks/vs_rewarped.py                             # Ant, N = 1 16 64, H = 32, both systems
     python benchmarks/vs_rewarped.py --task jumper               # SoftJumper, N = 1 16 64, H = 8
+    python benchmarks/vs_rewarped.py --task rollingpin --sizes 1 16 --seconds 20   # the MPM run in RESULTS.md
     python benchmarks/vs_rewarped.py --sizes 16 --seconds 5 --out /tmp/r.md
 """
 
@@ -121,6 +123,34 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
     return _timed(frames, n, mode, horizon, seconds, variant)
 
 
+def rolling_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
+    """One tphys RollingFlat cell (through the TorchRL env API), run inside the subprocess. variant: eager, or
+    recompute=<mode> for ``rolling_flat(recompute=...)`` (fwd+bwd)."""
+    import torch
+
+    import tphys.envs
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    recompute = {"step": True, "substep": "substep", "none": False}[variant.split("=")[1]] if "=" in variant else True
+    env = tphys.envs.make("rolling_flat", num_envs=n, seed=0, recompute=recompute, validate=False)
+    start = env.reset()
+
+    def frames(count: int, grad: bool) -> None:
+        td, total, actions = start, 0.0, []
+        for _ in range(count):
+            action = (torch.rand(n, 3) * 2 - 1).requires_grad_(grad)
+            actions.append(action)
+            out = env.step(td.set("action", action))
+            total = total + out["next", "reward"].sum()
+            td = env.step_mdp(out)
+        if grad:
+            total.backward()
+            assert all(torch.isfinite(a.grad).all() for a in actions)
+
+    return _timed(frames, n, mode, horizon, seconds, variant)
+
+
 def _timed(frames, n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
     import torch
 
@@ -145,6 +175,9 @@ TASKS = {  # task: (tphys cell, Rewarped module, class, default horizon, tphys v
     "jumper": (jumper_cell, "rewarped.envs.gradsim.jumper", "Jumper", 8,
                (["eager", "compiled"], ["eager", "compiled", "compiled+recompute"]),
                "soft-vs-rewarped", "SoftJumper: tphys FEM vs Rewarped 1.3.3 (CPU)"),
+    "rollingpin": (rolling_cell, "rewarped.envs.plasticinelab.rolling_pin", "RollingPin", 2,
+                   (["eager"], ["recompute=step", "recompute=substep"]), "mpm-vs-rewarped",
+                   "RollingPin / RollingFlat: tphys MPM vs Rewarped 1.3.3 (CPU)"),
 }
 
 
@@ -174,6 +207,11 @@ DESCRIPTIONS = {
               "444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32; compiled = "
               "`compile_substep=True` (each substep under torch.compile; warm-up includes compilation unless cached); +recompute = "
               "`recompute=True` (the frame's substeps recomputed in backward).",
+    "rollingpin": "Rewarped's RollingPin against our `rolling_flat`: MLS-MPM plasticine, 2592 particles, 48³ domain, 40 substeps "
+                  "of 5e-5 s per step, capsule roller, random actions in [-1, 1], observations and reward per step through each "
+                  "env's own step API. tphys float32, eager, with the C transfer kernels and the grid window (the nodes the "
+                  "particles reach); recompute=step: each env step keeps only its input and reruns its substeps in backward, each "
+                  "recomputed again (memory grows with env steps); recompute=substep: keeps every substep's input.",
 }
 
 
@@ -181,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="ant")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1, 16, 64])
-    parser.add_argument("--horizon", type=int, default=None, help="fwd+bwd frames (default: ant 32, jumper 8)")
+    parser.add_argument("--horizon", type=int, default=None, help="fwd+bwd frames (default: ant 32, jumper 8, rollingpin 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum measured seconds per cell")
     parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
@@ -210,7 +248,8 @@ def main() -> None:
                 ref = cells[0]
                 ratio = "-" if "error" in ref else f"{cell['steps_per_s'] / ref['steps_per_s']:.2f}x"
                 warm = cell.get("warmup_s", "-")
-                table.append(f"| {n} | {label} | {cell['system']} | {cell['steps_per_s']:.0f} | {ratio} | "
+                rate = f"{cell['steps_per_s']:.0f}" if cell["steps_per_s"] >= 100 else f"{cell['steps_per_s']:.2f}"
+                table.append(f"| {n} | {label} | {cell['system']} | {rate} | {ratio} | "
                              f"{cell['max_rss_MB'] / 1024:.2f} | {warm if isinstance(warm, str) else f'{warm:.0f}'} |")
     lines = [
         f"### {title}", "",

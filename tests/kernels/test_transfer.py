@@ -1,5 +1,6 @@
-"""P2G / G2P: Triton kernels (interpreter on CPU) against their torch twins, forward and backward; the
-APIC affine-field identity; mass and momentum conservation; gradients against finite differences."""
+"""P2G / G2P: Triton kernels (interpreter on CPU) and the C loops (CPU) against their torch twins, forward and
+backward, on cubic and box grids; the APIC affine-field identity; mass and momentum conservation; gradients
+against finite differences."""
 
 import os
 
@@ -12,21 +13,24 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tphys.kernels import g2p, p2g  # noqa: E402
+from tphys.kernels import g2p, p2g, transfer_cpu  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton") if DEVICE == "cuda" else ("torch", "triton", "cpu")
 
 
 def particles(seed, n, p, grid_size, dtype, margin=1.5):
-    """Random particles in [margin·dx, 1 - margin·dx)³ (margin < 1.5: some stencil nodes fall off the grid)."""
+    """Random particles in [margin·dx, (G_k - margin)·dx) per axis, dx = 1/max G (margin < 1.5: some stencil nodes
+    fall off the grid); ``grid_size``: G or (GX, GY, GZ)."""
     gen = torch.Generator().manual_seed(seed)
-    dx = 1.0 / grid_size
-    x = margin * dx + (1 - 2 * margin * dx) * torch.rand(n, p, 3, generator=gen, dtype=dtype)
+    shape = (grid_size,) * 3 if isinstance(grid_size, int) else tuple(grid_size)
+    dx = 1.0 / max(shape)
+    extent = torch.tensor(shape, dtype=dtype) * dx
+    x = margin * dx + (extent - 2 * margin * dx) * torch.rand(n, p, 3, generator=gen, dtype=dtype)
     mass = 0.5 + torch.rand(n, p, generator=gen, dtype=dtype)
     momentum = torch.randn(n, p, 3, generator=gen, dtype=dtype)
     affine = torch.randn(n, p, 3, 3, generator=gen, dtype=dtype)
-    grid_velocity = torch.randn(n, grid_size, grid_size, grid_size, 3, generator=gen, dtype=dtype)
+    grid_velocity = torch.randn(n, *shape, 3, generator=gen, dtype=dtype)
     return [t.to(DEVICE) for t in (x, mass, momentum, affine, grid_velocity)], dx
 
 
@@ -40,18 +44,21 @@ def vjp(fn, inputs, seed):
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), p=st.integers(1, 40), grid_size=st.integers(4, 9),
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 2), p=st.integers(1, 40),
+       grid_size=st.one_of(st.integers(4, 9), st.tuples(st.integers(4, 9), st.integers(4, 9), st.integers(4, 9))),
        double=st.booleans(), margin=st.sampled_from([0.2, 1.5]))
-def test_triton_kernels_equal_their_torch_twins_forward_and_backward(seed, n, p, grid_size, double, margin):
+def test_kernels_equal_their_torch_twins_forward_and_backward(seed, n, p, grid_size, double, margin):
     dtype = torch.float64 if double else torch.float32
     (x, mass, momentum, affine, grid_velocity), dx = particles(seed, n, p, grid_size, dtype, margin)
     tol = dict(rtol=1e-10, atol=1e-10) if double else dict(rtol=2e-5, atol=2e-5)
-    results = {b: vjp(lambda *a, b=b: p2g(*a, grid_size, dx, backend=b), [x, mass, momentum, affine], seed) for b in BACKENDS}
-    for a, b in zip(*(results[k][0] + results[k][1] for k in BACKENDS)):
-        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, a.abs().max().item()))
-    results = {b: vjp(lambda *a, b=b: g2p(*a, dx, backend=b), [x, grid_velocity], seed) for b in BACKENDS}
-    for a, b in zip(*(results[k][0] + results[k][1] for k in BACKENDS)):
-        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, a.abs().max().item()))
+    for fn, inputs in ((lambda *a, b: p2g(*a, grid_size, dx, backend=b), [x, mass, momentum, affine]),
+                       (lambda *a, b: g2p(*a, dx, backend=b), [x, grid_velocity])):
+        twin = vjp(lambda *a: fn(*a, b="torch"), inputs, seed)
+        for backend in BACKENDS[1:]:
+            other = vjp(lambda *a, backend=backend: fn(*a, b=backend), inputs, seed)
+            for a, b in zip(twin[0] + twin[1], other[0] + other[1]):
+                atol = tol["atol"] * max(1.0, a.abs().max().item())
+                torch.testing.assert_close(b, a, rtol=tol["rtol"], atol=atol, msg=lambda m, backend=backend: f"{backend}: {m}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,11 +97,24 @@ def test_twin_gradients_match_central_finite_differences(seed):
     assert torch.autograd.gradcheck(lambda *a: g2p(*a, dx, backend="torch"), (x, grid_velocity))
 
 
-def test_triton_gradients_match_central_finite_differences():
-    (x, mass, momentum, affine, grid_velocity), dx = particles(5, 1, 3, 5, torch.float64)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_kernel_gradients_match_central_finite_differences(backend):
+    (x, mass, momentum, affine, grid_velocity), dx = particles(5, 1, 3, (5, 4, 6), torch.float64)
     x, mass, momentum, affine, grid_velocity = (t.requires_grad_() for t in (x, mass, momentum, affine, grid_velocity))
-    assert torch.autograd.gradcheck(lambda *a: p2g(*a, 5, dx, backend="triton"), (x, mass, momentum, affine), fast_mode=True)
-    assert torch.autograd.gradcheck(lambda *a: g2p(*a, dx, backend="triton"), (x, grid_velocity), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda *a: p2g(*a, (5, 4, 6), dx, backend=backend), (x, mass, momentum, affine), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda *a: g2p(*a, dx, backend=backend), (x, grid_velocity), fast_mode=True)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the C loops are the CPU backend")
+def test_the_c_loops_build_and_auto_dispatch_picks_them_on_cpu():
+    """The C kernels must build here (CI has a compiler): a silent fall back to the twins would hide a broken build."""
+    from tphys.kernels import resolve_backend
+
+    assert transfer_cpu.available(torch.float32) and transfer_cpu.available(torch.float64)
+    assert resolve_backend(torch.zeros(1, 1, 3), "auto") == "cpu"
+    assert resolve_backend(torch.zeros(1, 1, 3), "torch") == "torch"
+    with pytest.raises(RuntimeError, match="backend='cpu' needs"):
+        resolve_backend(torch.zeros(1, 1, 3, dtype=torch.float16), "cpu")
 
 
 def test_dispatch_and_input_errors():

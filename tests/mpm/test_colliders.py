@@ -34,13 +34,13 @@ def test_known_distances():
 def test_approaching_nodes_take_the_shapes_normal_velocity_and_lose_tangential_speed_to_friction():
     """A box moving down at 1 m/s meets nodes moving up at 1 m/s with sideways 0.5 m/s (inside the box: full influence)."""
     f64 = dict(dtype=torch.float64)
-    nodes = torch.tensor([[[[0.0, 0.0, 0.0]]]], **f64)
-    v = torch.tensor([[[[[0.5, 1.0, 0.0]]]]], **f64)
+    nodes = torch.tensor([[0.0, 0.0, 0.0]], **f64)
+    v = torch.tensor([[0.5, 1.0, 0.0]], **f64)
     eye = torch.eye(3, **f64).expand(1, 1, 3, 3)
     position, position_next = torch.tensor([[[0.0, 0.01, 0.0]]], **f64), torch.tensor([[[0.0, 0.009, 0.0]]], **f64)
     for friction, tangential in ((0.0, 0.5), (0.2, 0.1), (1.0, 0.0)):
         shapes = Shapes(("box",), torch.tensor([[0.1, 0.1, 0.1]], **f64), friction=friction)
-        out = collide(shapes, nodes, v, position, eye, position_next, eye, dt=1e-3)[0, 0, 0, 0]
+        out = collide(shapes, nodes, v, position, eye, position_next, eye, dt=1e-3)[0]
         torch.testing.assert_close(out, torch.tensor([tangential, -1.0, 0.0], **f64))  # normal = -y (bottom face)
 
 

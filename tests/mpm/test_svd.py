@@ -97,3 +97,20 @@ def test_jacobi_svd_used_under_compile_agrees_with_lapack(seed):
     torch.testing.assert_close(det3(v), torch.ones(64, dtype=torch.float64), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s.abs(), torch.linalg.svdvals(f), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s, svd3(f)[1], rtol=1e-12, atol=1e-12)
+
+
+def test_the_c_svd_agrees_with_lapack_including_inverted_and_repeated():
+    from tphys.kernels import transfer_cpu
+
+    gen = torch.Generator().manual_seed(3)
+    f = torch.randn(300, 3, 3, generator=gen, dtype=torch.float64)
+    f[:20] = torch.eye(3, dtype=torch.float64)  # all singular values repeat
+    f[20:40] = torch.diag(torch.tensor([2.0, 2.0, 0.5], dtype=torch.float64))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        u, s, v = transfer_cpu.svd3_cpu(f.to(dtype))
+        torch.testing.assert_close(u @ torch.diag_embed(s) @ v.transpose(-1, -2), f.to(dtype), rtol=tol, atol=tol)
+        torch.testing.assert_close(torch.linalg.det(u), torch.ones(300, dtype=dtype), rtol=tol, atol=tol)
+        torch.testing.assert_close(torch.linalg.det(v), torch.ones(300, dtype=dtype), rtol=tol, atol=tol)
+        lapack = torch.linalg.svdvals(f)
+        torch.testing.assert_close(s.abs().double(), lapack, rtol=10 * tol, atol=10 * tol)
+        torch.testing.assert_close(torch.sign(s[:, 2]).double(), torch.sign(torch.linalg.det(f)), rtol=0, atol=0)

@@ -19,6 +19,8 @@ Reward (Rewarped's): with h the heights of the 250 observed particles and d = me
 Observations: ``particle_q`` [N, 250, 3] (every ⌊P/250⌋-th particle), ``com_q`` [N, 3] (their mean),
 ``joint_q`` [N, 3] (Rewarped's keys, for a point-cloud encoder) and ``observation`` [N, 756], their
 concatenation. State keys: x, v [N, P, 3], c, f [N, P, 3, 3] (see ``tphys.mpm.MPMState``), joint_q.
+
+``recompute`` (default True: memory grows with env steps, not substeps) is ``tphys.mpm.step``'s.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ import math
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 from torchrl.data import Unbounded
 
 from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
 from tphys.envs.registry import register
 from tphys.math import axis_angle_to_matrix
-from tphys.mpm import Material, MPMModel, MPMState, substep
+from tphys.mpm import Material, MPMModel, MPMState, step
 from tphys.mpm.colliders import Shapes
+from tphys.mpm.step import RECOMPUTE
 
 DEFAULTS = dict(young=5e3, poisson=0.2, yield_stress=50.0, density=1.0, gravity=-90.0, dt=5e-5, friction=0.9, softness=666.0)
 ENV_OPTIONS = ("goal", "substeps", "horizon", "grid_size", "lattice", "samples", "recompute", "backend", "validate", "seed")
@@ -48,12 +50,14 @@ class RollingFlatEnv(TphysEnv):
     """Batched differentiable RollingFlat; see the module docstring."""
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
-                 horizon: int = 300, grid_size: int = 48, lattice: tuple = (18, 8, 18), samples: int = 250, recompute: bool = True,
+                 horizon: int = 300, grid_size: int = 48, lattice: tuple = (18, 8, 18), samples: int = 250, recompute: bool | str = True,
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
         check_options("rolling_flat", goal, ("flatten",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
                       samples=samples)
         if not isinstance(grid_size, int) or grid_size < 12:
             raise ValueError(f"rolling_flat: grid_size must be an int >= 12, got {grid_size!r}")
+        if recompute not in RECOMPUTE:
+            raise ValueError(f"rolling_flat: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
         lattice = tuple(int(k) for k in lattice)
         if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
             raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")
@@ -141,20 +145,13 @@ class RollingFlatEnv(TphysEnv):
         move = action * self.action_scale
         move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
 
-        def frame(x, v, c, f, joint_q, move):
-            s = MPMState(x, v, c, f)
-            pose = self.roller_pose(joint_q)
-            for k in range(1, self.substeps + 1):
-                pose_next = self.roller_pose(joint_q + move * (k / self.substeps))
-                s = substep(self.model, s, self.backend, colliders=(self.shapes, *pose, *pose_next))
-                pose = pose_next
-            return (*s, joint_q + move)
+        def colliders(k, joint_q, move):
+            return (self.shapes, *self.roller_pose(joint_q + move * (k / self.substeps)),
+                    *self.roller_pose(joint_q + move * ((k + 1) / self.substeps)))
 
-        if self.recompute and torch.is_grad_enabled():
-            out = checkpoint(frame, *state, joint_q, move, use_reentrant=False)
-        else:
-            out = frame(*state, joint_q, move)
-        return MPMState(*out[:4]), out[4]
+        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
+                     controls=(joint_q, move))
+        return state, joint_q + move
 
     def reward(self, particle_q: Tensor) -> Tensor:
         """[N, 1] Rewarped's flattening reward of the observed particles [N, S, 3]."""

@@ -21,14 +21,21 @@ import torch
 from torch import Tensor
 
 
-def check_transfer_inputs(x: Tensor, grid_size: int, dx: float, **per_particle: Tensor) -> None:
-    """Shape and dtype checks shared by both backends (messages name the argument)."""
+def grid_shape_of(grid_size) -> tuple[int, int, int]:
+    """(GX, GY, GZ) from an int G (a cube) or three ints; each at least 3."""
+    shape = (grid_size,) * 3 if isinstance(grid_size, int) else tuple(grid_size)
+    if len(shape) != 3 or not all(isinstance(g, int) and g >= 3 for g in shape):
+        raise ValueError(f"grid_size must be an int >= 3 or three such ints, got {grid_size!r}")
+    return shape
+
+
+def check_transfer_inputs(x: Tensor, grid_size, dx: float, **per_particle: Tensor) -> tuple[int, int, int]:
+    """Shape and dtype checks shared by all backends (messages name the argument); returns the grid shape."""
     if x.dim() != 3 or x.shape[-1] != 3:
         raise ValueError(f"x must be [N, P, 3] positions, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be floating point, got {x.dtype}")
-    if not isinstance(grid_size, int) or grid_size < 3:
-        raise ValueError(f"grid_size must be an int >= 3, got {grid_size!r}")
+    shape = grid_shape_of(grid_size)
     if not dx > 0:
         raise ValueError(f"dx must be > 0, got {dx!r}")
     shapes = {"mass": x.shape[:2], "momentum": x.shape, "affine": (*x.shape, 3)}
@@ -37,15 +44,28 @@ def check_transfer_inputs(x: Tensor, grid_size: int, dx: float, **per_particle: 
             raise ValueError(f"{name} must have shape {tuple(shapes[name])} for x of shape {tuple(x.shape)}, got {tuple(t.shape)}")
         if t.dtype != x.dtype or t.device != x.device:
             raise TypeError(f"{name} is {t.dtype} on {t.device}; x is {x.dtype} on {x.device}: they must match")
+    return shape
 
 
-def stencil(x: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(flat node index [N, P, 27] into [N·G³], weight [N, P, 27], dpos [N, P, 27, 3] in m) of positions x [N, P, 3].
+def check_grid_velocity(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[int, int, int]:
+    """Checks of g2p's inputs shared by all backends; returns the grid shape."""
+    check_transfer_inputs(x, 3, dx)
+    if grid_velocity.dim() != 5 or grid_velocity.shape[0] != x.shape[0] or grid_velocity.shape[-1] != 3:
+        raise ValueError(f"grid_velocity must be [N, GX, GY, GZ, 3] with N = {x.shape[0]}, got {tuple(grid_velocity.shape)}")
+    shape = grid_shape_of(tuple(grid_velocity.shape[1:4]))
+    if grid_velocity.dtype != x.dtype or grid_velocity.device != x.device:
+        raise TypeError(f"grid_velocity is {grid_velocity.dtype} on {grid_velocity.device}; x is {x.dtype} on {x.device}: they must match")
+    return shape
+
+
+def stencil(x: Tensor, grid_size, dx: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(flat node index [N, P, 27] into [N·GX·GY·GZ], weight [N, P, 27], dpos [N, P, 27, 3] in m) of positions
+    x [N, P, 3] on a grid of ``grid_size`` (G or (GX, GY, GZ)) nodes.
 
     Offsets run (ox, oy, oz) in row-major order; the 27 values are outer products of per-axis terms.
     """
     n, p, _ = x.shape
-    g = grid_size
+    gx, gy, gz = grid_shape_of(grid_size)
     f = x / dx
     base = torch.floor(f - 0.5).detach()
     frac = f - base
@@ -53,10 +73,10 @@ def stencil(x: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor, Tenso
     weight = per_axis[..., 0, :, None, None] * per_axis[..., 1, None, :, None] * per_axis[..., 2, None, None, :]
     offset = torch.arange(3, device=x.device)
     node = base.long().unsqueeze(-1) + offset  # [N, P, 3 (axis), 3 (o)]
-    valid = (node >= 0) & (node < g)
+    valid = (node >= 0) & (node < torch.tensor([gx, gy, gz], device=x.device).view(3, 1))
     inside = valid[..., 0, :, None, None] & valid[..., 1, None, :, None] & valid[..., 2, None, None, :]
-    env = torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * g**3
-    flat = env + node[..., 0, :, None, None] * g**2 + node[..., 1, None, :, None] * g + node[..., 2, None, None, :]
+    env = torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * (gx * gy * gz)
+    flat = env + node[..., 0, :, None, None] * (gy * gz) + node[..., 1, None, :, None] * gz + node[..., 2, None, None, :]
     flat = torch.where(inside, flat, 0).reshape(n, p, 27)
     d = (offset.to(x.dtype) - frac.unsqueeze(-1)) * dx  # [N, P, 3 (axis), 3 (o)]
     dpos = torch.stack([d[..., 0, :, None, None].expand(n, p, 3, 3, 3), d[..., 1, None, :, None].expand(n, p, 3, 3, 3),
@@ -64,28 +84,26 @@ def stencil(x: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor, Tenso
     return flat, (weight * inside).reshape(n, p, 27), dpos
 
 
-def p2g_torch(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor]:
-    """Particles to grid: (grid mass [N, G, G, G] kg, grid momentum [N, G, G, G, 3] kg·m/s).
+def p2g_torch(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size, dx: float) -> tuple[Tensor, Tensor]:
+    """Particles to grid: (grid mass [N, GX, GY, GZ] kg, grid momentum [N, GX, GY, GZ, 3] kg·m/s); ``grid_size``
+    is G (a cube) or (GX, GY, GZ).
 
     Args:
         x: [N, P, 3] positions, m.  mass: [N, P] kg.  momentum: [N, P, 3] m·v, kg·m/s.
         affine: [N, P, 3, 3] the MLS affine term A (kg/s): each node gets A·dpos on top of w·m·v.
     """
-    check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
-    n, g = x.shape[0], grid_size
-    flat, weight, dpos = stencil(x, g, dx)
+    shape = check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
+    n, nodes = x.shape[0], shape[0] * shape[1] * shape[2]
+    flat, weight, dpos = stencil(x, shape, dx)
     nodal = momentum.unsqueeze(-2) + dpos @ affine.transpose(-1, -2)  # [N, P, 27, 3]: m·v + A·dpos per node
-    grid_mass = x.new_zeros(n * g**3).index_add(0, flat.reshape(-1), (weight * mass.unsqueeze(-1)).reshape(-1))
-    grid_momentum = x.new_zeros(n * g**3, 3).index_add(0, flat.reshape(-1), (weight.unsqueeze(-1) * nodal).reshape(-1, 3))
-    return grid_mass.view(n, g, g, g), grid_momentum.view(n, g, g, g, 3)
+    grid_mass = x.new_zeros(n * nodes).index_add(0, flat.reshape(-1), (weight * mass.unsqueeze(-1)).reshape(-1))
+    grid_momentum = x.new_zeros(n * nodes, 3).index_add(0, flat.reshape(-1), (weight.unsqueeze(-1) * nodal).reshape(-1, 3))
+    return grid_mass.view(n, *shape), grid_momentum.view(n, *shape, 3)
 
 
 def g2p_torch(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[Tensor, Tensor]:
-    """Grid to particles: (v [N, P, 3] m/s, C [N, P, 3, 3] 1/s) from grid velocity [N, G, G, G, 3]."""
-    grid_size = grid_velocity.shape[1]
-    check_transfer_inputs(x, grid_size, dx)
-    if tuple(grid_velocity.shape) != (x.shape[0], grid_size, grid_size, grid_size, 3):
-        raise ValueError(f"grid_velocity must be [N, G, G, G, 3] with N = {x.shape[0]}, got {tuple(grid_velocity.shape)}")
-    flat, weight, dpos = stencil(x, grid_size, dx)
+    """Grid to particles: (v [N, P, 3] m/s, C [N, P, 3, 3] 1/s) from grid velocity [N, GX, GY, GZ, 3]."""
+    shape = check_grid_velocity(x, grid_velocity, dx)
+    flat, weight, dpos = stencil(x, shape, dx)
     weighted = weight.unsqueeze(-1) * grid_velocity.reshape(-1, 3)[flat]  # [N, P, 27, 3]
     return weighted.sum(-2), (4 / dx**2) * (weighted.transpose(-1, -2) @ dpos)

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from tphys.kernels.stencil import check_transfer_inputs
+from tphys.kernels.stencil import check_grid_velocity, check_transfer_inputs
 
 BLOCK = 128
 
@@ -56,11 +56,11 @@ def _axis(x, inv_dx):
 
 
 @triton.jit
-def _node(env, bx, by, bz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr, G, valid):
-    """(flat node index into [N·G³], in-grid mask) of stencil node (ox, oy, oz)."""
+def _node(env, bx, by, bz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr, GX, GY, GZ, valid):
+    """(flat node index into [N·GX·GY·GZ], in-grid mask) of stencil node (ox, oy, oz)."""
     ix, iy, iz = bx + ox, by + oy, bz + oz
-    inside = valid & (ix >= 0) & (ix < G) & (iy >= 0) & (iy < G) & (iz >= 0) & (iz < G)
-    return ((env * G + ix) * G + iy) * G + iz, inside
+    inside = valid & (ix >= 0) & (ix < GX) & (iy >= 0) & (iy < GY) & (iz >= 0) & (iz < GZ)
+    return ((env * GX + ix) * GY + iy) * GZ + iz, inside
 
 
 @triton.jit
@@ -111,14 +111,14 @@ def _store9(ptr, p, a0, a1, a2, a3, a4, a5, a6, a7, a8, valid):
 
 
 @triton.jit
-def _stencil_node(env, bx, fx, by, fy, bz, fz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr, G, dx, valid):
+def _stencil_node(env, bx, fx, by, fy, bz, fz, ox: tl.constexpr, oy: tl.constexpr, oz: tl.constexpr, GX, GY, GZ, dx, valid):
     """Per-axis weights, offset dpos (m), flat node index and in-grid mask of stencil node (ox, oy, oz)."""
-    node, inside = _node(env, bx, by, bz, ox, oy, oz, G, valid)
+    node, inside = _node(env, bx, by, bz, ox, oy, oz, GX, GY, GZ, valid)
     return _weight(fx, ox), _weight(fy, oy), _weight(fz, oz), (ox - fx) * dx, (oy - fy) * dx, (oz - fz) * dx, node, inside
 
 
 @triton.jit
-def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, GX, GY, GZ, dx, inv_dx, BLOCK: tl.constexpr):
     p, valid, env = _particles(total, P, BLOCK)
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     m = tl.load(m_ptr + p, mask=valid, other=0.0)
@@ -127,7 +127,7 @@ def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, 
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, GX, GY, GZ, dx, valid)
                 w = wx * wy * wz
                 tl.atomic_add(gm_ptr + node, w * m, mask=inside)
                 tl.atomic_add(gmv_ptr + 3 * node, w * (q0 + a00 * d0 + a01 * d1 + a02 * d2), mask=inside)
@@ -136,8 +136,8 @@ def _p2g_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, gm_ptr, gmv_ptr, total, P, G, dx, 
 
 
 @triton.jit
-def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr, gm_out_ptr, gmom_ptr, ga_ptr, total, P, G, dx, inv_dx,
-                         BLOCK: tl.constexpr):
+def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr, gm_out_ptr, gmom_ptr, ga_ptr, total, P, GX, GY, GZ,
+                         dx, inv_dx, BLOCK: tl.constexpr):
     p, valid, env = _particles(total, P, BLOCK)
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     m = tl.load(m_ptr + p, mask=valid, other=0.0)
@@ -150,7 +150,7 @@ def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, GX, GY, GZ, dx, valid)
                 w = wx * wy * wz
                 u = tl.load(ggm_ptr + node, mask=inside, other=0.0)
                 h0 = tl.load(ggmv_ptr + 3 * node, mask=inside, other=0.0)
@@ -182,7 +182,7 @@ def _p2g_backward_kernel(x_ptr, m_ptr, mom_ptr, a_ptr, ggm_ptr, ggmv_ptr, gx_ptr
 
 
 @triton.jit
-def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, GX, GY, GZ, dx, inv_dx, BLOCK: tl.constexpr):
     p, valid, env = _particles(total, P, BLOCK)
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     zero = fx * 0.0
@@ -191,7 +191,7 @@ def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, G, dx, inv_dx, BLOCK: tl.
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, GX, GY, GZ, dx, valid)
                 w = wx * wy * wz
                 u0 = w * tl.load(gv_ptr + 3 * node, mask=inside, other=0.0)
                 u1 = w * tl.load(gv_ptr + 3 * node + 1, mask=inside, other=0.0)
@@ -214,7 +214,7 @@ def _g2p_kernel(x_ptr, gv_ptr, v_ptr, c_ptr, total, P, G, dx, inv_dx, BLOCK: tl.
 
 
 @triton.jit
-def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, P, G, dx, inv_dx, BLOCK: tl.constexpr):
+def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, P, GX, GY, GZ, dx, inv_dx, BLOCK: tl.constexpr):
     p, valid, env = _particles(total, P, BLOCK)
     bx, fx, by, fy, bz, fz = _stencil_base(x_ptr, p, valid, inv_dx)
     k = 4.0 * inv_dx * inv_dx
@@ -225,7 +225,7 @@ def _g2p_backward_kernel(x_ptr, gv_ptr, dv_ptr, dc_ptr, ggv_ptr, gx_ptr, total, 
     for ox in tl.static_range(3):
         for oy in tl.static_range(3):
             for oz in tl.static_range(3):
-                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, G, dx, valid)
+                wx, wy, wz, d0, d1, d2, node, inside = _stencil_node(env, bx, fx, by, fy, bz, fz, ox, oy, oz, GX, GY, GZ, dx, valid)
                 w = wx * wy * wz
                 # r = dL/dv + (4/dx²)·dL/dC·dpos: what node velocity meets, per unit weight
                 r0 = e0 + b00 * d0 + b01 * d1 + b02 * d2
@@ -253,9 +253,9 @@ class _P2G(torch.autograd.Function):
     def forward(ctx, x, mass, momentum, affine, grid_size, dx):
         x, mass, momentum, affine = (t.contiguous() for t in (x, mass, momentum, affine))
         n, p = mass.shape
-        grid_mass = x.new_zeros(n, grid_size, grid_size, grid_size)
-        grid_momentum = x.new_zeros(n, grid_size, grid_size, grid_size, 3)
-        _p2g_kernel[_grid(n * p)](x, mass, momentum, affine, grid_mass, grid_momentum, n * p, p, grid_size, dx, 1.0 / dx, BLOCK=BLOCK)
+        grid_mass = x.new_zeros(n, *grid_size)
+        grid_momentum = x.new_zeros(n, *grid_size, 3)
+        _p2g_kernel[_grid(n * p)](x, mass, momentum, affine, grid_mass, grid_momentum, n * p, p, *grid_size, dx, 1.0 / dx, BLOCK=BLOCK)
         ctx.save_for_backward(x, mass, momentum, affine)
         ctx.grid_size, ctx.dx = grid_size, dx
         return grid_mass, grid_momentum
@@ -265,11 +265,11 @@ class _P2G(torch.autograd.Function):
     def backward(ctx, grad_mass, grad_momentum):
         x, mass, momentum, affine = ctx.saved_tensors
         n, p = mass.shape
-        grad_mass = x.new_zeros(n, ctx.grid_size, ctx.grid_size, ctx.grid_size) if grad_mass is None else grad_mass
-        grad_momentum = x.new_zeros(n, ctx.grid_size, ctx.grid_size, ctx.grid_size, 3) if grad_momentum is None else grad_momentum
+        grad_mass = x.new_zeros(n, *ctx.grid_size) if grad_mass is None else grad_mass
+        grad_momentum = x.new_zeros(n, *ctx.grid_size, 3) if grad_momentum is None else grad_momentum
         grads = [torch.empty_like(t) for t in (x, mass, momentum, affine)]
         _p2g_backward_kernel[_grid(n * p)](x, mass, momentum, affine, grad_mass.contiguous(), grad_momentum.contiguous(), *grads, n * p, p,
-                                           ctx.grid_size, ctx.dx, 1.0 / ctx.dx, BLOCK=BLOCK)
+                                           *ctx.grid_size, ctx.dx, 1.0 / ctx.dx, BLOCK=BLOCK)
         return (*grads, None, None)
 
 
@@ -278,9 +278,8 @@ class _G2P(torch.autograd.Function):
     def forward(ctx, x, grid_velocity, dx):
         x, grid_velocity = x.contiguous(), grid_velocity.contiguous()
         n, p = x.shape[:2]
-        g = grid_velocity.shape[1]
         v, c = torch.empty_like(x), x.new_empty(n, p, 3, 3)
-        _g2p_kernel[_grid(n * p)](x, grid_velocity, v, c, n * p, p, g, dx, 1.0 / dx, BLOCK=BLOCK)
+        _g2p_kernel[_grid(n * p)](x, grid_velocity, v, c, n * p, p, *grid_velocity.shape[1:4], dx, 1.0 / dx, BLOCK=BLOCK)
         ctx.save_for_backward(x, grid_velocity)
         ctx.dx = dx
         return v, c
@@ -293,22 +292,18 @@ class _G2P(torch.autograd.Function):
         grad_v = torch.zeros_like(x) if grad_v is None else grad_v.contiguous()
         grad_c = x.new_zeros(n, p, 3, 3) if grad_c is None else grad_c.contiguous()
         grad_grid, grad_x = torch.zeros_like(grid_velocity), torch.empty_like(x)
-        _g2p_backward_kernel[_grid(n * p)](x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n * p, p, grid_velocity.shape[1], ctx.dx,
+        _g2p_backward_kernel[_grid(n * p)](x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n * p, p, *grid_velocity.shape[1:4], ctx.dx,
                                            1.0 / ctx.dx, BLOCK=BLOCK)
         return grad_x, grad_grid, None
 
 
-def p2g_triton(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size: int, dx: float) -> tuple[Tensor, Tensor]:
+def p2g_triton(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size, dx: float) -> tuple[Tensor, Tensor]:
     """``stencil.p2g_torch`` as Triton kernels (forward scatter, backward gather)."""
-    check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
-    return _P2G.apply(x, mass, momentum, affine, grid_size, float(dx))
+    shape = check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
+    return _P2G.apply(x, mass, momentum, affine, shape, float(dx))
 
 
 def g2p_triton(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[Tensor, Tensor]:
     """``stencil.g2p_torch`` as Triton kernels (forward gather, backward scatter)."""
-    check_transfer_inputs(x, grid_velocity.shape[1], dx)
-    if tuple(grid_velocity.shape[:1]) != tuple(x.shape[:1]) or grid_velocity.dim() != 5:
-        raise ValueError(f"grid_velocity must be [N, G, G, G, 3] with N = {x.shape[0]}, got {tuple(grid_velocity.shape)}")
-    if grid_velocity.dtype != x.dtype:
-        raise TypeError(f"grid_velocity is {grid_velocity.dtype}; x is {x.dtype}: they must match")
+    check_grid_velocity(x, grid_velocity, dx)
     return _G2P.apply(x, grid_velocity, float(dx))

@@ -88,25 +88,23 @@ def signed_distance(kind: str, size: Tensor, p: Tensor) -> tuple[Tensor, Tensor]
 
 def collide(shapes: Shapes, nodes: Tensor, v: Tensor, position: Tensor, rotation: Tensor, position_next: Tensor,
             rotation_next: Tensor, dt: float) -> Tensor:
-    """Grid velocities [N, G, G, G, 3] after the shapes act (see the module docstring).
+    """Node velocities [M, 3] after the shapes act (see the module docstring), for M nodes of any envs.
 
     Args:
-        nodes: [G, G, G, 3] node positions, m.  v: [N, G, G, G, 3] node velocities, m/s.
-        position, position_next: [N, S, 3] shape origins at the start and end of the substep.
-        rotation, rotation_next: [N, S, 3, 3] shape orientations (local -> world).
+        nodes: [M, 3] node positions, m.  v: [M, 3] node velocities, m/s.
+        position, position_next: [M, S, 3] origins of the S shapes (of each node's env) at the start and
+            end of the substep.
+        rotation, rotation_next: [M, S, 3, 3] shape orientations (local -> world).
     """
-    n = v.shape[0]
-    flat_v = v.reshape(n, -1, 3)
-    x = nodes.reshape(1, -1, 3)
     for s, kind in enumerate(shapes.kinds):
-        r, p = rotation[:, s], position[:, s]  # [N, 3, 3], [N, 3]
-        local = (x - p[:, None]) @ r  # Rᵀ(x - p) as row vectors: [N, M, 3]
+        r, p = rotation[:, s], position[:, s]
+        local = ((nodes - p).unsqueeze(-1) * r).sum(-2)  # Rᵀ(x - p)
         distance, normal_local = signed_distance(kind, shapes.sizes[s], local)
-        normal = normal_local @ r.transpose(-1, -2)
-        moved = local @ rotation_next[:, s].transpose(-1, -2) + position_next[:, s, None]
-        body_v = (moved - x) / dt
+        normal = (r * normal_local.unsqueeze(-2)).sum(-1)
+        moved = (rotation_next[:, s] * local.unsqueeze(-2)).sum(-1) + position_next[:, s]
+        body_v = (moved - nodes) / dt
         influence = torch.exp(-shapes.softness * distance).clamp_max(1.0)
-        relative = flat_v - body_v
+        relative = v - body_v
         normal_speed = (relative * normal).sum(-1, keepdim=True)
         tangential = relative - normal_speed.clamp_max(0.0) * normal
         t_norm = _length(tangential).unsqueeze(-1)
@@ -114,5 +112,5 @@ def collide(shapes: Shapes, nodes: Tensor, v: Tensor, position: Tensor, rotation
         tangential = torch.where(normal_speed < 0, slowed, tangential)
         weight = influence.unsqueeze(-1)
         touched = ((influence > 0.1) | (distance <= 0)).unsqueeze(-1)
-        flat_v = torch.where(touched, body_v + (1 - weight) * relative + weight * tangential, flat_v)
-    return flat_v.view_as(v)
+        v = torch.where(touched, body_v + (1 - weight) * relative + weight * tangential, v)
+    return v

@@ -1,4 +1,9 @@
-"""Grid update of MLS-MPM: momentum to velocity, gravity, and walls with Coulomb friction."""
+"""Grid update of MLS-MPM: momentum to velocity, gravity, kinematic colliders, and walls with Coulomb friction.
+
+Grids are windows: [N, WX, WY, WZ] nodes of the G³ domain starting at node ``origin`` [N, 3] of each
+env (``window``), large enough to hold every particle's stencil, so the cost follows the material, not
+the domain. Only nodes with mass are updated (a compact list of M nodes); the rest stay at zero velocity.
+"""
 
 from __future__ import annotations
 
@@ -9,50 +14,65 @@ from tphys.mpm.colliders import collide
 from tphys.mpm.model import MPMModel
 
 _MIN_MASS = 1e-12  # kg; nodes lighter than this are empty
+_ROUND = 4  # window extents round up to a multiple of this many nodes
 
 
-def node_positions(model: MPMModel, like: Tensor) -> Tensor:
-    """[G, G, G, 3] world positions of the grid nodes, m."""
-    axis = torch.arange(model.grid_size, dtype=like.dtype, device=like.device) * model.dx
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+def window(model: MPMModel, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    """(origin [N, 3] int64 node index, shape (WX, WY, WZ)) of the grid window holding the stencils of particles
+    x [N, P, 3]: the same shape for every env, inside the domain; the whole domain if ``model.window`` is False."""
+    g, n = model.grid_size, x.shape[0]
+    if not model.window:
+        return torch.zeros(n, 3, dtype=torch.int64, device=x.device), (g, g, g)
+    with torch.no_grad():
+        low = torch.floor(x.amin(1) / model.dx - 0.5).long()
+        high = torch.floor(x.amax(1) / model.dx - 0.5).long() + 2
+        extent = ((high - low).amax(0) + 1 + _ROUND - 1) // _ROUND * _ROUND
+        extent = extent.clamp_max(g)
+        origin = torch.minimum(low.clamp_min(0), g - extent)
+    return origin, tuple(int(e) for e in extent.tolist())
 
 
-def grid_velocity(model: MPMModel, grid_mass: Tensor, grid_momentum: Tensor, colliders: tuple | None = None) -> Tensor:
-    """Node velocities [N, G, G, G, 3] after gravity, colliders and walls, from mass [N, G, G, G] and momentum [N, G, G, G, 3].
+def grid_velocity(model: MPMModel, grid_mass: Tensor, grid_momentum: Tensor, colliders: tuple | None = None,
+                  origin: Tensor | None = None) -> Tensor:
+    """Node velocities [N, WX, WY, WZ, 3] after gravity, colliders and walls, from mass [N, WX, WY, WZ] and momentum
+    [N, WX, WY, WZ, 3] on the window at ``origin`` [N, 3] (default: the whole domain, origin 0).
 
-    ``colliders``: None or (shapes, position, rotation, position_next, rotation_next) for
-    ``colliders.collide``. A node within ``bound`` cells of a wall loses its velocity component into
-    that wall (the walls of the cube [0, G·dx)³; the floor is y = 0) and, with ``wall_friction`` μ, its
-    tangential speed shrinks by μ times the removed normal speed (Coulomb), to zero at most; with
-    ``sticky_floor`` a node of the floor layer moving down stops.
+    ``colliders``: None or (shapes, position, rotation, position_next, rotation_next) with per-env poses
+    [N, S, 3] / [N, S, 3, 3], see ``colliders.collide``. A node within ``bound`` cells of a wall loses
+    its velocity component into that wall (the walls of the cube [0, G·dx)³; the floor is y = 0) and,
+    with ``wall_friction`` μ, its tangential speed shrinks by μ times the removed normal speed (Coulomb),
+    to zero at most; with ``sticky_floor`` a node of the floor layer moving down stops.
     """
-    filled = (grid_mass > _MIN_MASS).unsqueeze(-1)
-    v = torch.where(filled, grid_momentum / grid_mass.clamp_min(_MIN_MASS).unsqueeze(-1) + model.dt * model.gravity, 0.0)
+    n, shape = grid_mass.shape[0], tuple(grid_mass.shape[1:])
+    if origin is None:
+        origin = torch.zeros(n, 3, dtype=torch.int64, device=grid_mass.device)
+    per_env = shape[0] * shape[1] * shape[2]
+    flat_mass = grid_mass.reshape(-1)
+    index = (flat_mass > _MIN_MASS).nonzero().squeeze(-1)  # [M] filled nodes
+    env, rest = index // per_env, index % per_env
+    local = torch.stack([rest // (shape[1] * shape[2]), rest // shape[2] % shape[1], rest % shape[2]], -1)
+    node = local + origin[env]  # [M, 3] global node indices
+    v = grid_momentum.reshape(-1, 3)[index] / flat_mass[index].unsqueeze(-1) + model.dt * model.gravity
     if colliders is not None:
-        v = torch.where(filled, collide(colliders[0], node_positions(model, v), v, *colliders[1:], model.dt), 0.0)
+        shapes, *poses = colliders
+        s = len(shapes.kinds)
+        table = torch.cat([pose.reshape(n, -1) for pose in poses], -1).index_select(0, env)  # one gather of every pose
+        position, rotation, position_next, rotation_next = table.split([3 * s, 9 * s, 3 * s, 9 * s], -1)
+        v = collide(shapes, node.to(v.dtype) * model.dx, v, position.view(-1, s, 3), rotation.view(-1, s, 3, 3),
+                    position_next.view(-1, s, 3), rotation_next.view(-1, s, 3, 3), model.dt)
     g, bound = model.grid_size, model.bound
-    index = torch.arange(g, device=v.device)
     if model.sticky_floor:
-        floor = (index < bound).view(1, 1, g, 1) & (v[..., 1] < 0)
-        v = torch.where(floor.unsqueeze(-1), 0.0, v)
+        v = torch.where(((node[:, 1] < bound) & (v[:, 1] < 0)).unsqueeze(-1), 0.0, v)
     for axis in range(3):
-        shape = [1, 1, 1, 1]
-        shape[1 + axis] = g
-        low, high = (index < bound).view(shape), (index >= g - bound).view(shape)
-        normal = v[..., axis]
-        into = (low & (normal < 0)) | (high & (normal > 0))
+        normal = v[:, axis]
+        into = ((node[:, axis] < bound) & (normal < 0)) | ((node[:, axis] >= g - bound) & (normal > 0))
+        keep = torch.ones(3, dtype=v.dtype, device=v.device)
+        keep[axis] = 0.0
         if model.wall_friction > 0:
-            tangential = v.clone()
-            tangential[..., axis] = 0.0
+            tangential = v * keep
             speed = torch.sqrt((tangential * tangential).sum(-1) + 1e-20)
             scale = torch.clamp_min(1 - model.wall_friction * normal.abs() / speed, 0.0)
             v = torch.where(into.unsqueeze(-1), tangential * scale.unsqueeze(-1), v)
         else:
-            v = torch.where(into.unsqueeze(-1), v * _drop(axis, v), v)
-    return v
-
-
-def _drop(axis: int, like: Tensor) -> Tensor:
-    keep = torch.ones(3, dtype=like.dtype, device=like.device)
-    keep[axis] = 0.0
-    return keep
+            v = torch.where(into.unsqueeze(-1), v * keep, v)
+    return v.new_zeros(n * per_env, 3).index_put((index,), v).view(n, *shape, 3)

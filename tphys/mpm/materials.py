@@ -24,7 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tphys.mpm.svd import det3, polar, spectral
+from tphys.kernels.transfer_cpu import matmul3
+from tphys.mpm.svd import det3, polar, signed_svd, spectral
 
 KINDS = ("corotated", "neo_hookean", "water", "plasticine", "sand")
 _MIN_STRETCH = 1e-4  # floor on |s| before taking logs
@@ -116,9 +117,9 @@ def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
     eye = _eye(f)
     j = det3(f)[..., None, None]
     if kind in ("corotated", "plasticine"):
-        return 2 * mu * (f - polar(f)) @ f.transpose(-1, -2) + lam * (j - 1) * j * eye
+        return 2 * mu * matmul3(f - polar(f), f.transpose(-1, -2)) + lam * (j - 1) * j * eye
     if kind == "neo_hookean":
-        return mu * (f @ f.transpose(-1, -2) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
+        return mu * (matmul3(f, f.transpose(-1, -2)) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
     if kind == "water":
         return (lam + 2 * mu / 3) * (j - 1) * j * eye
     if kind == "sand":  # U·diag(2μ ε + λ tr ε)·Uᵀ = [U·diag(...)·Vᵀ]·[U·Vᵀ]ᵀ, both with exact gradients
@@ -127,5 +128,32 @@ def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
             eps = _hencky(s)
             return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
 
-        return spectral(f, hencky_stress) @ polar(f).transpose(-1, -2)
+        return matmul3(spectral(f, hencky_stress), polar(f).transpose(-1, -2))
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def elastic_stress(material: Material, f_trial: Tensor) -> tuple[Tensor, Tensor]:
+    """(elastic F = ``project(material, f_trial)``, its Kirchhoff stress τ) [..., 3, 3], from one SVD of f_trial.
+
+    The return mapping keeps the singular bases (F = U·diag(flow(s))·Vᵀ with positive stretches), so the
+    polar rotation of F is U·Vᵀ of f_trial and the stress needs no second decomposition.
+    """
+    kind, mu, lam = material.kind, material.mu, material.lam
+    if kind not in ("plasticine", "sand"):
+        f = project(material, f_trial)
+        return f, kirchhoff_stress(material, f)
+    parts = signed_svd(f_trial)
+    f = spectral(f_trial, _plastic_flow(material), parts=parts)
+    if kind == "plasticine":
+        j = det3(f)[..., None, None]
+        return f, 2 * mu * matmul3(f - polar(f_trial, parts=parts), f.transpose(-1, -2)) + lam * (j - 1) * j * _eye(f)
+    u, s, v = parts
+    with torch.no_grad():
+        stretch = _plastic_flow(material)(s)
+    f_parts = (u, stretch, v)  # a decomposition of f (stretches unsorted: spectral does not need the order)
+
+    def hencky_stress(s):
+        eps = _hencky(s)
+        return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
+
+    return f, matmul3(spectral(f, hencky_stress, parts=f_parts), polar(f, parts=f_parts).transpose(-1, -2))

@@ -27,6 +27,8 @@ class MPMModel(NamedTuple):
         bound: boundary layer in cells: velocities into a wall are removed on nodes within it.
         wall_friction: Coulomb coefficient of walls and floor (0: free slip).
         sticky_floor: nodes in the floor layer moving down stop entirely (Rewarped's dexdeform ground).
+        window: grids cover only the nodes the particles reach (``grid.window``; the same result as the
+            whole domain, at a fraction of the cost); False: the whole G³ domain.
     """
 
     grid_size: int
@@ -39,6 +41,7 @@ class MPMModel(NamedTuple):
     bound: int = 3
     wall_friction: float = 0.0
     sticky_floor: bool = False
+    window: bool = True
 
     def to(self, device=None, dtype=None) -> MPMModel:
         cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
@@ -47,7 +50,9 @@ class MPMModel(NamedTuple):
 
 class MPMState(NamedTuple):
     """Particles of N envs: x, v [N, P, 3] (m, m/s); c [N, P, 3, 3] APIC affine velocity (1/s);
-    f [N, P, 3, 3] deformation gradient (elastic part after the return mapping)."""
+    f [N, P, 3, 3] trial deformation gradient: the elastic part of the last substep advected by this one,
+    before the return mapping (Rewarped's ``F_trial``; the elastic part is ``materials.project(material, f)``,
+    the same matrix for purely elastic materials)."""
 
     x: Tensor
     v: Tensor

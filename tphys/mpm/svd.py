@@ -15,7 +15,10 @@ producing NaN (near repeated values the gradient is then approximate; exact else
 (g = 1, the rotation of F = R·S) have exact backwards, finite wherever s_i + s_j ≠ 0, repeated singular
 values included (the rest state F = I is one); see ``spectral``.
 
-The SVD is LAPACK's in eager mode and cyclic Jacobi on FᵀF (elementwise, so it fuses) under torch.compile.
+The decomposition (``signed_svd``) is the C kernel of ``tphys.kernels.transfer_cpu`` on CPU when it
+builds (Jacobi on FᵀF in double), LAPACK's otherwise, and cyclic Jacobi on FᵀF in torch ops
+(elementwise, so it fuses) under torch.compile. ``spectral`` and ``polar`` take a precomputed
+decomposition (``parts``) so that one SVD per particle serves a return mapping and a stress.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from tphys.kernels import transfer_cpu
+from tphys.kernels.transfer_cpu import matmul3
 
 EPS = 1e-6
 
@@ -64,12 +70,16 @@ def _swap(lam: list, vcols: list, i: int, j: int) -> None:
     vcols[i], vcols[j] = torch.where(swap[..., None], vcols[j], vcols[i]), torch.where(swap[..., None], vcols[i], vcols[j])
 
 
-def _signed_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(U, S, V) with U, V rotations; a reflection moves into the sign of the smallest singular value.
+def signed_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(U, S, V) of [..., 3, 3] matrices, no autograd: U, V rotations, |S| decreasing, a reflection in the sign
+    of the smallest singular value.
 
-    Eager: LAPACK (``torch.linalg.svd``), made signed. Under torch.compile: ``jacobi_svd`` (elementwise,
-    so it fuses; a few hundred tiny ops, which eager runs slowly).
+    Eager on CPU: the C kernel (``tphys.kernels.transfer_cpu.svd3_cpu``) when it builds, else LAPACK
+    (``torch.linalg.svd``) made signed. Under torch.compile: ``jacobi_svd`` (elementwise, so it fuses).
     """
+    f = f.detach()
+    if not torch.compiler.is_compiling() and f.device.type == "cpu" and transfer_cpu.available(f.dtype):
+        return transfer_cpu.svd3_cpu(f)
     if not torch.compiler.is_compiling():
         u, s, vh = torch.linalg.svd(f)
         v = vh.transpose(-1, -2)
@@ -117,7 +127,7 @@ def jacobi_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class _SVD3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f: Tensor, eps: float):
-        u, s, v = _signed_svd(f)
+        u, s, v = signed_svd(f)
         ctx.save_for_backward(u, s, v)
         ctx.eps = eps
         return u, s, v
@@ -159,13 +169,13 @@ class _Spectral(torch.autograd.Function):
     def forward(ctx, f: Tensor, u: Tensor, s: Tensor, v: Tensor, out: Tensor, jac: Tensor, eps: float):
         ctx.save_for_backward(u, s, v, out, jac)
         ctx.eps = eps
-        return u @ torch.diag_embed(out) @ v.transpose(-1, -2)
+        return matmul3(u * out.unsqueeze(-2), v.transpose(-1, -2))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         u, s, v, out, jac = ctx.saved_tensors
-        m = u.transpose(-1, -2) @ grad @ v
+        m = matmul3(matmul3(u.transpose(-1, -2), grad), v)
         # off-diagonal: the symmetric part scales by (g_i - g_j)/(s_i - s_j), the antisymmetric one by (g_i + g_j)/(s_i + s_j)
         gap = s.unsqueeze(-1) - s.unsqueeze(-2)
         close = gap.abs() < ctx.eps
@@ -178,14 +188,14 @@ class _Spectral(torch.autograd.Function):
         z = sym * minus + skew * plus
         diag = (torch.diagonal(m, dim1=-2, dim2=-1).unsqueeze(-1) * jac).sum(-2)  # Σ_k M_kk d g_k / d s_i
         z = z - torch.diag_embed(torch.diagonal(z, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
-        return u @ z @ v.transpose(-1, -2), None, None, None, None, None, None
+        return matmul3(matmul3(u, z), v.transpose(-1, -2)), None, None, None, None, None, None
 
 
-def _spectral_parts(f: Tensor, g) -> tuple[Tensor, ...]:
+def _spectral_parts(f: Tensor, g, parts: tuple | None) -> tuple[Tensor, ...]:
     """(U, S, V, g(S), dg/dS [..., k, i]) of f, without autograd; the Jacobian by forward-mode AD (saves
-    nothing, so checkpoint's saved-tensor hooks never fire)."""
+    nothing, so checkpoint's saved-tensor hooks never fire). ``parts``: f's (U, S, V) if already known."""
     with torch.no_grad():
-        u, s, v = _signed_svd(f.detach())
+        u, s, v = signed_svd(f) if parts is None else parts
         if g is None:  # the polar rotation: g = 1
             return u, s, v, torch.ones_like(s), torch.zeros_like(u)
         columns = []
@@ -196,22 +206,22 @@ def _spectral_parts(f: Tensor, g) -> tuple[Tensor, ...]:
         return u, s, v, out.clone(), torch.stack(columns, -1)
 
 
-def spectral(f: Tensor, g, eps: float = EPS) -> Tensor:
+def spectral(f: Tensor, g, eps: float = EPS, parts: tuple | None = None) -> Tensor:
     """U·diag(g(s))·Vᵀ [..., 3, 3] of the signed SVD of f [..., 3, 3], for an isotropic g: s [..., 3] -> [..., 3].
 
     Its backward is exact at repeated singular values: off the diagonal (in the singular bases) the
     symmetric part of the incoming gradient scales by the divided difference (g_i - g_j)/(s_i - s_j),
     which tends to d g_i/d s_i - d g_i/d s_j where s_i = s_j, and the antisymmetric part by
     (g_i + g_j)/(s_i + s_j). (Plastic return mappings and the polar rotation are such maps; at rest,
-    F = I, all singular values repeat.)
+    F = I, all singular values repeat.) ``parts``: ``signed_svd(f)`` when the caller has it already.
     """
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"spectral needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Spectral.apply(f, *_spectral_parts(f, g), eps)
+    return _Spectral.apply(f, *_spectral_parts(f, g, parts), eps)
 
 
-def polar(f: Tensor, eps: float = EPS) -> Tensor:
+def polar(f: Tensor, eps: float = EPS, parts: tuple | None = None) -> Tensor:
     """Rotation R [..., 3, 3] of the polar decomposition F = R·S (R = U·Vᵀ of the signed SVD); ``spectral`` with g = 1."""
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"polar needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Spectral.apply(f, *_spectral_parts(f, None), eps)
+    return _Spectral.apply(f, *_spectral_parts(f, None, parts), eps)

@@ -1,0 +1,267 @@
+/* MLS-MPM particle-grid transfers and a signed 3x3 SVD for CPU, with hand-written backwards.
+ *
+ * The C twins of tphys/kernels/transfer_triton.py (same math as the torch twins in stencil.py), built by
+ * tphys/kernels/transfer_cpu.py with the system C compiler once per REAL type (-DREAL=float or double)
+ * and called through ctypes on contiguous tensors. Single-threaded; one pass over the particles.
+ *
+ * Layouts (row-major, contiguous): x, mom [N, P, 3]; m [N, P]; a, c [N, P, 3, 3];
+ * grid mass [N, GX, GY, GZ]; grid momentum / velocity [N, GX, GY, GZ, 3]. Nodes sit at i·dx.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+
+typedef struct {
+    int64_t node[3][3]; /* per axis, per offset: node index, or -1 outside the grid */
+    double w[3][3];     /* per axis, per offset: quadratic B-spline weight */
+    double slope[3][3]; /* d w / d x (1/m) */
+    double d[3][3];     /* node position - particle position, m */
+} Stencil;
+
+static void stencil(const REAL *x, int64_t gx, int64_t gy, int64_t gz, double dx, Stencil *s) {
+    const int64_t size[3] = {gx, gy, gz};
+    double inv_dx = 1.0 / dx;
+    for (int k = 0; k < 3; k++) {
+        double f = (double)x[k] * inv_dx;
+        double base = floor(f - 0.5);
+        double fr = f - base;
+        s->w[k][0] = 0.5 * (1.5 - fr) * (1.5 - fr);
+        s->w[k][1] = 0.75 - (fr - 1.0) * (fr - 1.0);
+        s->w[k][2] = 0.5 * (fr - 0.5) * (fr - 0.5);
+        s->slope[k][0] = (fr - 1.5) * inv_dx;
+        s->slope[k][1] = -2.0 * (fr - 1.0) * inv_dx;
+        s->slope[k][2] = (fr - 0.5) * inv_dx;
+        for (int o = 0; o < 3; o++) {
+            int64_t i = (int64_t)base + o;
+            s->node[k][o] = (i >= 0 && i < size[k]) ? i : -1;
+            s->d[k][o] = (o - fr) * dx;
+        }
+    }
+}
+
+#define FOR_STENCIL(s, env, gx, gy, gz)                                                        \
+    for (int ox = 0; ox < 3; ox++)                                                             \
+        for (int oy = 0; oy < 3; oy++)                                                         \
+            for (int oz = 0; oz < 3; oz++)                                                     \
+                if ((s).node[0][ox] >= 0 && (s).node[1][oy] >= 0 && (s).node[2][oz] >= 0)
+
+#define NODE(s, env, gx, gy, gz) ((((env) * (gx) + (s).node[0][ox]) * (gy) + (s).node[1][oy]) * (gz) + (s).node[2][oz])
+
+void p2g_forward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, REAL *gm, REAL *gmv, int64_t n, int64_t p,
+                 int64_t gx, int64_t gy, int64_t gz, double dx) {
+    Stencil s;
+    for (int64_t i = 0; i < n * p; i++) {
+        int64_t env = i / p;
+        stencil(x + 3 * i, gx, gy, gz, dx, &s);
+        const REAL *q = mom + 3 * i, *A = a + 9 * i;
+        FOR_STENCIL(s, env, gx, gy, gz) {
+            int64_t node = NODE(s, env, gx, gy, gz);
+            double w = s.w[0][ox] * s.w[1][oy] * s.w[2][oz];
+            double d0 = s.d[0][ox], d1 = s.d[1][oy], d2 = s.d[2][oz];
+            gm[node] += (REAL)(w * m[i]);
+            for (int r = 0; r < 3; r++)
+                gmv[3 * node + r] += (REAL)(w * (q[r] + A[3 * r] * d0 + A[3 * r + 1] * d1 + A[3 * r + 2] * d2));
+        }
+    }
+}
+
+void p2g_backward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, const REAL *ggm, const REAL *ggmv, REAL *gx_out,
+                  REAL *gm_out, REAL *gmom_out, REAL *ga_out, int64_t n, int64_t p, int64_t gx, int64_t gy, int64_t gz, double dx) {
+    Stencil s;
+    for (int64_t i = 0; i < n * p; i++) {
+        int64_t env = i / p;
+        stencil(x + 3 * i, gx, gy, gz, dx, &s);
+        const REAL *q = mom + 3 * i, *A = a + 9 * i;
+        double g_x[3] = {0, 0, 0}, g_m = 0, g_q[3] = {0, 0, 0}, g_a[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+        FOR_STENCIL(s, env, gx, gy, gz) {
+            int64_t node = NODE(s, env, gx, gy, gz);
+            double wx = s.w[0][ox], wy = s.w[1][oy], wz = s.w[2][oz], w = wx * wy * wz;
+            double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
+            double u = ggm[node], h[3] = {ggmv[3 * node], ggmv[3 * node + 1], ggmv[3 * node + 2]};
+            g_m += w * u;
+            double value = m[i] * u; /* s = m·u + h·(q + A·dpos): what the weight multiplies */
+            for (int r = 0; r < 3; r++) {
+                g_q[r] += w * h[r];
+                for (int c = 0; c < 3; c++) g_a[3 * r + c] += w * h[r] * d[c];
+                value += h[r] * (q[r] + A[3 * r] * d[0] + A[3 * r + 1] * d[1] + A[3 * r + 2] * d[2]);
+            }
+            double dw[3] = {s.slope[0][ox] * wy * wz, wx * s.slope[1][oy] * wz, wx * wy * s.slope[2][oz]};
+            for (int c = 0; c < 3; c++) /* through the weight, and through dpos (d dpos / dx = -I): -w·Aᵀh */
+                g_x[c] += dw[c] * value - w * (A[c] * h[0] + A[3 + c] * h[1] + A[6 + c] * h[2]);
+        }
+        for (int c = 0; c < 3; c++) {
+            gx_out[3 * i + c] = (REAL)g_x[c];
+            gmom_out[3 * i + c] = (REAL)g_q[c];
+        }
+        gm_out[i] = (REAL)g_m;
+        for (int k = 0; k < 9; k++) ga_out[9 * i + k] = (REAL)g_a[k];
+    }
+}
+
+void g2p_forward(const REAL *x, const REAL *gv, REAL *v, REAL *c, int64_t n, int64_t p, int64_t gx, int64_t gy, int64_t gz, double dx) {
+    Stencil s;
+    double k = 4.0 / (dx * dx);
+    for (int64_t i = 0; i < n * p; i++) {
+        int64_t env = i / p;
+        stencil(x + 3 * i, gx, gy, gz, dx, &s);
+        double vel[3] = {0, 0, 0}, aff[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+        FOR_STENCIL(s, env, gx, gy, gz) {
+            int64_t node = NODE(s, env, gx, gy, gz);
+            double w = s.w[0][ox] * s.w[1][oy] * s.w[2][oz];
+            double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
+            for (int r = 0; r < 3; r++) {
+                double u = w * gv[3 * node + r];
+                vel[r] += u;
+                for (int q = 0; q < 3; q++) aff[3 * r + q] += u * d[q];
+            }
+        }
+        for (int r = 0; r < 3; r++) v[3 * i + r] = (REAL)vel[r];
+        for (int q = 0; q < 9; q++) c[9 * i + q] = (REAL)(k * aff[q]);
+    }
+}
+
+void g2p_backward(const REAL *x, const REAL *gv, const REAL *dv, const REAL *dc, REAL *ggv, REAL *gx_out, int64_t n, int64_t p,
+                  int64_t gx, int64_t gy, int64_t gz, double dx) {
+    Stencil s;
+    double k = 4.0 / (dx * dx);
+    for (int64_t i = 0; i < n * p; i++) {
+        int64_t env = i / p;
+        stencil(x + 3 * i, gx, gy, gz, dx, &s);
+        double e[3] = {dv[3 * i], dv[3 * i + 1], dv[3 * i + 2]}, b[9], g_x[3] = {0, 0, 0};
+        for (int q = 0; q < 9; q++) b[q] = k * dc[9 * i + q]; /* (4/dx²)·dL/dC */
+        FOR_STENCIL(s, env, gx, gy, gz) {
+            int64_t node = NODE(s, env, gx, gy, gz);
+            double wx = s.w[0][ox], wy = s.w[1][oy], wz = s.w[2][oz], w = wx * wy * wz;
+            double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
+            double r[3], u[3], value = 0;
+            for (int a = 0; a < 3; a++) { /* r = dL/dv + (4/dx²)·dL/dC·dpos: what the node velocity meets per unit weight */
+                r[a] = e[a] + b[3 * a] * d[0] + b[3 * a + 1] * d[1] + b[3 * a + 2] * d[2];
+                u[a] = gv[3 * node + a];
+                ggv[3 * node + a] += (REAL)(w * r[a]);
+                value += u[a] * r[a];
+            }
+            double dw[3] = {s.slope[0][ox] * wy * wz, wx * s.slope[1][oy] * wz, wx * wy * s.slope[2][oz]};
+            for (int q = 0; q < 3; q++) g_x[q] += dw[q] * value - w * (b[q] * u[0] + b[3 + q] * u[1] + b[6 + q] * u[2]);
+        }
+        for (int q = 0; q < 3; q++) gx_out[3 * i + q] = (REAL)g_x[q];
+    }
+}
+
+/* ---------------------------------------------------------------- signed SVD of 3x3 matrices */
+
+static void jacobi_rotate(double a[3][3], double v[3][3], int p, int q) {
+    if (fabs(a[p][q]) < 1e-300) return;
+    double tau = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+    double t = (tau >= 0 ? 1.0 : -1.0) / (fabs(tau) + sqrt(1.0 + tau * tau));
+    double c = 1.0 / sqrt(1.0 + t * t), sn = t * c;
+    for (int k = 0; k < 3; k++) { /* A <- Jᵀ A J */
+        double akp = a[k][p], akq = a[k][q];
+        a[k][p] = c * akp - sn * akq;
+        a[k][q] = sn * akp + c * akq;
+    }
+    for (int k = 0; k < 3; k++) {
+        double apk = a[p][k], aqk = a[q][k];
+        a[p][k] = c * apk - sn * aqk;
+        a[q][k] = sn * apk + c * aqk;
+    }
+    for (int k = 0; k < 3; k++) {
+        double vkp = v[k][p], vkq = v[k][q];
+        v[k][p] = c * vkp - sn * vkq;
+        v[k][q] = sn * vkp + c * vkq;
+    }
+}
+
+static void cross(const double *a, const double *b, double *out) {
+    out[0] = a[1] * b[2] - a[2] * b[1];
+    out[1] = a[2] * b[0] - a[0] * b[2];
+    out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+/* F = U·diag(S)·Vᵀ with U, V rotations (det +1), |S| decreasing, a reflection in the sign of S[2].
+ * Cyclic Jacobi on FᵀF (in double) until the off-diagonal is below 1e-15 of the diagonal, then U's
+ * columns from F·v_i (Gram-Schmidt) and u0 × u1. */
+void svd3(const REAL *f, REAL *u_out, REAL *s_out, REAL *v_out, int64_t count) {
+    for (int64_t i = 0; i < count; i++) {
+        const REAL *F = f + 9 * i;
+        double a[3][3], v[3][3] = {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}};
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 3; c++) a[r][c] = F[r] * F[c] + F[3 + r] * F[3 + c] + F[6 + r] * F[6 + c];
+        for (int sweep = 0; sweep < 12; sweep++) {
+            double off = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2];
+            double diag = a[0][0] * a[0][0] + a[1][1] * a[1][1] + a[2][2] * a[2][2];
+            if (off <= 1e-30 * diag || off < 1e-300) break;
+            jacobi_rotate(a, v, 0, 1);
+            jacobi_rotate(a, v, 0, 2);
+            jacobi_rotate(a, v, 1, 2);
+        }
+        double lam[3] = {a[0][0], a[1][1], a[2][2]}, col[3][3];
+        for (int c = 0; c < 3; c++)
+            for (int k = 0; k < 3; k++) col[c][k] = v[k][c];
+        for (int pass = 0; pass < 3; pass++) { /* sort by decreasing eigenvalue */
+            int i0 = pass == 1 ? 1 : 0, i1 = i0 + 1;
+            if (lam[i1] > lam[i0]) {
+                double t = lam[i0];
+                lam[i0] = lam[i1];
+                lam[i1] = t;
+                for (int k = 0; k < 3; k++) {
+                    t = col[i0][k];
+                    col[i0][k] = col[i1][k];
+                    col[i1][k] = t;
+                }
+            }
+        }
+        double x01[3];
+        cross(col[0], col[1], x01);
+        if (x01[0] * col[2][0] + x01[1] * col[2][1] + x01[2] * col[2][2] < 0)
+            for (int k = 0; k < 3; k++) col[2][k] = -col[2][k];
+        double fv[3][3];
+        for (int c = 0; c < 3; c++)
+            for (int r = 0; r < 3; r++) fv[c][r] = F[3 * r] * col[c][0] + F[3 * r + 1] * col[c][1] + F[3 * r + 2] * col[c][2];
+        double u[3][3];
+        double n0 = sqrt(fv[0][0] * fv[0][0] + fv[0][1] * fv[0][1] + fv[0][2] * fv[0][2]);
+        for (int k = 0; k < 3; k++) u[0][k] = n0 > 1e-30 ? fv[0][k] / n0 : (k == 0);
+        double dot = u[0][0] * fv[1][0] + u[0][1] * fv[1][1] + u[0][2] * fv[1][2];
+        for (int k = 0; k < 3; k++) u[1][k] = fv[1][k] - dot * u[0][k];
+        double n1 = sqrt(u[1][0] * u[1][0] + u[1][1] * u[1][1] + u[1][2] * u[1][2]);
+        if (n1 > 1e-12 * n0 && n1 > 1e-300) {
+            for (int k = 0; k < 3; k++) u[1][k] /= n1;
+        } else { /* rank < 2: any unit vector orthogonal to u0 */
+            double axis[3] = {1, 0, 0}, t[3];
+            cross(u[0], axis, t);
+            if (t[0] * t[0] + t[1] * t[1] + t[2] * t[2] < 0.25) {
+                double other[3] = {0, 1, 0};
+                cross(u[0], other, t);
+            }
+            double nt = sqrt(t[0] * t[0] + t[1] * t[1] + t[2] * t[2]);
+            for (int k = 0; k < 3; k++) u[1][k] = t[k] / nt;
+        }
+        cross(u[0], u[1], u[2]);
+        for (int c = 0; c < 3; c++) {
+            s_out[3 * i + c] = (REAL)(u[c][0] * fv[c][0] + u[c][1] * fv[c][1] + u[c][2] * fv[c][2]);
+            for (int r = 0; r < 3; r++) {
+                u_out[9 * i + 3 * r + c] = (REAL)u[c][r];
+                v_out[9 * i + 3 * r + c] = (REAL)col[c][r];
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- batched 3x3 products */
+
+/* out[i] = op(a[i])·op(b[i]) for count row-major 3x3 matrices; op transposes when the flag is set. */
+void matmul3(const REAL *a, const REAL *b, REAL *out, int64_t count, int64_t transpose_a, int64_t transpose_b) {
+    for (int64_t i = 0; i < count; i++) {
+        const REAL *A = a + 9 * i, *B = b + 9 * i;
+        REAL *C = out + 9 * i;
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 3; c++) {
+                double sum = 0;
+                for (int k = 0; k < 3; k++)
+                    sum += (double)(transpose_a ? A[3 * k + r] : A[3 * r + k]) * (transpose_b ? B[3 * c + k] : B[3 * k + c]);
+                C[3 * r + c] = (REAL)sum;
+            }
+    }
+}
