@@ -69,7 +69,7 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return True
 
 
-def _call(name: str, *args) -> None:
+def call(name: str, *args) -> None:
     """Call ``name`` with tensors (contiguous CPU, one float type) as pointers and ints/floats as int64/double."""
     real = next(_REAL[a.dtype] for a in args if isinstance(a, Tensor))
     converted = []
@@ -96,7 +96,7 @@ class _P2G(torch.autograd.Function):
         n, p = mass.shape
         grid_mass = x.new_zeros(n, *grid_shape)
         grid_momentum = x.new_zeros(n, *grid_shape, 3)
-        _call("p2g_forward", x, mass, momentum, affine, grid_mass, grid_momentum, n, p, *_sizes(grid_shape), dx)
+        call("p2g_forward", x, mass, momentum, affine, grid_mass, grid_momentum, n, p, *_sizes(grid_shape), dx)
         ctx.save_for_backward(x, mass, momentum, affine)
         ctx.grid_shape, ctx.dx = grid_shape, dx
         return grid_mass, grid_momentum
@@ -109,7 +109,7 @@ class _P2G(torch.autograd.Function):
         grad_mass = x.new_zeros(n, *ctx.grid_shape) if grad_mass is None else grad_mass.contiguous()
         grad_momentum = x.new_zeros(n, *ctx.grid_shape, 3) if grad_momentum is None else grad_momentum.contiguous()
         grads = [torch.empty_like(t) for t in (x, mass, momentum, affine)]
-        _call("p2g_backward", x, mass, momentum, affine, grad_mass, grad_momentum, *grads, n, p, *_sizes(ctx.grid_shape), ctx.dx)
+        call("p2g_backward", x, mass, momentum, affine, grad_mass, grad_momentum, *grads, n, p, *_sizes(ctx.grid_shape), ctx.dx)
         return (*grads, None, None)
 
 
@@ -119,7 +119,7 @@ class _G2P(torch.autograd.Function):
         x, grid_velocity = x.detach().contiguous(), grid_velocity.detach().contiguous()
         n, p = x.shape[:2]
         v, c = torch.empty_like(x), x.new_empty(n, p, 3, 3)
-        _call("g2p_forward", x, grid_velocity, v, c, n, p, *_sizes(grid_velocity.shape[1:4]), dx)
+        call("g2p_forward", x, grid_velocity, v, c, n, p, *_sizes(grid_velocity.shape[1:4]), dx)
         ctx.save_for_backward(x, grid_velocity)
         ctx.dx = dx
         return v, c
@@ -132,7 +132,7 @@ class _G2P(torch.autograd.Function):
         grad_v = torch.zeros_like(x) if grad_v is None else grad_v.contiguous()
         grad_c = x.new_zeros(n, p, 3, 3) if grad_c is None else grad_c.contiguous()
         grad_grid, grad_x = torch.zeros_like(grid_velocity), torch.empty_like(x)
-        _call("g2p_backward", x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n, p, *_sizes(grid_velocity.shape[1:4]), ctx.dx)
+        call("g2p_backward", x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n, p, *_sizes(grid_velocity.shape[1:4]), ctx.dx)
         return grad_x, grad_grid, None
 
 
@@ -152,13 +152,13 @@ def svd3_cpu(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     f = f.detach().contiguous()
     u, v = torch.empty_like(f), torch.empty_like(f)
     s = f.new_empty(f.shape[:-1])
-    _call("svd3", f, u, s, v, f.numel() // 9)
+    call("svd3", f, u, s, v, f.numel() // 9)
     return u, s, v
 
 
 def _matmul3(a: Tensor, b: Tensor, transpose_a: bool = False, transpose_b: bool = False) -> Tensor:
     out = torch.empty_like(a)
-    _call("matmul3", a, b, out, a.numel() // 9, int(transpose_a), int(transpose_b))
+    call("matmul3", a, b, out, a.numel() // 9, int(transpose_a), int(transpose_b))
     return out
 
 

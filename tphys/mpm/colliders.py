@@ -18,6 +18,7 @@ Poses are [N, S, 3] positions and [N, S, 3, 3] rotation matrices (local -> world
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -96,21 +97,22 @@ def collide(shapes: Shapes, nodes: Tensor, v: Tensor, position: Tensor, rotation
             end of the substep.
         rotation, rotation_next: [M, S, 3, 3] shape orientations (local -> world).
     """
+    band = math.log(10.0) / shapes.softness  # influence exp(-softness·d) > 0.1 below this distance
     for s, kind in enumerate(shapes.kinds):
         r, p = rotation[:, s], position[:, s]
         local = ((nodes - p).unsqueeze(-1) * r).sum(-2)  # Rᵀ(x - p)
         distance, normal_local = signed_distance(kind, shapes.sizes[s], local)
+        index = ((distance < band) | (distance <= 0)).nonzero().squeeze(-1)  # the nodes this shape acts on
+        r, distance, normal_local, local = r[index], distance[index], normal_local[index], local[index]
         normal = (r * normal_local.unsqueeze(-2)).sum(-1)
-        moved = (rotation_next[:, s] * local.unsqueeze(-2)).sum(-1) + position_next[:, s]
-        body_v = (moved - nodes) / dt
-        influence = torch.exp(-shapes.softness * distance).clamp_max(1.0)
-        relative = v - body_v
+        moved = (rotation_next[index, s] * local.unsqueeze(-2)).sum(-1) + position_next[index, s]
+        body_v = (moved - nodes[index]) / dt
+        weight = torch.exp(-shapes.softness * distance).clamp_max(1.0).unsqueeze(-1)
+        relative = v[index] - body_v
         normal_speed = (relative * normal).sum(-1, keepdim=True)
         tangential = relative - normal_speed.clamp_max(0.0) * normal
         t_norm = _length(tangential).unsqueeze(-1)
         slowed = tangential / t_norm.clamp_min(_TINY) * (t_norm + shapes.friction * normal_speed).clamp_min(0.0)
         tangential = torch.where(normal_speed < 0, slowed, tangential)
-        weight = influence.unsqueeze(-1)
-        touched = ((influence > 0.1) | (distance <= 0)).unsqueeze(-1)
-        v = torch.where(touched, body_v + (1 - weight) * relative + weight * tangential, v)
+        v = v.index_put((index,), body_v + (1 - weight) * relative + weight * tangential)
     return v

@@ -23,9 +23,11 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from tphys.kernels import transfer_cpu
 from tphys.kernels.transfer_cpu import matmul3
-from tphys.mpm.svd import det3, polar, signed_svd, spectral
+from tphys.mpm.svd import det3, polar, signed_svd, spectral, spectral_vjp
 
 KINDS = ("corotated", "neo_hookean", "water", "plasticine", "sand")
 _MIN_STRETCH = 1e-4  # floor on |s| before taking logs
@@ -132,13 +134,20 @@ def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
-def elastic_stress(material: Material, f_trial: Tensor) -> tuple[Tensor, Tensor]:
+def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = None) -> tuple[Tensor, Tensor]:
     """(elastic F = ``project(material, f_trial)``, its Kirchhoff stress τ) [..., 3, 3], from one SVD of f_trial.
 
     The return mapping keeps the singular bases (F = U·diag(flow(s))·Vᵀ with positive stretches), so the
     polar rotation of F is U·Vᵀ of f_trial and the stress needs no second decomposition.
+
+    ``fused`` (default: on CPU when the C kernels build): plasticine's forward as one C loop
+    (``transfer_cpu.plasticine_stress``) with a hand-written backward; False: the same maps in torch ops.
     """
     kind, mu, lam = material.kind, material.mu, material.lam
+    if fused is None:
+        fused = f_trial.device.type == "cpu" and transfer_cpu.available(f_trial.dtype) and not torch.compiler.is_compiling()
+    if kind == "plasticine" and fused:
+        return _PlasticineStress.apply(f_trial, material)
     if kind not in ("plasticine", "sand"):
         f = project(material, f_trial)
         return f, kirchhoff_stress(material, f)
@@ -157,3 +166,44 @@ def elastic_stress(material: Material, f_trial: Tensor) -> tuple[Tensor, Tensor]
         return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
 
     return f, matmul3(spectral(f, hencky_stress, parts=f_parts), polar(f, parts=f_parts).transpose(-1, -2))
+
+
+def _cofactor(f: Tensor) -> Tensor:
+    """cof(F) = det(F)·F⁻ᵀ [..., 3, 3] (columns: cross products of F's other two columns)."""
+    c0, c1, c2 = f[..., :, 0], f[..., :, 1], f[..., :, 2]
+    return torch.stack([torch.linalg.cross(c1, c2), torch.linalg.cross(c2, c0), torch.linalg.cross(c0, c1)], -1)
+
+
+class _PlasticineStress(torch.autograd.Function):
+    """``elastic_stress`` for plasticine: forward in C, backward by hand through τ = 2μ (F Fᵀ - R Fᵀ) + λ (J² - J) I
+    (dF += 2μ (G F + Gᵀ F - Gᵀ R) + λ (2J - 1) tr(G) cof F, dR = -2μ G F) and ``svd.spectral_vjp``."""
+
+    @staticmethod
+    def forward(ctx, f_trial: Tensor, material: Material):
+        f_trial = f_trial.detach().contiguous()
+        f, tau, u, v, jac = (torch.empty_like(f_trial) for _ in range(5))
+        s, g = f_trial.new_empty(f_trial.shape[:-1]), f_trial.new_empty(f_trial.shape[:-1])
+        transfer_cpu.call("plasticine_stress", f_trial, f, tau, u, s, v, g, jac, f_trial.numel() // 9, float(material.mu),
+                          float(material.lam), float(material.yield_stress), _MIN_STRETCH)
+        ctx.save_for_backward(f, u, s, v, g, jac)
+        ctx.material = material
+        return f, tau
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_f, grad_tau):
+        f, u, s, v, g, jac = ctx.saved_tensors
+        mu, lam = ctx.material.mu, ctx.material.lam
+        grad_f = torch.zeros_like(f) if grad_f is None else grad_f
+        if grad_tau is None:
+            grad_r = torch.zeros_like(f)
+        else:
+            j = g.prod(-1)[..., None, None]
+            trace = torch.diagonal(grad_tau, dim1=-2, dim2=-1).sum(-1)[..., None, None]
+            rotation = matmul3(u, v.transpose(-1, -2))
+            grad_tau_t = grad_tau.transpose(-1, -2)
+            grad_f = (grad_f + 2 * mu * (matmul3(grad_tau + grad_tau_t, f) - matmul3(grad_tau_t, rotation))
+                      + lam * (2 * j - 1) * trace * _cofactor(f))
+            grad_r = -2 * mu * matmul3(grad_tau, f)
+        terms = [(g, jac, grad_f), (torch.ones_like(g), torch.zeros_like(jac), grad_r)]
+        return spectral_vjp(u, s, v, terms), None

@@ -175,20 +175,29 @@ class _Spectral(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         u, s, v, out, jac = ctx.saved_tensors
-        m = matmul3(matmul3(u.transpose(-1, -2), grad), v)
+        return spectral_vjp(u, s, v, [(out, jac, grad)], ctx.eps), None, None, None, None, None, None
+
+
+def spectral_vjp(u: Tensor, s: Tensor, v: Tensor, terms: list, eps: float = EPS) -> Tensor:
+    """dL/dF [..., 3, 3] for F = U·diag(s)·Vᵀ given, per term (g(s) [..., 3], dg/ds [..., k, i], dL/d(U·diag(g)·Vᵀ)),
+    summed over the terms (maps of one decomposition share the rotations). See ``spectral``."""
+    gap = s.unsqueeze(-1) - s.unsqueeze(-2)
+    close = gap.abs() < eps
+    total = s.unsqueeze(-1) + s.unsqueeze(-2)
+    total = torch.where(total >= 0, total.clamp_min(eps), total.clamp_max(-eps))
+    ut = u.transpose(-1, -2)
+    z = 0.0
+    for out, jac, grad in terms:
+        m = matmul3(matmul3(ut, grad), v)
         # off-diagonal: the symmetric part scales by (g_i - g_j)/(s_i - s_j), the antisymmetric one by (g_i + g_j)/(s_i + s_j)
-        gap = s.unsqueeze(-1) - s.unsqueeze(-2)
-        close = gap.abs() < ctx.eps
         limit = torch.diagonal(jac, dim1=-2, dim2=-1).unsqueeze(-1) - jac  # d g_i/d s_i - d g_i/d s_j
         minus = torch.where(close, limit, (out.unsqueeze(-1) - out.unsqueeze(-2)) / torch.where(close, 1.0, gap))
-        total = s.unsqueeze(-1) + s.unsqueeze(-2)
-        total = torch.where(total >= 0, total.clamp_min(ctx.eps), total.clamp_max(-ctx.eps))
         plus = (out.unsqueeze(-1) + out.unsqueeze(-2)) / total
         sym, skew = 0.5 * (m + m.transpose(-1, -2)), 0.5 * (m - m.transpose(-1, -2))
-        z = sym * minus + skew * plus
+        part = sym * minus + skew * plus
         diag = (torch.diagonal(m, dim1=-2, dim2=-1).unsqueeze(-1) * jac).sum(-2)  # Σ_k M_kk d g_k / d s_i
-        z = z - torch.diag_embed(torch.diagonal(z, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
-        return matmul3(matmul3(u, z), v.transpose(-1, -2)), None, None, None, None, None, None
+        z = z + part - torch.diag_embed(torch.diagonal(part, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
+    return matmul3(matmul3(u, z), v.transpose(-1, -2))
 
 
 def _spectral_parts(f: Tensor, g, parts: tuple | None) -> tuple[Tensor, ...]:

@@ -265,3 +265,64 @@ void matmul3(const REAL *a, const REAL *b, REAL *out, int64_t count, int64_t tra
             }
     }
 }
+
+/* ---------------------------------------------------------------- plasticine: return mapping and stress */
+
+/* For each trial F: its signed SVD (u, s, v), the von Mises return mapping on the Hencky strain
+ * (tphys.mpm.materials, "plasticine") g = flow(s) and its Jacobian jac[k][i] = d g_k / d s_i, the elastic
+ * F = U diag(g) Vᵀ and the corotated Kirchhoff stress τ = 2μ (F - U Vᵀ) Fᵀ + λ (J - 1) J I, J = Π g. */
+void plasticine_stress(const REAL *f_trial, REAL *f_out, REAL *tau_out, REAL *u_out, REAL *s_out, REAL *v_out, REAL *g_out,
+                       REAL *jac_out, int64_t count, double mu, double lam, double yield_stress, double min_stretch) {
+    svd3(f_trial, u_out, s_out, v_out, count);
+    double limit = yield_stress / (2.0 * mu);
+    for (int64_t i = 0; i < count; i++) {
+        const REAL *U = u_out + 9 * i, *V = v_out + 9 * i, *S = s_out + 3 * i;
+        double eps[3], inv_s[3], dev[3], mean = 0, norm2 = 1e-20;
+        for (int k = 0; k < 3; k++) {
+            double a = fabs((double)S[k]);
+            eps[k] = log(a > min_stretch ? a : min_stretch);
+            inv_s[k] = a > min_stretch ? 1.0 / S[k] : 0.0;
+            mean += eps[k] / 3.0;
+        }
+        for (int k = 0; k < 3; k++) {
+            dev[k] = eps[k] - mean;
+            norm2 += dev[k] * dev[k];
+        }
+        double norm = sqrt(norm2), excess = norm - limit;
+        double g[3], jeps[3][3];
+        for (int k = 0; k < 3; k++)
+            for (int j = 0; j < 3; j++) jeps[k][j] = k == j;
+        if (excess > 0) {
+            for (int k = 0; k < 3; k++) eps[k] -= excess * dev[k] / norm;
+            /* eps' = mean·1 + limit·dev/norm: d/d eps = 11ᵀ/3 + limit·(I/norm - dev devᵀ/norm³)·(I - 11ᵀ/3) */
+            double m[3][3];
+            for (int k = 0; k < 3; k++)
+                for (int j = 0; j < 3; j++) m[k][j] = limit * ((k == j) / norm - dev[k] * dev[j] / (norm * norm2));
+            for (int k = 0; k < 3; k++) {
+                double row = (m[k][0] + m[k][1] + m[k][2]) / 3.0;
+                for (int j = 0; j < 3; j++) jeps[k][j] = 1.0 / 3.0 + m[k][j] - row;
+            }
+        }
+        double J = 1.0;
+        for (int k = 0; k < 3; k++) {
+            g[k] = exp(eps[k]);
+            J *= g[k];
+            g_out[3 * i + k] = (REAL)g[k];
+        }
+        for (int k = 0; k < 3; k++)
+            for (int j = 0; j < 3; j++) jac_out[9 * i + 3 * k + j] = (REAL)(g[k] * jeps[k][j] * inv_s[j]);
+        /* F = U diag(g) Vᵀ; τ = U diag(2μ (g - 1) g + λ (J - 1) J) Uᵀ (since (F - R) Fᵀ = U diag((g - 1) g) Uᵀ) */
+        double h[3], pressure = lam * (J - 1.0) * J;
+        for (int k = 0; k < 3; k++) h[k] = 2.0 * mu * (g[k] - 1.0) * g[k] + pressure;
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 3; c++) {
+                double fe = 0, t = 0;
+                for (int k = 0; k < 3; k++) {
+                    fe += (double)U[3 * r + k] * g[k] * V[3 * c + k];
+                    t += (double)U[3 * r + k] * h[k] * U[3 * c + k];
+                }
+                f_out[9 * i + 3 * r + c] = (REAL)fe;
+                tau_out[9 * i + 3 * r + c] = (REAL)t;
+            }
+    }
+}
