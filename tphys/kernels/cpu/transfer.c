@@ -152,25 +152,34 @@ void g2p_backward(const REAL *x, const REAL *gv, const REAL *dv, const REAL *dc,
 
 /* ---------------------------------------------------------------- signed SVD of 3x3 matrices */
 
-static void jacobi_rotate(double a[3][3], double v[3][3], int p, int q) {
-    if (fabs(a[p][q]) < 1e-300) return;
-    double tau = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-    double t = (tau >= 0 ? 1.0 : -1.0) / (fabs(tau) + sqrt(1.0 + tau * tau));
-    double c = 1.0 / sqrt(1.0 + t * t), sn = t * c;
-    for (int k = 0; k < 3; k++) { /* A <- Jᵀ A J */
-        double akp = a[k][p], akq = a[k][q];
-        a[k][p] = c * akp - sn * akq;
-        a[k][q] = sn * akp + c * akq;
-    }
-    for (int k = 0; k < 3; k++) {
-        double apk = a[p][k], aqk = a[q][k];
-        a[p][k] = c * apk - sn * aqk;
-        a[q][k] = sn * apk + c * aqk;
-    }
-    for (int k = 0; k < 3; k++) {
-        double vkp = v[k][p], vkq = v[k][q];
-        v[k][p] = c * vkp - sn * vkq;
-        v[k][q] = sn * vkp + c * vkq;
+#define LANES 8
+#define SWEEPS 5 /* cyclic Jacobi sweeps; quadratic convergence: 5 reach double round-off on 3x3 */
+
+/* One Jacobi rotation zeroing a[p][q] in each lane (struct of arrays: a[i][j][lane], v[i][j][lane]), branch-free
+ * so the lane loops vectorise. */
+static inline __attribute__((always_inline)) void jacobi_rotate_lanes(double a[3][3][LANES], double v[3][3][LANES], int p, int q) {
+    for (int l = 0; l < LANES; l++) {
+        double apq = a[p][q][l];
+        int tiny = fabs(apq) < 1e-300;
+        double tau = (a[q][q][l] - a[p][p][l]) / (2.0 * (tiny ? 1.0 : apq));
+        double t = (tau >= 0 ? 1.0 : -1.0) / (fabs(tau) + sqrt(1.0 + tau * tau));
+        t = tiny ? 0.0 : t;
+        double c = 1.0 / sqrt(1.0 + t * t), sn = t * c;
+        for (int k = 0; k < 3; k++) { /* A <- Jᵀ A J, V <- V J */
+            double akp = a[k][p][l], akq = a[k][q][l];
+            a[k][p][l] = c * akp - sn * akq;
+            a[k][q][l] = sn * akp + c * akq;
+        }
+        for (int k = 0; k < 3; k++) {
+            double apk = a[p][k][l], aqk = a[q][k][l];
+            a[p][k][l] = c * apk - sn * aqk;
+            a[q][k][l] = sn * apk + c * aqk;
+        }
+        for (int k = 0; k < 3; k++) {
+            double vkp = v[k][p][l], vkq = v[k][q][l];
+            v[k][p][l] = c * vkp - sn * vkq;
+            v[k][q][l] = sn * vkp + c * vkq;
+        }
     }
 }
 
@@ -180,71 +189,82 @@ static void cross(const double *a, const double *b, double *out) {
     out[2] = a[0] * b[1] - a[1] * b[0];
 }
 
+/* U, S from F and the sorted eigenvectors V (columns col[c]) of FᵀF, for one matrix. */
+static void finish_svd(const REAL *F, double lam[3], double col[3][3], REAL *u_out, REAL *s_out, REAL *v_out) {
+    for (int pass = 0; pass < 3; pass++) { /* sort by decreasing eigenvalue */
+        int i0 = pass == 1 ? 1 : 0, i1 = i0 + 1;
+        if (lam[i1] > lam[i0]) {
+            double t = lam[i0];
+            lam[i0] = lam[i1];
+            lam[i1] = t;
+            for (int k = 0; k < 3; k++) {
+                t = col[i0][k];
+                col[i0][k] = col[i1][k];
+                col[i1][k] = t;
+            }
+        }
+    }
+    double x01[3];
+    cross(col[0], col[1], x01);
+    if (x01[0] * col[2][0] + x01[1] * col[2][1] + x01[2] * col[2][2] < 0)
+        for (int k = 0; k < 3; k++) col[2][k] = -col[2][k];
+    double fv[3][3];
+    for (int c = 0; c < 3; c++)
+        for (int r = 0; r < 3; r++) fv[c][r] = F[3 * r] * col[c][0] + F[3 * r + 1] * col[c][1] + F[3 * r + 2] * col[c][2];
+    double u[3][3];
+    double n0 = sqrt(fv[0][0] * fv[0][0] + fv[0][1] * fv[0][1] + fv[0][2] * fv[0][2]);
+    for (int k = 0; k < 3; k++) u[0][k] = n0 > 1e-30 ? fv[0][k] / n0 : (k == 0);
+    double dot = u[0][0] * fv[1][0] + u[0][1] * fv[1][1] + u[0][2] * fv[1][2];
+    for (int k = 0; k < 3; k++) u[1][k] = fv[1][k] - dot * u[0][k];
+    double n1 = sqrt(u[1][0] * u[1][0] + u[1][1] * u[1][1] + u[1][2] * u[1][2]);
+    if (n1 > 1e-12 * n0 && n1 > 1e-300) {
+        for (int k = 0; k < 3; k++) u[1][k] /= n1;
+    } else { /* rank < 2: any unit vector orthogonal to u0 */
+        double axis[3] = {1, 0, 0}, t[3];
+        cross(u[0], axis, t);
+        if (t[0] * t[0] + t[1] * t[1] + t[2] * t[2] < 0.25) {
+            double other[3] = {0, 1, 0};
+            cross(u[0], other, t);
+        }
+        double nt = sqrt(t[0] * t[0] + t[1] * t[1] + t[2] * t[2]);
+        for (int k = 0; k < 3; k++) u[1][k] = t[k] / nt;
+    }
+    cross(u[0], u[1], u[2]);
+    for (int c = 0; c < 3; c++) {
+        s_out[c] = (REAL)(u[c][0] * fv[c][0] + u[c][1] * fv[c][1] + u[c][2] * fv[c][2]);
+        for (int r = 0; r < 3; r++) {
+            u_out[3 * r + c] = (REAL)u[c][r];
+            v_out[3 * r + c] = (REAL)col[c][r];
+        }
+    }
+}
+
 /* F = U·diag(S)·Vᵀ with U, V rotations (det +1), |S| decreasing, a reflection in the sign of S[2].
- * Cyclic Jacobi on FᵀF (in double) until the off-diagonal is below 1e-15 of the diagonal, then U's
- * columns from F·v_i (Gram-Schmidt) and u0 × u1. */
+ * Cyclic Jacobi on FᵀF in double (SWEEPS sweeps, LANES matrices at a time), then U's columns from F·v_i
+ * (Gram-Schmidt) and u0 × u1. */
 void svd3(const REAL *f, REAL *u_out, REAL *s_out, REAL *v_out, int64_t count) {
-    for (int64_t i = 0; i < count; i++) {
-        const REAL *F = f + 9 * i;
-        double a[3][3], v[3][3] = {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}};
-        for (int r = 0; r < 3; r++)
-            for (int c = 0; c < 3; c++) a[r][c] = F[r] * F[c] + F[3 + r] * F[3 + c] + F[6 + r] * F[6 + c];
-        for (int sweep = 0; sweep < 12; sweep++) {
-            double off = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2];
-            double diag = a[0][0] * a[0][0] + a[1][1] * a[1][1] + a[2][2] * a[2][2];
-            if (off <= 1e-30 * diag || off < 1e-300) break;
-            jacobi_rotate(a, v, 0, 1);
-            jacobi_rotate(a, v, 0, 2);
-            jacobi_rotate(a, v, 1, 2);
-        }
-        double lam[3] = {a[0][0], a[1][1], a[2][2]}, col[3][3];
-        for (int c = 0; c < 3; c++)
-            for (int k = 0; k < 3; k++) col[c][k] = v[k][c];
-        for (int pass = 0; pass < 3; pass++) { /* sort by decreasing eigenvalue */
-            int i0 = pass == 1 ? 1 : 0, i1 = i0 + 1;
-            if (lam[i1] > lam[i0]) {
-                double t = lam[i0];
-                lam[i0] = lam[i1];
-                lam[i1] = t;
-                for (int k = 0; k < 3; k++) {
-                    t = col[i0][k];
-                    col[i0][k] = col[i1][k];
-                    col[i1][k] = t;
+    double a[3][3][LANES], v[3][3][LANES];
+    for (int64_t start = 0; start < count; start += LANES) {
+        int lanes = count - start < LANES ? (int)(count - start) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            const REAL *F = f + 9 * (start + (l < lanes ? l : 0));
+            for (int r = 0; r < 3; r++)
+                for (int c = 0; c < 3; c++) {
+                    a[r][c][l] = (double)F[r] * F[c] + (double)F[3 + r] * F[3 + c] + (double)F[6 + r] * F[6 + c];
+                    v[r][c][l] = r == c;
                 }
-            }
         }
-        double x01[3];
-        cross(col[0], col[1], x01);
-        if (x01[0] * col[2][0] + x01[1] * col[2][1] + x01[2] * col[2][2] < 0)
-            for (int k = 0; k < 3; k++) col[2][k] = -col[2][k];
-        double fv[3][3];
-        for (int c = 0; c < 3; c++)
-            for (int r = 0; r < 3; r++) fv[c][r] = F[3 * r] * col[c][0] + F[3 * r + 1] * col[c][1] + F[3 * r + 2] * col[c][2];
-        double u[3][3];
-        double n0 = sqrt(fv[0][0] * fv[0][0] + fv[0][1] * fv[0][1] + fv[0][2] * fv[0][2]);
-        for (int k = 0; k < 3; k++) u[0][k] = n0 > 1e-30 ? fv[0][k] / n0 : (k == 0);
-        double dot = u[0][0] * fv[1][0] + u[0][1] * fv[1][1] + u[0][2] * fv[1][2];
-        for (int k = 0; k < 3; k++) u[1][k] = fv[1][k] - dot * u[0][k];
-        double n1 = sqrt(u[1][0] * u[1][0] + u[1][1] * u[1][1] + u[1][2] * u[1][2]);
-        if (n1 > 1e-12 * n0 && n1 > 1e-300) {
-            for (int k = 0; k < 3; k++) u[1][k] /= n1;
-        } else { /* rank < 2: any unit vector orthogonal to u0 */
-            double axis[3] = {1, 0, 0}, t[3];
-            cross(u[0], axis, t);
-            if (t[0] * t[0] + t[1] * t[1] + t[2] * t[2] < 0.25) {
-                double other[3] = {0, 1, 0};
-                cross(u[0], other, t);
-            }
-            double nt = sqrt(t[0] * t[0] + t[1] * t[1] + t[2] * t[2]);
-            for (int k = 0; k < 3; k++) u[1][k] = t[k] / nt;
+        for (int sweep = 0; sweep < SWEEPS; sweep++) {
+            jacobi_rotate_lanes(a, v, 0, 1);
+            jacobi_rotate_lanes(a, v, 0, 2);
+            jacobi_rotate_lanes(a, v, 1, 2);
         }
-        cross(u[0], u[1], u[2]);
-        for (int c = 0; c < 3; c++) {
-            s_out[3 * i + c] = (REAL)(u[c][0] * fv[c][0] + u[c][1] * fv[c][1] + u[c][2] * fv[c][2]);
-            for (int r = 0; r < 3; r++) {
-                u_out[9 * i + 3 * r + c] = (REAL)u[c][r];
-                v_out[9 * i + 3 * r + c] = (REAL)col[c][r];
-            }
+        for (int l = 0; l < lanes; l++) {
+            int64_t i = start + l;
+            double lam[3] = {a[0][0][l], a[1][1][l], a[2][2][l]}, col[3][3];
+            for (int c = 0; c < 3; c++)
+                for (int k = 0; k < 3; k++) col[c][k] = v[k][c][l];
+            finish_svd(f + 9 * i, lam, col, u_out + 9 * i, s_out + 3 * i, v_out + 9 * i);
         }
     }
 }
