@@ -1,4 +1,4 @@
-"""P2G / G2P micro-benchmark: the Triton kernels against their torch twins (``tphys.kernels``).
+"""P2G / G2P micro-benchmark: the Triton kernels (CUDA) and the C loops (CPU) against their torch twins (``tphys.kernels``).
 
 For each backend available on the device, at RollingPin's sizes (48³ grid, 2592 particles per env)
 and N envs, times p2g and g2p forward, and forward+backward (a weighted sum of the outputs, then
@@ -9,11 +9,11 @@ backward), and reports:
       ``clone``, read + write), counting per particle its inputs and outputs once and 27 stencil
       nodes of the grid each way (read-modify-write for atomics), a lower bound on real traffic.
 
-On a CPU-only machine only the twin runs (Triton on CPU is the interpreter, a correctness tool);
-``--interpret`` adds one tiny interpreter timing for the record. Writes between
+On a CPU-only machine the twin and the C loops run (Triton on CPU is the interpreter, a correctness
+tool); ``--interpret`` adds one tiny interpreter timing for the record. Writes between
 ``<!-- transfer-kernels[-cuda] -->`` markers of --out.
 
-    python benchmarks/transfer_kernels.py                      # this machine: the twin on CPU
+    python benchmarks/transfer_kernels.py                      # this machine: C loops vs twin on CPU
     python benchmarks/transfer_kernels.py --sizes 1 16 64     # on a CUDA machine: Triton vs twin
 """
 
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import publish, run_header  # noqa: E402
 
-from tphys.kernels import g2p, p2g, triton_available  # noqa: E402
+from tphys.kernels import g2p, p2g, transfer_cpu, triton_available  # noqa: E402
 
 GRID, PARTICLES = 48, 2592
 
@@ -115,6 +115,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backends = ["torch"] + (["triton"] if device == "cuda" and triton_available() else [])
+    backends += ["cpu"] if device == "cpu" and transfer_cpu.available(torch.float32) else []
     load_before, t0 = os.getloadavg(), time.perf_counter()
     bandwidth = copy_bandwidth(device) if device == "cuda" else None
     rows = []
@@ -132,7 +133,7 @@ def main() -> None:
             seconds = timed(fn, "cpu", 0.0)
             rows.append((1, kernel, mode, "triton (interpreter, 256 particles)", seconds * 1e3, 256 / seconds / 1e6, float("nan")))
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    lines = [*run_header(f"P2G / G2P kernels: Triton vs torch twin ({name})", __file__, load_before, t0,
+    lines = [*run_header(f"P2G / G2P kernels: {' vs '.join(backends)} ({name})", __file__, load_before, t0,
                          threads=f"{torch.get_num_threads()} torch threads"),
              f"Grid {GRID}³ per env, {PARTICLES} particles per env (RollingPin's sizes), float32; fwd+bwd = forward, sum of outputs, "
              "backward. GB/s = a lower bound on memory traffic (particle data once, 27 stencil nodes per particle each way) per second"

@@ -129,3 +129,16 @@ def test_dispatch_and_input_errors():
         g2p(x[0], grid_velocity, dx)
     with pytest.raises(ValueError, match="grid_size must be an int >= 3"):
         p2g(x, mass, momentum, affine, 2, dx)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the C loops are the CPU backend")
+def test_c_matmul3_equals_matmul_with_gradients_and_broadcasting():
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(transfer_cpu.matmul3(a, b), a @ b, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(transfer_cpu.matmul3(a, b.transpose(-1, -2)), a @ b.transpose(-1, -2), rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(transfer_cpu.matmul3, (a, b))
+    eye = torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(transfer_cpu.matmul3(eye, b), b)  # a broadcast operand without gradient
+    assert torch.autograd.gradcheck(transfer_cpu.matmul3, (a[:1, :1].detach().clone().requires_grad_(), b))  # one with
