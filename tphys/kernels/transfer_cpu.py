@@ -3,8 +3,8 @@
 Same signatures and math as the torch twins (``stencil.p2g_torch`` / ``stencil.g2p_torch``) and the Triton
 kernels: ``cpu/transfer.c`` ports the Triton kernels to plain loops over particles (scatters become
 ordinary adds: one thread). On CPU the Triton kernels run only in the interpreter and the twins
-materialise [N, P, 27, 3] stencils; these loops keep each particle's stencil in registers (about 10x
-faster than the twins at N = 16, P = 2592; ``benchmarks/transfer_kernels.py``).
+materialise [N, P, 27, 3] stencils; these loops keep each particle's stencil in registers (timings against
+the twins: ``benchmarks/transfer_kernels.py``, section ``transfer-kernels`` of ``benchmarks/RESULTS.md``).
 
 The C file is compiled by the system C compiler (``$CC``, default ``cc``) on first use, once per float
 type, into ``$TPHYS_KERNEL_CACHE`` (default ``~/.cache/tphys-kernels``), keyed by a hash of the source
@@ -180,8 +180,8 @@ class _MatMul3(torch.autograd.Function):
 
 
 def matmul3(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b for [..., 3, 3] matrices: C loops on CPU float32/float64 when they build (torch's batched matmul
-    spends about 35 ns per 3x3 product), ``torch.matmul`` otherwise; broadcasts like matmul."""
+    """a @ b for [..., 3, 3] matrices: C loops on CPU float32/float64 when they build (torch's batched matmul has a
+    large per-matrix overhead at 3x3), ``torch.matmul`` otherwise; broadcasts like matmul."""
     if (a.device.type != "cpu" or a.dtype != b.dtype or b.device.type != "cpu" or a.shape[-2:] != (3, 3) or b.shape[-2:] != (3, 3)
             or not available(a.dtype) or torch.compiler.is_compiling()):
         return a @ b
