@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tphys.kernels.transfer_function import G2P, P2G, Launchers
+
 SOURCE = Path(__file__).with_name("cpu") / "transfer.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c99")
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -85,65 +87,23 @@ def call(name: str, *args) -> None:
     getattr(_library(real), name)(*converted)
 
 
-def _sizes(grid_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(int(g) for g in grid_shape)
-
-
-class _P2G(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, mass, momentum, affine, grid_shape, dx):
-        x, mass, momentum, affine = (t.detach().contiguous() for t in (x, mass, momentum, affine))
-        n, p = mass.shape
-        grid_mass = x.new_zeros(n, *grid_shape)
-        grid_momentum = x.new_zeros(n, *grid_shape, 3)
-        call("p2g_forward", x, mass, momentum, affine, grid_mass, grid_momentum, n, p, *_sizes(grid_shape), dx)
-        ctx.save_for_backward(x, mass, momentum, affine)
-        ctx.grid_shape, ctx.dx = grid_shape, dx
-        return grid_mass, grid_momentum
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_mass, grad_momentum):
-        x, mass, momentum, affine = ctx.saved_tensors
-        n, p = mass.shape
-        grad_mass = x.new_zeros(n, *ctx.grid_shape) if grad_mass is None else grad_mass.contiguous()
-        grad_momentum = x.new_zeros(n, *ctx.grid_shape, 3) if grad_momentum is None else grad_momentum.contiguous()
-        grads = [torch.empty_like(t) for t in (x, mass, momentum, affine)]
-        call("p2g_backward", x, mass, momentum, affine, grad_mass, grad_momentum, *grads, n, p, *_sizes(ctx.grid_shape), ctx.dx)
-        return (*grads, None, None)
-
-
-class _G2P(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, grid_velocity, dx):
-        x, grid_velocity = x.detach().contiguous(), grid_velocity.detach().contiguous()
-        n, p = x.shape[:2]
-        v, c = torch.empty_like(x), x.new_empty(n, p, 3, 3)
-        call("g2p_forward", x, grid_velocity, v, c, n, p, *_sizes(grid_velocity.shape[1:4]), dx)
-        ctx.save_for_backward(x, grid_velocity)
-        ctx.dx = dx
-        return v, c
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_v, grad_c):
-        x, grid_velocity = ctx.saved_tensors
-        n, p = x.shape[:2]
-        grad_v = torch.zeros_like(x) if grad_v is None else grad_v.contiguous()
-        grad_c = x.new_zeros(n, p, 3, 3) if grad_c is None else grad_c.contiguous()
-        grad_grid, grad_x = torch.zeros_like(grid_velocity), torch.empty_like(x)
-        call("g2p_backward", x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n, p, *_sizes(grid_velocity.shape[1:4]), ctx.dx)
-        return grad_x, grad_grid, None
+LAUNCHERS = Launchers(
+    p2g_forward=lambda x, m, q, a, gm, gq, n, p, shape, dx: call("p2g_forward", x, m, q, a, gm, gq, n, p, *shape, dx),
+    p2g_backward=lambda x, m, q, a, dgm, dgq, dx_, dm, dq, da, n, p, shape, dx: call("p2g_backward", x, m, q, a, dgm, dgq, dx_, dm, dq,
+                                                                                     da, n, p, *shape, dx),
+    g2p_forward=lambda x, gv, v, c, n, p, shape, dx: call("g2p_forward", x, gv, v, c, n, p, *shape, dx),
+    g2p_backward=lambda x, gv, dv, dc, dgv, dx_, n, p, shape, dx: call("g2p_backward", x, gv, dv, dc, dgv, dx_, n, p, *shape, dx),
+)
 
 
 def p2g_cpu(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_shape: tuple[int, int, int], dx: float):
     """``stencil.p2g_torch`` as C loops (inputs checked by the caller)."""
-    return _P2G.apply(x, mass, momentum, affine, tuple(grid_shape), float(dx))
+    return P2G.apply(LAUNCHERS, x, mass, momentum, affine, tuple(int(g) for g in grid_shape), float(dx))
 
 
 def g2p_cpu(x: Tensor, grid_velocity: Tensor, dx: float):
     """``stencil.g2p_torch`` as C loops (inputs checked by the caller)."""
-    return _G2P.apply(x, grid_velocity, float(dx))
+    return G2P.apply(LAUNCHERS, x, grid_velocity, float(dx))
 
 
 def svd3_cpu(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,13 +14,12 @@ On CPU tensors these run only under ``TRITON_INTERPRET=1`` set before this modul
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from tphys.kernels.stencil import check_grid_velocity, check_transfer_inputs
+from tphys.kernels.transfer_function import G2P, P2G, Launchers
 
 BLOCK = 128
 
@@ -248,62 +247,24 @@ def _grid(total: int) -> tuple[int]:
     return (triton.cdiv(total, BLOCK),)
 
 
-class _P2G(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, mass, momentum, affine, grid_size, dx):
-        x, mass, momentum, affine = (t.contiguous() for t in (x, mass, momentum, affine))
-        n, p = mass.shape
-        grid_mass = x.new_zeros(n, *grid_size)
-        grid_momentum = x.new_zeros(n, *grid_size, 3)
-        _p2g_kernel[_grid(n * p)](x, mass, momentum, affine, grid_mass, grid_momentum, n * p, p, *grid_size, dx, 1.0 / dx, BLOCK=BLOCK)
-        ctx.save_for_backward(x, mass, momentum, affine)
-        ctx.grid_size, ctx.dx = grid_size, dx
-        return grid_mass, grid_momentum
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_mass, grad_momentum):
-        x, mass, momentum, affine = ctx.saved_tensors
-        n, p = mass.shape
-        grad_mass = x.new_zeros(n, *ctx.grid_size) if grad_mass is None else grad_mass
-        grad_momentum = x.new_zeros(n, *ctx.grid_size, 3) if grad_momentum is None else grad_momentum
-        grads = [torch.empty_like(t) for t in (x, mass, momentum, affine)]
-        _p2g_backward_kernel[_grid(n * p)](x, mass, momentum, affine, grad_mass.contiguous(), grad_momentum.contiguous(), *grads, n * p, p,
-                                           *ctx.grid_size, ctx.dx, 1.0 / ctx.dx, BLOCK=BLOCK)
-        return (*grads, None, None)
-
-
-class _G2P(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, grid_velocity, dx):
-        x, grid_velocity = x.contiguous(), grid_velocity.contiguous()
-        n, p = x.shape[:2]
-        v, c = torch.empty_like(x), x.new_empty(n, p, 3, 3)
-        _g2p_kernel[_grid(n * p)](x, grid_velocity, v, c, n * p, p, *grid_velocity.shape[1:4], dx, 1.0 / dx, BLOCK=BLOCK)
-        ctx.save_for_backward(x, grid_velocity)
-        ctx.dx = dx
-        return v, c
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_v, grad_c):
-        x, grid_velocity = ctx.saved_tensors
-        n, p = x.shape[:2]
-        grad_v = torch.zeros_like(x) if grad_v is None else grad_v.contiguous()
-        grad_c = x.new_zeros(n, p, 3, 3) if grad_c is None else grad_c.contiguous()
-        grad_grid, grad_x = torch.zeros_like(grid_velocity), torch.empty_like(x)
-        _g2p_backward_kernel[_grid(n * p)](x, grid_velocity, grad_v, grad_c, grad_grid, grad_x, n * p, p, *grid_velocity.shape[1:4], ctx.dx,
-                                           1.0 / ctx.dx, BLOCK=BLOCK)
-        return grad_x, grad_grid, None
+LAUNCHERS = Launchers(
+    p2g_forward=lambda x, m, q, a, gm, gq, n, p, shape, dx: _p2g_kernel[_grid(n * p)](x, m, q, a, gm, gq, n * p, p, *shape, dx, 1.0 / dx,
+                                                                                      BLOCK=BLOCK),
+    p2g_backward=lambda x, m, q, a, dgm, dgq, dx_, dm, dq, da, n, p, shape, dx: _p2g_backward_kernel[_grid(n * p)](
+        x, m, q, a, dgm, dgq, dx_, dm, dq, da, n * p, p, *shape, dx, 1.0 / dx, BLOCK=BLOCK),
+    g2p_forward=lambda x, gv, v, c, n, p, shape, dx: _g2p_kernel[_grid(n * p)](x, gv, v, c, n * p, p, *shape, dx, 1.0 / dx, BLOCK=BLOCK),
+    g2p_backward=lambda x, gv, dv, dc, dgv, dx_, n, p, shape, dx: _g2p_backward_kernel[_grid(n * p)](
+        x, gv, dv, dc, dgv, dx_, n * p, p, *shape, dx, 1.0 / dx, BLOCK=BLOCK),
+)
 
 
 def p2g_triton(x: Tensor, mass: Tensor, momentum: Tensor, affine: Tensor, grid_size, dx: float) -> tuple[Tensor, Tensor]:
     """``stencil.p2g_torch`` as Triton kernels (forward scatter, backward gather)."""
     shape = check_transfer_inputs(x, grid_size, dx, mass=mass, momentum=momentum, affine=affine)
-    return _P2G.apply(x, mass, momentum, affine, shape, float(dx))
+    return P2G.apply(LAUNCHERS, x, mass, momentum, affine, shape, float(dx))
 
 
 def g2p_triton(x: Tensor, grid_velocity: Tensor, dx: float) -> tuple[Tensor, Tensor]:
     """``stencil.g2p_torch`` as Triton kernels (forward gather, backward scatter)."""
     check_grid_velocity(x, grid_velocity, dx)
-    return _G2P.apply(x, grid_velocity, float(dx))
+    return G2P.apply(LAUNCHERS, x, grid_velocity, float(dx))
