@@ -1,0 +1,220 @@
+"""HandFlip (SAPO paper; Rewarped's ``dexdeform.Flip``): a kinematic 24-DoF Shadow hand folds a disc of dough in its palm.
+
+The hand: gymnasium-robotics' MuJoCo Shadow hand (``tphys.rigid.shadow_hand``: 24 hinges, 19 collision
+capsules and boxes), scaled 2.5x and placed as Rewarped places its copy: the hand-mount frame turned by π
+about z and moved to (0.5, 0.3, -0.34), found by fitting our body origins to Rewarped's at the start pose
+(they agree to 0.1 mm, ``tests/envs/test_hand_flip.py``). Joints start at DexDeform's
+default pose (Rewarped's ``DEFAULT_INITIAL_QPOS``); action a in [-1, 1]^24 moves them by a·0.0264 rad per step
+(0.33·0.002·40, Rewarped's scale), clipped to the joint limits, linearly over the substeps. The hand is
+one-way coupled to the dough through its shapes' SDFs (friction 0.5, ``tphys.mpm.colliders``).
+
+The dough: von Mises plasticine (E 4 kPa, ν 0.2, yield 130 Pa, density 1, Rewarped's Flip values), 2500
+particles of volume 2^-14 m³ (Rewarped's) in a 6 mm thick disc of radius 0.095 m centred at
+(0.525, 0.422, 0.548), Rewarped's initial extent, above the palm; MLS-MPM on a 48³ grid over the unit cube,
+40 substeps of 5e-5 s, gravity -90 m/s² (DexDeform's 30·(-3)), sticky floor. Each reset shifts the disc
+by up to ±0.1 m in x and z and up to +0.1 m in y and scales it by up to ±5 % about its centre (Rewarped
+scales about the world origin).
+
+Reward (Rewarped's): the particles are two mirror-image halves (z above / below the centre; particle i of
+one half is the mirror of particle i of the other). With d the mean distance between the observed pairs
+and d₀ its value after the first step, r = clamp((d₀ - d)/d₀, -1, 1): folding one half onto the other
+scores; d₀ is a constant for gradients (Rewarped sets it under no_grad). (Rewarped pairs its halves by file
+order; the pairing here is the mirror.) 300 steps.
+
+Observations: ``particle_q`` [N, 250, 3] (every 10th particle), ``com_q`` [N, 3], ``joint_q`` [N, 24] and
+``observation`` [N, 777], their concatenation. State keys: x, v, c, f (``tphys.mpm.MPMState``), joint_q,
+start_distance [N, 1]. ``recompute`` is ``tphys.mpm.step``'s (default True: memory by env steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import Unbounded
+
+from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
+from tphys.envs.registry import register
+from tphys.mpm import Material, MPMModel, MPMState, step
+from tphys.mpm.colliders import Shapes
+from tphys.mpm.step import RECOMPUTE
+from tphys.rigid.shadow_hand import geom_poses, load_shadow_hand
+
+DEFAULTS = dict(young=4e3, poisson=0.2, yield_stress=130.0, density=1.0, gravity=-90.0, dt=5e-5, friction=0.5, softness=666.0)
+ENV_OPTIONS = ("goal", "substeps", "horizon", "grid_size", "particles", "samples", "recompute", "backend", "validate", "seed")
+SCALE = 2.5
+BASE_POSITION = (0.5, 0.3, -0.34)  # the hand-mount frame in the world (Rewarped's placement, see the module docstring)
+ACTION_SCALE = 0.33 * 0.002 * 40  # rad per step
+CENTRE, RADIUS, THICKNESS, PARTICLE_VOLUME = (0.525, 0.422, 0.548), 0.095, 0.006, 2.0**-14
+START_POSE = (-0.1651, -0.3197, 0.1434, 0.3203, 0.7126, 0.6705, 0.0002, 0.3153, 0.7660, 0.7323, 0.0004, 0.3674, 0.7120, 0.6699,
+              0.0525, -0.1362, 0.3987, 0.7416, 0.7041, 0.0037, 0.5506, -0.0145, -0.0015, -0.7895)  # DexDeform's default (rad)
+
+
+def disc(count: int) -> Tensor:
+    """[count, 3] float64 particles of the dough disc: two layers; the second half mirrors the first across z = centre."""
+    half = count // 2
+    per_layer = half // 2
+    # a half disc of per_layer points on a square lattice in (x, z > 0), found by shrinking the spacing until it fits
+    spacing = math.sqrt(0.5 * math.pi * RADIUS**2 / per_layer)
+    while True:
+        k = int(RADIUS / spacing) + 1
+        axis_x = (torch.arange(-k, k + 1, dtype=torch.float64)) * spacing
+        axis_z = (torch.arange(0, k + 1, dtype=torch.float64) + 0.5) * spacing
+        grid = torch.stack(torch.meshgrid(axis_x, axis_z, indexing="ij"), -1).reshape(-1, 2)
+        inside = grid[grid.norm(dim=-1) <= RADIUS]
+        if inside.shape[0] >= per_layer:
+            break
+        spacing *= 0.99
+    inside = inside[torch.argsort(inside.norm(dim=-1), stable=True)[:per_layer]]
+    layers = [torch.stack([inside[:, 0], torch.full_like(inside[:, 0], y), inside[:, 1]], -1) for y in (-THICKNESS / 4, THICKNESS / 4)]
+    upper = torch.cat(layers)  # half = 2·per_layer points: the caller keeps count a multiple of 4
+    lower = upper * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    return torch.cat([upper, lower]) + torch.tensor(CENTRE, dtype=torch.float64)
+
+
+class HandFlipEnv(TphysEnv):
+    """Batched differentiable HandFlip; see the module docstring."""
+
+    def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
+                 horizon: int = 300, grid_size: int = 48, particles: int = 2500, samples: int = 250, recompute: bool | str = True,
+                 backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
+        check_options("hand_flip", goal, ("flip",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon, samples=samples)
+        if not isinstance(grid_size, int) or grid_size < 12:
+            raise ValueError(f"hand_flip: grid_size must be an int >= 12, got {grid_size!r}")
+        if recompute not in RECOMPUTE:
+            raise ValueError(f"hand_flip: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
+        if particles < 2 * samples or particles % 4 or samples % 2:
+            raise ValueError(f"hand_flip: particles must be a multiple of 4 and at least 2·samples, samples even; "
+                             f"got {particles}, {samples}")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        p = {**DEFAULTS, **physics}
+        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = "flip", num_envs, dtype, substeps, horizon
+        self.recompute, self.backend, self.validate = recompute, backend, validate
+        self.dt = p["dt"] * substeps
+        kw = dict(dtype=dtype, device=self.device)
+        self.block = disc(particles).to(**kw)
+        volume = torch.full((particles,), PARTICLE_VOLUME, **kw)
+        material = Material.from_young("plasticine", p["young"], p["poisson"], yield_stress=p["yield_stress"])
+        self.model = MPMModel(grid_size, 1.0 / grid_size, p["dt"], torch.tensor([0.0, p["gravity"], 0.0], **kw), p["density"] * volume,
+                              volume, material, bound=3, sticky_floor=True)
+        self.hand = load_shadow_hand(SCALE).to(**kw)
+        self.shapes = Shapes(self.hand.geom_kind, self.hand.geom_size, friction=p["friction"], softness=p["softness"])
+        self.base_position = torch.tensor(BASE_POSITION, **kw)
+        self.base_rotation = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))  # π about z
+        self.joint_start = torch.tensor(START_POSE, **kw)
+        # pairs of observed particles: every stride-th particle, the first half of them mirrors the second
+        self.sample_stride = particles // samples
+        self.samples = samples
+        self.observation_dim = 3 * samples + 3 + 24
+        n = num_envs
+        self._set_specs(24, observation=Unbounded(shape=(n, self.observation_dim), **kw), particle_q=Unbounded(shape=(n, samples, 3), **kw),
+                        com_q=Unbounded(shape=(n, 3), **kw), joint_q=Unbounded(shape=(n, 24), **kw),
+                        x=Unbounded(shape=(n, particles, 3), **kw), v=Unbounded(shape=(n, particles, 3), **kw),
+                        c=Unbounded(shape=(n, particles, 3, 3), **kw), f=Unbounded(shape=(n, particles, 3, 3), **kw),
+                        start_distance=Unbounded(shape=(n, 1), **kw))
+        self._seed_generator(seed)
+
+    # ------------------------------------------------------------------ TorchRL API
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        n, gen = self.num_envs, self._generator
+        shift = (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1) * 0.1
+        shift[..., 1] = shift[..., 1].abs()  # up only
+        scale = 1 + 0.05 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
+        centre = torch.tensor(CENTRE, dtype=torch.float64)
+        x = ((self.block.double() - centre) * scale + centre + shift).to(self.dtype)
+        state = MPMState.at_rest(x)
+        joint_q = self.joint_start.expand(n, 24).clone()
+        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
+        start_distance = torch.ones(n, 1, dtype=self.dtype, device=self.device)
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and "x" in tensordict.keys():
+            keep = mask.reshape(n).logical_not()
+            state = MPMState(*(torch.where(keep.view(n, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in zip("xvcf", state)))
+            joint_q = torch.where(keep[:, None], tensordict["joint_q"], joint_q)
+            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
+            start_distance = torch.where(keep[:, None], tensordict["start_distance"], start_distance)
+        return self._pack(state, joint_q, start_distance, step_count, torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict["action"]
+        if self.validate:
+            check_action("hand_flip", action, self.num_envs, 24, self.dtype)
+        state = MPMState(*(tensordict[k] for k in "xvcf"))
+        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
+        if self.validate:
+            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
+            if bad.any():
+                raise FloatingPointError(f"hand_flip: non-finite state after the step in env indices {env_indices(bad)}")
+        step_count = tensordict["step_count"] + 1
+        particle_q = self.observed(state.x)
+        distance = self.pair_distance(particle_q)
+        start_distance = torch.where(step_count == 1, distance.detach(), tensordict["start_distance"])
+        out = self._pack(state, joint_q, start_distance, step_count, step_count >= self.horizon)
+        out.set("reward", ((start_distance - distance) / start_distance).clamp(-1.0, 1.0))
+        return out
+
+    # ------------------------------------------------------------------ physics
+    def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
+        """World positions [N, 19, 3] and rotations [N, 19, 3, 3] of the hand's collision shapes at joint_q [N, 24]."""
+        return geom_poses(self.hand, joint_q, self.base_position, self.base_rotation)
+
+    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
+        """One env step: the joints move by the clipped action over ``substeps`` MPM substeps."""
+        move = action * ACTION_SCALE
+        move = torch.minimum(torch.maximum(move, self.hand.lower - joint_q.detach()), self.hand.upper - joint_q.detach())
+
+        def colliders(k, joint_q, move):
+            return (self.shapes, *self.shape_poses(joint_q + move * (k / self.substeps)),
+                    *self.shape_poses(joint_q + move * ((k + 1) / self.substeps)))
+
+        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
+                     controls=(joint_q, move))
+        return state, joint_q + move
+
+    def observed(self, x: Tensor) -> Tensor:
+        """[N, S, 3] the observed particles (every stride-th): the first S/2 mirror the last S/2."""
+        return x[:, :: self.sample_stride][:, : self.samples]
+
+    def pair_distance(self, particle_q: Tensor) -> Tensor:
+        """[N, 1] mean distance between the observed mirror pairs."""
+        half = self.samples // 2
+        return (particle_q[:, :half] - particle_q[:, half:]).norm(dim=-1).mean(-1, keepdim=True)
+
+    def _pack(self, state: MPMState, joint_q: Tensor, start_distance: Tensor, step_count: Tensor, truncated: Tensor) -> TensorDictBase:
+        particle_q = self.observed(state.x)
+        com_q = particle_q.mean(1)
+        observation = torch.cat([particle_q.flatten(1), com_q, joint_q], -1)
+        return TensorDict(
+            {"observation": observation, "particle_q": particle_q, "com_q": com_q, "joint_q": joint_q, "x": state.x, "v": state.v,
+             "c": state.c, "f": state.f, "start_distance": start_distance, "step_count": step_count, "done": truncated,
+             "terminated": torch.zeros_like(truncated), "truncated": truncated},
+            batch_size=self.batch_size, device=self.device,
+        )
+
+    # ------------------------------------------------------------------ rendering
+    def render_positions(self, td, env_index: int = 0):
+        """[T + 1, 250 + 2·19, 3] observed particles and the two end points of each hand shape's long axis, per frame (numpy)."""
+        frames = [(td["particle_q"][env_index, 0], td["joint_q"][env_index, 0])]
+        frames += [(td["next", "particle_q"][env_index, k], td["next", "joint_q"][env_index, k]) for k in range(td.shape[-1])]
+        half_length = torch.where(torch.tensor([k == "capsule" for k in self.hand.geom_kind], device=self.device),
+                                  self.hand.geom_size[:, 1], self.hand.geom_size[:, 2])
+        points = []
+        for particles, joint_q in frames:
+            position, rotation = self.shape_poses(joint_q[None])
+            axis = torch.where(torch.tensor([k == "capsule" for k in self.hand.geom_kind], device=self.device)[:, None],
+                               rotation[0, :, :, 1], rotation[0, :, :, 2])
+            ends = torch.stack([position[0] - half_length[:, None] * axis, position[0] + half_length[:, None] * axis], 1).reshape(-1, 3)
+            points.append(torch.cat([particles, ends], 0))
+        return torch.stack(points).detach().cpu().numpy()
+
+    def render_geometry(self) -> dict:
+        bones = [[self.samples + 2 * k, self.samples + 2 * k + 1] for k in range(len(self.hand.geom_kind))]
+        return dict(dim=3, up_axis=1, edges=bones, cable=[False] * len(bones), ground=3.0 / self.model.grid_size)
+
+
+@register("hand_flip", "HandFlip: a kinematic 24-DoF Shadow hand (gymnasium-robotics' MJCF) folds an MPM plasticine disc (2500 "
+          "particles, 48³ grid); obs 777 (+ particle_q 250x3), action 24, 300 steps")
+def make_hand_flip(num_envs, device, dtype, **overrides):
+    return HandFlipEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)
