@@ -54,19 +54,20 @@ def _unit(v: Tensor) -> Tensor:
 
 
 def signed_distance(kind: str, size: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-    """(distance [...] m, unit outward normal [..., 3]) of local points p [..., 3] for one shape kind."""
+    """(distance [...] m, unit outward normal [..., 3]) of local points p [..., 3] for one shape kind; size [3] or
+    [..., 3] broadcasting with p (several shapes of one kind at once)."""
     if kind == "sphere":
-        return _length(p) - size[0], _unit(p)
+        return _length(p) - size[..., 0], _unit(p)
     if kind == "capsule":
         axis = torch.zeros_like(p)
-        axis[..., 1] = p[..., 1].clamp(-size[1], size[1])
+        axis[..., 1] = p[..., 1].clamp(-size[..., 1], size[..., 1])
         offset = p - axis
-        return _length(offset) - size[0], _unit(offset)
+        return _length(offset) - size[..., 0], _unit(offset)
     if kind == "cylinder":
         radial = p.clone()
         radial[..., 1] = 0.0
-        side = _length(radial) - size[0]
-        cap = p[..., 1].abs() - size[1]
+        side = _length(radial) - size[..., 0]
+        cap = p[..., 1].abs() - size[..., 1]
         outside = torch.stack([side.clamp_min(0.0), cap.clamp_min(0.0)], -1)
         is_out = (side > 0) | (cap > 0)
         distance = torch.where(is_out, _length(outside), torch.maximum(side, cap))
@@ -98,16 +99,23 @@ def collide(shapes: Shapes, nodes: Tensor, v: Tensor, position: Tensor, rotation
         rotation, rotation_next: [M, S, 3, 3] shape orientations (local -> world).
     """
     band = math.log(10.0) / shapes.softness  # influence exp(-softness·d) > 0.1 below this distance
-    for s, kind in enumerate(shapes.kinds):
-        r, p = rotation[:, s], position[:, s]
-        local = ((nodes - p).unsqueeze(-1) * r).sum(-2)  # Rᵀ(x - p)
-        distance, normal_local = signed_distance(kind, shapes.sizes[s], local)
-        index = ((distance < band) | (distance <= 0)).nonzero().squeeze(-1)  # the nodes this shape acts on
-        r, distance, normal_local, local = r[index], distance[index], normal_local[index], local[index]
-        normal = (r * normal_local.unsqueeze(-2)).sum(-1)
-        moved = (rotation_next[index, s] * local.unsqueeze(-2)).sum(-1) + position_next[index, s]
+    count = len(shapes.kinds)
+    local = ((nodes.unsqueeze(1) - position).unsqueeze(-1) * rotation).sum(-2)  # [M, S, 3]: Rᵀ(x - p) of every shape
+    distance, normal_local = local.new_empty(local.shape[:2]), torch.empty_like(local)
+    for kind in set(shapes.kinds):  # the SDFs of all shapes of a kind at once
+        ids = torch.tensor([s for s in range(count) if shapes.kinds[s] == kind], device=local.device)
+        d, n = signed_distance(kind, shapes.sizes[ids], local[:, ids])
+        distance, normal_local = distance.index_copy(1, ids, d), normal_local.index_copy(1, ids, n)
+    touched = (distance < band) | (distance <= 0)  # [M, S]
+    for s in range(count):  # in order: a node in two shapes' bands meets both, as in Rewarped's grid operator
+        index = touched[:, s].nonzero().squeeze(-1)  # the nodes this shape acts on
+        if index.numel() == 0:
+            continue
+        r, d, n_local, x_local = rotation[index, s], distance[index, s], normal_local[index, s], local[index, s]
+        normal = (r * n_local.unsqueeze(-2)).sum(-1)
+        moved = (rotation_next[index, s] * x_local.unsqueeze(-2)).sum(-1) + position_next[index, s]
         body_v = (moved - nodes[index]) / dt
-        weight = torch.exp(-shapes.softness * distance).clamp_max(1.0).unsqueeze(-1)
+        weight = torch.exp(-shapes.softness * d).clamp_max(1.0).unsqueeze(-1)
         relative = v[index] - body_v
         normal_speed = (relative * normal).sum(-1, keepdim=True)
         tangential = relative - normal_speed.clamp_max(0.0) * normal
