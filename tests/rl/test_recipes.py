@@ -137,13 +137,14 @@ def test_sapo_runs_on_rolling_flat_with_the_pointnet_encoder(tmp_path):
     assert (tmp_path / "policy.gif").is_file() and json.loads((tmp_path / "eval.json").read_text())["env"] == "rolling_flat"
 
 
-def test_sapo_runs_on_hand_flip_with_the_pointnet_encoder(tmp_path):
-    """A tiny HandFlip (16³ grid, 64 particles, 16 observed): the recipe trains, evaluates and renders the hand."""
+@pytest.mark.parametrize("env", ["hand_flip", "fluid_move"])
+def test_sapo_runs_on_the_hand_and_fluid_mpm_tasks_with_the_pointnet_encoder(tmp_path, env):
+    """Tiny configs (16³ grid, 64 particles, 16 observed): the recipe trains, evaluates and renders."""
     small = ["+env.options.grid_size=16", "+env.options.particles=64", "+env.options.samples=16", "+env.options.substeps=4",
              "+env.options.horizon=8", "env.encoder.points=16"]
-    proc = run_recipe("sapo", ["env=hand_flip", "num_envs=2", "algo.horizon=4", "total_steps=16", "eval.episodes=2", "eval.num_envs=2",
+    proc = run_recipe("sapo", [f"env={env}", "num_envs=2", "algo.horizon=4", "total_steps=16", "eval.episodes=2", "eval.num_envs=2",
                                "eval.every=100", "progress=false", "video.every=2", *small, f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["loss"]
     assert any(k.startswith("actor.encoder.pointnet.") for k in state)
-    assert (tmp_path / "policy.gif").is_file() and json.loads((tmp_path / "eval.json").read_text())["env"] == "hand_flip"
+    assert (tmp_path / "policy.gif").is_file() and json.loads((tmp_path / "eval.json").read_text())["env"] == env

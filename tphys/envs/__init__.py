@@ -4,7 +4,7 @@
 ``python -m tphys.envs`` prints that table.
 """
 
-from tphys.envs import hand_flip, locomotion, pods, rolling_flat, soft_jumper  # noqa: F401  (register the DFlex rigid tasks, the PODS suite, the MPM tasks, SoftJumper)
+from tphys.envs import fluid_move, hand_flip, locomotion, pods, rolling_flat, soft_jumper  # noqa: F401  (register the DFlex rigid tasks, the PODS suite, the MPM tasks, SoftJumper)
 from tphys.envs.base import TphysEnv
 from tphys.envs.payload import GOALS, INTEGRATORS, PayloadEnv, PayloadTask, RewardWeights
 from tphys.envs.registry import list_envs, make, register

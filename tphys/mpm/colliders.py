@@ -3,7 +3,7 @@
 One-way coupling as in Rewarped's ``dexdeform`` grid operator: each shape moves from pose X to
 pose X' during a substep; at a node x with signed distance d (outward normal n, world frame) the
 shape's velocity is u = (X'·X⁻¹·x - x)/dt. Within the influence band w = min(exp(-softness·d), 1)
-> 0.1 (or inside, d <= 0) the node velocity v becomes
+> cutoff (Rewarped: 0.1; or inside, d <= 0) the node velocity v becomes
 
     r = v - u,  r_n = r·n,  t = r - min(r_n, 0)·n
     t <- t/|t|·max(0, |t| + friction·r_n)           if r_n < 0 (approaching: Coulomb friction)
@@ -36,12 +36,16 @@ class Shapes(NamedTuple):
         sizes: [S, 3] parameters (sphere: radius; box: half extents; capsule, cylinder: radius, half height), m.
         friction: Coulomb coefficient between the shapes and the material.
         softness: 1/m, decay of the influence band (Rewarped: 666).
+        cutoff: nodes outside the shape whose influence is at most this are left alone (Rewarped: 0.1, which makes
+            the coupling jump by 0.1 of the correction where a node enters the band); 0 acts on every node, so the
+            velocities are continuous in the positions (finite-difference checks), at the cost of every node.
     """
 
     kinds: tuple[str, ...]
     sizes: Tensor
     friction: float = 0.9
     softness: float = 666.0
+    cutoff: float = 0.1
 
 
 def _length(v: Tensor) -> Tensor:
@@ -98,7 +102,7 @@ def collide(shapes: Shapes, nodes: Tensor, v: Tensor, position: Tensor, rotation
             end of the substep.
         rotation, rotation_next: [M, S, 3, 3] shape orientations (local -> world).
     """
-    band = math.log(10.0) / shapes.softness  # influence exp(-softness·d) > 0.1 below this distance
+    band = math.log(1.0 / shapes.cutoff) / shapes.softness if shapes.cutoff > 0 else math.inf  # influence > cutoff below it
     count = len(shapes.kinds)
     local = ((nodes.unsqueeze(1) - position).unsqueeze(-1) * rotation).sum(-2)  # [M, S, 3]: Rᵀ(x - p) of every shape
     distance, normal_local = local.new_empty(local.shape[:2]), torch.empty_like(local)

@@ -1,0 +1,194 @@
+"""FluidMove (SAPO paper; Rewarped's ``softgym.Transport``): carry water in an open container to a target without spilling.
+
+MLS-MPM water (``tphys.mpm``, kind "water": F reset to J^(1/3)·I, pressure τ = λ(J - 1)J·I with λ of
+E 100 kPa, ν 0.3, Rewarped's water; density 1000 kg/m³) on a 48³ grid over the unit cube, 40 substeps of
+5e-4 s per step (Rewarped's ``regular`` settings), gravity -9.8 m/s², free-slip walls and floor. The water
+starts as 2880 particles drawn uniformly (fixed seed) in a 0.16 x 0.094 x 0.2 m block centred on the
+container's origin (Rewarped's 16 x 9 x 20 "random" cube), each of volume block/2880 (``particles``).
+
+The container: five boxes (bottom and four walls, 0.05 m thick) around a 0.18 x 0.16 x 0.22 m cavity,
+kinematic, with prismatic joints q = (x, y, z) starting at (0.5, 0.15, 0.5), limits [0.18, 0.82] x
+[0.16, 0.84] x [0.22, 0.78]; action a in [-1, 1]³ moves q by 0.01·a m per step (clipped to the limits),
+linearly over the substeps; one-way coupling through the boxes' SDFs (friction 0.5, softness 666).
+
+Target: q₀ + (0.2, 0.3, 0.2)·u with u_x, u_z uniform in [-1, 1] and u_y in [0, 1], drawn at reset (Rewarped's).
+Reward (Rewarped's): 0.1·(1/(1 + d²))² (doubled at d <= 0.02), d = |q - target|, minus the fraction of the
+250 observed particles outside the container's box (0.14, 0.105, 0.16 m half extents about q), each
+counted by sigmoid((|p - q| - bound)/1e-5) on its farthest axis. 300 steps.
+
+Observations: ``particle_q`` [N, 250, 3] (every 11th particle), ``com_q`` [N, 3], ``joint_q`` [N, 3],
+``target_q`` [N, 3] and ``observation`` [N, 759], their concatenation. State keys: x, v, c, f
+(``tphys.mpm.MPMState``), joint_q, target_q. ``recompute`` is ``tphys.mpm.step``'s.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import Unbounded
+
+from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
+from tphys.envs.registry import register
+from tphys.mpm import Material, MPMModel, MPMState, step
+from tphys.mpm.colliders import Shapes
+from tphys.mpm.step import RECOMPUTE
+
+DEFAULTS = dict(young=1e5, poisson=0.3, density=1e3, gravity=-9.8, dt=5e-4, friction=0.5, softness=666.0)
+ENV_OPTIONS = ("goal", "substeps", "horizon", "grid_size", "particles", "samples", "recompute", "backend", "validate", "seed")
+CAVITY, WALL = (0.18, 0.16, 0.22), 0.05  # inner length, height, width; wall thickness, m
+START = (0.5, 0.15, 0.5)
+WATER = (0.16, 0.094, 0.2)  # block of water, m
+ACTION_SCALE = 0.01
+TARGET_RANGE = (0.2, 0.3, 0.2)
+
+
+def container() -> tuple[list[list[float]], list[list[float]]]:
+    """(half extents, offsets from the joint origin) of the five boxes: bottom, left, right, back, front (Rewarped's)."""
+    length, h, w = CAVITY
+    t = WALL
+    halves = [[length / 2 + t, t / 2, w / 2 + t], [t / 2, (h + t) / 2, w / 2 + t], [t / 2, (h + t) / 2, w / 2 + t],
+              [length / 2 + t, (h + t) / 2, t / 2], [length / 2 + t, (h + t) / 2, t / 2]]
+    offsets = [[0.0, -(h + t) / 2, 0.0], [-(length + t) / 2, -t / 2, 0.0], [(length + t) / 2, -t / 2, 0.0], [0.0, -t / 2, -(w + t) / 2],
+               [0.0, -t / 2, (w + t) / 2]]
+    return halves, offsets
+
+
+class FluidMoveEnv(TphysEnv):
+    """Batched differentiable FluidMove; see the module docstring."""
+
+    def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
+                 horizon: int = 300, grid_size: int = 48, particles: int = 2880, samples: int = 250, recompute: bool | str = True,
+                 backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
+        check_options("fluid_move", goal, ("transport",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
+                      samples=samples)
+        if not isinstance(grid_size, int) or grid_size < 12:
+            raise ValueError(f"fluid_move: grid_size must be an int >= 12, got {grid_size!r}")
+        if recompute not in RECOMPUTE:
+            raise ValueError(f"fluid_move: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
+        if not isinstance(particles, int) or particles < samples:
+            raise ValueError(f"fluid_move: particles must be an int >= samples={samples}, got {particles!r}")
+        count = particles
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        p = {**DEFAULTS, **physics}
+        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = "transport", num_envs, dtype, substeps, horizon
+        self.recompute, self.backend, self.validate = recompute, backend, validate
+        self.dt = p["dt"] * substeps
+        kw = dict(dtype=dtype, device=self.device)
+        water = torch.tensor(WATER, dtype=torch.float64)
+        block = (torch.rand(count, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5) * water
+        self.block = (block + torch.tensor(START, dtype=torch.float64)).to(**kw)
+        volume = torch.full((count,), float(water.prod()) / count, **kw)
+        lam = Material.from_young("water", p["young"], p["poisson"]).lam
+        material = Material("water", 0.0, lam)  # τ = λ(J - 1)J·I, Rewarped's volume elasticity
+        self.model = MPMModel(grid_size, 1.0 / grid_size, p["dt"], torch.tensor([0.0, p["gravity"], 0.0], **kw), p["density"] * volume,
+                              volume, material, bound=3)
+        halves, offsets = container()
+        self.shapes = Shapes(("box",) * 5, torch.tensor(halves, **kw), friction=p["friction"], softness=p["softness"])
+        self.offsets = torch.tensor(offsets, **kw)
+        self.joint_lower = torch.tensor(CAVITY, **kw)
+        self.joint_upper = 1 - self.joint_lower
+        self.joint_start = torch.tensor(START, **kw)
+        self.bounds = torch.tensor([CAVITY[0] / 2 + WALL, CAVITY[1] / 2 + WALL / 2, CAVITY[2] / 2 + WALL], **kw)
+        self.sample_stride = count // samples
+        self.samples = samples
+        self.observation_dim = 3 * samples + 9
+        n = num_envs
+        self._set_specs(3, observation=Unbounded(shape=(n, self.observation_dim), **kw), particle_q=Unbounded(shape=(n, samples, 3), **kw),
+                        com_q=Unbounded(shape=(n, 3), **kw), joint_q=Unbounded(shape=(n, 3), **kw), target_q=Unbounded(shape=(n, 3), **kw),
+                        x=Unbounded(shape=(n, count, 3), **kw), v=Unbounded(shape=(n, count, 3), **kw),
+                        c=Unbounded(shape=(n, count, 3, 3), **kw), f=Unbounded(shape=(n, count, 3, 3), **kw))
+        self._seed_generator(seed)
+
+    # ------------------------------------------------------------------ TorchRL API
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        n, gen = self.num_envs, self._generator
+        u = 2 * torch.rand(n, 3, generator=gen, dtype=torch.float64) - 1
+        u[:, 1] = u[:, 1] / 2 + 0.5  # up only
+        target_q = (self.joint_start.double() + torch.tensor(TARGET_RANGE, dtype=torch.float64) * u).to(self.dtype)
+        state = MPMState.at_rest(self.block.expand(n, -1, -1).clone())
+        joint_q = self.joint_start.expand(n, 3).clone()
+        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and "x" in tensordict.keys():
+            keep = mask.reshape(n).logical_not()
+            state = MPMState(*(torch.where(keep.view(n, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in zip("xvcf", state)))
+            joint_q = torch.where(keep[:, None], tensordict["joint_q"], joint_q)
+            target_q = torch.where(keep[:, None], tensordict["target_q"], target_q)
+            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
+        return self._pack(state, joint_q, target_q, step_count, torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict["action"]
+        if self.validate:
+            check_action("fluid_move", action, self.num_envs, 3, self.dtype)
+        state = MPMState(*(tensordict[k] for k in "xvcf"))
+        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
+        if self.validate:
+            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
+            if bad.any():
+                raise FloatingPointError(f"fluid_move: non-finite state after the step in env indices {env_indices(bad)}")
+        step_count = tensordict["step_count"] + 1
+        out = self._pack(state, joint_q, tensordict["target_q"], step_count, step_count >= self.horizon)
+        out.set("reward", self.reward(joint_q, tensordict["target_q"], out["particle_q"]))
+        return out
+
+    # ------------------------------------------------------------------ physics
+    def box_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
+        """World positions [N, 5, 3] and rotations [N, 5, 3, 3] of the container's boxes at joint_q [N, 3]."""
+        n = joint_q.shape[0]
+        return joint_q[:, None] + self.offsets, torch.eye(3, dtype=joint_q.dtype, device=joint_q.device).expand(n, 5, 3, 3)
+
+    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
+        """One env step: the container moves by the clipped action over ``substeps`` MPM substeps."""
+        move = action * ACTION_SCALE
+        move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
+
+        def colliders(k, joint_q, move):
+            return (self.shapes, *self.box_poses(joint_q + move * (k / self.substeps)),
+                    *self.box_poses(joint_q + move * ((k + 1) / self.substeps)))
+
+        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
+                     controls=(joint_q, move))
+        return state, joint_q + move
+
+    def reward(self, joint_q: Tensor, target_q: Tensor, particle_q: Tensor) -> Tensor:
+        """[N, 1] Rewarped's Transport reward (see the module docstring)."""
+        d = (joint_q - target_q).norm(dim=-1)
+        closeness = (1 / (1 + d.square())).square()
+        closeness = torch.where(d <= 0.02, 2 * closeness, closeness)
+        outside = torch.sigmoid(((particle_q - joint_q[:, None]).abs() - self.bounds) / 1e-5).amax(-1)
+        return (0.1 * closeness - outside.mean(-1)).unsqueeze(-1)
+
+    def _pack(self, state: MPMState, joint_q: Tensor, target_q: Tensor, step_count: Tensor, truncated: Tensor) -> TensorDictBase:
+        particle_q = state.x[:, :: self.sample_stride][:, : self.samples]
+        com_q = particle_q.mean(1)
+        observation = torch.cat([particle_q.flatten(1), com_q, joint_q, target_q], -1)
+        return TensorDict(
+            {"observation": observation, "particle_q": particle_q, "com_q": com_q, "joint_q": joint_q, "target_q": target_q,
+             "x": state.x, "v": state.v, "c": state.c, "f": state.f, "step_count": step_count, "done": truncated,
+             "terminated": torch.zeros_like(truncated), "truncated": truncated},
+            batch_size=self.batch_size, device=self.device,
+        )
+
+    # ------------------------------------------------------------------ rendering
+    def render_positions(self, td, env_index: int = 0):
+        """[T + 1, 250 + 8 + 1, 3] observed particles, the container cavity's 8 corners and the target, per frame (numpy)."""
+        frames = [(td["particle_q"][env_index, 0], td["joint_q"][env_index, 0], td["target_q"][env_index, 0])]
+        frames += [(td["next", "particle_q"][env_index, k], td["next", "joint_q"][env_index, k], td["next", "target_q"][env_index, k])
+                   for k in range(td.shape[-1])]
+        half = torch.tensor(CAVITY, dtype=self.dtype, device=self.device) / 2
+        signs = torch.tensor([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=self.dtype, device=self.device)
+        return torch.stack([torch.cat([p, q + signs * half, t[None]], 0) for p, q, t in frames]).detach().cpu().numpy()
+
+    def render_geometry(self) -> dict:
+        s = self.samples
+        corners = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]  # the cube's 12 edges
+        edges = [[s + a, s + b] for a, b in corners]
+        return dict(dim=3, up_axis=1, edges=edges, cable=[False] * len(edges), ground=3.0 / self.model.grid_size)
+
+
+@register("fluid_move", "FluidMove: carry MPM water (2880 particles, 48³ grid) in a kinematic 5-box container to a target "
+          "without spilling; obs 759 (+ particle_q 250x3), action 3, 300 steps")
+def make_fluid_move(num_envs, device, dtype, **overrides):
+    return FluidMoveEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)
