@@ -28,11 +28,11 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
+from tphys.envs.base import check_options
+from tphys.envs.mpm_task import KinematicToolEnv, check_recompute, particle_specs
 from tphys.envs.registry import register
-from tphys.mpm import Material, MPMModel, MPMState, step
+from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
-from tphys.mpm.step import RECOMPUTE
 
 DEFAULTS = dict(young=1e5, poisson=0.3, density=1e3, gravity=-9.8, dt=5e-4, friction=0.5, softness=666.0)
 ENV_OPTIONS = ("goal", "substeps", "horizon", "grid_size", "particles", "samples", "recompute", "backend", "validate", "seed")
@@ -54,8 +54,11 @@ def container() -> tuple[list[list[float]], list[list[float]]]:
     return halves, offsets
 
 
-class FluidMoveEnv(TphysEnv):
+class FluidMoveEnv(KinematicToolEnv):
     """Batched differentiable FluidMove; see the module docstring."""
+
+    name = "fluid_move"
+    action_scale = ACTION_SCALE
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, particles: int = 2880, samples: int = 250, recompute: bool | str = True,
@@ -64,8 +67,7 @@ class FluidMoveEnv(TphysEnv):
                       samples=samples)
         if not isinstance(grid_size, int) or grid_size < 12:
             raise ValueError(f"fluid_move: grid_size must be an int >= 12, got {grid_size!r}")
-        if recompute not in RECOMPUTE:
-            raise ValueError(f"fluid_move: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
+        check_recompute("fluid_move", recompute)
         if not isinstance(particles, int) or particles < samples:
             raise ValueError(f"fluid_move: particles must be an int >= samples={samples}, got {particles!r}")
         count = particles
@@ -96,8 +98,7 @@ class FluidMoveEnv(TphysEnv):
         n = num_envs
         self._set_specs(3, observation=Unbounded(shape=(n, self.observation_dim), **kw), particle_q=Unbounded(shape=(n, samples, 3), **kw),
                         com_q=Unbounded(shape=(n, 3), **kw), joint_q=Unbounded(shape=(n, 3), **kw), target_q=Unbounded(shape=(n, 3), **kw),
-                        x=Unbounded(shape=(n, count, 3), **kw), v=Unbounded(shape=(n, count, 3), **kw),
-                        c=Unbounded(shape=(n, count, 3, 3), **kw), f=Unbounded(shape=(n, count, 3, 3), **kw))
+                        **particle_specs(n, count, **kw))
         self._seed_generator(seed)
 
     # ------------------------------------------------------------------ TorchRL API
@@ -106,51 +107,23 @@ class FluidMoveEnv(TphysEnv):
         u = 2 * torch.rand(n, 3, generator=gen, dtype=torch.float64) - 1
         u[:, 1] = u[:, 1] / 2 + 0.5  # up only
         target_q = (self.joint_start.double() + torch.tensor(TARGET_RANGE, dtype=torch.float64) * u).to(self.dtype)
-        state = MPMState.at_rest(self.block.expand(n, -1, -1).clone())
-        joint_q = self.joint_start.expand(n, 3).clone()
-        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is not None and "x" in tensordict.keys():
-            keep = mask.reshape(n).logical_not()
-            state = MPMState(*(torch.where(keep.view(n, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in zip("xvcf", state)))
-            joint_q = torch.where(keep[:, None], tensordict["joint_q"], joint_q)
-            target_q = torch.where(keep[:, None], tensordict["target_q"], target_q)
-            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
-        return self._pack(state, joint_q, target_q, step_count, torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+        fresh = dict(zip("xvcf", MPMState.at_rest(self.block.expand(n, -1, -1).clone())), joint_q=self.joint_start.expand(n, 3).clone(),
+                     target_q=target_q, step_count=torch.zeros(n, 1, dtype=torch.int64, device=self.device))
+        v = self.keep_unreset(tensordict, fresh)
+        return self._pack(MPMState(*(v[k] for k in "xvcf")), v["joint_q"], v["target_q"], v["step_count"],
+                          torch.zeros(n, 1, dtype=torch.bool, device=self.device))
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict["action"]
-        if self.validate:
-            check_action("fluid_move", action, self.num_envs, 3, self.dtype)
-        state = MPMState(*(tensordict[k] for k in "xvcf"))
-        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
-        if self.validate:
-            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
-            if bad.any():
-                raise FloatingPointError(f"fluid_move: non-finite state after the step in env indices {env_indices(bad)}")
-        step_count = tensordict["step_count"] + 1
+        state, joint_q, step_count = self.advance(tensordict)
         out = self._pack(state, joint_q, tensordict["target_q"], step_count, step_count >= self.horizon)
         out.set("reward", self.reward(joint_q, tensordict["target_q"], out["particle_q"]))
         return out
 
     # ------------------------------------------------------------------ physics
-    def box_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
+    def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World positions [N, 5, 3] and rotations [N, 5, 3, 3] of the container's boxes at joint_q [N, 3]."""
         n = joint_q.shape[0]
         return joint_q[:, None] + self.offsets, torch.eye(3, dtype=joint_q.dtype, device=joint_q.device).expand(n, 5, 3, 3)
-
-    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
-        """One env step: the container moves by the clipped action over ``substeps`` MPM substeps."""
-        move = action * ACTION_SCALE
-        move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
-
-        def colliders(k, joint_q, move):
-            return (self.shapes, *self.box_poses(joint_q + move * (k / self.substeps)),
-                    *self.box_poses(joint_q + move * ((k + 1) / self.substeps)))
-
-        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
-                     controls=(joint_q, move))
-        return state, joint_q + move
 
     def reward(self, joint_q: Tensor, target_q: Tensor, particle_q: Tensor) -> Tensor:
         """[N, 1] Rewarped's Transport reward (see the module docstring)."""

@@ -35,11 +35,11 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
+from tphys.envs.base import check_options
+from tphys.envs.mpm_task import KinematicToolEnv, check_recompute, particle_specs
 from tphys.envs.registry import register
-from tphys.mpm import Material, MPMModel, MPMState, step
+from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
-from tphys.mpm.step import RECOMPUTE
 from tphys.rigid.shadow_hand import geom_poses, load_shadow_hand
 
 DEFAULTS = dict(young=4e3, poisson=0.2, yield_stress=130.0, density=1.0, gravity=-90.0, dt=5e-5, friction=0.5, softness=666.0)
@@ -74,8 +74,10 @@ def disc(count: int) -> Tensor:
     return torch.cat([upper, lower]) + torch.tensor(CENTRE, dtype=torch.float64)
 
 
-class HandFlipEnv(TphysEnv):
+class HandFlipEnv(KinematicToolEnv):
     """Batched differentiable HandFlip; see the module docstring."""
+
+    name = "hand_flip"
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, particles: int = 2500, samples: int = 250, recompute: bool | str = True,
@@ -83,8 +85,7 @@ class HandFlipEnv(TphysEnv):
         check_options("hand_flip", goal, ("flip",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon, samples=samples)
         if not isinstance(grid_size, int) or grid_size < 12:
             raise ValueError(f"hand_flip: grid_size must be an int >= 12, got {grid_size!r}")
-        if recompute not in RECOMPUTE:
-            raise ValueError(f"hand_flip: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
+        check_recompute("hand_flip", recompute)
         if particles < 2 * samples or particles % 4 or samples % 2:
             raise ValueError(f"hand_flip: particles must be a multiple of 4 and at least 2·samples, samples even; "
                              f"got {particles}, {samples}")
@@ -104,6 +105,7 @@ class HandFlipEnv(TphysEnv):
         self.base_position = torch.tensor(BASE_POSITION, **kw)
         self.base_rotation = torch.diag(torch.tensor([-1.0, -1.0, 1.0], **kw))  # π about z
         self.joint_start = torch.tensor(START_POSE, **kw)
+        self.joint_lower, self.joint_upper, self.action_scale = self.hand.lower, self.hand.upper, ACTION_SCALE
         # pairs of observed particles: every stride-th particle, the first half of them mirrors the second
         self.sample_stride = particles // samples
         self.samples = samples
@@ -111,9 +113,7 @@ class HandFlipEnv(TphysEnv):
         n = num_envs
         self._set_specs(24, observation=Unbounded(shape=(n, self.observation_dim), **kw), particle_q=Unbounded(shape=(n, samples, 3), **kw),
                         com_q=Unbounded(shape=(n, 3), **kw), joint_q=Unbounded(shape=(n, 24), **kw),
-                        x=Unbounded(shape=(n, particles, 3), **kw), v=Unbounded(shape=(n, particles, 3), **kw),
-                        c=Unbounded(shape=(n, particles, 3, 3), **kw), f=Unbounded(shape=(n, particles, 3, 3), **kw),
-                        start_distance=Unbounded(shape=(n, 1), **kw))
+                        start_distance=Unbounded(shape=(n, 1), **kw), **particle_specs(n, particles, **kw))
         self._seed_generator(seed)
 
     # ------------------------------------------------------------------ TorchRL API
@@ -124,30 +124,15 @@ class HandFlipEnv(TphysEnv):
         scale = 1 + 0.05 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
         centre = torch.tensor(CENTRE, dtype=torch.float64)
         x = ((self.block.double() - centre) * scale + centre + shift).to(self.dtype)
-        state = MPMState.at_rest(x)
-        joint_q = self.joint_start.expand(n, 24).clone()
-        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
-        start_distance = torch.ones(n, 1, dtype=self.dtype, device=self.device)
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is not None and "x" in tensordict.keys():
-            keep = mask.reshape(n).logical_not()
-            state = MPMState(*(torch.where(keep.view(n, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in zip("xvcf", state)))
-            joint_q = torch.where(keep[:, None], tensordict["joint_q"], joint_q)
-            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
-            start_distance = torch.where(keep[:, None], tensordict["start_distance"], start_distance)
-        return self._pack(state, joint_q, start_distance, step_count, torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+        fresh = dict(zip("xvcf", MPMState.at_rest(x)), joint_q=self.joint_start.expand(n, 24).clone(),
+                     step_count=torch.zeros(n, 1, dtype=torch.int64, device=self.device),
+                     start_distance=torch.ones(n, 1, dtype=self.dtype, device=self.device))
+        v = self.keep_unreset(tensordict, fresh)
+        return self._pack(MPMState(*(v[k] for k in "xvcf")), v["joint_q"], v["start_distance"], v["step_count"],
+                          torch.zeros(n, 1, dtype=torch.bool, device=self.device))
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict["action"]
-        if self.validate:
-            check_action("hand_flip", action, self.num_envs, 24, self.dtype)
-        state = MPMState(*(tensordict[k] for k in "xvcf"))
-        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
-        if self.validate:
-            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
-            if bad.any():
-                raise FloatingPointError(f"hand_flip: non-finite state after the step in env indices {env_indices(bad)}")
-        step_count = tensordict["step_count"] + 1
+        state, joint_q, step_count = self.advance(tensordict)
         particle_q = self.observed(state.x)
         distance = self.pair_distance(particle_q)
         start_distance = torch.where(step_count == 1, distance.detach(), tensordict["start_distance"])
@@ -159,19 +144,6 @@ class HandFlipEnv(TphysEnv):
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World positions [N, 19, 3] and rotations [N, 19, 3, 3] of the hand's collision shapes at joint_q [N, 24]."""
         return geom_poses(self.hand, joint_q, self.base_position, self.base_rotation)
-
-    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
-        """One env step: the joints move by the clipped action over ``substeps`` MPM substeps."""
-        move = action * ACTION_SCALE
-        move = torch.minimum(torch.maximum(move, self.hand.lower - joint_q.detach()), self.hand.upper - joint_q.detach())
-
-        def colliders(k, joint_q, move):
-            return (self.shapes, *self.shape_poses(joint_q + move * (k / self.substeps)),
-                    *self.shape_poses(joint_q + move * ((k + 1) / self.substeps)))
-
-        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
-                     controls=(joint_q, move))
-        return state, joint_q + move
 
     def observed(self, x: Tensor) -> Tensor:
         """[N, S, 3] the observed particles (every stride-th): the first S/2 mirror the last S/2."""

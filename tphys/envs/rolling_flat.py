@@ -32,12 +32,12 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
+from tphys.envs.base import check_options
+from tphys.envs.mpm_task import KinematicToolEnv, check_recompute, particle_specs
 from tphys.envs.registry import register
 from tphys.math import axis_angle_to_matrix
-from tphys.mpm import Material, MPMModel, MPMState, step
+from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
-from tphys.mpm.step import RECOMPUTE
 
 DEFAULTS = dict(young=5e3, poisson=0.2, yield_stress=50.0, density=1.0, gravity=-90.0, dt=5e-5, friction=0.9, softness=666.0)
 ENV_OPTIONS = ("goal", "substeps", "horizon", "grid_size", "lattice", "samples", "recompute", "backend", "validate", "seed")
@@ -46,8 +46,10 @@ RADIUS = 0.03
 ACTION_SCALE = (0.01, 0.01, math.pi / 60)
 
 
-class RollingFlatEnv(TphysEnv):
+class RollingFlatEnv(KinematicToolEnv):
     """Batched differentiable RollingFlat; see the module docstring."""
+
+    name = "rolling_flat"
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, lattice: tuple = (18, 8, 18), samples: int = 250, recompute: bool | str = True,
@@ -56,8 +58,7 @@ class RollingFlatEnv(TphysEnv):
                       samples=samples)
         if not isinstance(grid_size, int) or grid_size < 12:
             raise ValueError(f"rolling_flat: grid_size must be an int >= 12, got {grid_size!r}")
-        if recompute not in RECOMPUTE:
-            raise ValueError(f"rolling_flat: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
+        check_recompute("rolling_flat", recompute)
         lattice = tuple(int(k) for k in lattice)
         if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
             raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")
@@ -90,11 +91,9 @@ class RollingFlatEnv(TphysEnv):
         self.sample_stride = num_particles // samples
         self.samples = samples
         self.observation_dim = 3 * samples + 6
-        particles = Unbounded(shape=(num_envs, num_particles, 3), **kw)
-        matrices = Unbounded(shape=(num_envs, num_particles, 3, 3), **kw)
         self._set_specs(3, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw),
                         particle_q=Unbounded(shape=(num_envs, samples, 3), **kw), com_q=Unbounded(shape=(num_envs, 3), **kw),
-                        joint_q=Unbounded(shape=(num_envs, 3), **kw), x=particles, v=particles.clone(), c=matrices, f=matrices.clone())
+                        joint_q=Unbounded(shape=(num_envs, 3), **kw), **particle_specs(num_envs, num_particles, **kw))
         self._seed_generator(seed)
 
     # ------------------------------------------------------------------ TorchRL API
@@ -105,53 +104,26 @@ class RollingFlatEnv(TphysEnv):
         scale = 1 + 0.1 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
         centre = self.block.double().mean(0)
         x = ((self.block.double() - centre) * scale + centre + shift).to(self.dtype)
-        state = MPMState.at_rest(x)
-        joint_q = self.joint_start.expand(n, 3).clone()
-        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is not None and "x" in tensordict.keys():
-            keep = mask.reshape(n).logical_not()
-            state = MPMState(*(torch.where(keep.view(n, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in zip("xvcf", state)))
-            joint_q = torch.where(keep[:, None], tensordict["joint_q"], joint_q)
-            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
-        return self._pack(state, joint_q, step_count, torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+        fresh = dict(zip("xvcf", MPMState.at_rest(x)), joint_q=self.joint_start.expand(n, 3).clone(),
+                     step_count=torch.zeros(n, 1, dtype=torch.int64, device=self.device))
+        v = self.keep_unreset(tensordict, fresh)
+        return self._pack(MPMState(*(v[k] for k in "xvcf")), v["joint_q"], v["step_count"],
+                          torch.zeros(n, 1, dtype=torch.bool, device=self.device))
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict["action"]
-        if self.validate:
-            check_action("rolling_flat", action, self.num_envs, 3, self.dtype)
-        state = MPMState(*(tensordict[k] for k in "xvcf"))
-        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
-        if self.validate:
-            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
-            if bad.any():
-                raise FloatingPointError(f"rolling_flat: non-finite state after the step in env indices {env_indices(bad)}")
-        step_count = tensordict["step_count"] + 1
+        state, joint_q, step_count = self.advance(tensordict)
         out = self._pack(state, joint_q, step_count, step_count >= self.horizon)
         out.set("reward", self.reward(out["particle_q"]))
         return out
 
     # ------------------------------------------------------------------ physics
-    def roller_pose(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
+    def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World position [N, 2, 3] and rotation [N, 2, 3, 3] of the roller's two capsules at joint_q [N, 3]."""
         n = joint_q.shape[0]
         centre = torch.stack([joint_q[:, 0], joint_q[:, 1], torch.full_like(joint_q[:, 0], 0.5)], -1)
         up = torch.tensor([0.0, 1.0, 0.0], dtype=joint_q.dtype, device=joint_q.device).expand(n, 3)
         rotation = axis_angle_to_matrix(up, joint_q[:, 2]) @ self.lying
         return centre[:, None].expand(n, 2, 3), rotation[:, None].expand(n, 2, 3, 3)
-
-    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
-        """One env step: the joint moves by the clipped action over ``substeps`` MPM substeps."""
-        move = action * self.action_scale
-        move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
-
-        def colliders(k, joint_q, move):
-            return (self.shapes, *self.roller_pose(joint_q + move * (k / self.substeps)),
-                    *self.roller_pose(joint_q + move * ((k + 1) / self.substeps)))
-
-        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
-                     controls=(joint_q, move))
-        return state, joint_q + move
 
     def reward(self, particle_q: Tensor) -> Tensor:
         """[N, 1] Rewarped's flattening reward of the observed particles [N, S, 3]."""
@@ -179,7 +151,7 @@ class RollingFlatEnv(TphysEnv):
         along = torch.linspace(-0.2, 0.2, 11, dtype=self.dtype, device=self.device)
         points = []
         for particles, joint_q in frames:
-            position, rotation = self.roller_pose(joint_q[None])
+            position, rotation = self.shape_poses(joint_q[None])
             axis = rotation[0, 0, :, 1]
             points.append(torch.cat([particles, position[0, 0] + along[:, None] * axis], 0))
         return torch.stack(points).detach().cpu().numpy()

@@ -1,0 +1,75 @@
+"""What the MPM tasks share: a material driven by a kinematic tool (a rolling pin, a hand, a container).
+
+A subclass sets ``name``, ``model`` (``tphys.mpm.MPMModel``), ``shapes`` (``tphys.mpm.colliders.Shapes``),
+``substeps``, ``recompute``, ``backend``, ``validate``, ``action_scale`` (float or [A] tensor, joint units per
+unit action), ``joint_lower`` / ``joint_upper`` ([A] limits) and ``shape_poses(joint_q) -> (position [N, S, 3],
+rotation [N, S, 3, 3])``. One env step moves the joints by the scaled action, clipped to the limits,
+linearly over the substeps, and the shapes act on the grid as SDF colliders in between.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl.data import Unbounded
+
+from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.mpm import MPMState, step
+from tphys.mpm.step import RECOMPUTE
+
+
+def check_recompute(name: str, recompute) -> None:
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"{name}: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
+
+
+def particle_specs(num_envs: int, particles: int, **kw) -> dict:
+    """Specs of the MPM state keys x, v [N, P, 3] and c, f [N, P, 3, 3]."""
+    vectors, matrices = (num_envs, particles, 3), (num_envs, particles, 3, 3)
+    return dict(x=Unbounded(shape=vectors, **kw), v=Unbounded(shape=vectors, **kw), c=Unbounded(shape=matrices, **kw),
+                f=Unbounded(shape=matrices, **kw))
+
+
+class KinematicToolEnv(TphysEnv):
+    """Base of the MPM tasks; see the module docstring."""
+
+    name = "mpm"
+
+    def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
+        """One env step: the joints move by the clipped, scaled action over ``substeps`` MPM substeps."""
+        move = action * self.action_scale
+        move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
+
+        def colliders(k, joint_q, move):
+            return (self.shapes, *self.shape_poses(joint_q + move * (k / self.substeps)),
+                    *self.shape_poses(joint_q + move * ((k + 1) / self.substeps)))
+
+        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
+                     controls=(joint_q, move))
+        return state, joint_q + move
+
+    def advance(self, tensordict: TensorDictBase) -> tuple[MPMState, Tensor, Tensor]:
+        """(state, joint_q, step_count) after one env step from ``tensordict``, with the input checks."""
+        action = tensordict["action"]
+        if self.validate:
+            check_action(self.name, action, self.num_envs, self.action_spec.shape[-1], self.dtype)
+        state = MPMState(*(tensordict[k] for k in "xvcf"))
+        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
+        if self.validate:
+            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
+            if bad.any():
+                raise FloatingPointError(f"{self.name}: non-finite state after the step in env indices {env_indices(bad)}")
+        return state, joint_q, tensordict["step_count"] + 1
+
+    def keep_unreset(self, tensordict: TensorDictBase | None, fresh: dict) -> dict:
+        """``fresh`` reset values (key -> [N, ...] tensor; MPM state under x, v, c, f), with the envs a partial reset
+        (``_reset`` in ``tensordict``) leaves alone keeping their values from ``tensordict``."""
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is None or "x" not in tensordict.keys():
+            return fresh
+        keep = mask.reshape(self.num_envs).logical_not()
+        return {k: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in fresh.items()}
