@@ -47,11 +47,40 @@ def load_mjcf(source: str | Path, density: float | None = None) -> RigidModel:
     return _Parser(root, density).build()
 
 
-def _floats(text, n=None):
+def floats(text, n=None):
+    """The numbers in an MJCF attribute (exactly n of them when n is given)."""
     values = [float(x) for x in text.split()]
     if n is not None and len(values) != n:
         raise ValueError(f"expected {n} numbers, got {text!r}")
     return values
+
+
+def frame_rotation(attrs: dict, degrees: bool = False, eulerseq: str = "xyz") -> torch.Tensor:
+    """[3, 3] float64 orientation of a body / geom / site from its MJCF attributes (quat, euler, axisangle, zaxis,
+    xyaxes; identity if none); ``degrees`` and ``eulerseq`` as the document's ``compiler`` says."""
+
+    def angle_of(value):
+        return math.radians(value) if degrees else value
+
+    if "quat" in attrs:
+        return quat_to_matrix(torch.tensor(floats(attrs["quat"], 4), dtype=F64))
+    if "euler" in attrs:
+        angles = [angle_of(a) for a in floats(attrs["euler"], 3)]
+        mats = [axis_angle_to_matrix(torch.eye(3, dtype=F64)[i], torch.tensor(a, dtype=F64)) for i, a in enumerate(angles)]
+        return mats[0] @ mats[1] @ mats[2] if eulerseq == "xyz" else mats[2] @ mats[1] @ mats[0]
+    if "axisangle" in attrs:
+        *axis, angle = floats(attrs["axisangle"], 4)
+        axis = torch.tensor(axis, dtype=F64)
+        return axis_angle_to_matrix(axis / axis.norm(), torch.tensor(angle_of(angle), dtype=F64))
+    if "zaxis" in attrs:
+        return _z_to(torch.tensor(floats(attrs["zaxis"], 3), dtype=F64))
+    if "xyaxes" in attrs:
+        x, y = torch.tensor(floats(attrs["xyaxes"], 6), dtype=F64).reshape(2, 3)
+        x = x / x.norm()
+        y = y - x.dot(y) * x
+        y = y / y.norm()
+        return torch.stack((x, y, torch.linalg.cross(x, y)), dim=1)
+    return torch.eye(3, dtype=F64)
 
 
 class _Parser:
@@ -75,7 +104,7 @@ class _Parser:
         for default in root.findall("default"):
             self._read_defaults(default, "main", {})
         option = root.find("option")
-        self.gravity = _floats(option.get("gravity"), 3) if option is not None and option.get("gravity") else [0.0, 0.0, -9.81]
+        self.gravity = floats(option.get("gravity"), 3) if option is not None and option.get("gravity") else [0.0, 0.0, -9.81]
 
     def _read_defaults(self, element, name, inherited):
         own = {tag: dict(attrs) for tag, attrs in inherited.items()}
@@ -98,25 +127,7 @@ class _Parser:
         return math.radians(value) if self.degrees else value
 
     def _rotation(self, attrs) -> torch.Tensor:
-        if "quat" in attrs:
-            return quat_to_matrix(torch.tensor(_floats(attrs["quat"], 4), dtype=F64))
-        if "euler" in attrs:
-            angles = [self._angle(a) for a in _floats(attrs["euler"], 3)]
-            mats = [axis_angle_to_matrix(torch.eye(3, dtype=F64)[i], torch.tensor(a, dtype=F64)) for i, a in enumerate(angles)]
-            return mats[0] @ mats[1] @ mats[2] if self.eulerseq == "xyz" else mats[2] @ mats[1] @ mats[0]
-        if "axisangle" in attrs:
-            *axis, angle = _floats(attrs["axisangle"], 4)
-            axis = torch.tensor(axis, dtype=F64)
-            return axis_angle_to_matrix(axis / axis.norm(), torch.tensor(self._angle(angle), dtype=F64))
-        if "zaxis" in attrs:
-            return _z_to(torch.tensor(_floats(attrs["zaxis"], 3), dtype=F64))
-        if "xyaxes" in attrs:
-            x, y = torch.tensor(_floats(attrs["xyaxes"], 6), dtype=F64).reshape(2, 3)
-            x = x / x.norm()
-            y = y - x.dot(y) * x
-            y = y / y.norm()
-            return torch.stack((x, y, torch.linalg.cross(x, y)), dim=1)
-        return torch.eye(3, dtype=F64)
+        return frame_rotation(attrs, self.degrees, self.eulerseq)
 
     def build(self) -> RigidModel:
         builder = RigidBuilder(gravity=self.gravity)
@@ -142,8 +153,8 @@ class _Parser:
                 raise NotImplementedError(f"motor {attrs.get('name')!r}: only joint transmissions are supported")
             limited = attrs.get("ctrllimited", "auto")
             limited = limited == "true" or (limited == "auto" and self.autolimits and "ctrlrange" in attrs)
-            lower, upper = _floats(attrs["ctrlrange"], 2) if limited else (-math.inf, math.inf)
-            builder.add_motor(attrs["joint"], _floats(attrs.get("gear", "1"))[0], (lower, upper), attrs.get("name", ""))
+            lower, upper = floats(attrs["ctrlrange"], 2) if limited else (-math.inf, math.inf)
+            builder.add_motor(attrs["joint"], floats(attrs.get("gear", "1"))[0], (lower, upper), attrs.get("name", ""))
         return builder.finalize()
 
     def _body(self, builder, element, parent, childclass):
@@ -161,18 +172,18 @@ class _Parser:
             mass = float(attrs["mass"])
             rot = self._rotation(attrs)
             if "fullinertia" in attrs:
-                xx, yy, zz, xy, xz, yz = _floats(attrs["fullinertia"], 6)
+                xx, yy, zz, xy, xz, yz = floats(attrs["fullinertia"], 6)
                 local = torch.tensor([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]], dtype=F64)
             else:
-                local = torch.diag(torch.tensor(_floats(attrs["diaginertia"], 3), dtype=F64))
-            com, inertia = torch.tensor(_floats(attrs.get("pos", "0 0 0"), 3), dtype=F64), rot @ local @ rot.T
+                local = torch.diag(torch.tensor(floats(attrs["diaginertia"], 3), dtype=F64))
+            com, inertia = torch.tensor(floats(attrs.get("pos", "0 0 0"), 3), dtype=F64), rot @ local @ rot.T
         elif self.inertia_from_geom == "false":
             mass, com, inertia = 0.0, torch.zeros(3, dtype=F64), torch.zeros(3, 3, dtype=F64)
         else:
             mass, com, inertia = combine((g["mass"], g["pos"], g["rot"], g["inertia"]) for g in geoms)
         contacts = [c for g in geoms for c in g["contacts"]]
         shapes = [(g["name"], g["kind"], tuple(g["pos"].tolist()), g["rot"], tuple(g["size"])) for g in geoms]
-        body = Body(name=element.get("name", ""), parent=parent, pos=tuple(_floats(element.get("pos", "0 0 0"), 3)),
+        body = Body(name=element.get("name", ""), parent=parent, pos=tuple(floats(element.get("pos", "0 0 0"), 3)),
                     rot=self._rotation(element.attrib), mass=float(mass), com=tuple(com.tolist()), inertia=inertia,
                     joints=joints, contacts=contacts, shapes=shapes)
         index = builder.add_body(body)
@@ -184,22 +195,22 @@ class _Parser:
         scale = self._angle(1.0) if kind == "hinge" else 1.0
         limited = attrs.get("limited", "auto")
         limited = limited == "true" or (limited == "auto" and self.autolimits and "range" in attrs)
-        lo, hi = _floats(attrs["range"], 2) if "range" in attrs else (0.0, 0.0)
-        return Joint(kind, name=attrs.get("name", ""), axis=tuple(_floats(attrs.get("axis", "0 0 1"), 3)),
-                     pos=tuple(_floats(attrs.get("pos", "0 0 0"), 3)), ref=float(attrs.get("ref", 0.0)) * scale,
+        lo, hi = floats(attrs["range"], 2) if "range" in attrs else (0.0, 0.0)
+        return Joint(kind, name=attrs.get("name", ""), axis=tuple(floats(attrs.get("axis", "0 0 1"), 3)),
+                     pos=tuple(floats(attrs.get("pos", "0 0 0"), 3)), ref=float(attrs.get("ref", 0.0)) * scale,
                      limited=limited, range=(lo * scale, hi * scale), armature=float(attrs.get("armature", 0.0)),
                      damping=float(attrs.get("damping", 0.0)), stiffness=float(attrs.get("stiffness", 0.0)),
                      springref=float(attrs.get("springref", 0.0)) * scale)
 
     def _geom(self, attrs) -> dict:
         kind = attrs.get("type", "sphere")
-        size = _floats(attrs.get("size", "0"))
+        size = floats(attrs.get("size", "0"))
         if "fromto" in attrs:
-            a, b = torch.tensor(_floats(attrs["fromto"], 6), dtype=F64).reshape(2, 3)
+            a, b = torch.tensor(floats(attrs["fromto"], 6), dtype=F64).reshape(2, 3)
             pos, rot = (a + b) / 2, _z_to(b - a)
             size = [size[0], float((b - a).norm()) / 2, *size[2:]]
         else:
-            pos, rot = torch.tensor(_floats(attrs.get("pos", "0 0 0"), 3), dtype=F64), self._rotation(attrs)
+            pos, rot = torch.tensor(floats(attrs.get("pos", "0 0 0"), 3), dtype=F64), self._rotation(attrs)
         if kind == "plane":
             raise NotImplementedError("plane geoms belong to the world body (the ground is z = 0)")
         if "mass" in attrs:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from tphys.math import axis_angle_to_matrix
+from tphys.rigid.mjcf import floats, frame_rotation
 
 JOINTS = ("WRJ1", "WRJ0", "FFJ3", "FFJ2", "FFJ1", "FFJ0", "MFJ3", "MFJ2", "MFJ1", "MFJ0", "RFJ3", "RFJ2", "RFJ1", "RFJ0",
           "LFJ4", "LFJ3", "LFJ2", "LFJ1", "LFJ0", "THJ4", "THJ3", "THJ2", "THJ1", "THJ0")
@@ -72,27 +73,13 @@ class ShadowHand(NamedTuple):
         return self._replace(**{k: v.to(device=device, dtype=dtype) for k, v in self._asdict().items() if isinstance(v, Tensor)})
 
 
-def _floats(text: str | None, default: list[float]) -> list[float]:
-    return [float(t) for t in text.split()] if text else default
+def _vector(element, name: str, default: str = "0 0 0") -> Tensor:
+    return torch.tensor(floats(element.get(name, default), 3), dtype=torch.float64)
 
 
 def _frame_rotation(element) -> Tensor:
-    """Orientation of a body or geom element: quat (w x y z), axisangle, or euler (MuJoCo's default intrinsic xyz)."""
-    if element.get("quat"):
-        w, x, y, z = _floats(element.get("quat"), [])
-        q = torch.tensor([w, x, y, z], dtype=torch.float64)
-        w, x, y, z = (q / q.norm()).tolist()
-        return torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                             [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                             [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]], dtype=torch.float64)
-    if element.get("axisangle"):
-        *axis, angle = _floats(element.get("axisangle"), [])
-        axis = torch.tensor(axis, dtype=torch.float64)
-        return axis_angle_to_matrix(axis / axis.norm(), torch.tensor(angle, dtype=torch.float64))
-    rotation = torch.eye(3, dtype=torch.float64)
-    for k, angle in enumerate(_floats(element.get("euler"), [0.0, 0.0, 0.0])):
-        rotation = rotation @ axis_angle_to_matrix(torch.eye(3, dtype=torch.float64)[k], torch.tensor(angle, dtype=torch.float64))
-    return rotation
+    """An element's orientation; the hand's files set ``<compiler angle="radian">`` and MuJoCo's default eulerseq."""
+    return frame_rotation(element.attrib, degrees=False)
 
 
 _CAPSULE_Y_TO_Z = axis_angle_to_matrix(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), torch.tensor(math.pi / 2, dtype=torch.float64))
@@ -109,10 +96,10 @@ def load_shadow_hand(scale: float = 1.0, path: Path | None = None) -> ShadowHand
 
     def visit(body, owner: int, pending_pos: Tensor, pending_rot: Tensor):
         joints = [j for j in body.findall("joint") if j.get("type", "hinge") == "hinge"]
-        pos = pending_pos + pending_rot @ torch.tensor(_floats(body.get("pos"), [0.0, 0.0, 0.0]), dtype=torch.float64) * scale
+        pos = pending_pos + pending_rot @ _vector(body, "pos") * scale
         rot = pending_rot @ _frame_rotation(body)
         if joints:
-            if len(joints) != 1 or _floats(joints[0].get("pos"), [0.0, 0.0, 0.0]) != [0.0, 0.0, 0.0]:
+            if len(joints) != 1 or _vector(joints[0], "pos").abs().max() > 0:
                 raise ValueError(f"body {body.get('name')}: expected one hinge at the body origin")
             name = joints[0].get("name").removeprefix(PREFIX)
             if len(parent) != JOINTS.index(name):
@@ -120,9 +107,9 @@ def load_shadow_hand(scale: float = 1.0, path: Path | None = None) -> ShadowHand
             parent.append(owner)
             offset.append(pos)
             rotation.append(rot)
-            a = torch.tensor(_floats(joints[0].get("axis"), [0.0, 0.0, 1.0]), dtype=torch.float64)
+            a = _vector(joints[0], "axis", "0 0 1")
             axis.append(a / a.norm())
-            low, high = _floats(joints[0].get("range"), [-math.pi, math.pi])
+            low, high = floats(joints[0].get("range", f"{-math.pi} {math.pi}"), 2)
             lower.append(low)
             upper.append(high)
             owner, pos, rot = len(parent) - 1, torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
@@ -131,11 +118,11 @@ def load_shadow_hand(scale: float = 1.0, path: Path | None = None) -> ShadowHand
                 continue
             if owner < 0:
                 raise ValueError(f"collision geom {geom.get('name')} above the first joint")
-            size = _floats(geom.get("size"), [])
+            size = floats(geom.get("size"))
             geom_body.append(owner)
             geom_kind.append(geom.get("type"))
             geom_size.append(torch.tensor((size + [0.0])[:3] if geom.get("type") == "capsule" else size, dtype=torch.float64) * scale)
-            geom_offset.append(pos + rot @ torch.tensor(_floats(geom.get("pos"), [0.0, 0.0, 0.0]), dtype=torch.float64) * scale)
+            geom_offset.append(pos + rot @ _vector(geom, "pos") * scale)
             g_rot = rot @ _frame_rotation(geom)
             geom_rotation.append(g_rot @ _CAPSULE_Y_TO_Z if geom.get("type") == "capsule" else g_rot)
         for child in body.findall("body"):
