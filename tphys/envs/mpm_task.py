@@ -37,19 +37,16 @@ class KinematicToolEnv(TphysEnv):
     name = "mpm"
 
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """World positions [N, S, 3] and rotations [N, S, 3, 3] of the tool's shapes at joint_q [N, A]."""
+        raise NotImplementedError(f"{type(self).__name__} must define shape_poses")
 
     def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
         """One env step: the joints move by the clipped, scaled action over ``substeps`` MPM substeps."""
         move = action * self.action_scale
         move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
 
-        def colliders(k, joint_q, move):
-            return (self.shapes, *self.shape_poses(joint_q + move * (k / self.substeps)),
-                    *self.shape_poses(joint_q + move * ((k + 1) / self.substeps)))
-
-        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, colliders=colliders,
-                     controls=(joint_q, move))
+        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, shapes=self.shapes,
+                     poses=lambda t, joint_q, move: self.shape_poses(joint_q + t * move), controls=(joint_q, move))
         return state, joint_q + move
 
     def advance(self, tensordict: TensorDictBase) -> tuple[MPMState, Tensor, Tensor]:

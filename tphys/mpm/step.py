@@ -62,9 +62,11 @@ class _Recompute(torch.autograd.Function):
 
 
 def step(model: MPMModel, state: MPMState, substeps: int, recompute: bool | str = True, backend: str = "auto",
-         colliders=None, controls: tuple = ()) -> MPMState:
-    """``substeps`` substeps. ``colliders``: None or a function (k, *controls) -> the ``substep`` colliders of
-    substep k; ``controls``: the tensors it reads (e.g. joint targets), passed here so they get gradients.
+         shapes=None, poses=None, controls: tuple = ()) -> MPMState:
+    """``substeps`` substeps, with kinematic collider ``shapes`` (``colliders.Shapes`` or None) at ``poses``: a function
+    (t, *controls) -> (position [N, S, 3], rotation [N, S, 3, 3]) of the shapes at the fraction t in [0, 1] of this
+    call (each pose is evaluated once, and a substep moves the shapes from one to the next); ``controls``: the tensors
+    it reads (e.g. joint targets), passed here so that they get gradients.
 
     ``recompute`` trades time for memory in backward:
         False       autograd keeps every substep's intermediates;
@@ -75,14 +77,19 @@ def step(model: MPMModel, state: MPMState, substeps: int, recompute: bool | str 
     """
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
-    count = len(state)
+    count, posed = len(state), 0 if shapes is None else 2  # state tensors, then the shapes' current pose
 
     def one(k, *tensors):
-        s = MPMState(*tensors[:count])
-        return (*substep(model, s, backend, None if colliders is None else colliders(k, *tensors[count:])), *tensors[count:])
+        s, pose, control = MPMState(*tensors[:count]), tensors[count:count + posed], tensors[count + posed:]
+        if shapes is None:
+            return (*substep(model, s, backend), *control)
+        following = poses((k + 1) / substeps, *control)
+        return (*substep(model, s, backend, (shapes, *pose, *following)), *following, *control)
 
     def run(*tensors):
         per_substep = bool(recompute) and torch.is_grad_enabled()
+        if shapes is not None:
+            tensors = (*tensors[:count], *poses(0.0, *tensors[count:]), *tensors[count:])
         for k in range(substeps):
             tensors = checkpoint(one, k, *tensors, use_reentrant=False) if per_substep else one(k, *tensors)
         return tensors[:count]
