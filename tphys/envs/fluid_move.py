@@ -29,7 +29,7 @@ from torch import Tensor
 from torchrl.data import Unbounded
 
 from tphys.envs.base import check_options
-from tphys.envs.mpm_task import KinematicToolEnv, check_recompute, particle_specs
+from tphys.envs.mpm_task import KinematicToolEnv, check_grid_and_recompute, particle_specs
 from tphys.envs.registry import register
 from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
@@ -65,9 +65,7 @@ class FluidMoveEnv(KinematicToolEnv):
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
         check_options("fluid_move", goal, ("transport",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
                       samples=samples)
-        if not isinstance(grid_size, int) or grid_size < 12:
-            raise ValueError(f"fluid_move: grid_size must be an int >= 12, got {grid_size!r}")
-        check_recompute("fluid_move", recompute)
+        check_grid_and_recompute("fluid_move", grid_size, recompute)
         if not isinstance(particles, int) or particles < samples:
             raise ValueError(f"fluid_move: particles must be an int >= samples={samples}, got {particles!r}")
         count = particles

@@ -36,7 +36,7 @@ from torch import Tensor
 from torchrl.data import Unbounded
 
 from tphys.envs.base import check_options
-from tphys.envs.mpm_task import KinematicToolEnv, check_recompute, particle_specs
+from tphys.envs.mpm_task import KinematicToolEnv, check_grid_and_recompute, particle_specs
 from tphys.envs.registry import register
 from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
@@ -83,9 +83,7 @@ class HandFlipEnv(KinematicToolEnv):
                  horizon: int = 300, grid_size: int = 48, particles: int = 2500, samples: int = 250, recompute: bool | str = True,
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
         check_options("hand_flip", goal, ("flip",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon, samples=samples)
-        if not isinstance(grid_size, int) or grid_size < 12:
-            raise ValueError(f"hand_flip: grid_size must be an int >= 12, got {grid_size!r}")
-        check_recompute("hand_flip", recompute)
+        check_grid_and_recompute("hand_flip", grid_size, recompute)
         if particles < 2 * samples or particles % 4 or samples % 2:
             raise ValueError(f"hand_flip: particles must be a multiple of 4 and at least 2·samples, samples even; "
                              f"got {particles}, {samples}")
@@ -170,13 +168,12 @@ class HandFlipEnv(KinematicToolEnv):
         """[T + 1, 250 + 2·19, 3] observed particles and the two end points of each hand shape's long axis, per frame (numpy)."""
         frames = [(td["particle_q"][env_index, 0], td["joint_q"][env_index, 0])]
         frames += [(td["next", "particle_q"][env_index, k], td["next", "joint_q"][env_index, k]) for k in range(td.shape[-1])]
-        half_length = torch.where(torch.tensor([k == "capsule" for k in self.hand.geom_kind], device=self.device),
-                                  self.hand.geom_size[:, 1], self.hand.geom_size[:, 2])
+        capsule = torch.tensor([k == "capsule" for k in self.hand.geom_kind], device=self.device)
+        half_length = torch.where(capsule, self.hand.geom_size[:, 1], self.hand.geom_size[:, 2])  # capsules along y, boxes along z
         points = []
         for particles, joint_q in frames:
             position, rotation = self.shape_poses(joint_q[None])
-            axis = torch.where(torch.tensor([k == "capsule" for k in self.hand.geom_kind], device=self.device)[:, None],
-                               rotation[0, :, :, 1], rotation[0, :, :, 2])
+            axis = torch.where(capsule[:, None], rotation[0, :, :, 1], rotation[0, :, :, 2])
             ends = torch.stack([position[0] - half_length[:, None] * axis, position[0] + half_length[:, None] * axis], 1).reshape(-1, 3)
             points.append(torch.cat([particles, ends], 0))
         return torch.stack(points).detach().cpu().numpy()

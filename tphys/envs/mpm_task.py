@@ -19,7 +19,10 @@ from tphys.mpm import MPMState, step
 from tphys.mpm.step import RECOMPUTE
 
 
-def check_recompute(name: str, recompute) -> None:
+def check_grid_and_recompute(name: str, grid_size, recompute) -> None:
+    """The options every MPM task takes: ``grid_size`` (nodes per axis of the unit cube) and ``recompute``."""
+    if not isinstance(grid_size, int) or grid_size < 12:
+        raise ValueError(f"{name}: grid_size must be an int >= 12, got {grid_size!r}")
     if recompute not in RECOMPUTE:
         raise ValueError(f"{name}: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
 

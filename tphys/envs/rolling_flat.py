@@ -33,7 +33,7 @@ from torch import Tensor
 from torchrl.data import Unbounded
 
 from tphys.envs.base import check_options
-from tphys.envs.mpm_task import KinematicToolEnv, check_recompute, particle_specs
+from tphys.envs.mpm_task import KinematicToolEnv, check_grid_and_recompute, particle_specs
 from tphys.envs.registry import register
 from tphys.math import axis_angle_to_matrix
 from tphys.mpm import Material, MPMModel, MPMState
@@ -56,9 +56,7 @@ class RollingFlatEnv(KinematicToolEnv):
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
         check_options("rolling_flat", goal, ("flatten",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
                       samples=samples)
-        if not isinstance(grid_size, int) or grid_size < 12:
-            raise ValueError(f"rolling_flat: grid_size must be an int >= 12, got {grid_size!r}")
-        check_recompute("rolling_flat", recompute)
+        check_grid_and_recompute("rolling_flat", grid_size, recompute)
         lattice = tuple(int(k) for k in lattice)
         if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
             raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")

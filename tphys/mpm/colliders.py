@@ -37,8 +37,9 @@ class Shapes(NamedTuple):
         friction: Coulomb coefficient between the shapes and the material.
         softness: 1/m, decay of the influence band (Rewarped: 666).
         cutoff: nodes outside the shape whose influence is at most this are left alone (Rewarped: 0.1, which makes
-            the coupling jump by 0.1 of the correction where a node enters the band); 0 acts on every node, so the
-            velocities are continuous in the positions (finite-difference checks), at the cost of every node.
+            the coupling jump by 0.1 of the correction where a node enters the band); 0 acts on every node, which
+            removes that jump (finite-difference checks) at the cost of every node. (Inside a box the SDF's normal
+            still flips where two faces are equally near.)
     """
 
     kinds: tuple[str, ...]
