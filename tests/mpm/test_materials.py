@@ -105,3 +105,17 @@ def test_fused_plasticine_stress_equals_its_torch_twin_in_value_and_gradient():
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     assert (results[0][0] - f).abs().amax((-2, -1))[25:45].max() > 1e-2, "no sample yielded"
+
+
+@pytest.mark.parametrize("kind", ["plasticine", "sand"])
+def test_one_svd_elastic_stress_equals_project_then_stress_and_passes_gradcheck(kind):
+    """``elastic_stress`` reuses the trial F's decomposition for the stress: the same as two separate SVDs, float64."""
+    from tphys.mpm import elastic_stress
+
+    material = Material.from_young(kind, 5e3, 0.2, yield_stress=50.0)
+    gen = torch.Generator().manual_seed(1)
+    f = (torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(6, 3, 3, generator=gen, dtype=torch.float64)).requires_grad_()
+    elastic, tau = elastic_stress(material, f, fused=False)
+    torch.testing.assert_close(elastic, project(material, f), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tau, kirchhoff_stress(material, project(material, f)), rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda a: elastic_stress(material, a, fused=False), (f,))

@@ -113,13 +113,14 @@ def project(material: Material, f_trial: Tensor) -> Tensor:
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
-def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
-    """τ = P·Fᵀ [..., 3, 3] in Pa for deformation gradients f [..., 3, 3] (after ``project``)."""
+def kirchhoff_stress(material: Material, f: Tensor, parts: tuple | None = None) -> Tensor:
+    """τ = P·Fᵀ [..., 3, 3] in Pa for deformation gradients f [..., 3, 3] (after ``project``); ``parts``: a signed
+    SVD (U, S, V) of f when the caller has one (S need not be sorted)."""
     kind, mu, lam = material.kind, material.mu, material.lam
     eye = _eye(f)
     j = det3(f)[..., None, None]
     if kind in ("corotated", "plasticine"):
-        return 2 * mu * matmul3(f - polar(f), f.transpose(-1, -2)) + lam * (j - 1) * j * eye
+        return 2 * mu * matmul3(f - polar(f, parts=parts), f.transpose(-1, -2)) + lam * (j - 1) * j * eye
     if kind == "neo_hookean":
         return mu * (matmul3(f, f.transpose(-1, -2)) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
     if kind == "water":
@@ -130,42 +131,32 @@ def kirchhoff_stress(material: Material, f: Tensor) -> Tensor:
             eps = _hencky(s)
             return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
 
-        return matmul3(spectral(f, hencky_stress), polar(f).transpose(-1, -2))
+        return matmul3(spectral(f, hencky_stress, parts=parts), polar(f, parts=parts).transpose(-1, -2))
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
 def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = None) -> tuple[Tensor, Tensor]:
     """(elastic F = ``project(material, f_trial)``, its Kirchhoff stress τ) [..., 3, 3], from one SVD of f_trial.
 
-    The return mapping keeps the singular bases (F = U·diag(flow(s))·Vᵀ with positive stretches), so the
-    polar rotation of F is U·Vᵀ of f_trial and the stress needs no second decomposition.
+    The return mapping keeps the singular bases (F = U·diag(flow(s))·Vᵀ with positive stretches), so
+    (U, flow(s), V) decomposes F and the stress needs no second SVD.
 
     ``fused`` (default: on CPU when the C kernels build): plasticine's forward as one C loop
     (``transfer_cpu.plasticine_stress``) with a hand-written backward; False: the same maps in torch ops.
     """
-    kind, mu, lam = material.kind, material.mu, material.lam
     if fused is None:
         fused = f_trial.device.type == "cpu" and transfer_cpu.available(f_trial.dtype) and not torch.compiler.is_compiling()
-    if kind == "plasticine" and fused:
+    if material.kind == "plasticine" and fused:
         return _PlasticineStress.apply(f_trial, material)
-    if kind not in ("plasticine", "sand"):
+    if material.kind not in ("plasticine", "sand"):
         f = project(material, f_trial)
         return f, kirchhoff_stress(material, f)
-    parts = signed_svd(f_trial)
-    f = spectral(f_trial, _plastic_flow(material), parts=parts)
-    if kind == "plasticine":
-        j = det3(f)[..., None, None]
-        return f, 2 * mu * matmul3(f - polar(f_trial, parts=parts), f.transpose(-1, -2)) + lam * (j - 1) * j * _eye(f)
-    u, s, v = parts
+    u, s, v = parts = signed_svd(f_trial)
+    flow = _plastic_flow(material)
+    f = spectral(f_trial, flow, parts=parts)
     with torch.no_grad():
-        stretch = _plastic_flow(material)(s)
-    f_parts = (u, stretch, v)  # a decomposition of f (stretches unsorted: spectral does not need the order)
-
-    def hencky_stress(s):
-        eps = _hencky(s)
-        return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
-
-    return f, matmul3(spectral(f, hencky_stress, parts=f_parts), polar(f, parts=f_parts).transpose(-1, -2))
+        stretch = flow(s)
+    return f, kirchhoff_stress(material, f, parts=(u, stretch, v))
 
 
 def _cofactor(f: Tensor) -> Tensor:
