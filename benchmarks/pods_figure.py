@@ -3,7 +3,9 @@
 Three methods from the same initial policy (``rl.modules.DeterministicActor``, 2 x 256 ReLU,
 tanh; same weights per seed), each iteration on k fresh initial states:
 
-    PODS-1st  improve the k episodes' actions along dV/dā (line search), 50 Adam steps on Eq. 7
+    PODS-1st  improve the k episodes' actions along dV/dā (line search), 50 Adam steps on Eq. 7;
+              two first trial steps: "scaled" moves the largest action by 0.5 (our default),
+              "α from 1" tries α = 1 on the raw gradient (the paper's Eq. 6 and standard line search)
     PODS-2nd  the same with the Gauss-Newton step Ĥ⁻¹dV/dā (truncated CG)
     BPTT      one Adam step on -mean V(π_θ) through the full episodes (``APGLoss``, γ = 1,
               window = episode)
@@ -39,8 +41,9 @@ from rl.objectives import APGLoss, PODSLoss  # noqa: E402
 from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("pods2", "pods1", "bptt")
-LABELS = {"pods2": "PODS 2nd order", "pods1": "PODS 1st order", "bptt": "BPTT"}
+METHODS = ("pods2", "pods1", "pods1raw", "bptt")
+LABELS = {"pods2": "PODS 2nd order", "pods1": "PODS 1st order, scaled start", "pods1raw": "PODS 1st order, α from 1 (paper)",
+          "bptt": "BPTT"}
 
 
 def make_env(args, num_envs: int, seed: int):
@@ -58,6 +61,7 @@ def build(args, method: str, seed: int):
         loss = APGLoss(env, actor, horizon=args.horizon, gamma=1.0)
         return FirstOrderTrainer(loss, config, normalizer=normalizer, logger="none"), actor
     loss = PODSLoss(env, actor, order=2 if method == "pods2" else 1, cg_iterations=args.cg_iterations,
+                    max_action_change=None if method == "pods1raw" else 0.5,
                     newton_step_cap=args.newton_step_cap, damping=args.damping,
                     gradient_fallback=args.gradient_fallback)
     return PODSTrainer(loss, config, regression_steps=args.regression_steps, normalizer=normalizer, logger="none"), actor
@@ -136,21 +140,24 @@ def main() -> None:
     results = [run(args, method, seed) for seed in range(args.seeds) for method in args.methods]
     (args.figure.with_suffix(".json")).write_text(json.dumps(results))
     plot(args, results, args.figure)
-    rows = [f"| method | return at iteration 0 | at iteration {args.iterations} | best | s / iteration |", "|---|---:|---:|---:|---:|"]
+    marks = sorted({1, 3, 10, args.iterations} & set(range(1, args.iterations + 1)))
+    header = " | ".join(f"iteration {i}" for i in marks)
+    rows = [f"| method | iteration 0 | {header} | mean over 1-{args.iterations} | s / iteration |",
+            "|---|" + "---:|" * (len(marks) + 3)]
     for method in args.methods:
         runs = [r for r in results if r["method"] == method]
-        start, _ = mean_ci([r["returns"][0] for r in runs])
-        final, ci = mean_ci([r["returns"][-1] for r in runs])
-        best, _ = mean_ci([max(r["returns"]) for r in runs])
+        cells = [mean_ci([r["returns"][0] for r in runs])] + [mean_ci([r["returns"][i] for r in runs]) for i in marks]
+        cells.append(mean_ci([sum(r["returns"][1:]) / args.iterations for r in runs]))
         secs = sum(r["seconds_per_iteration"] for r in runs) / len(runs)
-        rows.append(f"| {LABELS[method]} | {start:.3f} | {final:.3f}" + ("" if math.isnan(ci) else f" ± {ci:.3f}")
-                    + f" | {best:.3f} | {secs:.2f} |")
+        text = [f"{m:.2f}" + ("" if math.isnan(c) else f" ± {c:.2f}") for m, c in cells]
+        rows.append(f"| {LABELS[method]} | " + " | ".join(text) + f" | {secs:.2f} |")
     lines = [
         *run_header("PODS vs BPTT (PODS paper, figure 3)", __file__, load_before, t0, threads=str(args.threads)),
         f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
-        f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for the three methods; "
-        f"Adam lr {args.lr}; PODS: {args.regression_steps} regression steps per epoch; line search from a 0.5 action-unit step "
-        f"(1st order) or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order"
+        f"{args.seeds} seeds (mean ± 95 % CI over seeds). Same initial policy weights for every method; "
+        f"Adam lr {args.lr}; PODS: {args.regression_steps} regression steps per epoch; per-env line search (halving) from a 0.5 "
+        "action-unit step (1st order, scaled start) or α = 1 on the raw dV/dā (1st order, the paper's Eq. 6) "
+        f"or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order"
         f"{', falling back to the gradient step where it fails' if args.gradient_fallback else ''}); BPTT: one step "
         "per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
         "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",

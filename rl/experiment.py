@@ -176,8 +176,8 @@ def build_pods(cfg: DictConfig, env: EnvBase) -> tuple[PODSLoss, ObservationNorm
     normalizer = ObservationNormalizer(obs_dim) if algo.obs_norm else None
     actor = DeterministicActor(obs_dim, action_dim, tuple(algo.actor_hidden), algo.activation, bool(algo.layer_norm),
                                normalizer=normalizer).to(DTYPES[cfg.dtype])
-    cap = algo.newton_step_cap
-    loss = PODSLoss(env, actor, order=int(algo.order), max_action_change=float(algo.max_action_change),
+    cap, change = algo.newton_step_cap, algo.max_action_change
+    loss = PODSLoss(env, actor, order=int(algo.order), max_action_change=None if change is None else float(change),
                     newton_step_cap=None if cap is None else float(cap), line_search_trials=int(algo.line_search_trials),
                     armijo=float(algo.armijo),
                     cg_iterations=int(algo.cg_iterations), cg_tol=float(algo.cg_tol), damping=float(algo.damping),

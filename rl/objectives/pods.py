@@ -15,7 +15,9 @@ Each epoch, from k fresh initial states (one per env):
    Adam steps on it.
 
 The initial step: first order moves the largest action component by ``max_action_change``
-(in action units; the raw gradient has no natural scale), second order tries the full Newton
+(in action units; the raw gradient has no natural scale), or, with ``max_action_change=None``,
+tries α = 1 on the raw gradient, the paper's "standard line-search" read literally (its first
+trial's size is then whatever |dV/dā| is); second order tries the full Newton
 step α = 1, shortened if it would move an action by more than ``newton_step_cap`` (default
 None: never; on pendulum2d the uncapped step learned faster per iteration). Steps are
 projected onto the action bounds [-1, 1].
@@ -50,7 +52,8 @@ class PODSLoss(LossModule):
         env: a differentiable TorchRL env with ``horizon``; one env per initial state (k = num_envs).
         actor: deterministic policy module writing ``action`` (e.g. ``rl.modules.DeterministicActor``).
         order: 1 (gradient step) or 2 (Gauss-Newton step; the env needs ``reward_residual``).
-        max_action_change: first-order initial step (action units, largest component).
+        max_action_change: first-order initial step (action units, largest component); None: α = 1
+            on the raw dV/dā (Eq. 6 with a standard line search from 1).
         newton_step_cap: optional cap on the second-order initial step (action units).
         line_search_trials: halvings of α tried before an env keeps its actions.
         armijo: sufficient-increase constant of the line search (0: any increase).
@@ -68,8 +71,8 @@ class PODSLoss(LossModule):
             raise ValueError(f"PODS order must be 1 or 2, got {order!r}")
         if order == 2 and not hasattr(env, "reward_residual"):
             raise TypeError(f"PODS order 2 needs an env with reward_residual (reward = -|e|²); {type(env).__name__} has none")
-        if order == 1 and (max_action_change is None or max_action_change <= 0):
-            raise ValueError(f"first-order PODS needs max_action_change > 0 (the scale of its first trial step), got {max_action_change}")
+        if max_action_change is not None and max_action_change <= 0:
+            raise ValueError(f"max_action_change (the first-order first trial step) must be > 0 or None, got {max_action_change}")
         if newton_step_cap is not None and newton_step_cap <= 0:
             raise ValueError(f"newton_step_cap must be > 0 or None, got {newton_step_cap}")
         if line_search_trials < 1 or cg_iterations < 1:
@@ -110,11 +113,18 @@ class PODSLoss(LossModule):
                        "cg_nonfinite": broken.double().mean().item()}
         return hessian.value, hessian.gradient, step, diagnostics
 
+    def gradient_step(self, gradient: torch.Tensor) -> torch.Tensor:
+        """[N] first α of a line search along dV/dā [T, N, A]: ``max_action_change`` / max|dV/dā|, or 1."""
+        if self.max_action_change is None:
+            return torch.ones(gradient.shape[1], dtype=gradient.dtype, device=gradient.device)
+        largest = gradient.abs().amax((0, 2)).clamp_min(torch.finfo(gradient.dtype).tiny)
+        return self.max_action_change / largest
+
     def initial_step(self, direction: torch.Tensor) -> torch.Tensor:
         """[N] first α of the line search (see the module docstring)."""
-        largest = direction.abs().amax((0, 2)).clamp_min(torch.finfo(direction.dtype).tiny)
         if self.order == 1:
-            return self.max_action_change / largest
+            return self.gradient_step(direction)
+        largest = direction.abs().amax((0, 2)).clamp_min(torch.finfo(direction.dtype).tiny)
         step = torch.ones_like(largest)
         return step if self.newton_step_cap is None else torch.minimum(step, self.newton_step_cap / largest)
 
@@ -135,9 +145,8 @@ class PODSLoss(LossModule):
         failed = search.step_size == 0
         if self.order == 2 and self.gradient_fallback and failed.any():
             # where the Gauss-Newton step found no improvement, try the first-order direction (same guarantee)
-            largest = gradient.abs().amax((0, 2)).clamp_min(torch.finfo(gradient.dtype).tiny)
             retry = backtracking_line_search(
-                self.env, start, actions, value, observations, gradient, gradient, self.max_action_change / largest,
+                self.env, start, actions, value, observations, gradient, gradient, self.gradient_step(gradient),
                 max_trials=self.line_search_trials, armijo=self.armijo,
             )
             trials += retry.trials

@@ -121,6 +121,24 @@ def test_second_order_step_reaches_the_optimum_of_a_linear_quadratic_problem_in_
     assert (first["stats", "value_improved"] < value - 1e-6).all()
 
 
+@pytest.mark.parametrize("max_action_change", [0.5, None])
+def test_first_order_line_search_starts_where_configured_and_halves(max_action_change):
+    """Scaled start: α₀ = max_action_change / max|dV/dā| per env; None: α₀ = 1 on the raw gradient (Eq. 6)."""
+    env = E.make("pendulum2d", num_envs=4, dtype=torch.float64, seed=2, goal="stop", horizon=20)
+    actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(16,)).double()
+    loss = PODSLoss(env, actor, order=1, max_action_change=max_action_change)
+    start = env.reset()
+    actions, _, _ = loss.policy_actions(start)
+    _, gradient = value_and_gradient(env, start, actions)
+    first = torch.ones(4, dtype=torch.float64) if max_action_change is None else max_action_change / gradient.abs().amax((0, 2))
+    assert torch.allclose(loss.initial_step(gradient), first)
+    out = loss.improve(start)
+    step = out["stats", "step_size"]
+    halvings = torch.log2(first / step[step > 0])
+    assert torch.allclose(halvings, halvings.round(), atol=1e-9) and (halvings >= 0).all()
+    assert (out["stats", "value_improved"] >= out["stats", "value_policy"]).all()
+
+
 def test_improvement_is_monotone_on_every_initial_state_and_regression_fits_targets():
     env = E.make("pendulum2d", num_envs=4, dtype=torch.float64, seed=1, goal="stop", horizon=50)
     actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(32, 32)).double()
@@ -144,8 +162,8 @@ def test_bad_configurations_are_rejected_with_a_clear_message():
     actor = DeterministicActor(2, 1, hidden=(8,)).double()
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         PODSLoss(env, actor, order=3)
-    with pytest.raises(ValueError, match="needs max_action_change > 0"):
-        PODSLoss(env, actor, order=1, max_action_change=None)
+    with pytest.raises(ValueError, match="max_action_change .* must be > 0 or None"):
+        PODSLoss(env, actor, order=1, max_action_change=0.0)
     with pytest.raises(ValueError, match="newton_step_cap must be > 0"):
         PODSLoss(env, actor, order=2, newton_step_cap=0.0)
     with pytest.raises(TypeError, match="reward_residual"):
