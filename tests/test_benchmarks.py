@@ -52,3 +52,20 @@ def test_transfer_kernels_benchmark_writes_its_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "<!-- transfer-kernels -->" in text and "| 1 | p2g | fwd+bwd | torch |" in text and "| 1 | g2p | fwd | torch |" in text
+
+
+def test_recipe_run_publishes_eval_against_random_and_reuses_a_finished_run(tmp_path):
+    out, run = tmp_path / "RESULTS.md", tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "recipe_run.py"), "--section", "tiny", "--out", str(out), "sapo", "env=pendulum2d",
+           "num_envs=2", "total_steps=128", "algo.horizon=8", "eval.episodes=2", "eval.num_envs=2", "eval.every=0",
+           "video.enabled=false", "progress=false", f"hydra.run.dir={run}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- tiny -->" in text and "| trained, deterministic |" in text and "| uniform random |" in text and "Welch's t" in text
+    assert (tmp_path / "tiny.png").is_file()
+    stamp = (run / "eval.json").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert again.returncode == 0 and "reusing" in again.stdout
+    assert (run / "eval.json").stat().st_mtime_ns == stamp
