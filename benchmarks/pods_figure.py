@@ -114,6 +114,25 @@ def plot(args, results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def paired(args, results: list[dict]) -> list[str]:
+    """PODS-2nd against each other method, paired by seed (same initial weights, training and evaluation states)."""
+    if "pods2" not in args.methods:
+        return []
+    curve = {(r["method"], r["seed"]): r["returns"] for r in results}
+    lines = ["PODS 2nd order minus each method, paired by seed (same initial weights, same training and evaluation states): "
+             "the mean over iterations 1-N of the difference in return, and the iterations at which PODS-2nd is ahead.", "",
+             "| PODS 2nd order minus | mean difference ± 95 % CI over seeds | iterations ahead |", "|---|---:|---:|"]
+    for method in args.methods:
+        if method == "pods2":
+            continue
+        gaps = [[a - b for a, b in zip(curve[("pods2", s)][1:], curve[(method, s)][1:])] for s in range(args.seeds)]
+        mean, ci = mean_ci([sum(g) / len(g) for g in gaps])
+        ahead = sum(x > 0 for g in gaps for x in g)
+        lines.append(f"| {LABELS[method]} | {mean:+.2f}" + ("" if math.isnan(ci) else f" ± {ci:.2f}")
+                     + f" | {ahead} / {sum(len(g) for g in gaps)} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="pendulum2d")
@@ -133,12 +152,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--figure", type=Path, default=None, help="default: pods_vs_bptt.png beside --out")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the per-iteration returns from the figure's .json (a previous run) instead of training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.figure = args.figure or args.out.parent / "pods_vs_bptt.png"
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    results = [run(args, method, seed) for seed in range(args.seeds) for method in args.methods]
-    (args.figure.with_suffix(".json")).write_text(json.dumps(results))
+    stored = args.figure.with_suffix(".json")
+    if args.reuse:
+        results = [r for r in json.loads(stored.read_text()) if r["method"] in args.methods and r["seed"] < args.seeds]
+        if len(results) != len(args.methods) * args.seeds or any(len(r["returns"]) != args.iterations + 1 for r in results):
+            raise SystemExit(f"{stored} does not hold {args.seeds} seeds x {args.methods} x {args.iterations} iterations")
+    else:
+        results = [run(args, method, seed) for seed in range(args.seeds) for method in args.methods]
+        stored.write_text(json.dumps(results))
     plot(args, results, args.figure)
     marks = sorted({1, 3, 10, args.iterations} & set(range(1, args.iterations + 1)))
     header = " | ".join(f"iteration {i}" for i in marks)
@@ -151,6 +178,7 @@ def main() -> None:
         secs = sum(r["seconds_per_iteration"] for r in runs) / len(runs)
         text = [f"{m:.2f}" + ("" if math.isnan(c) else f" ± {c:.2f}") for m, c in cells]
         rows.append(f"| {LABELS[method]} | " + " | ".join(text) + f" | {secs:.2f} |")
+    lines_paired = paired(args, results)
     lines = [
         *run_header("PODS vs BPTT (PODS paper, figure 3)", __file__, load_before, t0, threads=str(args.threads)),
         f"`{args.env}`, goal `{args.goal}`, {args.horizon}-step episodes, float64, k = {args.num_envs} initial states per iteration, "
@@ -160,7 +188,9 @@ def main() -> None:
         f"or the full Gauss-Newton step ({args.cg_iterations} CG iterations, 2nd order"
         f"{', falling back to the gradient step where it fails' if args.gradient_fallback else ''}); BPTT: one step "
         "per iteration, gradient-norm clip 1. Evaluation: deterministic policy, 64 fixed initial states.",
-        "", *rows, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",
+        *([f"Per-iteration returns reused from `{stored.name}`, written by this command without `--reuse` "
+           "(the date, load, commit and duration above are the rewrite's; s / iteration below are the training's)."] if args.reuse else []),
+        "", *rows, "", *lines_paired, "", f"![PODS vs BPTT]({os.path.relpath(args.figure, args.out.parent)})",
     ]
     publish(args.out, "pods-figure", lines, wrote_also=f" and {args.figure}")
 
