@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--section", required=True, help="marker of the section of --out to write")
     parser.add_argument("--title", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--note", default="", help="a paragraph written under the table (e.g. why the overrides)")
     parser.add_argument("recipe", choices=RECIPES)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe, hydra.run.dir=... among them")
     args = parser.parse_args()
@@ -125,6 +126,7 @@ def main() -> None:
         "", *rows, "",
         f"Deterministic minus random: {summary['deterministic']['mean'] - summary['random_policy']['mean']:+.3f} "
         f"(Welch's t = {t:.1f}).",
+        *(["", args.note] if args.note else []),
         "", f"![{title}]({os.path.relpath(figure, args.out.parent)})",
     ]
     publish(args.out, args.section, lines, wrote_also=f" and {figure}")
