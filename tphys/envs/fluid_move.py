@@ -69,11 +69,8 @@ class FluidMoveEnv(KinematicToolEnv):
         if not isinstance(particles, int) or particles < samples:
             raise ValueError(f"fluid_move: particles must be an int >= samples={samples}, got {particles!r}")
         count = particles
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
         p = {**DEFAULTS, **physics}
-        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = "transport", num_envs, dtype, substeps, horizon
-        self.recompute, self.backend, self.validate = recompute, backend, validate
-        self.dt = p["dt"] * substeps
+        self.setup(num_envs, device, dtype, "transport", substeps, horizon, recompute, backend, validate, p["dt"])
         kw = dict(dtype=dtype, device=self.device)
         water = torch.tensor(WATER, dtype=torch.float64)
         block = (torch.rand(count, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5) * water

@@ -87,11 +87,8 @@ class HandFlipEnv(KinematicToolEnv):
         if particles < 2 * samples or particles % 4 or samples % 2:
             raise ValueError(f"hand_flip: particles must be a multiple of 4 and at least 2·samples, samples even; "
                              f"got {particles}, {samples}")
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
         p = {**DEFAULTS, **physics}
-        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = "flip", num_envs, dtype, substeps, horizon
-        self.recompute, self.backend, self.validate = recompute, backend, validate
-        self.dt = p["dt"] * substeps
+        self.setup(num_envs, device, dtype, "flip", substeps, horizon, recompute, backend, validate, p["dt"])
         kw = dict(dtype=dtype, device=self.device)
         self.block = disc(particles).to(**kw)
         volume = torch.full((particles,), PARTICLE_VOLUME, **kw)

@@ -1,10 +1,11 @@
 """What the MPM tasks share: a material driven by a kinematic tool (a rolling pin, a hand, a container).
 
-A subclass sets ``name``, ``model`` (``tphys.mpm.MPMModel``), ``shapes`` (``tphys.mpm.colliders.Shapes``),
-``substeps``, ``recompute``, ``backend``, ``validate``, ``action_scale`` (float or [A] tensor, joint units per
-unit action), ``joint_lower`` / ``joint_upper`` ([A] limits) and ``shape_poses(joint_q) -> (position [N, S, 3],
-rotation [N, S, 3, 3])``. One env step moves the joints by the scaled action, clipped to the limits,
-linearly over the substeps, and the shapes act on the grid as SDF colliders in between.
+A subclass calls ``setup`` (batch, goal, substeps, horizon, recompute, backend, validate, env-step dt)
+and sets ``name``, ``model`` (``tphys.mpm.MPMModel``), ``shapes`` (``tphys.mpm.colliders.Shapes``),
+``action_scale`` (float or [A] tensor, joint units per unit action), ``joint_lower`` / ``joint_upper``
+([A] limits) and ``shape_poses(joint_q) -> (position [N, S, 3], rotation [N, S, 3, 3])``. One env step
+moves the joints by the scaled action, clipped to the limits, linearly over the substeps, and the shapes
+act on the grid as SDF colliders in between.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ class KinematicToolEnv(TphysEnv):
     """Base of the MPM tasks; see the module docstring."""
 
     name = "mpm"
+
+    def setup(self, num_envs: int, device, dtype: torch.dtype, goal: str, substeps: int, horizon: int, recompute, backend: str,
+              validate: bool, substep_dt: float) -> None:
+        """The settings every MPM task holds; ``dt`` (s per env step) = substep_dt · substeps."""
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = goal, num_envs, dtype, substeps, horizon
+        self.recompute, self.backend, self.validate = recompute, backend, validate
+        self.dt = substep_dt * substeps
 
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World positions [N, S, 3] and rotations [N, S, 3, 3] of the tool's shapes at joint_q [N, A]."""

@@ -60,11 +60,8 @@ class RollingFlatEnv(KinematicToolEnv):
         lattice = tuple(int(k) for k in lattice)
         if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
             raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
         p = {**DEFAULTS, **physics}
-        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = "flatten", num_envs, dtype, substeps, horizon
-        self.recompute, self.backend, self.validate = recompute, backend, validate
-        self.dt = p["dt"] * substeps
+        self.setup(num_envs, device, dtype, "flatten", substeps, horizon, recompute, backend, validate, p["dt"])
         kw = dict(dtype=dtype, device=self.device)
         dx = 1.0 / grid_size
         self.floor = 3 * dx
