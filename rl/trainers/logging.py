@@ -48,8 +48,10 @@ class RunLogger:
 
 
 def progress_postfix(scalars: dict, rate: float, last_eval: dict | None) -> dict:
-    """The progress bar's postfix: recent training return, env-steps/s and the last evaluation return."""
-    postfix = {"ret": f"{scalars.get('train/episode_return', float('nan')):.1f}", "steps/s": f"{rate:,.0f}"}
+    """The progress bar's postfix: recent training return ("-" until an episode has finished), env-steps/s and
+    the last evaluation return."""
+    ret = scalars.get("train/episode_return", float("nan"))
+    postfix = {"ret": "-" if ret != ret else f"{ret:.1f}", "steps/s": f"{rate:,.0f}"}
     if last_eval:
         postfix["eval"] = f"{last_eval['eval/return']:.1f}"
     return postfix

@@ -91,3 +91,12 @@ def test_evaluate_counts_full_episodes():
     actor = SquashedGaussianActor(2, 1, (8,))
     res = evaluate(env, actor, episodes=5, deterministic=True)
     assert res.episodes == 5 and len(res.returns) == 5 and all(r < 0 for r in res.returns)
+
+
+def test_progress_postfix_shows_a_dash_until_an_episode_has_finished_then_the_return():
+    from rl.trainers.logging import progress_postfix
+
+    assert progress_postfix({}, 1234.0, None) == {"ret": "-", "steps/s": "1,234"}
+    assert progress_postfix({"train/episode_return": float("nan")}, 10.0, None)["ret"] == "-"
+    shown = progress_postfix({"train/episode_return": -3.14159}, 10.0, {"eval/return": 2.0})
+    assert shown == {"ret": "-3.1", "steps/s": "10", "eval": "2.0"}
