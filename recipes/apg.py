@@ -8,17 +8,8 @@ Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json and
 into the run directory (printed at the end).
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
+from rl.cli import recipe_main
 from rl.experiment import run_first_order
 
-
-@hydra.main(config_path="config", config_name="apg", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_first_order(cfg, HydraConfig.get().runtime.output_dir)
-
-
 if __name__ == "__main__":
-    main()
+    recipe_main("apg", run_first_order)

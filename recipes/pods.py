@@ -9,17 +9,8 @@ Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json (wi
 paper's metrics: final kinetic energy, distance to the target, handle speed) and policy.gif.
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
+from rl.cli import recipe_main
 from rl.experiment import run_pods
 
-
-@hydra.main(config_path="config", config_name="pods", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_pods(cfg, HydraConfig.get().runtime.output_dir)
-
-
 if __name__ == "__main__":
-    main()
+    recipe_main("pods", run_pods)

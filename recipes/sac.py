@@ -8,17 +8,8 @@ Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json and
 into the run directory (printed at the end).
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
 from rl.baselines.sac import run_sac
-
-
-@hydra.main(config_path="config", config_name="sac", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_sac(cfg, HydraConfig.get().runtime.output_dir)
-
+from rl.cli import recipe_main
 
 if __name__ == "__main__":
-    main()
+    recipe_main("sac", run_sac)

@@ -2,23 +2,14 @@
 
     python recipes/sapo.py env=rope
     python recipes/sapo.py env=pendulum2d env.goal=stop_at_origin seed=3 num_envs=64 total_steps=2e6 algo.horizon=16
-    python recipes/sapo.py resume=runs/sapo/<run>      # continue a run from its last checkpoint
+    python recipes/sapo.py resume=runs/sapo/<run>      # continue a run from its last checkpoint, with its own config
 
 Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json and policy.gif
 into the run directory (printed at the end).
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
+from rl.cli import recipe_main
 from rl.experiment import run_first_order
 
-
-@hydra.main(config_path="config", config_name="sapo", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_first_order(cfg, HydraConfig.get().runtime.output_dir)
-
-
 if __name__ == "__main__":
-    main()
+    recipe_main("sapo", run_first_order)

@@ -17,16 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
 import tphys.envs
+from rl.cli import ConfigError
 from rl.modules import DeterministicActor, ObservationNormalizer, PointCloudEncoder, SquashedGaussianActor, ValueEnsemble
 from rl.objectives import APGLoss, PODSLoss, SAPOLoss, SHACLoss, TrajOptLoss
-from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves, summarize
+from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves
 from rl.trainers.checkpoint import load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class ConfigError(ValueError):
-    """A bad value in a recipe config; the message names the key."""
 
 
 # ---------------------------------------------------------------------- validation and envs
@@ -217,7 +214,10 @@ def resolve_run_dir(cfg: DictConfig, run_dir: str | Path) -> Path:
 
 
 def write_config(cfg: DictConfig, run_dir: Path) -> None:
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    """``config.yaml``: the experiment's resolved config (``resume`` is not part of it: ``recipe.json`` records resumes)."""
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["resume"] = None
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
 
 
 def git_commit() -> str:
@@ -228,16 +228,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+class UniformRandomPolicy(torch.nn.Module):
+    """Writes ``action`` uniform in the env's action box, drawn from its own generator seeded with ``seed`` (the same
+    actions whatever ran before)."""
+
+    def __init__(self, env: EnvBase, seed: int):
+        super().__init__()
+        self.low, self.high = env.action_spec.space.low, env.action_spec.space.high
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def forward(self, td):
+        u = torch.rand(self.low.shape, generator=self.generator, dtype=torch.float64).to(self.low.dtype)
+        return td.set("action", self.low + (self.high - self.low) * u)
+
+
 @torch.no_grad()
-def random_policy_return(env: EnvBase, episodes: int):
-    """Uniform random actions in [-1, 1] (the ``env.rollout`` default policy)."""
-    steps = int(env.horizon)
-    returns = []
-    num_envs = int(env.batch_size.numel())
-    while sum(r.numel() for r in returns) < episodes:
-        traj = env.rollout(steps, break_when_any_done=False)
-        returns.append(traj.get(("next", "reward")).reshape(num_envs, steps).sum(1))
-    return summarize(torch.cat(returns)[:episodes], deterministic=False)
+def random_policy_return(env: EnvBase, episodes: int, seed: int = 0):
+    """Uniform random actions in the action box, scored as every policy is: one episode per env, ended at its
+    first done (``evaluate``), from the same initial states when the caller reseeds ``env`` first."""
+    return evaluate(env, UniformRandomPolicy(env, seed), episodes, deterministic=False)
 
 
 def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_steps: int, wall_time: float,
@@ -254,7 +263,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_st
         eval_env.set_seed(seed)
         sto = evaluate(eval_env, policy, episodes, deterministic=False)
     eval_env.set_seed(seed)
-    rnd = random_policy_return(eval_env, episodes)
+    rnd = random_policy_return(eval_env, episodes, seed)
     summary = {
         "algo": algo_name or cfg.algo.name, "env": cfg.env.name, "goal": cfg.env.goal, "seed": int(cfg.seed),
         "env_steps": int(env_steps), "train_wall_time_s": round(float(wall_time), 2),
@@ -265,7 +274,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_st
     if hasattr(eval_env, "episode_metrics"):
         eval_env.set_seed(seed)
         summary["metrics"] = {"deterministic": episode_metrics(eval_env, policy, episodes),
-                              "random_policy": episode_metrics(eval_env, None, episodes)}
+                              "random_policy": episode_metrics(eval_env, None, episodes, seed)}
     summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 2)
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curve.png",
@@ -280,8 +289,11 @@ def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_st
 
 
 @torch.no_grad()
-def episode_metrics(env: EnvBase, policy, episodes: int) -> dict[str, dict[str, float]]:
-    """Mean and std over ``episodes`` of ``env.episode_metrics`` (deterministic policy; None: random)."""
+def episode_metrics(env: EnvBase, policy, episodes: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean and std over ``episodes`` of ``env.episode_metrics`` (deterministic policy; None: the uniform random policy
+    of ``random_policy_return``, seeded with ``seed``)."""
+    if policy is None:
+        policy = UniformRandomPolicy(env, seed)
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
     values: dict[str, list[torch.Tensor]] = {}

@@ -5,6 +5,7 @@ See ``rl/baselines/__init__.py`` for the design notes.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -24,11 +25,14 @@ from tqdm.auto import tqdm
 from rl.experiment import finish_run, prepare_run, train_or_resume
 from rl.modules import MLP, ObservationNormalizer
 from rl.trainers import NonFiniteError, RunLogger, evaluate, load_checkpoint, save_checkpoint
+from rl.trainers.checkpoint import env_generator_state, restore_env_generator
 from rl.trainers.episodes import track_episode_returns
 from rl.trainers.first_order import NONFINITE_POLICIES, OPTIMIZERS
+from rl.trainers.guard import Snapshot, StallMonitor, describe, nonfinite_state
 from rl.trainers.logging import progress_postfix
 
 MAX_SKIPS = 10
+log = logging.getLogger("rl.trainers")
 
 class NormalizedMLP(nn.Module):
     """``(obs [..., D], *extra [..., E]) -> [..., out]``: ``MLP(cat(normalizer(obs), *extra))``.
@@ -127,6 +131,7 @@ class BaselineTrainer:
         self.running_return = torch.zeros(self.num_envs, dtype=torch.float64)
         self.recent_returns: list[float] = []
         self.last_eval: dict | None = None
+        self.stall = StallMonitor()
 
     # ------------------------------------------------------------------ subclass hooks
     def update(self, batch: TensorDictBase) -> dict[str, float]:
@@ -166,6 +171,17 @@ class BaselineTrainer:
             return torch.stack(norms).norm().item() if norms else 0.0
         return nn.utils.clip_grad_norm_(params, float(max_norm)).item()
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {n: getattr(self, n) for n in ("actor_opt", "critic_opt", "alpha_opt") if getattr(self, n, None) is not None}
+
+    def _watch_stall(self, scalars: dict[str, float]) -> None:
+        warning = self.stall.update(scalars.get("grad_norm/actor"), scalars.get("loss/actor"))
+        if warning:
+            log.warning("%s: %s at %s", self.name, warning, self.where())
+            tqdm.write(f"warning: {self.name}: {warning} at {self.where()}")
+        if self.stall.stalled:
+            scalars["warn/stalled"] = 1.0
+
     def _track_returns(self, batch: TensorDictBase) -> None:
         reward = batch["next", "reward"].reshape(self.num_envs, -1).double()
         done = batch["next", "done"].reshape(self.num_envs, -1)
@@ -200,7 +216,15 @@ class BaselineTrainer:
         while self.iteration < self.iterations:
             batch, iterator = self._collect(iterator)
             self._track_returns(batch)
+            snapshot = Snapshot({"loss": self.loss, "normalizer": self.normalizer, **self.optimizers()}) \
+                if cfg.on_nonfinite == "skip" else None
             scalars = self.update(batch)
+            bad = nonfinite_state({"loss": self.loss}, self.optimizers())
+            if bad:
+                if snapshot is not None:
+                    snapshot.restore()
+                self.nonfinite(f"non-finite parameters or optimizer state after the update: {describe(bad)}; update undone")
+                scalars = {"train/skipped": float(self.skips)}
             if self.normalizer is not None:
                 self.normalizer.update(batch["observation"])
             self.collector.update_policy_weights_()
@@ -219,7 +243,9 @@ class BaselineTrainer:
                 res = evaluate(self.eval_env, self.actor, int(cfg.eval.episodes), deterministic=True)
                 self.last_eval = {"eval/return": res.mean, "eval/return_ci95": res.ci95}
                 scalars.update(self.last_eval)
-            bar.set_postfix(progress_postfix(scalars, rate, self.last_eval), refresh=False)
+            self._watch_stall(scalars)
+            bar.set_postfix(progress_postfix(scalars, rate, self.last_eval, self.stall.reason if self.stall.stalled else None),
+                            refresh=False)
             self.logger.log(self.env_steps, **scalars, **{"time/wall": self.wall_time, "time/steps_per_s": rate})
             if ckpt_every and (self.iteration % ckpt_every == 0 or self.iteration == self.iterations):
                 self.save(self.run_dir / "checkpoints" / "last.pt")
@@ -227,7 +253,6 @@ class BaselineTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        env_gen = getattr(self.env, "_generator", None)
         carrier = getattr(self.collector, "_carrier", None)  # the envs' current state (TorchRL keeps it private)
         return {
             "algo": self.name,
@@ -235,12 +260,14 @@ class BaselineTrainer:
             "normalizer": None if self.normalizer is None else self.normalizer.state_dict(),
             "collector": self.collector.state_dict(),
             "env_state": None if carrier is None else carrier.exclude("collector").to_dict(),
-            "env_generator": None if env_gen is None else env_gen.get_state(),
+            "env_generator": env_generator_state(self.env),
+            "eval_env_generator": env_generator_state(self.eval_env),
             "torch_rng": torch.get_rng_state(),
             "counters": {"iteration": self.iteration, "env_steps": self.env_steps, "wall_time": self.wall_time, "skips": self.skips},
             "running_return": self.running_return.clone(),
             "recent_returns": list(self.recent_returns),
             "last_eval": self.last_eval,
+            "stall": self.stall.state_dict(),
             **self.extra_state(),
         }
 
@@ -256,9 +283,8 @@ class BaselineTrainer:
             carrier.update(TensorDict(state["env_state"], batch_size=self.env.batch_size, device=self.env.device))
         else:  # no saved env state: the envs start fresh episodes
             self.running_return.zero_()
-        env_gen = getattr(self.env, "_generator", None)
-        if env_gen is not None and state["env_generator"] is not None:
-            env_gen.set_state(state["env_generator"])
+        restore_env_generator(self.env, state["env_generator"])
+        restore_env_generator(self.eval_env, state.get("eval_env_generator"))
         torch.set_rng_state(state["torch_rng"])
         counters = state["counters"]
         self.iteration, self.env_steps = counters["iteration"], counters["env_steps"]
@@ -267,6 +293,7 @@ class BaselineTrainer:
             self.running_return = state["running_return"].clone()
         self.recent_returns = list(state["recent_returns"])
         self.last_eval = state["last_eval"]
+        self.stall.load_state_dict(state.get("stall"))
         self.load_extra_state(state)
 
     def save(self, path: str | Path) -> Path:

@@ -16,8 +16,12 @@ from torch import Tensor, nn
 class ObservationNormalizer(nn.Module):
     """``[..., D] -> [..., D]``: ``clamp((obs - mean) / sqrt(var + eps), -clip, clip)``.
 
-    Statistics are kept in float64 (Chan's parallel update), cast to the input dtype on use.
+    Statistics are kept in float64 (Chan's parallel update), cast to the input dtype on use. They stay
+    float64 through ``module.to(dtype)`` / ``.float()`` (only a device move applies to them): a policy cast
+    to float32 must not round the statistics a checkpoint restores.
     """
+
+    STATISTICS = ("mean", "var", "count")
 
     def __init__(self, dim: int, eps: float = 1e-5, clip: float = 10.0):
         super().__init__()
@@ -25,6 +29,14 @@ class ObservationNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
+
+    def _apply(self, fn, recurse=True):
+        kept = {name: getattr(self, name) for name in self.STATISTICS}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            moved = getattr(self, name)
+            setattr(self, name, old.to(device=moved.device) if moved.dtype != old.dtype else moved)
+        return self
 
     def forward(self, obs: Tensor) -> Tensor:
         if obs.shape[-1] != self.dim:

@@ -69,5 +69,5 @@ def evaluate(env: EnvBase, policy: TensorDictModuleBase, episodes: int = 64, det
             reward = traj.get(("next", "reward")).reshape(num_envs, steps)
             done = traj.get(("next", "done")).reshape(num_envs, steps)
             alive = (torch.cumsum(done.long(), dim=1) - done.long()) == 0  # up to and including the first done
-            returns.append((reward * alive).sum(1))
+            returns.append((reward.double() * alive).sum(1))  # float64 sums: a long episode loses no digits
     return summarize(torch.cat(returns)[:episodes], deterministic)

@@ -16,6 +16,7 @@ episode-return trackers), so a resumed run computes the same next losses bit for
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -29,13 +30,15 @@ from tqdm.auto import tqdm
 
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.common import FirstOrderLoss
-from rl.trainers.checkpoint import load_checkpoint, save_checkpoint
+from rl.trainers.checkpoint import env_generator_state, load_checkpoint, restore_env_generator, save_checkpoint
 from rl.trainers.episodes import track_episode_returns
 from rl.trainers.evaluation import evaluate
+from rl.trainers.guard import Snapshot, StallMonitor, describe, nonfinite_state
 from rl.trainers.logging import RunLogger, progress_postfix
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 NONFINITE_POLICIES = ("stop", "skip")
+log = logging.getLogger("rl.trainers")
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float | None) -> float:
@@ -139,6 +142,7 @@ class FirstOrderTrainer:
         self.running_return = torch.zeros(self.num_envs, dtype=torch.float64)
         self.recent_returns: list[float] = []
         self.last_eval: dict | None = None
+        self.stall = StallMonitor()
 
     # ------------------------------------------------------------------ schedule
     def learning_rates(self, iteration: int) -> dict[str, float]:
@@ -165,6 +169,7 @@ class FirstOrderTrainer:
         if self.state is None:
             self.reset_env()
         lrs = self._set_lrs()
+        snapshot = self._snapshot() if self.cfg.on_nonfinite == "skip" else None
         self.actor_opt.zero_grad(set_to_none=True)
         if self.alpha_opt is not None:
             self.alpha_opt.zero_grad(set_to_none=True)
@@ -172,8 +177,8 @@ class FirstOrderTrainer:
             out = self.loss(self.state)
             actor_objective = out["loss_actor"] + (out["loss_alpha"] if "loss_alpha" in out.keys() else 0.0)
             actor_objective.backward()
-        except FloatingPointError as err:  # the env's NaN/inf state check
-            return self._nonfinite(f"simulator state: {err}")
+        except FloatingPointError as err:  # the env's NaN/inf state or action check
+            return self._nonfinite(f"simulator: {err}")
         bad = self._nonfinite_report(out)
         if bad:
             return self._nonfinite(bad)
@@ -188,6 +193,11 @@ class FirstOrderTrainer:
         critic_loss = self._train_critic(out["critic_batch"]) if self.critic_opt is not None else float("nan")
         if hasattr(self.loss, "update_target"):
             self.loss.update_target()
+        bad = self.nonfinite_parameters()
+        if bad:
+            if snapshot is not None:
+                snapshot.restore()
+            return self._nonfinite(f"non-finite parameters or optimizer state after the update: {describe(bad)}")
         self.state = out["next_state"]
         self._track_returns(out["window"])
         self.iteration += 1
@@ -201,7 +211,31 @@ class FirstOrderTrainer:
                 scalars[f"sapo/{key}"] = out[key].item()
         if self.recent_returns:
             scalars["train/episode_return"] = sum(self.recent_returns[-100:]) / len(self.recent_returns[-100:])
+        self._watch_stall(scalars)
         return scalars
+
+    # ------------------------------------------------------------------ guards
+    def guarded(self) -> tuple[dict, dict]:
+        """``(modules, optimizers)`` whose tensors must stay finite after every update."""
+        modules = {"actor": self.loss.actor, "critic": getattr(self.loss, "critic", None),
+                   "critic_target": getattr(self.loss, "critic_target", None), "log_alpha": getattr(self.loss, "log_alpha", None)}
+        optimizers = {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        return modules, optimizers
+
+    def nonfinite_parameters(self) -> list[str]:
+        return nonfinite_state(*self.guarded())
+
+    def _snapshot(self) -> Snapshot:
+        modules, optimizers = self.guarded()
+        return Snapshot({"loss": self.loss, **optimizers})
+
+    def _watch_stall(self, scalars: dict[str, float]) -> None:
+        warning = self.stall.update(scalars.get("grad_norm/actor"), scalars.get("loss/actor"))
+        if warning:
+            log.warning("%s at iteration %d (env steps %d)", warning, self.iteration, self.env_steps)
+            tqdm.write(f"warning: {warning} at iteration {self.iteration} (env steps {self.env_steps})")
+        if self.stall.stalled:
+            scalars["warn/stalled"] = 1.0
 
     def _nonfinite_report(self, out: TensorDict) -> str:
         problems = []
@@ -286,7 +320,8 @@ class FirstOrderTrainer:
                 res = self.evaluate()
                 self.last_eval = {"eval/return": res.mean, "eval/return_ci95": res.ci95}
                 scalars.update(self.last_eval)
-            bar.set_postfix(progress_postfix(scalars, rate, self.last_eval), refresh=False)
+            bar.set_postfix(progress_postfix(scalars, rate, self.last_eval, self.stall.reason if self.stall.stalled else None),
+                            refresh=False)
             if self.logger is not None and (self.iteration % self.cfg.log_every == 0 or "eval/return" in scalars):
                 self.logger.log(self.env_steps, **scalars, **{"time/wall": self.wall_time, "time/steps_per_s": rate})
             if self.run_dir is not None and self.cfg.checkpoint_every and (
@@ -297,7 +332,6 @@ class FirstOrderTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        env_gen = getattr(self.env, "_generator", None)
         return {
             "loss": self.loss.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
@@ -306,12 +340,14 @@ class FirstOrderTrainer:
             "normalizer": None if self.normalizer is None else self.normalizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "env_generator": None if env_gen is None else env_gen.get_state(),
+            "env_generator": env_generator_state(self.env),
+            "eval_env_generator": env_generator_state(self.eval_env),
             "env_state": None if self.state is None else self.state.to_dict(),
             "counters": {"iteration": self.iteration, "env_steps": self.env_steps, "wall_time": self.wall_time, "skips": self.skips},
             "running_return": self.running_return.clone(),
             "recent_returns": list(self.recent_returns),
             "last_eval": self.last_eval,
+            "stall": self.stall.state_dict(),
             "config": asdict(self.cfg),
         }
 
@@ -325,9 +361,8 @@ class FirstOrderTrainer:
             self.normalizer.load_state_dict(state["normalizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        env_gen = getattr(self.env, "_generator", None)
-        if env_gen is not None and state["env_generator"] is not None:
-            env_gen.set_state(state["env_generator"])
+        restore_env_generator(self.env, state["env_generator"])
+        restore_env_generator(self.eval_env, state.get("eval_env_generator"))
         if state["env_state"] is not None:
             self.state = TensorDict(state["env_state"], batch_size=self.env.batch_size, device=self.env.device)
         counters = state["counters"]
@@ -336,6 +371,7 @@ class FirstOrderTrainer:
         self.running_return = state["running_return"].clone()
         self.recent_returns = list(state["recent_returns"])
         self.last_eval = state["last_eval"]
+        self.stall.load_state_dict(state.get("stall"))
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(self.state_dict(), path)

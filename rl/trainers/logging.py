@@ -47,13 +47,15 @@ class RunLogger:
         self.path.write_text("".join(line + "\n" for line in keep))
 
 
-def progress_postfix(scalars: dict, rate: float, last_eval: dict | None) -> dict:
-    """The progress bar's postfix: recent training return ("-" until an episode has finished), env-steps/s and
-    the last evaluation return."""
+def progress_postfix(scalars: dict, rate: float, last_eval: dict | None, warning: str | None = None) -> dict:
+    """The progress bar's postfix: recent training return ("-" until an episode has finished), env-steps/s,
+    the last evaluation return and, while the policy has stopped learning, ``warn`` (what the stall monitor saw)."""
     ret = scalars.get("train/episode_return", float("nan"))
     postfix = {"ret": "-" if ret != ret else f"{ret:.1f}", "steps/s": f"{rate:,.0f}"}
     if last_eval:
         postfix["eval"] = f"{last_eval['eval/return']:.1f}"
+    if warning:
+        postfix["warn"] = f"STALLED ({warning[:60]})"
     return postfix
 
 

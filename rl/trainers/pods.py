@@ -23,6 +23,7 @@ import torch
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.pods import PODSLoss
 from rl.trainers.first_order import FirstOrderTrainer, TrainerConfig
+from rl.trainers.guard import describe
 
 
 class PODSTrainer(FirstOrderTrainer):
@@ -46,11 +47,12 @@ class PODSTrainer(FirstOrderTrainer):
 
     def step(self) -> dict[str, float]:
         lrs = self._set_lrs()
+        snapshot = self._snapshot() if self.cfg.on_nonfinite == "skip" else None
         start = self.env.reset()
         try:
             improved = self.loss.improve(start)
-        except FloatingPointError as err:  # the env's NaN/inf state check
-            return self._nonfinite(f"simulator state: {err}")
+        except FloatingPointError as err:  # the env's NaN/inf state or action check
+            return self._nonfinite(f"simulator: {err}")
         stats = improved["stats"]
         if not (torch.isfinite(stats["value_policy"]).all() and torch.isfinite(improved["batch", "target_action"]).all()):
             return self._nonfinite("non-finite return or improved actions")
@@ -59,7 +61,14 @@ class PODSTrainer(FirstOrderTrainer):
             self.normalizer.update(batch["observation"])
         first, last, grad_norm = self._regress(batch)
         if not math.isfinite(last):
+            if snapshot is not None:
+                snapshot.restore()
             return self._nonfinite(f"regression loss {last}")
+        bad = self.nonfinite_parameters()
+        if bad:
+            if snapshot is not None:
+                snapshot.restore()
+            return self._nonfinite(f"non-finite parameters or optimizer state after the regression: {describe(bad)}")
         self.iteration += 1
         self.env_steps += self.steps_per_iter
         self.sim_steps += self._simulated_steps(improved)
@@ -74,6 +83,7 @@ class PODSTrainer(FirstOrderTrainer):
         for key in ("cg_iterations", "cg_residual", "gradient_fallback"):
             if key in improved.keys():
                 scalars[f"pods/{key}"] = improved[key].item()
+        self._watch_stall(scalars)
         return scalars
 
     def _regress(self, batch) -> tuple[float, float, float]:

@@ -1,0 +1,350 @@
+"""The recipes' command line: Hydra composition, checks that name the key, and ``resume=RUN_DIR``.
+
+``recipe_main("sapo", run_first_order)`` is a recipe's whole ``__main__``. Before Hydra runs it
+
+* refuses any override of a key the recipe does not have, with one message whether it was written
+  ``key=value`` or ``+key=value`` (Hydra's own hint to append with ``+`` would make the run ignore the
+  key); only ``env.options.*`` (checked by ``tphys.envs.make``) and ``env.encoder.*`` are open;
+* checks every value's type against the recipe's default (``seed=abc`` names ``seed`` and "int"),
+  refuses non-finite numbers, and refuses null where the recipe cannot take one;
+* with ``resume=RUN_DIR`` (or a checkpoint file) builds the run from the run's own ``config.yaml``,
+  not from the command line: overrides that would change the experiment are refused naming each key,
+  the few that make sense (``RESUMABLE``) are applied and recorded in ``recipe.json``; nothing in the
+  run directory is written before all of that is validated.
+
+Errors print ``error: <message>`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rl.trainers.checkpoint import CheckpointError, load_latest_checkpoint
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
+GROUPS = ("env", "algo")
+OPEN_KEYS = ("env.options", "env.encoder")  # checked where they are used (tphys.envs.make, point_cloud_encoder)
+NULLABLE = ("total_steps", "resume", "algo.grad_clip", "algo.target_tau", "algo.target_entropy", "algo.max_action_change",
+            "algo.newton_step_cap", "algo.clip_value", "env.encoder")
+RESUMABLE = ("total_steps", "threads", "progress", "logger", "checkpoint_every", "on_nonfinite", "eval.every", "video.enabled",
+             "video.format", "video.every")
+# Hydra's flags that take a value (their value is not an override)
+FLAGS_WITH_VALUE = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p",
+                    "--info", "-i", "--experimental-rerun")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A bad value in a recipe config; the message names the key."""
+
+
+# ---------------------------------------------------------------------- parsing
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(overrides, hydra flags)`` of a recipe's command line."""
+    overrides, flags, skip = [], [], False
+    for arg in argv:
+        if skip:
+            flags.append(arg)
+            skip = False
+        elif arg.startswith("-"):
+            flags.append(arg)
+            skip = arg in FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return overrides, flags
+
+
+def parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """The recipe's config, composed by Hydra's compose API (no run directory, nothing written)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def group_choices(parsed) -> list[str]:
+    """``env=X`` / ``algo=Y`` overrides (the first value of a sweep)."""
+    out = []
+    for o in parsed:
+        if o.key_or_group in GROUPS and not o.is_delete():
+            value = o.value()
+            if o.is_sweep_override():
+                value = next(iter(o.sweep_string_iterator()))
+            out.append(f"{o.key_or_group}={value}")
+    return out
+
+
+# ---------------------------------------------------------------------- keys and types
+def check_keys(defaults: DictConfig, parsed) -> None:
+    """Refuse every override of a key ``defaults`` lacks, ``+`` or not, outside the open namespaces."""
+    for o in parsed:
+        key = o.key_or_group
+        if key in GROUPS or key.split(".")[0] == "hydra" or key.split("@")[0] in GROUPS:
+            continue
+        if OmegaConf.select(defaults, key, default=_MISSING) is not _MISSING:
+            continue
+        if any(key == p or key.startswith(p + ".") for p in OPEN_KEYS):
+            continue
+        raise ConfigError(unknown_key_message(defaults, key, o.input_line))
+
+
+def unknown_key_message(defaults: DictConfig, key: str, line: str) -> str:
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(defaults, parent, default=None) if parent else defaults
+    while node is None and parent:  # the deepest existing parent
+        parent, _, _ = parent.rpartition(".")
+        node = OmegaConf.select(defaults, parent, default=None) if parent else defaults
+    keys = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "none"
+    where = f"'{parent}'" if parent else "the top level"
+    return (f"unknown config key '{key}': no such key in this recipe's config; keys at {where}: {keys}. "
+            "A leading '+' does not add keys here: every key a recipe reads is already in recipes/config "
+            "(env options go under env.options, e.g. +env.options.horizon=50)")
+
+
+def type_name(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, ListConfig)):
+        return "list"
+    if isinstance(value, (dict, DictConfig)):
+        return "mapping"
+    return type(value).__name__
+
+
+def a_type(value) -> str:
+    name = type_name(value)
+    return f"an {name}" if name == "int" else f"a {name}"
+
+
+def check_value(key: str, value, default) -> None:
+    """Raise ``ConfigError`` naming ``key`` when ``value`` does not have the type of the recipe's ``default``."""
+    shown = f"{value!r} ({type_name(value)})" if value is not None else "null"
+    if value is None:
+        if default is not None and not any(key == k or key.startswith(k + ".") for k in NULLABLE):
+            raise ConfigError(f"{key} must be {a_type(default)}, got null")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if default is None or isinstance(default, (dict, DictConfig)):
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, ListConfig)):
+        ok = isinstance(value, (list, ListConfig))
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{key} must be {a_type(default)}, got {shown}")
+
+
+def check_types(cfg: DictConfig, defaults: DictConfig, prefix: str = "") -> None:
+    """Every leaf of ``cfg`` against the same leaf of ``defaults`` (open namespaces: finiteness only)."""
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        value = cfg[key]
+        default = OmegaConf.select(defaults, str(key), default=None) if defaults is not None else None
+        if isinstance(value, DictConfig):
+            check_types(value, default if isinstance(default, DictConfig) else None, prefix=path + ".")
+        elif isinstance(value, ListConfig):
+            for i, item in enumerate(value):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{path}[{i}] must be a finite number, got {item!r}")
+            check_value(path, value, default)
+        else:
+            check_value(path, value, default)
+
+
+def check_learning_rates(cfg: DictConfig) -> None:
+    """Learning rates must be finite and > 0 (``lr_end``, ``lr_min``: >= 0)."""
+    for key, value in cfg.algo.items():
+        key = str(key)
+        if not (key.endswith("_lr") or key in ("lr_end", "lr_min", "lr_max")) or value is None:
+            continue
+        floor_ok = key in ("lr_end", "lr_min")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+                value == 0 and not floor_ok):
+            raise ConfigError(f"algo.{key} must be a finite number {'>= 0' if floor_ok else '> 0'}, got {value!r}")
+
+
+def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
+    """Types of ``cfg`` against the recipe's defaults for the same env and algo; learning rates."""
+    defaults = compose(config_name, choices)
+    check_types(cfg, defaults)
+    check_learning_rates(cfg)
+
+
+# ---------------------------------------------------------------------- resume
+def checkpoint_file(resume: str | Path) -> Path:
+    path = Path(resume)
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def resume_config(config_name: str, resume: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
+    """``(config, run dir, record)`` of a resumed run: the run's saved config plus the ``RESUMABLE`` overrides."""
+    ckpt = checkpoint_file(resume)
+    run_dir = ckpt.parent.parent
+    saved_path = run_dir / "config.yaml"
+    state, source = load_latest_checkpoint(ckpt)  # CheckpointError names the file
+    if not saved_path.is_file():
+        raise ConfigError(f"resume={resume}: {saved_path} is missing, so the run's config is unknown; "
+                          "a run directory written by a tphys recipe holds config.yaml beside checkpoints/")
+    cfg = OmegaConf.load(saved_path)
+    record = read_record(run_dir)
+    if record.get("recipe", config_name) != config_name:
+        raise ConfigError(f"resume={resume}: the run was made by recipes/{record['recipe']}.py, not recipes/{config_name}.py")
+    saved_algo = cfg.get("algo", {}).get("name")
+    if saved_algo is not None and config_name in ("sapo", "shac", "apg", "trajopt", "pods", "ppo", "sac") and saved_algo != config_name:
+        raise ConfigError(f"resume={resume}: the run is a {saved_algo} run; resume it with recipes/{saved_algo}.py")
+    parsed = [o for o in parse(overrides) if o.key_or_group.split(".")[0] != "hydra"]
+    refused, applied = [], {}
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_sweep_override():
+            raise ConfigError(f"resume: sweeps are not resumable ('{o.input_line}')")
+        if key in GROUPS:
+            chosen = compose(config_name, [f"{key}={o.value()}"])[key].get("name")
+            if chosen != cfg[key].get("name"):
+                refused.append(f"{key} (run: {cfg[key].get('name')}, given: {chosen})")
+            continue
+        value = o.value()
+        old = OmegaConf.select(cfg, key, default=_MISSING)
+        if old is _MISSING and not any(key.startswith(p + ".") for p in OPEN_KEYS):
+            raise ConfigError(unknown_key_message(cfg, key, o.input_line))
+        if key in RESUMABLE:
+            check_value(key, value, None if old is _MISSING else old)
+            OmegaConf.update(cfg, key, value, merge=False)
+            applied[key] = value
+        elif old is _MISSING or not same_value(old, value):
+            refused.append(f"{key} (run: {'unset' if old is _MISSING else old_repr(old)}, given: {value!r})")
+    if refused:
+        raise ConfigError(
+            f"resume={resume}: these overrides would change the experiment: {'; '.join(refused)}. A resumed run keeps its own "
+            f"config ({saved_path}); start a new run to change them. On resume only {', '.join(RESUMABLE)} may change")
+    done = int(state.get("counters", {}).get("env_steps", 0))
+    if "total_steps" in applied and cfg.total_steps is not None and float(cfg.total_steps) < done:
+        raise ConfigError(f"total_steps={applied['total_steps']!r} is less than the {done} env steps the checkpoint has already "
+                          "trained; pass a larger total_steps to extend the run")
+    cfg.resume = str(source)
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(source), "env_steps": done, "overrides": applied}
+    return cfg, run_dir, entry
+
+
+def same_value(old, new) -> bool:
+    old = OmegaConf.to_container(old, resolve=True) if isinstance(old, (DictConfig, ListConfig)) else old
+    if isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool):
+        return float(new) == float(old)
+    return old == new
+
+
+def old_repr(old) -> str:
+    return repr(OmegaConf.to_container(old, resolve=True) if isinstance(old, (DictConfig, ListConfig)) else old)
+
+
+def read_record(run_dir: Path) -> dict:
+    path = run_dir / "recipe.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_record(run_dir: Path, config_name: str, choices: list[str] | None, overrides: list[str] | None,
+                 resume_entry: dict | None = None) -> None:
+    """``recipe.json``: the recipe, its group choices and overrides, and one entry per resume."""
+    record = read_record(run_dir)
+    record.setdefault("recipe", config_name)
+    if choices is not None:
+        record["choices"], record["overrides"] = choices, overrides
+    if resume_entry is not None:
+        record.setdefault("resumes", []).append(resume_entry)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps(record, indent=2))
+
+
+# ---------------------------------------------------------------------- entry point
+def recipe_main(config_name: str, run: Callable[[DictConfig, str | Path], dict], argv: list[str] | None = None) -> None:
+    """A recipe's ``__main__``: check the command line, then run ``run(cfg, run_dir)`` under Hydra (or resume)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, flags = split_argv(argv)
+    try:
+        parsed = parse(overrides)
+    except Exception:  # a syntax error: Hydra's own message says where
+        parsed = None
+    try:
+        if parsed is not None:
+            resume = [o for o in parsed if o.key_or_group == "resume" and o.value() is not None]
+            if resume and not flags:
+                rest = [o.input_line for o in parsed if o.key_or_group != "resume"]
+                cfg, run_dir, entry = resume_config(config_name, str(resume[0].value()), rest)
+                choices = read_record(run_dir).get("choices") or [f"env={cfg.env.name}", f"algo={cfg.algo.name}"]
+                validate(config_name, cfg, choices)
+                write_record(run_dir, config_name, None, None, entry)
+                run(cfg, run_dir)
+                return
+            choices = group_choices(parsed)
+            check_keys(compose(config_name, choices), parsed)
+            if not flags and not any(o.is_sweep_override() for o in parsed):  # a sweep's jobs are checked one by one
+                plain = [o.input_line for o in parsed if o.key_or_group.split(".")[0] != "hydra"]
+                validate(config_name, compose(config_name, plain), choices)
+    except (ConfigError, CheckpointError) as err:
+        fail(err)
+    hydra_run(config_name, run, overrides, argv)
+
+
+def fail(err: Exception) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def hydra_run(config_name: str, run: Callable, overrides: list[str], argv: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def task(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        choices = [f"{g}={hc.runtime.choices[g]}" for g in GROUPS if g in hc.runtime.choices]
+        try:
+            validate(config_name, cfg, choices)
+            run_dir = Path(hc.runtime.output_dir)
+            write_record(run_dir, config_name, choices, list(hc.overrides.task))
+            run(cfg, run_dir)
+        except (ConfigError, CheckpointError) as err:
+            fail(err)
+
+    if not any(a.startswith("hydra.job.name=") for a in argv):
+        argv = [*argv, f"hydra.job.name={config_name}"]  # the job (and its .log file) is named after the recipe
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(task)()
