@@ -11,9 +11,11 @@ import pytest
 import torch
 from point_mass import PointMass1D, step_point_mass
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
 from test_returns import naive_lambda_return
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
+import tphys.envs as E
 from rl.modules import SquashedGaussianActor, ValueEnsemble
 from rl.objectives import APGLoss, SAPOLoss, SHACLoss
 
@@ -140,18 +142,78 @@ def test_sapo_loss_equals_direct_eq_8_to_10_and_19(case):
     assert math.isclose(g_alpha.item(), alpha * (entropies.detach() - hbar).mean().item(), rel_tol=1e-9)
 
 
-def test_sapo_gradient_does_not_cross_an_episode_reset():
-    """With truncation inside the window, the start state influences only the first segment."""
-    env = PointMass1D(num_envs=2, horizon=6, seed=1)
-    actor, critic = make_nets()
-    loss = SAPOLoss(env, actor, critic, horizon=6, gamma=GAMMA, lmbda=LMBDA)
-    obs = torch.tensor([[0.3, 0.1], [-0.5, 0.2]], dtype=torch.float64, requires_grad=True)
+class ActionOffsets(TensorDictModuleBase):
+    """``actor``, then ``action += offsets[t]`` at the t-th call: the zero leaf ``offsets`` [H, N, A] changes no value,
+    and d/d offsets[t] is the gradient with respect to the action taken at window step t."""
+
+    def __init__(self, actor, offsets):
+        super().__init__()
+        self.actor, self.offsets, self.calls = actor, offsets, 0
+        self.in_keys, self.out_keys = actor.in_keys, actor.out_keys
+
+    def forward(self, td):
+        td = self.actor(td)
+        td.set("action", td["action"] + self.offsets[self.calls])
+        self.calls += 1
+        return td
+
+
+RESET_ENVS = {"point_mass": ("observation",), "pendulum2d": ("x", "v")}  # the state keys each env steps from
+
+
+def reset_window(env_name, steps_done):
+    """One SAPO window of 6 steps from episodes ``steps_done`` steps old (episodes of 6 steps), with graph.
+
+    Returns (loss output, window rewards [N, 6] with their graph, done [N, 6], start-state leaves, action offsets).
+    """
+    if env_name == "point_mass":
+        env = PointMass1D(num_envs=2, horizon=6, seed=1)
+        actor, critic = make_nets()
+    else:
+        env = E.make(env_name, num_envs=2, dtype=torch.float64, seed=1, horizon=6)
+        torch.manual_seed(0)
+        actor = SquashedGaussianActor(env.observation_dim, env.action_dim, (8,), "silu").double()
+        critic = ValueEnsemble(env.observation_dim, (8,), "silu").double()
+    start = env.reset()
+    start["step_count"] = torch.full_like(start["step_count"], steps_done)
+    leaves = [start[key].requires_grad_() for key in RESET_ENVS[env_name]]
+    offsets = torch.zeros(6, 2, int(env.action_spec.shape[-1]), dtype=torch.float64, requires_grad=True)
+    loss = SAPOLoss(env, ActionOffsets(actor, offsets), critic, horizon=6, gamma=GAMMA, lmbda=LMBDA)
+    windows, rollout = [], loss.rollout
+
+    def kept_rollout(td):  # forward's own window, kept: the rewards forward returns are detached
+        windows.append(rollout(td))
+        return windows[-1]
+
+    loss.rollout = kept_rollout
     torch.manual_seed(5)
-    out = loss(start_td(env, obs, steps=3))
-    traj_rewards_after_reset = out["window", "reward"][:, 3:]
-    assert not traj_rewards_after_reset.requires_grad
-    (g,) = torch.autograd.grad(out["loss_actor"], obs)
+    out = loss(start)
+    traj = windows[0][0]
+    return out, traj["next", "reward"].squeeze(-1), traj["next", "done"].squeeze(-1), leaves, offsets
+
+
+@pytest.mark.parametrize("env_name", list(RESET_ENVS))
+def test_sapo_gradient_does_not_cross_an_episode_reset(env_name):
+    """Truncation after 3 of the window's 6 steps: the rewards after the reset carry no gradient back to the start
+    state or to the 3 actions taken before it. The control: with no reset inside the window the same rewards do
+    depend on both, so a reset that kept the graph (even with the right values) fails here."""
+    out, rewards, done, leaves, offsets = reset_window(env_name, steps_done=3)
+    assert done[:, 2].all() and not done[:, :2].any() and not done[:, 3:].any(), "the reset must fall after step 3"
+    after_reset = rewards[:, 3:].sum()
+    assert after_reset.requires_grad
+    *g_state, g_actions = torch.autograd.grad(after_reset, [*leaves, offsets], allow_unused=True, retain_graph=True)
+    for g in g_state:
+        assert g is None or not g.any(), "a reward after the reset depends on the state the window started from"
+    assert not g_actions[:3].any(), "a reward after the reset depends on an action taken before it"
+    assert g_actions[3:].abs().sum() > 0  # the actions after the reset do move those rewards
+    # ... and the loss still reaches the start state through the first segment
+    (g,) = torch.autograd.grad(out["loss_actor"], leaves[0])
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+    _, rewards, done, leaves, offsets = reset_window(env_name, steps_done=0)
+    assert not done[:, :5].any()
+    *g_state, g_actions = torch.autograd.grad(rewards[:, 3:].sum(), [*leaves, offsets])
+    assert sum(g.abs().sum() for g in g_state) > 0 and (g_actions[:3].abs().sum((0, 2)) > 0).all()
 
 
 def test_shac_loss_equals_direct_eq_20_with_target_critic():

@@ -83,22 +83,28 @@ def test_conjugate_gradient_solves_each_env_block():
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3), order=st.sampled_from([1, 2]))
 def test_line_search_never_accepts_a_step_that_lowers_the_value(seed, scale, order):
-    env, start, actions, gen = _start_and_actions("pendulum2d", seed, 20, num_envs=3)
+    env, start, actions, gen = _start_and_actions("pendulum2d", seed, 20, num_envs=4)
     rollout = play(env, start, actions)
     value = rollout.rewards.sum(0)
     _, gradient = value_and_gradient(env, start, actions)
     # Random directions, ascent or not, at any scale: the result may only keep or raise V.
     direction = scale * torch.randn(actions.shape, generator=gen, dtype=torch.float64)
     if order == 2:
-        direction = torch.where(torch.rand(1, 3, 1, generator=gen) < 0.5, gradient * scale, direction)
+        direction = torch.where(torch.rand(1, 4, 1, generator=gen) < 0.5, gradient * scale, direction)
+    # Env 0 climbs and env 1 descends along dV/dā by at most 1e-5 per action: every trial of env 0 raises V
+    # (so a step is accepted and the checks below are not vacuous), every trial of env 1 lowers it.
+    unit = gradient / gradient.abs().amax((0, 2), keepdim=True)
+    direction[:, 0], direction[:, 1] = 1e-5 * unit[:, 0], -1e-5 * unit[:, 1]
     result = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, direction,
-                                      torch.ones(3, dtype=torch.float64), max_trials=6)
+                                      torch.ones(4, dtype=torch.float64), max_trials=6)
+    kept = result.step_size == 0
+    assert not kept[0], "the ascent step of env 0 was not accepted"
+    assert kept[1], "the descent step of env 1, which lowers V, was accepted"
     assert (result.value >= value).all()
     replay = play(env, start, result.actions)
     assert torch.allclose(replay.rewards.sum(0), result.value, rtol=1e-12)
     assert torch.allclose(replay.observations, result.observations)
-    kept = result.step_size == 0
-    assert torch.equal(result.actions[:, kept], actions[:, kept])
+    assert torch.equal(result.actions[:, kept], actions[:, kept]) and torch.equal(result.value[kept], value[kept])
     improved = ~kept
     assert (result.value[improved] > value[improved]).all()
 
@@ -134,6 +140,7 @@ def test_first_order_line_search_starts_where_configured_and_halves(max_action_c
     assert torch.allclose(loss.initial_step(gradient), first)
     out = loss.improve(start)
     step = out["stats", "step_size"]
+    assert (step > 0).any(), "no env accepted a step: the checks below would hold vacuously"
     halvings = torch.log2(first / step[step > 0])
     assert torch.allclose(halvings, halvings.round(), atol=1e-9) and (halvings >= 0).all()
     assert (out["stats", "value_improved"] >= out["stats", "value_policy"]).all()
