@@ -71,13 +71,13 @@ class StallMonitor:
     """Watches (actor gradient norm, loss) per iteration; ``update`` returns a warning once a stall has lasted
     ``patience`` iterations (None otherwise), and again only after the policy has recovered in between.
 
-    A stall: the gradient norm is exactly 0, or ``|loss|`` exceeds ``growth`` times the median ``|loss|`` of
-    the first ``baseline`` finite iterations (and that median is not 0).
+    A stall: the gradient norm is exactly 0, or ``|loss|`` exceeds ``growth`` times its level at the first
+    iteration (floored at ``floor``, so a loss that starts near 0 is not a reference).
     """
 
-    def __init__(self, patience: int = 3, growth: float = 1e3, baseline: int = 5):
-        self.patience, self.growth, self.baseline = patience, growth, baseline
-        self.early: list[float] = []
+    def __init__(self, patience: int = 3, growth: float = 1e4, floor: float = 0.1):
+        self.patience, self.growth, self.floor = patience, growth, floor
+        self.reference: float | None = None
         self.run = 0
         self.warned = False
         self.reason = ""
@@ -87,12 +87,10 @@ class StallMonitor:
         if grad_norm is not None and grad_norm == 0.0:
             reasons.append("actor gradient exactly 0")
         if loss is not None and math.isfinite(loss):
-            if len(self.early) < self.baseline:
-                self.early.append(abs(loss))
-            else:
-                ref = sorted(self.early)[len(self.early) // 2]
-                if ref > 0 and abs(loss) > self.growth * ref:
-                    reasons.append(f"loss {loss:.3g} is over {self.growth:g}x its early level {ref:.3g}")
+            if self.reference is None:
+                self.reference = max(abs(loss), self.floor)
+            elif abs(loss) > self.growth * self.reference:
+                reasons.append(f"|loss| {abs(loss):.3g} is over {self.growth:g}x its first level {self.reference:.3g}")
         if not reasons:
             self.run, self.warned, self.reason = 0, False, ""
             return None
@@ -109,10 +107,10 @@ class StallMonitor:
         return self.warned
 
     def state_dict(self) -> dict:
-        return {"early": list(self.early), "run": self.run, "warned": self.warned, "reason": self.reason}
+        return {"reference": self.reference, "run": self.run, "warned": self.warned, "reason": self.reason}
 
     def load_state_dict(self, state: dict | None) -> None:
         if state:
-            self.early, self.run = list(state["early"]), int(state["run"])
+            self.reference, self.run = state["reference"], int(state["run"])
             self.warned, self.reason = bool(state["warned"]), str(state["reason"])
 

@@ -73,19 +73,6 @@ def test_recipe_smoke_run_writes_every_output(recipe, tmp_path):
     assert "eval over 4 episodes" in proc.stdout
 
 
-def test_sapo_recipe_resumes_from_its_checkpoint(tmp_path):
-    first = run_recipe("sapo", [*TINY, "total_steps=128", "video.enabled=false", f"hydra.run.dir={tmp_path}"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run_recipe("sapo", [*TINY, "total_steps=256", "video.enabled=false", f"resume={tmp_path}",
-                                 f"hydra.run.dir={tmp_path / 'resumed'}"])
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from" in second.stdout
-    summary = json.loads((tmp_path / "eval.json").read_text())
-    assert summary["env_steps"] == 256
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and steps[-1] == 256
-
-
 def test_bad_config_fails_the_recipe_with_the_key_in_the_message(tmp_path):
     proc = run_recipe("sapo", ["num_envs=0", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode != 0 and "num_envs must be an int >= 1" in proc.stderr

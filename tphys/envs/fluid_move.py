@@ -28,8 +28,8 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import check_options
-from tphys.envs.mpm_task import KinematicToolEnv, check_grid_and_recompute, particle_specs
+from tphys.envs.base import ranges_for
+from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options, particle_specs
 from tphys.envs.registry import register
 from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
@@ -58,14 +58,14 @@ class FluidMoveEnv(KinematicToolEnv):
     """Batched differentiable FluidMove; see the module docstring."""
 
     name = "fluid_move"
+    finite_input_keys = (*KinematicToolEnv.finite_input_keys, "target_q")
     action_scale = ACTION_SCALE
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, particles: int = 2880, samples: int = 250, recompute: bool | str = True,
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
-        check_options("fluid_move", goal, ("transport",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
-                      samples=samples)
-        check_grid_and_recompute("fluid_move", grid_size, recompute)
+        check_task_options("fluid_move", goal, ("transport",), physics, DEFAULTS, ENV_OPTIONS, recompute,
+                           substeps=substeps, horizon=horizon, grid_size=grid_size, particles=particles, samples=samples)
         if not isinstance(particles, int) or particles < samples:
             raise ValueError(f"fluid_move: particles must be an int >= samples={samples}, got {particles!r}")
         count = particles
@@ -157,6 +157,7 @@ class FluidMoveEnv(KinematicToolEnv):
 
 
 @register("fluid_move", "FluidMove: carry MPM water (2880 particles, 48³ grid) in a kinematic 5-box container to a target "
-          "without spilling; obs 759 (+ particle_q 250x3), action 3, 300 steps")
+          "without spilling; obs 759 (+ particle_q 250x3), action 3, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 def make_fluid_move(num_envs, device, dtype, **overrides):
     return FluidMoveEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

@@ -35,8 +35,8 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import check_options
-from tphys.envs.mpm_task import KinematicToolEnv, check_grid_and_recompute, particle_specs
+from tphys.envs.base import ranges_for
+from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options, particle_specs
 from tphys.envs.registry import register
 from tphys.mpm import Material, MPMModel, MPMState
 from tphys.mpm.colliders import Shapes
@@ -78,12 +78,13 @@ class HandFlipEnv(KinematicToolEnv):
     """Batched differentiable HandFlip; see the module docstring."""
 
     name = "hand_flip"
+    finite_input_keys = (*KinematicToolEnv.finite_input_keys, "start_distance")
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, particles: int = 2500, samples: int = 250, recompute: bool | str = True,
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
-        check_options("hand_flip", goal, ("flip",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon, samples=samples)
-        check_grid_and_recompute("hand_flip", grid_size, recompute)
+        check_task_options("hand_flip", goal, ("flip",), physics, DEFAULTS, ENV_OPTIONS, recompute,
+                           substeps=substeps, horizon=horizon, grid_size=grid_size, particles=particles, samples=samples)
         if particles < 2 * samples or particles % 4 or samples % 2:
             raise ValueError(f"hand_flip: particles must be a multiple of 4 and at least 2·samples, samples even; "
                              f"got {particles}, {samples}")
@@ -181,6 +182,7 @@ class HandFlipEnv(KinematicToolEnv):
 
 
 @register("hand_flip", "HandFlip: a kinematic 24-DoF Shadow hand (gymnasium-robotics' MJCF) folds an MPM plasticine disc (2500 "
-          "particles, 48³ grid); obs 777 (+ particle_q 250x3), action 24, 300 steps")
+          "particles, 48³ grid); obs 777 (+ particle_q 250x3), action 24, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 def make_hand_flip(num_envs, device, dtype, **overrides):
     return HandFlipEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

@@ -29,8 +29,9 @@ import math
 import torch
 from torch import Tensor
 
+from tphys.envs.base import ranges_for
 from tphys.envs.registry import register
-from tphys.envs.rigid_env import RigidEnv, RigidTask
+from tphys.envs.rigid_env import PARAMETER_RANGES, RigidEnv, RigidTask
 from tphys.math import quat_mul, quat_to_matrix
 from tphys.rigid.model import RigidModel
 
@@ -198,4 +199,4 @@ REGISTERED = (  # (task, description, aliases)
 )
 NAMES = tuple(task.name for task, _, _ in REGISTERED)  # the registered rigid-body tasks
 for _task, _description, _aliases in REGISTERED:
-    register(_task.name, _description, aliases=_aliases)(_factory(_task))
+    register(_task.name, _description, aliases=_aliases, defaults={}, ranges=ranges_for(PARAMETER_RANGES, ENV_OPTIONS))(_factory(_task))

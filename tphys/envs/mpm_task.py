@@ -15,15 +15,35 @@ from tensordict import TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.envs.base import (
+    FINITE,
+    NON_NEGATIVE,
+    POSITIVE,
+    TphysEnv,
+    check_action,
+    check_finite_inputs,
+    check_options,
+    check_ranges,
+    env_indices,
+    int_at_least,
+    interval,
+)
 from tphys.mpm import MPMState, step
 from tphys.mpm.step import RECOMPUTE
 
+# Valid range of every physical parameter of the MPM tasks (each task's DEFAULTS: Pa, -, Pa, kg/m³, m/s², s, -, 1/m)
+# and of their numeric options (grid_size: nodes per axis of the unit cube). yield_stress = 0 yields at any stress;
+# gravity may point either way.
+PARAMETER_RANGES = dict(young=POSITIVE, poisson=interval(0.0, 0.5, "[)"), yield_stress=NON_NEGATIVE, density=POSITIVE, gravity=FINITE,
+                        dt=POSITIVE, friction=NON_NEGATIVE, softness=POSITIVE, substeps=int_at_least(1), horizon=int_at_least(1),
+                        grid_size=int_at_least(12), particles=int_at_least(1), samples=int_at_least(1))
 
-def check_grid_and_recompute(name: str, grid_size, recompute) -> None:
-    """The options every MPM task takes: ``grid_size`` (nodes per axis of the unit cube) and ``recompute``."""
-    if not isinstance(grid_size, int) or grid_size < 12:
-        raise ValueError(f"{name}: grid_size must be an int >= 12, got {grid_size!r}")
+
+def check_task_options(name: str, goal, goals: tuple, physics: dict, defaults: dict, env_options: tuple, recompute, **values) -> None:
+    """The checks of an MPM task's options before anything is built: goal and option names, the ranges of the physical
+    parameters (``defaults`` updated by ``physics``) and of the numeric options ``values``, and ``recompute``."""
+    check_options(name, goal, goals, physics, defaults, env_options)
+    check_ranges(name, {**defaults, **physics, **values}, PARAMETER_RANGES)
     if recompute not in RECOMPUTE:
         raise ValueError(f"{name}: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
 
@@ -39,6 +59,7 @@ class KinematicToolEnv(TphysEnv):
     """Base of the MPM tasks; see the module docstring."""
 
     name = "mpm"
+    finite_input_keys = ("x", "v", "c", "f", "joint_q")  # the float inputs of step besides the action (a task adds its own)
 
     def setup(self, num_envs: int, device, dtype: torch.dtype, goal: str, substeps: int, horizon: int, recompute, backend: str,
               validate: bool, substep_dt: float) -> None:
@@ -66,6 +87,7 @@ class KinematicToolEnv(TphysEnv):
         action = tensordict["action"]
         if self.validate:
             check_action(self.name, action, self.num_envs, self.action_spec.shape[-1], self.dtype)
+            check_finite_inputs(self.name, tensordict, self.finite_input_keys)
         state = MPMState(*(tensordict[k] for k in "xvcf"))
         state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
         if self.validate:

@@ -26,11 +26,14 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.envs.base import POSITIVE, TphysEnv, check_action, check_finite_inputs, check_ranges, env_indices, int_at_least
 from tphys.particles import ParticleModel, ParticleState, bdf2, semi_implicit_euler
 
 GOALS = ("stop", "stop_at_origin")
 INTEGRATORS = ("bdf2", "semi_implicit")
+# valid ranges of the env's numeric options and of the task's step (the physical parameters' are in tphys.envs.pods)
+OPTION_RANGES = dict(substeps=int_at_least(1), horizon=int_at_least(1), newton_max_iter=int_at_least(1), newton_tol=POSITIVE.or_none(),
+                     dt=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class PayloadTask:
 class PayloadEnv(TphysEnv):
     """Batched differentiable env of a ``PayloadTask``; see the module docstring for keys."""
 
+    finite_input_keys = ("x", "v", "x_prev", "v_prev")  # the float inputs of step besides the action
+
     def __init__(
         self,
         task: PayloadTask,
@@ -92,11 +97,9 @@ class PayloadEnv(TphysEnv):
         if integrator not in INTEGRATORS:
             raise ValueError(f"{task.name}: unknown integrator {integrator!r}; valid: {', '.join(INTEGRATORS)}")
         substeps = task.substeps if substeps is None else substeps
-        if not isinstance(substeps, int) or substeps < 1:
-            raise ValueError(f"{task.name}: substeps must be an int >= 1, got {substeps!r}")
         horizon = task.horizon if horizon is None else horizon
-        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
-            raise ValueError(f"{task.name}: horizon must be an int >= 1 (steps per episode), got {horizon!r}")
+        check_ranges(task.name, dict(substeps=substeps, horizon=horizon, newton_max_iter=newton_max_iter, newton_tol=newton_tol,
+                                     dt=task.dt), OPTION_RANGES)
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.task = task
         self.goal = goal
@@ -144,9 +147,8 @@ class PayloadEnv(TphysEnv):
         action = tensordict["action"]
         if self.validate:
             check_action(self.task.name, action, self.num_envs, self.action_dim, self.dtype)
+            check_finite_inputs(self.task.name, tensordict, self.finite_input_keys)
         state = self.read_state(tensordict)
-        if self.validate:
-            self._check_finite(state, "input state")
         action = action.clamp(-1.0, 1.0)
         handle_velocity = self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
         state = self.physics_step(state, handle_velocity)

@@ -35,7 +35,8 @@ import math
 import torch
 from torch import Tensor
 
-from tphys.envs.payload import PayloadEnv, PayloadTask, RewardWeights
+from tphys.envs.base import NON_NEGATIVE, POSITIVE, check_ranges, int_at_least, ranges_for
+from tphys.envs.payload import OPTION_RANGES, PayloadEnv, PayloadTask, RewardWeights
 from tphys.envs.registry import register
 from tphys.particles import ParticleBuilder
 
@@ -48,6 +49,20 @@ SLACK_WIDTH = 1e-3  # m, ParticleBuilder's default cable slack width
 G = 9.81  # m/s²
 
 ENV_OPTIONS = ("goal", "integrator", "substeps", "newton_tol", "newton_max_iter", "validate", "seed", "horizon")
+
+# Valid range of every physical parameter of the suite (the *_DEFAULTS below, SI units) and of the env's numeric
+# options (tphys.envs.payload.OPTION_RANGES); make() checks them before building anything. Zero turns off the
+# bending springs, the grip's rest length, damping, drag and friction; max_angle / max_omega / max_speed are the
+# spreads of the random initial states; cloth rows >= 2 (the 4 corners are distinct particles).
+PARAMETER_RANGES = dict(
+    mass=POSITIVE, length=POSITIVE, segment=POSITIVE, side=POSITIVE, cable_length=POSITIVE, spacing=POSITIVE, grip_length=NON_NEGATIVE,
+    stiffness=POSITIVE, link_stiffness=POSITIVE, frame_stiffness=POSITIVE, grip_stiffness=POSITIVE, bending_stiffness=NON_NEGATIVE,
+    mu=POSITIVE, lam=NON_NEGATIVE, damping=NON_NEGATIVE, spring_damping=NON_NEGATIVE, drag=NON_NEGATIVE,
+    contact_stiffness=POSITIVE, contact_damping=NON_NEGATIVE, friction=NON_NEGATIVE, slip=POSITIVE,
+    max_handle_speed=POSITIVE, max_angle=NON_NEGATIVE, max_omega=NON_NEGATIVE, max_speed=NON_NEGATIVE,
+    masses=int_at_least(1), rows=int_at_least(2),
+    **OPTION_RANGES,
+)  # fmt: skip
 
 
 def _uniform(gen: torch.Generator, n: int, low: float, high: float, *shape: int) -> Tensor:
@@ -88,7 +103,7 @@ def _taut_stretch(load, stiffness: float):
     return load / stiffness + 0.5 * SLACK_WIDTH
 
 
-def _make_env(task_fn, task_kwargs: dict, num_envs, device, dtype, overrides: dict) -> PayloadEnv:
+def _make_env(name: str, task_fn, task_kwargs: dict, num_envs, device, dtype, overrides: dict) -> PayloadEnv:
     env_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in ENV_OPTIONS}
     unknown = [k for k in overrides if k not in task_kwargs]
     if unknown:
@@ -96,8 +111,14 @@ def _make_env(task_fn, task_kwargs: dict, num_envs, device, dtype, overrides: di
             f"unknown option(s) {unknown} for this env; env options: {', '.join(ENV_OPTIONS)}; "
             f"physical parameters: {', '.join(sorted(task_kwargs))}"
         )
+    check_ranges(name, {**task_kwargs, **overrides}, PARAMETER_RANGES)
     task = task_fn(**{**task_kwargs, **overrides})
     return PayloadEnv(task, num_envs=num_envs, device=device, dtype=dtype, **env_kwargs)
+
+
+def _parameters(defaults: dict) -> dict:
+    """The registry's ``defaults`` and ``ranges`` of a task with these physical defaults."""
+    return dict(defaults=defaults, ranges=ranges_for(PARAMETER_RANGES, (*defaults, *ENV_OPTIONS)))
 
 
 # ---------------------------------------------------------------------------- pendulums
@@ -147,14 +168,16 @@ def pendulum_task(dim: int, mass, length, stiffness, damping, drag, max_handle_s
     )
 
 
-@register("pendulum2d", "2-D cable pendulum (50 g), handle slides on a horizontal line; state 5, action 1")
+@register("pendulum2d", "2-D cable pendulum (50 g), handle slides on a horizontal line; state 5, action 1",
+          **_parameters(PENDULUM_DEFAULTS))
 def make_pendulum2d(num_envs, device, dtype, **overrides):
-    return _make_env(lambda **kw: pendulum_task(2, **kw), PENDULUM_DEFAULTS, num_envs, device, dtype, overrides)
+    return _make_env("pendulum2d", lambda **kw: pendulum_task(2, **kw), PENDULUM_DEFAULTS, num_envs, device, dtype, overrides)
 
 
-@register("pendulum3d", "3-D cable pendulum (50 g), handle moves on a horizontal plane; state 8, action 2")
+@register("pendulum3d", "3-D cable pendulum (50 g), handle moves on a horizontal plane; state 8, action 2",
+          **_parameters(PENDULUM_DEFAULTS))
 def make_pendulum3d(num_envs, device, dtype, **overrides):
-    return _make_env(lambda **kw: pendulum_task(3, **kw), PENDULUM_DEFAULTS, num_envs, device, dtype, overrides)
+    return _make_env("pendulum3d", lambda **kw: pendulum_task(3, **kw), PENDULUM_DEFAULTS, num_envs, device, dtype, overrides)
 
 
 # ---------------------------------------------------------------------------- double pendulum
@@ -200,9 +223,10 @@ def double_pendulum_task(mass, length, stiffness, link_stiffness, damping, drag,
     )
 
 
-@register("double_pendulum3d", "3-D double pendulum (2 x 50 g, cable + stiff link), handle on a plane; state 14, action 2")
+@register("double_pendulum3d", "3-D double pendulum (2 x 50 g, cable + stiff link), handle on a plane; state 14, action 2",
+          **_parameters(DOUBLE_DEFAULTS))
 def make_double_pendulum3d(num_envs, device, dtype, **overrides):
-    return _make_env(double_pendulum_task, DOUBLE_DEFAULTS, num_envs, device, dtype, overrides)
+    return _make_env("double_pendulum3d", double_pendulum_task, DOUBLE_DEFAULTS, num_envs, device, dtype, overrides)
 
 
 # ---------------------------------------------------------------------------- cable-driven payload
@@ -258,9 +282,10 @@ def cable_payload_task(mass, side, cable_length, stiffness, frame_stiffness, dam
     )
 
 
-@register("cable_payload2d", "2-D payload of 4 braced masses (200 g) on 2 cables from 2 handles on a line; state 18, action 2")
+@register("cable_payload2d", "2-D payload of 4 braced masses (200 g) on 2 cables from 2 handles on a line; state 18, action 2",
+          **_parameters(PAYLOAD_DEFAULTS))
 def make_cable_payload2d(num_envs, device, dtype, **overrides):
-    return _make_env(cable_payload_task, PAYLOAD_DEFAULTS, num_envs, device, dtype, overrides)
+    return _make_env("cable_payload2d", cable_payload_task, PAYLOAD_DEFAULTS, num_envs, device, dtype, overrides)
 
 
 # ---------------------------------------------------------------------------- rope
@@ -311,9 +336,10 @@ def rope_task(masses, mass, segment, stiffness, bending_stiffness, damping, drag
     )
 
 
-@register("rope3d", "3-D rope of 5 masses (250 g) joined by cables, one handle on a plane; state 32, action 2", aliases=("rope",))
+@register("rope3d", "3-D rope of 5 masses (250 g) joined by cables, one handle on a plane; state 32, action 2", aliases=("rope",),
+          **_parameters(ROPE_DEFAULTS))
 def make_rope3d(num_envs, device, dtype, **overrides):
-    return _make_env(rope_task, ROPE_DEFAULTS, num_envs, device, dtype, overrides)
+    return _make_env("rope3d", rope_task, ROPE_DEFAULTS, num_envs, device, dtype, overrides)
 
 
 # ---------------------------------------------------------------------------- cloth
@@ -380,6 +406,7 @@ def cloth_task(rows, mass, spacing, mu, lam, bending_stiffness, grip_stiffness, 
 @register(
     "cloth",
     "5x5 co-rotational cloth (100 g) held at 4 corners by free 3-D handles, laid on a frictional table; state 162, action 12",
+    **_parameters(CLOTH_DEFAULTS),
 )
 def make_cloth(num_envs, device, dtype, **overrides):
-    return _make_env(cloth_task, CLOTH_DEFAULTS, num_envs, device, dtype, overrides)
+    return _make_env("cloth", cloth_task, CLOTH_DEFAULTS, num_envs, device, dtype, overrides)

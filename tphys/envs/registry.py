@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torchrl.envs import EnvBase
+
+from tphys.envs.base import Range
 
 
 @dataclass(frozen=True)
@@ -14,20 +16,27 @@ class EnvEntry:
     name: str
     description: str
     factory: Callable[..., EnvBase]
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    ranges: Mapping[str, Range] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, EnvEntry] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(name: str, description: str, aliases: tuple[str, ...] = ()):
-    """Decorator: register ``factory(num_envs, device, dtype, **overrides) -> EnvBase``."""
+def register(name: str, description: str, aliases: tuple[str, ...] = (), defaults: Mapping | None = None,
+             ranges: Mapping[str, Range] | None = None):
+    """Decorator: register ``factory(num_envs, device, dtype, **overrides) -> EnvBase``.
+
+    ``defaults``: the env's physical parameters and their default values; ``ranges``: the valid range of
+    every numeric parameter and option it accepts (its family's ``PARAMETER_RANGES``, see ``parameters``).
+    """
 
     def wrap(factory):
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"env name {key!r} is registered twice")
-        _REGISTRY[name] = EnvEntry(name, description, factory)
+        _REGISTRY[name] = EnvEntry(name, description, factory, dict(defaults or {}), dict(ranges or {}))
         for alias in aliases:
             _ALIASES[alias] = name
         return factory
@@ -38,6 +47,13 @@ def register(name: str, description: str, aliases: tuple[str, ...] = ()):
 def list_envs() -> dict[str, str]:
     """Registered env names mapped to a one-line description (aliases not repeated)."""
     return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+
+
+def parameters(name: str) -> tuple[dict, dict[str, Range]]:
+    """(defaults, ranges) of env ``name``: its physical parameters with their default values, and the valid
+    range of every numeric parameter and option it accepts (``make`` refuses a value outside it)."""
+    entry = _REGISTRY[resolve(name)]
+    return dict(entry.defaults), dict(entry.ranges)
 
 
 def resolve(name: str) -> str:

@@ -30,12 +30,15 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, env_indices
+from tphys.envs.base import POSITIVE, TphysEnv, check_action, check_finite_inputs, check_ranges, int_at_least
 from tphys.rigid import RigidModel, RigidState, forward_kinematics, step
 from tphys.rigid.integrator import compiled_substep
 from tphys.rigid.presets import DFLEX, dflex_model
 
 DIVERGED = 1e6  # DFlex: |q| or |qd| beyond this counts as a diverged simulation
+# Valid ranges of the family's numeric options and of the task's frame. The DFlex tasks take no physical overrides:
+# their physical parameters are tphys.rigid.presets.DFLEX's, fixed per task.
+PARAMETER_RANGES = dict(substeps=int_at_least(1), horizon=int_at_least(1), dt=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class RigidTask:
 class RigidEnv(TphysEnv):
     """Batched differentiable env of a ``RigidTask``; see the module docstring for keys."""
 
+    finite_input_keys = ("q", "qd")  # the float inputs of step besides the action
+
     def __init__(
         self,
         task: RigidTask,
@@ -91,11 +96,8 @@ class RigidEnv(TphysEnv):
         if goal is not None and goal != task.goal:
             raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {task.goal}")
         substeps = DFLEX[task.preset]["substeps"] if substeps is None else substeps
-        if not isinstance(substeps, int) or isinstance(substeps, bool) or substeps < 1:
-            raise ValueError(f"{task.name}: substeps must be an int >= 1, got {substeps!r}")
         horizon = task.horizon if horizon is None else horizon
-        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
-            raise ValueError(f"{task.name}: horizon must be an int >= 1 (steps per episode), got {horizon!r}")
+        check_ranges(task.name, dict(substeps=substeps, horizon=horizon, dt=task.dt), PARAMETER_RANGES)
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.task, self.goal = task, task.goal
         self.num_envs, self.dtype, self.dt = num_envs, dtype, task.dt
@@ -133,7 +135,7 @@ class RigidEnv(TphysEnv):
         action, q, qd = tensordict["action"], tensordict["q"], tensordict["qd"]
         if self.validate:
             check_action(self.task.name, action, self.num_envs, self.action_dim, self.dtype)
-            self._check_finite(q, qd)
+            check_finite_inputs(self.task.name, tensordict, self.finite_input_keys)
         action = action.clamp(-1.0, 1.0)
         new = self.physics_step(RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), _CleanGrad.apply(action))
         diverged = _diverged(new.q) | _diverged(new.qd)  # [N]
@@ -198,11 +200,6 @@ class RigidEnv(TphysEnv):
             batch_size=self.batch_size,
             device=self.device,
         )
-
-    def _check_finite(self, q: Tensor, qd: Tensor) -> None:
-        bad = ~(torch.isfinite(q).all(-1) & torch.isfinite(qd).all(-1))
-        if bad.any():
-            raise FloatingPointError(f"{self.task.name}: non-finite input state (NaN/inf) in env indices {env_indices(bad)}")
 
 
 def _diverged(x: Tensor) -> Tensor:

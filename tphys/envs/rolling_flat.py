@@ -32,8 +32,8 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
-from tphys.envs.base import check_options
-from tphys.envs.mpm_task import KinematicToolEnv, check_grid_and_recompute, particle_specs
+from tphys.envs.base import ranges_for
+from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options, particle_specs
 from tphys.envs.registry import register
 from tphys.math import axis_angle_to_matrix
 from tphys.mpm import Material, MPMModel, MPMState
@@ -54,9 +54,8 @@ class RollingFlatEnv(KinematicToolEnv):
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, lattice: tuple = (18, 8, 18), samples: int = 250, recompute: bool | str = True,
                  backend: str = "auto", validate: bool = True, seed: int | None = None, **physics):
-        check_options("rolling_flat", goal, ("flatten",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
-                      samples=samples)
-        check_grid_and_recompute("rolling_flat", grid_size, recompute)
+        check_task_options("rolling_flat", goal, ("flatten",), physics, DEFAULTS, ENV_OPTIONS, recompute,
+                           substeps=substeps, horizon=horizon, grid_size=grid_size, samples=samples)
         lattice = tuple(int(k) for k in lattice)
         if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
             raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")
@@ -157,6 +156,7 @@ class RollingFlatEnv(KinematicToolEnv):
 
 
 @register("rolling_flat", "RollingFlat: MPM plasticine dough (2592 particles, 48³ grid) flattened by a kinematic rolling pin; "
-          "obs 756 (+ particle_q 250x3), action 3, 300 steps")
+          "obs 756 (+ particle_q 250x3), action 3, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 def make_rolling_flat(num_envs, device, dtype, **overrides):
     return RollingFlatEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

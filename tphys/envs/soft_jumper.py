@@ -39,7 +39,18 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from torchrl.data import Unbounded
 
-from tphys.envs.base import TphysEnv, check_action, check_options, env_indices
+from tphys.envs.base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    TphysEnv,
+    check_action,
+    check_finite_inputs,
+    check_options,
+    check_ranges,
+    env_indices,
+    int_at_least,
+    ranges_for,
+)
 from tphys.envs.registry import register
 from tphys.particles import ParticleBuilder, ParticleModel
 from tphys.particles.meshing import voxel_mesh
@@ -48,6 +59,11 @@ from tphys.particles.solid_substep import SolidSubstep
 DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
                 ground_damping=100.0, friction=0.8, slip=0.2)  # fmt: skip
 ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "compile_substep", "validate", "seed", "samples")
+# Valid range of every physical parameter (DEFAULTS) and numeric option, checked before the body is meshed:
+# lam > 0 as the builder's tetrahedra need it; max_stress = 0 leaves the muscles off.
+PARAMETER_RANGES = dict(cell=POSITIVE, density=POSITIVE, mu=POSITIVE, lam=POSITIVE, damping=NON_NEGATIVE, max_stress=NON_NEGATIVE,
+                        ground_stiffness=POSITIVE, ground_damping=NON_NEGATIVE, friction=NON_NEGATIVE, slip=POSITIVE,
+                        substeps=int_at_least(1), horizon=int_at_least(1), samples=int_at_least(1))
 PERIODS = (60.0, 30.0, 15.0, 7.5)  # gait-phase clocks, steps
 
 
@@ -76,11 +92,14 @@ def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, gro
 class SoftJumperEnv(TphysEnv):
     """Batched differentiable SoftJumper; see the module docstring."""
 
+    finite_input_keys = ("x", "v", "com_start")  # the float inputs of step besides the action
+
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
                  horizon: int = 300, recompute: bool = True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
                  samples: int = 30, **physics):
-        check_options("soft_jumper", goal, ("jump",), physics, DEFAULTS, ENV_OPTIONS, substeps=substeps, horizon=horizon,
-                      samples=samples)
+        check_options("soft_jumper", goal, ("jump",), physics, DEFAULTS, ENV_OPTIONS)
+        check_ranges("soft_jumper", {**DEFAULTS, **physics, "substeps": substeps, "horizon": horizon, "samples": samples},
+                     PARAMETER_RANGES)
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         model, rest = quadruped(**{**DEFAULTS, **physics})
         self.goal, self.num_envs, self.dtype, self.dt = "jump", num_envs, dtype, 1.0 / 60.0
@@ -128,6 +147,7 @@ class SoftJumperEnv(TphysEnv):
         action = tensordict["action"]
         if self.validate:
             check_action("soft_jumper", action, self.num_envs, self.action_dim, self.dtype)
+            check_finite_inputs("soft_jumper", tensordict, self.finite_input_keys)
         action = action.clamp(-1.0, 1.0)
         x, v = self.physics_step(tensordict["x"], tensordict["v"], action)
         if self.validate:
@@ -192,6 +212,7 @@ class SoftJumperEnv(TphysEnv):
         return dict(dim=3, up_axis=1, edges=[list(e) for e in edges], cable=[False] * len(edges), ground=0.0)
 
 
-@register("soft_jumper", "SoftJumper: soft quadruped of 432 muscle tetrahedra (168 particles), 80 substeps; obs 200, action 216, 300 steps")
+@register("soft_jumper", "SoftJumper: soft quadruped of 432 muscle tetrahedra (168 particles), 80 substeps; obs 200, action 216, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 def make_soft_jumper(num_envs, device, dtype, **overrides):
     return SoftJumperEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

@@ -1,0 +1,185 @@
+"""Input validation of every registered env (``tphys.envs.list_envs()``), table-driven.
+
+Ranges: every physical parameter and numeric option an env accepts has a valid range (its family's
+``PARAMETER_RANGES``, listed by ``tphys.envs.registry.parameters``); ``make`` refuses a value outside it with
+ValueError ``"{env}: {name} must be {range}, got {value!r}"`` before anything is built.
+Finite inputs: NaN/inf in a float input of ``step`` raises FloatingPointError naming the key and the env
+indices before the physics runs (``validate=True``); ``validate=False`` lets it through to the physics.
+"""
+
+import functools
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import tphys.envs as E
+from tphys.envs.base import FINITE, NON_NEGATIVE, POSITIVE, TphysEnv, check_finite_inputs, check_ranges, int_at_least, interval
+from tphys.envs.registry import parameters
+
+NAMES = sorted(E.list_envs())
+# small sizes: the step tests build each env once (defaults of the physical parameters, passed explicitly)
+SMALL = {
+    "soft_jumper": dict(substeps=2, horizon=4, samples=8),
+    "rolling_flat": dict(grid_size=16, lattice=(4, 4, 4), samples=16, substeps=2, horizon=4),
+    "hand_flip": dict(grid_size=16, particles=64, samples=16, substeps=2, horizon=4),
+    "fluid_move": dict(grid_size=16, particles=64, samples=16, substeps=2, horizon=4),
+}
+OBSERVATION_KEYS = {"observation", "particle_q", "com_q"}  # float outputs that step does not read
+
+
+def out_of_range(valid) -> list:
+    """Values just outside ``valid`` (a ``tphys.envs.base.Range``), plus the non-finite ones and wrong types."""
+    values = []
+    if valid.lo is not None:
+        values.append(valid.lo - 1 if valid.integer else valid.lo if not valid.lo_closed else valid.lo - 0.1)
+    if valid.hi is not None:
+        values.append(valid.hi + 1 if valid.integer else valid.hi if not valid.hi_closed else valid.hi + 0.1)
+    if valid.integer:
+        values += [float(max(valid.lo, 1)), True]  # an int's value as a float, a bool: not counts
+    else:
+        values += [math.nan, math.inf, -math.inf, "1.0"]
+    return values
+
+
+BAD_VALUES = [(name, key, value) for name in NAMES for key, valid in parameters(name)[1].items() for value in out_of_range(valid)]
+
+
+# ---------------------------------------------------------------------------- the range tables
+@pytest.mark.parametrize("name", NAMES)
+def test_every_physical_parameter_and_count_has_a_range_and_the_defaults_are_in_it(name):
+    defaults, ranges = parameters(name)
+    missing = sorted(set(defaults) - set(ranges))
+    assert not missing, f"{name}: physical parameters without an entry in their family's PARAMETER_RANGES: {missing}"
+    assert {"substeps", "horizon"} <= set(ranges), "every env's step counts are range-checked"
+    check_ranges(name, defaults, ranges)
+
+
+@pytest.mark.parametrize("name, key, value", BAD_VALUES, ids=[f"{n}-{k}-{v!r}" for n, k, v in BAD_VALUES])
+def test_a_value_out_of_range_is_refused_before_anything_is_built(name, key, value, monkeypatch):
+    valid = parameters(name)[1][key]
+
+    def built(*args, **kwargs):
+        raise AssertionError(f"{name}: the env was being built with {key}={value!r}; the range check must come first")
+
+    monkeypatch.setattr(TphysEnv, "__init__", built)
+    message = f"{name}: {key} must be {valid.describe(value)}, got {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        E.make(name, num_envs=1, **{key: value})
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("rope3d", dict(stiffness=-1.0), "rope3d: stiffness must be > 0, got -1.0"),
+        ("rope", dict(stiffness=math.inf), "rope3d: stiffness must be a finite number > 0, got inf"),
+        ("cloth", dict(friction=-0.1), "cloth: friction must be >= 0, got -0.1"),
+        ("cloth", dict(rows=1), "cloth: rows must be an int >= 2, got 1"),
+        ("pendulum2d", dict(newton_tol=0.0), "pendulum2d: newton_tol must be None or > 0, got 0.0"),
+        ("soft_jumper", dict(density=0.0), "soft_jumper: density must be > 0, got 0.0"),
+        ("soft_jumper", dict(damping=-30.0), "soft_jumper: damping must be >= 0, got -30.0"),
+        ("rolling_flat", dict(poisson=0.5), "rolling_flat: poisson must be in [0, 0.5), got 0.5"),
+        ("hand_flip", dict(gravity=math.nan), "hand_flip: gravity must be a finite number, got nan"),
+        ("fluid_move", dict(dt=-5e-4), "fluid_move: dt must be > 0, got -0.0005"),
+        ("fluid_move", dict(grid_size=8), "fluid_move: grid_size must be an int >= 12, got 8"),
+        ("humanoid", dict(substeps=0), "humanoid: substeps must be an int >= 1, got 0"),
+        ("cartpole", dict(horizon=2.5), "cartpole_swingup: horizon must be an int >= 1, got 2.5"),
+    ],
+)
+def test_the_message_names_env_parameter_range_and_value(name, overrides, message):
+    with pytest.raises(ValueError) as info:
+        E.make(name, **overrides)
+    assert str(info.value) == message
+
+
+def test_range_kinds():
+    assert POSITIVE.contains(1e-300) and not POSITIVE.contains(0.0) and not POSITIVE.contains(math.inf)
+    assert NON_NEGATIVE.contains(0) and not NON_NEGATIVE.contains(-1e-12) and not NON_NEGATIVE.contains(math.nan)
+    assert FINITE.contains(-9.8) and not FINITE.contains(-math.inf) and not FINITE.contains(True)
+    poisson = interval(0.0, 0.5, "[)")
+    assert poisson.contains(0.0) and poisson.contains(0.4999) and not poisson.contains(0.5) and not poisson.contains(-0.1)
+    assert interval(0, 1, "(]").contains(1) and not interval(0, 1, "(]").contains(0) and interval(0, 1, "(]").text == "in (0, 1]"
+    count = int_at_least(12)
+    assert count.contains(12) and count.contains(np.int64(48)) and not count.contains(11) and not count.contains(12.0)
+    assert POSITIVE.contains(np.float32(2.0)) and not POSITIVE.contains("2.0") and not POSITIVE.contains(None)
+    assert POSITIVE.or_none().contains(None) and POSITIVE.or_none().describe(math.inf) == "None or a finite number > 0"
+    with pytest.raises(KeyError, match=r"env: no valid range for \['unlisted'\]"):
+        check_ranges("env", {"unlisted": 1.0}, {"listed": POSITIVE})
+
+
+# ---------------------------------------------------------------------------- finite inputs of step
+class PhysicsRan(Exception):
+    """Raised by the stand-in physics: the step got past its input checks."""
+
+
+@functools.cache
+def small_env(name: str):
+    """Env ``name`` at small sizes, built once, with its physical defaults passed explicitly (they build fine)."""
+    return E.make(name, num_envs=2, seed=0, **SMALL.get(name, {}), **parameters(name)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_env_builds_with_its_defaults_passed_explicitly(name):
+    assert small_env(name).num_envs == 2
+
+
+def float_inputs(td) -> list[str]:
+    return sorted(k for k in td.keys() if td.get(k).is_floating_point() and k not in OBSERVATION_KEYS)
+
+
+def poisoned(env, key: str, value: float = math.nan, index: int = 1):
+    """A reset tensordict with ``value`` in one entry of ``key`` in env ``index``, and a zero action."""
+    td = env.reset()
+    t = td.get(key).clone()
+    t[(index,) + (0,) * (t.dim() - 1)] = value
+    return td.set(key, t).set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+
+
+def stand_in_physics(*args, **kwargs):
+    raise PhysicsRan
+
+
+def step_inputs(name: str) -> list:
+    """The float keys of ``name``'s reset tensordict that step reads; [None] if the env does not build (its test says why)."""
+    try:
+        return float_inputs(small_env(name).reset())
+    except Exception:
+        return [None]
+
+
+INPUTS = [(name, key) for name in NAMES for key in step_inputs(name)]
+
+
+@pytest.mark.parametrize("name, key", INPUTS, ids=[f"{n}-{k}" for n, k in INPUTS])
+def test_nan_in_a_float_input_is_refused_before_the_step(name, key, monkeypatch):
+    env = small_env(name)
+    monkeypatch.setattr(env, "physics_step", stand_in_physics)
+    message = rf"{name}: non-finite input state \(NaN/inf\) in env indices \[1\]: '{key}' in \[1\]$"
+    with pytest.raises(FloatingPointError, match=message):
+        env.step(poisoned(env, key))
+    monkeypatch.setattr(env, "validate", False)
+    with pytest.raises(PhysicsRan):  # no check: the NaN reaches the physics
+        env.step(poisoned(env, key))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_inputs_reach_the_physics(name, monkeypatch):
+    env = small_env(name)
+    monkeypatch.setattr(env, "physics_step", stand_in_physics)
+    td = env.reset().set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+    with pytest.raises(PhysicsRan):
+        env.step(td)
+
+
+def test_every_key_and_env_at_fault_is_named():
+    td = E.make("rope3d", num_envs=4, seed=0).reset().clone()  # (at reset x_prev is x and v_prev is v)
+    td["x"][3, 2, 1] = -math.inf
+    td["v_prev"][0, 0, 0] = math.nan
+    td["v_prev"][3, 1, 0] = math.inf
+    message = r"rope3d: non-finite input state \(NaN/inf\) in env indices \[0, 3\]: 'x' in \[3\], 'v_prev' in \[0, 3\]$"
+    with pytest.raises(FloatingPointError, match=message):
+        check_finite_inputs("rope3d", td, ("x", "v", "x_prev", "v_prev"))
+    huge = td.clone().set("x", torch.full_like(td["x"], 3e38)).set("v_prev", torch.zeros_like(td["v_prev"]))  # the sums overflow
+    check_finite_inputs("rope3d", huge, ("x", "v", "x_prev", "v_prev"))
