@@ -75,7 +75,9 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by ``save_checkpoint``; ``CheckpointError`` (a missing, empty, truncated or
     foreign file) names the file and what to do."""
     path = Path(path)
-    hint = f"resume from {path.parent / PREVIOUS} or start the run afresh" if path.name != PREVIOUS else "start the run afresh"
+    previous = path.parent / PREVIOUS
+    hint = f"resume from {previous} or start the run afresh" if path.name != PREVIOUS and previous.is_file() else \
+        "start the run afresh (there is no previous.pt beside it to fall back to)"
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}" + (" (it is a directory)" if path.is_dir() else ""))
     size = path.stat().st_size

@@ -38,7 +38,10 @@ def test_a_broken_file_gives_one_message_naming_it_and_what_to_do(tmp_path, cont
     path.write_bytes(content)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
-    assert str(path) in str(err.value) and what in str(err.value) and "previous.pt or start the run afresh" in str(err.value)
+    assert str(path) in str(err.value) and what in str(err.value) and "start the run afresh (there is no previous.pt" in str(err.value)
+    save_checkpoint(state(1), tmp_path / PREVIOUS)
+    with pytest.raises(CheckpointError, match=f"resume from {tmp_path / PREVIOUS} or start the run afresh"):
+        load_checkpoint(path)
 
 
 def test_a_truncated_checkpoint_is_named(tmp_path):
