@@ -197,10 +197,47 @@ def check_learning_rates(cfg: DictConfig) -> None:
             raise ConfigError(f"algo.{key} must be a finite number {'>= 0' if floor_ok else '> 0'}, got {value!r}")
 
 
+# valid ranges of the recipes' numeric settings (where a key is present): (test, text)
+RANGES = {
+    "num_envs": (lambda v: v >= 1, ">= 1"), "threads": (lambda v: v >= 1, ">= 1"), "total_steps": (lambda v: v >= 1, ">= 1"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: never)"), "eval.every": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "eval.episodes": (lambda v: v >= 1, ">= 1"), "eval.num_envs": (lambda v: v >= 1, ">= 1"), "video.every": (lambda v: v >= 1, ">= 1"),
+    "algo.horizon": (lambda v: v >= 1, ">= 1"), "algo.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "algo.lmbda": (lambda v: 0 <= v <= 1, "in [0, 1]"), "algo.grad_clip": (lambda v: v > 0, "> 0 (null: no clipping)"),
+    "algo.target_tau": (lambda v: 0 <= v < 1, "in [0, 1) (null: no target network)"), "algo.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "algo.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "algo.num_critics": (lambda v: v >= 1, ">= 1"), "algo.critic_iterations": (lambda v: v >= 0, ">= 0"),
+    "algo.critic_minibatches": (lambda v: v >= 1, ">= 1"), "algo.minibatches": (lambda v: v >= 1, ">= 1"),
+    "algo.epochs": (lambda v: v >= 1, ">= 1"), "algo.batch_size": (lambda v: v >= 1, ">= 1"),
+    "algo.updates_per_batch": (lambda v: v >= 0, ">= 0"), "algo.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "algo.replay_size": (lambda v: v >= 1, ">= 1"), "algo.clip_epsilon": (lambda v: v > 0, "> 0"),
+    "algo.init_alpha": (lambda v: v > 0, "> 0"), "algo.regression_steps": (lambda v: v >= 1, ">= 1"),
+    "algo.line_search_trials": (lambda v: v >= 1, ">= 1"), "algo.cg_iterations": (lambda v: v >= 1, ">= 1"),
+    "algo.damping": (lambda v: v >= 0, ">= 0"),
+    "algo.log_std_bounds": (lambda v: len(v) == 2 and v[0] < v[1], "(low, high) with low < high"),
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every ``RANGES`` key present in ``cfg`` (and not null) inside its range."""
+    for key, (ok, text) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        try:
+            inside = bool(ok(plain))
+        except TypeError:
+            inside = False
+        if not inside:
+            raise ConfigError(f"{key} must be {text}, got {plain!r}")
+
+
 def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
-    """Types of ``cfg`` against the recipe's defaults for the same env and algo; learning rates."""
+    """Types of ``cfg`` against the recipe's defaults for the same env and algo; ranges; learning rates."""
     defaults = compose(config_name, choices)
     check_types(cfg, defaults)
+    check_ranges(cfg)
     check_learning_rates(cfg)
 
 
@@ -219,7 +256,12 @@ def resume_config(config_name: str, resume: str, overrides: list[str]) -> tuple[
     if not saved_path.is_file():
         raise ConfigError(f"resume={resume}: {saved_path} is missing, so the run's config is unknown; "
                           "a run directory written by a tphys recipe holds config.yaml beside checkpoints/")
-    cfg = OmegaConf.load(saved_path)
+    try:
+        cfg = OmegaConf.load(saved_path)
+    except Exception as err:  # a damaged or foreign file: say which
+        raise ConfigError(f"resume={resume}: cannot read the run's config {saved_path} ({type(err).__name__}: {err})") from None
+    if not isinstance(cfg, DictConfig) or not {"env", "algo", "seed"} <= set(cfg.keys()):
+        raise ConfigError(f"resume={resume}: {saved_path} is not a tphys recipe config (no env / algo / seed)")
     record = read_record(run_dir)
     if record.get("recipe", config_name) != config_name:
         raise ConfigError(f"resume={resume}: the run was made by recipes/{record['recipe']}.py, not recipes/{config_name}.py")

@@ -58,6 +58,38 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_type(line, message, cap
     assert refused([line], capsys).strip() == f"error: {message}"
 
 
+@pytest.mark.parametrize("line, message", [
+    ("algo.gamma=1.5", "algo.gamma must be in (0, 1], got 1.5"),
+    ("threads=0", "threads must be >= 1, got 0"),
+    ("eval.every=-1", "eval.every must be >= 0 (0: never), got -1"),
+    ("algo.betas=[0.9,1.0]", "algo.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+    ("algo.log_std_bounds=[2.0,-5.0]", "algo.log_std_bounds must be (low, high) with low < high, got [2.0, -5.0]"),
+    ("algo.grad_clip=0", "algo.grad_clip must be > 0 (null: no clipping), got 0"),
+    ("algo.critic_minibatches=0", "algo.critic_minibatches must be >= 1, got 0"),
+])
+def test_a_setting_out_of_its_range_names_the_key_and_the_range(line, message, capsys):
+    assert refused([line], capsys).strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize("recipe", ["sapo", "shac", "apg", "trajopt", "pods", "ppo", "sac"])
+def test_every_recipes_defaults_pass_the_checks(recipe):
+    from rl.cli import compose, validate
+
+    for env in ("rope", "ant", "hand_flip"):
+        validate(recipe, compose(recipe, [f"env={env}"]), [f"env={env}", f"algo={recipe}"])
+
+
+def test_a_damaged_run_config_is_named(run_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(run_dir, run)
+    (run / "config.yaml").write_text("{ not: yaml: at all")
+    assert f"cannot read the run's config {run / 'config.yaml'}" in refused([f"resume={run}"], capsys)
+    (run / "config.yaml").write_text("a: 1\n")
+    assert "is not a tphys recipe config" in refused([f"resume={run}"], capsys)
+
+
 def test_values_of_the_right_type_pass(capsys):
     """2e6 for an int key, an int for a float key, null where the recipe takes one: no error before the run starts."""
     from rl.cli import compose, validate
