@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rl.trainers.checkpoint import CheckpointError, load_latest_checkpoint
+from rl.trainers.checkpoint import CheckpointError, atomic_write_text, load_latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
 GROUPS = ("env", "algo")
@@ -332,8 +332,7 @@ def write_record(run_dir: Path, config_name: str, choices: list[str] | None, ove
         record["choices"], record["overrides"] = choices, overrides
     if resume_entry is not None:
         record.setdefault("resumes", []).append(resume_entry)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(record, indent=2))
+    atomic_write_text(run_dir / "recipe.json", json.dumps(record, indent=2))
 
 
 # ---------------------------------------------------------------------- entry point

@@ -21,7 +21,7 @@ from rl.cli import ConfigError
 from rl.modules import DeterministicActor, ObservationNormalizer, PointCloudEncoder, SquashedGaussianActor, ValueEnsemble
 from rl.objectives import APGLoss, PODSLoss, SAPOLoss, SHACLoss, TrajOptLoss
 from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves
-from rl.trainers.checkpoint import load_checkpoint
+from rl.trainers.checkpoint import atomic_write_text, load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -217,7 +217,7 @@ def write_config(cfg: DictConfig, run_dir: Path) -> None:
     """``config.yaml``: the experiment's resolved config (``resume`` is not part of it: ``recipe.json`` records resumes)."""
     saved = OmegaConf.to_container(cfg, resolve=True)
     saved["resume"] = None
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(saved))
 
 
 def git_commit() -> str:
@@ -276,7 +276,7 @@ def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_st
         summary["metrics"] = {"deterministic": episode_metrics(eval_env, policy, episodes),
                               "random_policy": episode_metrics(eval_env, None, episodes, seed)}
     summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 2)
-    (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "eval.json", json.dumps(summary, indent=2))
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curve.png",
                 title=f"{summary['algo']} on {cfg.env.name} ({cfg.env.goal}), seed {cfg.seed}")
     if cfg.video.enabled:

@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from rl.trainers.checkpoint import atomic_write_text
+
 LOGGER_KINDS = ("csv", "tensorboard", "none")
 
 
@@ -43,8 +45,8 @@ class RunLogger:
         """Drop records logged after ``step`` (a resumed run re-logs them)."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line in self.path.read_text().splitlines() if (record := parse_record(line)) and record["step"] <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))  # a kill here leaves the old file whole
 
 
 def progress_postfix(scalars: dict, rate: float, last_eval: dict | None, warning: str | None = None) -> dict:
@@ -63,7 +65,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for line in path.read_text().splitlines() if (record := parse_record(line))]
+
+
+def parse_record(line: str) -> dict | None:
+    """One metrics.jsonl record; None for a blank line or the partial last line of a process killed while appending."""
+    try:
+        record = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
 
 
 def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "",

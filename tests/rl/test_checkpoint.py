@@ -103,3 +103,34 @@ def test_a_process_killed_while_writing_leaves_the_last_complete_checkpoint(tmp_
     assert all(name.endswith(".tmp") for name in leftovers)  # at most a stray temporary file
     save_checkpoint(state(3), path)  # the next save is not disturbed by it
     assert load_checkpoint(path)["counters"]["env_steps"] == 3
+
+
+def test_a_partial_metrics_line_from_a_kill_is_dropped_on_resume(tmp_path):
+    """A process killed while appending to metrics.jsonl leaves half a line; resume's truncation and the curves skip it."""
+    from rl.trainers import RunLogger, read_metrics
+
+    logger = RunLogger(tmp_path, "none")
+    for step in (10, 20, 30):
+        logger.log(step, x=1.0)
+    with logger.path.open("a") as f:
+        f.write('{"step": 40, "x": 1.')
+    assert [r["step"] for r in read_metrics(logger.path)] == [10, 20, 30]
+    logger.truncate_after(20)
+    assert [r["step"] for r in read_metrics(logger.path)] == [10, 20]
+    assert logger.path.read_text().endswith("\n")
+
+
+def test_run_files_are_written_atomically(tmp_path, monkeypatch):
+    """config.yaml, recipe.json, eval.json go through a temporary file: a failure while writing keeps the old content."""
+    from rl.trainers.checkpoint import atomic_write_text
+
+    path = tmp_path / "config.yaml"
+    atomic_write_text(path, "old: 1\n")
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(path, "new: 2\n")
+    assert path.read_text() == "old: 1\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
