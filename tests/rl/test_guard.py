@@ -126,3 +126,29 @@ def test_an_absurd_learning_rate_is_warned_about(caplog):
         scalars = [trainer.step() for _ in range(6)]
     assert any("stopped learning" in r.getMessage() for r in caplog.records), [s["loss/actor"] for s in scalars]
     assert scalars[-1].get("warn/stalled") == 1.0
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_the_baseline_trainers_guard_parameters_and_optimizer_state_too(policy, tmp_path):
+    """PPO: a weight made non-finite by the update stops the run naming it, or (skip) the update is undone whole."""
+    from rl.baselines.ppo import PPOTrainer
+    from rl.cli import compose
+
+    cfg = compose("ppo", ["env=pendulum2d", "num_envs=4", "algo.horizon=8", "total_steps=64", "progress=false", "eval.every=0",
+                          "checkpoint_every=0", "logger=none", f"on_nonfinite={policy}"])
+    env = tphys.envs.make("pendulum2d", num_envs=4, seed=0)
+    trainer = PPOTrainer(cfg, tmp_path, env)
+    net = trainer.actor.module[0].module[0].mlp
+    first = next(net.parameters())
+    before = {k: v.clone() for k, v in trainer.loss.state_dict().items()}
+    last_step = int(cfg.algo.epochs) * int(cfg.algo.minibatches)  # after the batch's last step: no later loss sees it
+    poison_after_step(trainer.actor_opt, last_step, lambda: first.data.fill_(float("nan")))
+    if policy == "stop":
+        with pytest.raises(NonFiniteError, match=r"ppo: non-finite values at iteration 0 \(env steps 0\): non-finite parameters"):
+            trainer.train()
+    else:
+        trainer.iterations = 1
+        trainer.train()
+        assert trainer.skips == 1
+        for key, value in before.items():
+            assert torch.equal(value, trainer.loss.state_dict()[key]), key
