@@ -27,7 +27,7 @@ from rl.modules import MLP, ObservationNormalizer
 from rl.trainers import NonFiniteError, RunLogger, evaluate, load_checkpoint, save_checkpoint
 from rl.trainers.checkpoint import env_generator_state, restore_env_generator
 from rl.trainers.episodes import track_episode_returns
-from rl.trainers.first_order import NONFINITE_POLICIES, OPTIMIZERS
+from rl.trainers.first_order import NONFINITE_POLICIES, OPTIMIZERS, clip_grad_norm
 from rl.trainers.guard import Snapshot, StallMonitor, describe, nonfinite_state
 from rl.trainers.logging import progress_postfix
 
@@ -166,10 +166,9 @@ class BaselineTrainer:
 
     @staticmethod
     def clip(params: list[Tensor], max_norm: float | None) -> float:
-        if max_norm is None:
-            norms = [p.grad.norm() for p in params if p.grad is not None]
-            return torch.stack(norms).norm().item() if norms else 0.0
-        return nn.utils.clip_grad_norm_(params, float(max_norm)).item()
+        """The first-order trainers' clipping (norm accumulated in float64: ``clip_grad_norm_``'s float32 norm can be
+        inf for finite gradients and would then zero them instead of rescaling)."""
+        return clip_grad_norm(params, None if max_norm is None else float(max_norm))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {n: getattr(self, n) for n in ("actor_opt", "critic_opt", "alpha_opt") if getattr(self, n, None) is not None}

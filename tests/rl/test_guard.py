@@ -152,3 +152,15 @@ def test_the_baseline_trainers_guard_parameters_and_optimizer_state_too(policy, 
         assert trainer.skips == 1
         for key, value in before.items():
             assert torch.equal(value, trainer.loss.state_dict()[key]), key
+
+
+def test_the_baselines_clip_a_finite_gradient_whose_float32_norm_overflows():
+    """PPO/SAC clip as the first-order trainers do: ``clip_grad_norm_`` would zero these finite gradients (its float32
+    norm is inf)."""
+    from rl.baselines.common import BaselineTrainer
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.tensor([3e19, 3e19, 0.0, 0.0])
+    norm = BaselineTrainer.clip([p], 1.0)
+    assert norm == pytest.approx(3e19 * 2**0.5, rel=1e-6)
+    assert torch.allclose(p.grad, torch.tensor([0.5**0.5, 0.5**0.5, 0.0, 0.0]), atol=1e-6)
