@@ -31,7 +31,7 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
-from tphys.particles.spring_vjp import twice_differentiable
+from tphys.autodiff import twice_differentiable
 
 
 class OpenLoopRollout(NamedTuple):

@@ -134,12 +134,12 @@ def load_latest_checkpoint(path: str | Path) -> tuple[dict, Path]:
 
 
 def env_generator_state(env) -> torch.Tensor | None:
-    """The state of ``env``'s reset generator (None for an env without one, or no env)."""
-    gen = getattr(env, "_generator", None)
+    """The state of ``env``'s reset generator (``env.generator``; None for an env without one, or no env)."""
+    gen = getattr(env, "generator", None)
     return None if gen is None else gen.get_state()
 
 
 def restore_env_generator(env, state: torch.Tensor | None) -> None:
-    gen = getattr(env, "_generator", None)
+    gen = getattr(env, "generator", None)
     if gen is not None and state is not None:
         gen.set_state(state)

@@ -6,10 +6,10 @@ import torch.autograd.forward_ad as fwAD
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tphys.autodiff import twice_differentiable
 from tphys.particles import ParticleBuilder
 from tphys.particles.meshing import box_mesh
 from tphys.particles.solid_substep import SolidSubstep, _Substep
-from tphys.particles.spring_vjp import twice_differentiable
 
 
 def solid(seed: int, cells=(2, 1, 1), ground=True):

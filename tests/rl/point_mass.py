@@ -29,13 +29,13 @@ class PointMass1D(EnvBase):
         self.reward_spec = Unbounded(shape=(n, 1), dtype=dtype)
         flag = Categorical(2, shape=(n, 1), dtype=torch.bool)
         self.done_spec = Composite(done=flag, terminated=flag.clone(), truncated=flag.clone(), shape=(n,))
-        self._generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def _set_seed(self, seed):
-        self._generator.manual_seed(int(seed or 0))
+        self.generator.manual_seed(int(seed or 0))
 
     def sample_start(self) -> torch.Tensor:
-        x = 2 * torch.rand(self.num_envs, 1, generator=self._generator, dtype=self.dtype) - 1
+        x = 2 * torch.rand(self.num_envs, 1, generator=self.generator, dtype=self.dtype) - 1
         return torch.cat([x, torch.zeros_like(x)], -1)
 
     def _reset(self, td=None, **kwargs):

@@ -22,7 +22,8 @@ from torchrl.envs import EnvBase
 class TphysEnv(EnvBase):
     """Base of the tphys envs: stateless (the state travels in the tensordict), batch-locked to
     ``num_envs``, actions in [-1, 1], an [N, 1] reward, done / terminated / truncated flags and a
-    seeded torch.Generator for resets. Subclasses call ``_set_specs`` and ``_seed_generator``."""
+    seeded torch.Generator for resets (``generator``, public: a checkpoint saves and restores its state).
+    Subclasses call ``_set_specs`` and ``_seed_generator``."""
 
     batch_locked = True
 
@@ -36,11 +37,11 @@ class TphysEnv(EnvBase):
         self.done_spec = done_spec(n, self.device)
 
     def _seed_generator(self, seed: int | None) -> None:
-        self._generator = torch.Generator()
+        self.generator = torch.Generator()
         self._set_seed(seed)
 
     def _set_seed(self, seed: int | None) -> None:
-        self._generator.manual_seed(torch.seed() if seed is None else int(seed))
+        self.generator.manual_seed(torch.seed() if seed is None else int(seed))
 
 
 @dataclass(frozen=True)

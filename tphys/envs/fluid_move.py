@@ -98,7 +98,7 @@ class FluidMoveEnv(KinematicToolEnv):
 
     # ------------------------------------------------------------------ TorchRL API
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        n, gen = self.num_envs, self._generator
+        n, gen = self.num_envs, self.generator
         u = 2 * torch.rand(n, 3, generator=gen, dtype=torch.float64) - 1
         u[:, 1] = u[:, 1] / 2 + 0.5  # up only
         target_q = (self.joint_start.double() + torch.tensor(TARGET_RANGE, dtype=torch.float64) * u).to(self.dtype)

@@ -114,7 +114,7 @@ class HandFlipEnv(KinematicToolEnv):
 
     # ------------------------------------------------------------------ TorchRL API
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        n, gen = self.num_envs, self._generator
+        n, gen = self.num_envs, self.generator
         shift = (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1) * 0.1
         shift[..., 1] = shift[..., 1].abs()  # up only
         scale = 1 + 0.05 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)

@@ -128,7 +128,7 @@ class PayloadEnv(TphysEnv):
 
     # ------------------------------------------------------------------ TorchRL API
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        x, v = self.task.sample_initial(self.task.model, self.task.reference, self.num_envs, self._generator)
+        x, v = self.task.sample_initial(self.task.model, self.task.reference, self.num_envs, self.generator)
         x = x.to(device=self.device, dtype=self.dtype)
         v = v.to(device=self.device, dtype=self.dtype)
         state = ParticleState.without_history(x, v)

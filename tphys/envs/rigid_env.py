@@ -116,7 +116,7 @@ class RigidEnv(TphysEnv):
 
     # ------------------------------------------------------------------ TorchRL API
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        q, qd = self.task.sample_initial(self.model, self.num_envs, self._generator)
+        q, qd = self.task.sample_initial(self.model, self.num_envs, self.generator)
         q, qd = q.to(device=self.device, dtype=self.dtype), qd.to(device=self.device, dtype=self.dtype)
         zero_action = torch.zeros(self.num_envs, self.action_dim, dtype=self.dtype, device=self.device)
         obs = self.task.observe(self.model, q, qd, zero_action)

@@ -124,7 +124,7 @@ class SoftJumperEnv(TphysEnv):
 
     # ------------------------------------------------------------------ TorchRL API
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        n, gen = self.num_envs, self._generator
+        n, gen = self.num_envs, self.generator
         shift = torch.zeros(n, 1, 3, dtype=torch.float64)
         shift[..., 0] = 0.05 * (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1)
         shift[..., 2] = 0.05 * (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1)

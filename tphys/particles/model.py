@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tphys.autodiff import cast_tensor, map_tensors
+
 
 class Springs(NamedTuple):
     """Two-particle springs; ``tension_only`` marks unilateral cables.
@@ -148,7 +150,7 @@ class ParticleModel(NamedTuple):
 
     def to(self, device=None, dtype=None) -> ParticleModel:
         """Copy with floating tensors cast to ``dtype`` and all tensors moved to ``device``."""
-        return _map_tensors(self, lambda t: _cast(t, device, dtype))
+        return map_tensors(self, lambda t: cast_tensor(t, device, dtype))
 
 
 class ParticleState(NamedTuple):
@@ -175,15 +177,3 @@ class ParticleState(NamedTuple):
         return ParticleState(x, v, x, v, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
 
 
-def _cast(t, device, dtype):
-    if not isinstance(t, Tensor):
-        return t
-    if t.is_floating_point() and dtype is not None:
-        return t.to(device=device, dtype=dtype)
-    return t.to(device=device)
-
-
-def _map_tensors(obj, fn):
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*[_map_tensors(getattr(obj, f), fn) for f in obj._fields])
-    return fn(obj)

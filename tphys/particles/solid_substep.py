@@ -27,9 +27,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils._pytree import tree_leaves
 
+from tphys.autodiff import twice_differentiable_requested
 from tphys.particles.forces import smooth_ramp, total_forces
 from tphys.particles.model import ParticleModel, Tetrahedra
-from tphys.particles.spring_vjp import twice_differentiable_requested
 
 _EPS = 1e-12  # tphys.math.safe_norm's floor on the fiber stretch |F f|
 
@@ -224,7 +224,7 @@ class SolidSubstep:
     tetrahedra only (gravity, drag and ground allowed; no springs, membranes or handles).
     ``compile=True`` runs the fused forward and backward each under ``torch.compile`` (fixed shapes).
     The twin (``total_forces`` under autograd) takes over where the fused node cannot serve:
-    forward-mode tangents, ``spring_vjp.twice_differentiable()``, model tensors that require grad.
+    forward-mode tangents, ``tphys.autodiff.twice_differentiable()``, model tensors that require grad.
     """
 
     def __init__(self, model: ParticleModel, h: float, compile: bool = False):

@@ -10,14 +10,12 @@ serves those (``use_fused_springs`` decides).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
-
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tphys.autodiff import twice_differentiable_requested
 from tphys.particles.model import Springs
 
 _EPS = 1e-12
@@ -71,27 +69,6 @@ def fused_spring_forces(springs: Springs, x: Tensor, v: Tensor) -> Tensor:
         springs.tension_only,
         springs.slack_width,
     )
-
-
-_TWICE_DIFFERENTIABLE: ContextVar[bool] = ContextVar("twice_differentiable", default=False)
-
-
-@contextmanager
-def twice_differentiable():
-    """Inside, spring forces use the twin: graphs built here support double backward.
-
-    Gauss-Newton products (PODS) differentiate a backward pass once more.
-    """
-    token = _TWICE_DIFFERENTIABLE.set(True)
-    try:
-        yield
-    finally:
-        _TWICE_DIFFERENTIABLE.reset(token)
-
-
-def twice_differentiable_requested() -> bool:
-    """Whether the caller is inside ``twice_differentiable()`` (fused nodes must step aside)."""
-    return _TWICE_DIFFERENTIABLE.get()
 
 
 def use_fused_springs(springs: Springs, x: Tensor, v: Tensor) -> bool:

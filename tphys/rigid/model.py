@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tphys.particles.model import _cast, _map_tensors
+from tphys.autodiff import cast_tensor, map_tensors
 
 JOINT_TYPES = ("free", "ball", "slide", "hinge", "fixed")
 
@@ -231,7 +231,7 @@ class RigidModel(NamedTuple):
         return self.q0.dtype
 
     def to(self, device=None, dtype=None) -> RigidModel:
-        return _map_tensors(self, lambda t: _cast(t, device, dtype))
+        return map_tensors(self, lambda t: cast_tensor(t, device, dtype))
 
 
 class RigidState(NamedTuple):
