@@ -199,7 +199,7 @@ def check_learning_rates(cfg: DictConfig) -> None:
 
 # valid ranges of the recipes' numeric settings (where a key is present): (test, text)
 RANGES = {
-    "num_envs": (lambda v: v >= 1, ">= 1"), "threads": (lambda v: v >= 1, ">= 1"), "total_steps": (lambda v: v >= 1, ">= 1"),
+    "num_envs": (lambda v: v >= 1, "an int >= 1"), "threads": (lambda v: v >= 1, ">= 1"), "total_steps": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: never)"), "eval.every": (lambda v: v >= 0, ">= 0 (0: never)"),
     "eval.episodes": (lambda v: v >= 1, ">= 1"), "eval.num_envs": (lambda v: v >= 1, ">= 1"), "video.every": (lambda v: v >= 1, ">= 1"),
     "algo.horizon": (lambda v: v >= 1, ">= 1"), "algo.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
