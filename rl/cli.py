@@ -218,6 +218,39 @@ RANGES = {
 }
 
 
+# the choices of the recipes' string settings (where a key is present); per-algorithm ones keyed by algo.name
+CHOICES = {
+    "dtype": ("float32", "float64"), "logger": ("csv", "tensorboard", "none"), "on_nonfinite": ("stop", "skip"),
+    "video.format": ("gif", "mp4"), "algo.optimizer": ("adam", "adamw"), "algo.activation": ("silu", "elu", "relu", "tanh"),
+    "algo.loss_function": ("l1", "l2", "smooth_l1"), "algo.loss_critic_type": ("l1", "l2", "smooth_l1"),
+}
+LR_SCHEDULES = {"ppo": ("adaptive_kl", "constant"), "sac": ()}  # others: linear | constant
+
+
+def check_choices(cfg: DictConfig) -> None:
+    """String settings among their choices; ``device`` a CPU or an available CUDA device."""
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and str(value).lower() not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+    schedule = OmegaConf.select(cfg, "algo.lr_schedule", default=None)
+    valid = LR_SCHEDULES.get(str(OmegaConf.select(cfg, "algo.name", default="")), ("linear", "constant"))
+    if schedule is not None and schedule not in valid:
+        raise ConfigError(f"algo.lr_schedule must be one of {', '.join(valid)}, got {schedule!r}")
+    device = OmegaConf.select(cfg, "device", default=None)
+    if device is not None:
+        import torch
+
+        try:
+            dev = torch.device(str(device))
+        except RuntimeError:
+            raise ConfigError(f"device must be a torch device such as cpu or cuda:0, got {device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}, but CUDA is not available on this machine (torch {torch.__version__}); use device=cpu")
+        if dev.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda[:index], got {device!r}")
+
+
 def check_ranges(cfg: DictConfig) -> None:
     """Every ``RANGES`` key present in ``cfg`` (and not null) inside its range."""
     for key, (ok, text) in RANGES.items():
@@ -238,6 +271,7 @@ def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
     defaults = compose(config_name, choices)
     check_types(cfg, defaults)
     check_ranges(cfg)
+    check_choices(cfg)
     check_learning_rates(cfg)
 
 

@@ -66,8 +66,16 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_type(line, message, cap
     ("algo.log_std_bounds=[2.0,-5.0]", "algo.log_std_bounds must be (low, high) with low < high, got [2.0, -5.0]"),
     ("algo.grad_clip=0", "algo.grad_clip must be > 0 (null: no clipping), got 0"),
     ("algo.critic_minibatches=0", "algo.critic_minibatches must be >= 1, got 0"),
+    ("dtype=float16", "dtype must be one of float32, float64, got 'float16'"),
+    ("logger=wandb", "logger must be one of csv, tensorboard, none, got 'wandb'"),
+    ("on_nonfinite=ignore", "on_nonfinite must be one of stop, skip, got 'ignore'"),
+    ("algo.optimizer=sgd", "algo.optimizer must be one of adam, adamw, got 'sgd'"),
+    ("algo.activation=gelu", "algo.activation must be one of silu, elu, relu, tanh, got 'gelu'"),
+    ("algo.lr_schedule=cosine", "algo.lr_schedule must be one of linear, constant, got 'cosine'"),
+    ("device=meta", "device must be cpu or cuda[:index], got 'meta'"),
+    ("device=banana", "device must be a torch device such as cpu or cuda:0, got 'banana'"),
 ])
-def test_a_setting_out_of_its_range_names_the_key_and_the_range(line, message, capsys):
+def test_a_setting_out_of_its_range_or_choices_names_the_key(line, message, capsys):
     assert refused([line], capsys).strip() == f"error: {message}"
 
 
