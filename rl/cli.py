@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rl.trainers.checkpoint import CheckpointError, atomic_write_text, load_latest_checkpoint
+from rl.trainers.checkpoint import CheckpointError, atomic_write_text, checkpoint_file, load_latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
 GROUPS = ("env", "algo")
@@ -276,11 +276,6 @@ def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- resume
-def checkpoint_file(resume: str | Path) -> Path:
-    path = Path(resume)
-    return path / "checkpoints" / "last.pt" if path.is_dir() else path
-
-
 def resume_config(config_name: str, resume: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
     """``(config, run dir, record)`` of a resumed run: the run's saved config plus the ``RESUMABLE`` overrides."""
     ckpt = checkpoint_file(resume)
@@ -299,8 +294,8 @@ def resume_config(config_name: str, resume: str, overrides: list[str]) -> tuple[
     record = read_record(run_dir)
     if record.get("recipe", config_name) != config_name:
         raise ConfigError(f"resume={resume}: the run was made by recipes/{record['recipe']}.py, not recipes/{config_name}.py")
-    saved_algo = cfg.get("algo", {}).get("name")
-    if saved_algo is not None and config_name in ("sapo", "shac", "apg", "trajopt", "pods", "ppo", "sac") and saved_algo != config_name:
+    saved_algo = cfg.algo.get("name")
+    if saved_algo is not None and saved_algo != config_name:
         raise ConfigError(f"resume={resume}: the run is a {saved_algo} run; resume it with recipes/{saved_algo}.py")
     parsed = [o for o in parse(overrides) if o.key_or_group.split(".")[0] != "hydra"]
     refused, applied = [], {}

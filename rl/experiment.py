@@ -21,7 +21,7 @@ from rl.cli import ConfigError
 from rl.modules import DeterministicActor, ObservationNormalizer, PointCloudEncoder, SquashedGaussianActor, ValueEnsemble
 from rl.objectives import APGLoss, PODSLoss, SAPOLoss, SHACLoss, TrajOptLoss
 from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves
-from rl.trainers.checkpoint import atomic_write_text, load_checkpoint
+from rl.trainers.checkpoint import atomic_write_text, checkpoint_file, load_checkpoint
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -86,8 +86,8 @@ def prepare_run(cfg: DictConfig, run_dir: str | Path) -> tuple[Path, EnvBase, En
 def train_or_resume(cfg: DictConfig, trainer) -> None:
     """``trainer.train()``, first loading ``cfg.resume``'s checkpoint when there is one."""
     if cfg.resume:
-        trainer.resume(checkpoint_path(cfg.resume))
-        print(f"resumed from {checkpoint_path(cfg.resume)} at env step {trainer.env_steps}")
+        trainer.resume(checkpoint_file(cfg.resume))
+        print(f"resumed from {checkpoint_file(cfg.resume)} at env step {trainer.env_steps}")
     trainer.train()
 
 
@@ -197,15 +197,10 @@ def run_pods(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------- run directory and outputs
-def checkpoint_path(resume: str) -> Path:
-    path = Path(resume)
-    return path / "checkpoints" / "last.pt" if path.is_dir() else path
-
-
 def resolve_run_dir(cfg: DictConfig, run_dir: str | Path) -> Path:
     """A resumed run continues in the directory its checkpoint lives in."""
     if cfg.resume:
-        ckpt = checkpoint_path(cfg.resume)
+        ckpt = checkpoint_file(cfg.resume)
         load_checkpoint(ckpt)  # FileNotFoundError names the path early
         return ckpt.parent.parent
     path = Path(run_dir)

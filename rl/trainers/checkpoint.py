@@ -90,6 +90,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_file(resume: str | Path) -> Path:
+    """The checkpoint a ``resume=`` value names: ``<run dir>/checkpoints/last.pt`` for a run directory, else the file."""
+    path = Path(resume)
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by ``save_checkpoint``; ``CheckpointError`` (a missing, empty, truncated or
     foreign file) names the file and what to do."""

@@ -226,8 +226,7 @@ class FirstOrderTrainer:
         return nonfinite_state(*self.guarded())
 
     def _snapshot(self) -> Snapshot:
-        modules, optimizers = self.guarded()
-        return Snapshot({"loss": self.loss, **optimizers})
+        return Snapshot({"loss": self.loss, **self.guarded()[1]})
 
     def _watch_stall(self, scalars: dict[str, float]) -> None:
         warning = self.stall.update(scalars.get("grad_norm/actor"), scalars.get("loss/actor"))
