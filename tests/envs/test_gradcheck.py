@@ -12,16 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tphys.envs as E
-from tphys.envs import pods
+from tphys.envs import payload_tasks
 
 # Physical parameters drawn per example (scaled from their defaults) to vary the configuration.
 VARIED = {
-    "pendulum2d": (pods.PENDULUM_DEFAULTS, ("stiffness", "mass", "length")),
-    "pendulum3d": (pods.PENDULUM_DEFAULTS, ("stiffness", "mass", "length")),
-    "double_pendulum3d": (pods.DOUBLE_DEFAULTS, ("stiffness", "link_stiffness", "mass")),
-    "cable_payload2d": (pods.PAYLOAD_DEFAULTS, ("stiffness", "frame_stiffness", "mass")),
-    "rope3d": (pods.ROPE_DEFAULTS, ("stiffness", "bending_stiffness", "mass")),
-    "cloth": (pods.CLOTH_DEFAULTS, ("mu", "grip_stiffness", "mass")),
+    "pendulum2d": (payload_tasks.PENDULUM_DEFAULTS, ("stiffness", "mass", "length")),
+    "pendulum3d": (payload_tasks.PENDULUM_DEFAULTS, ("stiffness", "mass", "length")),
+    "double_pendulum3d": (payload_tasks.DOUBLE_DEFAULTS, ("stiffness", "link_stiffness", "mass")),
+    "cable_payload2d": (payload_tasks.PAYLOAD_DEFAULTS, ("stiffness", "frame_stiffness", "mass")),
+    "rope3d": (payload_tasks.ROPE_DEFAULTS, ("stiffness", "bending_stiffness", "mass")),
+    "cloth": (payload_tasks.CLOTH_DEFAULTS, ("mu", "grip_stiffness", "mass")),
 }
 
 

@@ -31,7 +31,7 @@ from tphys.particles import ParticleModel, ParticleState, bdf2, semi_implicit_eu
 
 GOALS = ("stop", "stop_at_origin")
 INTEGRATORS = ("bdf2", "semi_implicit")
-# valid ranges of the env's numeric options and of the task's step (the physical parameters' are in tphys.envs.pods)
+# valid ranges of the env's numeric options and of the task's step (the physical parameters' are in tphys.envs.payload_tasks)
 OPTION_RANGES = dict(substeps=int_at_least(1), horizon=int_at_least(1), newton_max_iter=int_at_least(1), newton_tol=POSITIVE.or_none(),
                      dt=POSITIVE)
 

@@ -4,7 +4,7 @@
 frame of semi-implicit Euler substeps with penalty ground contact and joint limits.
 """
 
-from tphys.rigid.assets import model_path
+from tphys.rigid.model_files import model_path
 from tphys.rigid.builder import Body, Joint, RigidBuilder
 from tphys.rigid.dynamics import bias_forces, joint_accelerations, kinematics, mass_matrix
 from tphys.rigid.integrator import step

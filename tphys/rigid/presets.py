@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from tphys.rigid.assets import model_path
+from tphys.rigid.model_files import model_path
 from tphys.rigid.mjcf import load_mjcf
 from tphys.rigid.model import RigidModel, material
 

@@ -11,7 +11,7 @@ from test_mujoco import random_state
 
 from tphys.rigid import load_mjcf, model_path
 from tphys.rigid.integrator import integrate_positions
-from tphys.rigid.kinematic import joint_rates, kinematic_frame, shape_frames
+from tphys.rigid.kinematic_mode import joint_rates, kinematic_frame, shape_frames
 from tphys.rigid.model import SHAPE_KINDS
 
 MODELS = ("ant", "humanoid", "half_cheetah", "dflex_humanoid")
