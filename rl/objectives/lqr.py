@@ -150,7 +150,7 @@ class ConstrainedSolution(NamedTuple):
 
 def kl_constrained_lqr(dynamics: LinearDynamics, cost: QuadraticCost, prior: LinearGaussian, epsilon: Tensor | float,
                        mean0: Tensor, cov0: Tensor, eta_range: tuple[float, float] = (1e-8, 1e16),
-                       iterations: int = 60) -> ConstrainedSolution:
+                       iterations: int = 30) -> ConstrainedSolution:
     """The controller minimizing the expected ``cost`` with at most ``epsilon`` [N] (or a float) of summed KL to ``prior``.
 
     Bisection on log η per condition between ``eta_range``: an η whose backward pass fails or whose KL exceeds
@@ -186,3 +186,19 @@ def kl_constrained_lqr(dynamics: LinearDynamics, cost: QuadraticCost, prior: Lin
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
     return mask.reshape(mask.shape + (1,) * (like.dim() - 1))
+
+
+def expected_cost(dynamics: LinearDynamics, cost: QuadraticCost, controller: LinearGaussian, mean0: Tensor,
+                  cov0: Tensor) -> Tensor:
+    """[N]: E[Σ_t ½ zᵀC_t z + zᵀc_t] under ``controller``'s closed loop on the linear ``dynamics`` (exact for Gaussians).
+
+    z_t = [δx_t; δu_t] has mean [μ_t; Kμ_t + k] and covariance [[S, SKᵀ], [KS, KSKᵀ + Σ]] (S from ``state_moments``).
+    """
+    mean, cov = state_moments(dynamics, controller, mean0, cov0)
+    K, k, action_cov = controller
+    KS = K @ cov
+    z_mean = torch.cat([mean, (K @ mean.unsqueeze(-1)).squeeze(-1) + k], -1)
+    z_cov = torch.cat([torch.cat([cov, KS.transpose(-1, -2)], -1), torch.cat([KS, KS @ K.transpose(-1, -2) + action_cov], -1)], -2)
+    quad = (z_mean.unsqueeze(-2) @ cost.C @ z_mean.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    spread = torch.diagonal(cost.C @ z_cov, dim1=-2, dim2=-1).sum(-1)
+    return (0.5 * (quad + spread) + (cost.c * z_mean).sum(-1)).sum(-1)

@@ -18,6 +18,9 @@ from rl.objectives.lqr import (
     negative_log_likelihood,
     state_moments,
 )
+from rl.objectives.lqr import (
+    expected_cost as model_expected_cost,
+)
 
 D = torch.float64
 
@@ -30,7 +33,8 @@ def random_problem(seed: int, n=2, horizon=4, x_dim=3, u_dim=2):
     C = M @ M.transpose(-1, -2) / (x_dim + u_dim) + 0.1 * torch.eye(x_dim + u_dim, dtype=D)  # positive definite
     c = torch.randn(n, horizon, x_dim + u_dim, generator=g, dtype=D)
     S = torch.randn(n, horizon, u_dim, u_dim, generator=g, dtype=D)
-    prior = LinearGaussian(0.3 * torch.randn(n, horizon, u_dim, x_dim, generator=g, dtype=D), 0.5 * torch.randn(n, horizon, u_dim, generator=g, dtype=D),
+    prior = LinearGaussian(0.3 * torch.randn(n, horizon, u_dim, x_dim, generator=g, dtype=D),
+                           0.5 * torch.randn(n, horizon, u_dim, generator=g, dtype=D),
                            S @ S.transpose(-1, -2) + 0.5 * torch.eye(u_dim, dtype=D))
     mean0 = torch.randn(n, x_dim, generator=g, dtype=D)
     L = torch.randn(n, x_dim, x_dim, generator=g, dtype=D)
@@ -151,3 +155,11 @@ def test_a_failed_backward_pass_is_flagged_not_propagated():
     solution = kl_constrained_lqr(dynamics, QuadraticCost(C, cost.c), prior, 0.5, mean0, cov0)
     assert torch.isfinite(solution.kl).all() and (solution.kl <= 0.5 * (1 + 1e-6)).all()
     assert math.isfinite(solution.eta[1].item()) and solution.eta[1] > 1e-8
+
+
+def test_expected_cost_matches_the_step_by_step_moments():
+    dynamics, cost, prior, mean0, cov0 = random_problem(17)
+    controller, _ = backward_pass(dynamics, cost + negative_log_likelihood(prior))
+    for policy in (prior, controller):
+        assert torch.allclose(model_expected_cost(dynamics, cost, policy, mean0, cov0),
+                              expected_cost(dynamics, cost, policy, mean0, cov0), rtol=1e-10)
