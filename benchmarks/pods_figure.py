@@ -38,7 +38,7 @@ from report import publish, run_header  # noqa: E402
 import tphys.envs  # noqa: E402
 from rl.modules import DeterministicActor, ObservationNormalizer  # noqa: E402
 from rl.objectives import APGLoss, PODSLoss  # noqa: E402
-from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate  # noqa: E402
+from rl.trainers import FirstOrderTrainer, PODSConfig, PODSTrainer, TrainerConfig, evaluate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("pods2", "pods1", "pods1raw", "bptt")
@@ -55,16 +55,17 @@ def build(args, method: str, seed: int):
     torch.manual_seed(seed)  # the same initial weights for every method
     normalizer = ObservationNormalizer(env.observation_dim)
     actor = DeterministicActor(env.observation_dim, env.action_dim, normalizer=normalizer).double()
-    config = TrainerConfig(total_steps=10**12, actor_lr=args.lr, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
-                           grad_clip=None if method != "bptt" else 1.0, eval_every=0, checkpoint_every=0, seed=seed, progress=False)
+    settings = dict(total_steps=10**12, actor_lr=args.lr, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
+                    grad_clip=None if method != "bptt" else 1.0, eval_every=0, checkpoint_every=0, seed=seed, progress=False)
     if method == "bptt":
         loss = APGLoss(env, actor, horizon=args.horizon, gamma=1.0)
-        return FirstOrderTrainer(loss, config, normalizer=normalizer, logger="none"), actor
+        return FirstOrderTrainer(loss, TrainerConfig(**settings), normalizer=normalizer, logger="none"), actor
     loss = PODSLoss(env, actor, order=2 if method == "pods2" else 1, cg_iterations=args.cg_iterations,
                     max_action_change=None if method == "pods1raw" else 0.5,
                     newton_step_cap=args.newton_step_cap, damping=args.damping,
                     gradient_fallback=args.gradient_fallback)
-    return PODSTrainer(loss, config, regression_steps=args.regression_steps, normalizer=normalizer, logger="none"), actor
+    config = PODSConfig(**settings, regression_steps=args.regression_steps)
+    return PODSTrainer(loss, config, normalizer=normalizer, logger="none"), actor
 
 
 def run(args, method: str, seed: int) -> dict:

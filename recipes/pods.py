@@ -5,12 +5,34 @@
     python recipes/pods.py resume=runs/pods/<run>      # continue a run from its last checkpoint
 
 k = num_envs initial states per epoch, one episode each (env steps per epoch: k x episode length).
-Writes config.yaml, metrics.jsonl, logs/, checkpoints/, curve.png, eval.json (with the PODS
-paper's metrics: final kinetic energy, distance to the target, handle speed) and policy.gif.
+eval.json also holds the PODS paper's metrics (final kinetic energy, distance to the target, handle speed).
 """
 
+from omegaconf import DictConfig
+from torchrl.envs import EnvBase
+
+from rl.builders import deterministic_actor, observation_normalizer
 from rl.cli import recipe_main
-from rl.experiment import run_pods
+from rl.experiment import recipe_run
+from rl.objectives import PODSLoss
+from rl.trainers import PODSConfig, PODSTrainer
+
+
+def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> PODSTrainer:
+    """PODS on ``env`` with the deterministic tanh policy of its appendix A.3."""
+    algo = cfg.algo
+    normalizer = observation_normalizer(cfg, env)
+    actor = deterministic_actor(cfg, env, normalizer)
+    # loss: the policy's actions improved through the simulator under a monotone line search (section 3.3),
+    # then regressed onto (Eq. 7); order 2 solves the Gauss-Newton system (Eq. 13-14) by conjugate gradients
+    loss = PODSLoss(env, actor, order=algo.order, max_action_change=algo.max_action_change, newton_step_cap=algo.newton_step_cap,
+                    line_search_trials=algo.line_search_trials, armijo=algo.armijo, cg_iterations=algo.cg_iterations,
+                    cg_tol=algo.cg_tol, damping=algo.damping, gradient_fallback=algo.get("gradient_fallback", True))
+    # trainer: per epoch, one improvement from k fresh initial states, then regression_steps optimizer steps
+    return PODSTrainer(loss, PODSConfig.from_config(cfg), normalizer=normalizer, **outputs)
+
+
+run = recipe_run(make_trainer)  # run(cfg, run_dir) -> the eval summary
 
 if __name__ == "__main__":
-    recipe_main("pods", run_pods)
+    recipe_main("pods", run)

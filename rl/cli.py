@@ -1,6 +1,7 @@
 """The recipes' command line: Hydra composition, checks that name the key, and ``resume=RUN_DIR``.
 
-``recipe_main("sapo", run_first_order)`` is a recipe's whole ``__main__``. Before Hydra runs it
+``recipe_main("sapo", run)`` is a recipe's whole ``__main__`` (``run(cfg, run_dir)`` from ``rl.experiment.recipe_run``).
+Before Hydra runs it
 
 * refuses any override of a key the recipe does not have, with one message whether it was written
   ``key=value`` or ``+key=value`` (Hydra's own hint to append with ``+`` would make the run ignore the
@@ -213,7 +214,7 @@ RANGES = {
     "algo.replay_size": (lambda v: v >= 1, ">= 1"), "algo.clip_epsilon": (lambda v: v > 0, "> 0"),
     "algo.init_alpha": (lambda v: v > 0, "> 0"), "algo.regression_steps": (lambda v: v >= 1, ">= 1"),
     "algo.line_search_trials": (lambda v: v >= 1, ">= 1"), "algo.cg_iterations": (lambda v: v >= 1, ">= 1"),
-    "algo.damping": (lambda v: v >= 0, ">= 0"),
+    "algo.damping": (lambda v: v >= 0, ">= 0"), "algo.order": (lambda v: v in (1, 2), "1 or 2"),
     "algo.log_std_bounds": (lambda v: len(v) == 2 and v[0] < v[1], "(low, high) with low < high"),
 }
 

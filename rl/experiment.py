@@ -1,4 +1,5 @@
-"""Config -> env, networks, loss, trainer, and the run's outputs. Shared by ``recipes/*.py``.
+"""A recipe's run, around the modules, loss and trainer the recipe wires: config checks, seeding, the
+run directory, the envs, training or resuming, and the run's outputs. Shared by ``recipes/*.py``.
 
 A run directory gets: ``config.yaml`` (resolved), ``metrics.jsonl`` and ``logs/`` (TorchRL
 logger), ``checkpoints/last.pt``, ``curve.png``, ``eval.json`` and ``policy.gif``.
@@ -6,24 +7,27 @@ logger), ``checkpoints/last.pt``, ``curve.png``, ``eval.json`` and ``policy.gif`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
 import tphys.envs
+from rl.builders import DTYPES
 from rl.cli import ConfigError
-from rl.modules import DeterministicActor, ObservationNormalizer, PointCloudEncoder, SquashedGaussianActor, ValueEnsemble
-from rl.objectives import APGLoss, PODSLoss, SAPOLoss, SHACLoss, TrajOptLoss
-from rl.trainers import FirstOrderTrainer, PODSTrainer, TrainerConfig, evaluate, plot_curves
+from rl.trainers import Trainer, evaluate, plot_curves
 from rl.trainers.checkpoint import atomic_write_text, checkpoint_file, load_checkpoint
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 # ---------------------------------------------------------------------- validation and envs
@@ -74,16 +78,7 @@ def setup(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.seed))
 
 
-def prepare_run(cfg: DictConfig, run_dir: str | Path) -> tuple[Path, EnvBase, EnvBase]:
-    """Validate, seed, write config.yaml; returns (run dir, training env, evaluation env)."""
-    check_config(cfg)
-    setup(cfg)
-    run_dir = resolve_run_dir(cfg, run_dir)
-    write_config(cfg, run_dir)
-    return run_dir, make_env(cfg), make_eval_env(cfg)
-
-
-def train_or_resume(cfg: DictConfig, trainer) -> None:
+def train_or_resume(cfg: DictConfig, trainer: Trainer) -> None:
     """``trainer.train()``, first loading ``cfg.resume``'s checkpoint when there is one."""
     if cfg.resume:
         trainer.resume(checkpoint_file(cfg.resume))
@@ -91,109 +86,50 @@ def train_or_resume(cfg: DictConfig, trainer) -> None:
     trainer.train()
 
 
-# ---------------------------------------------------------------------- first-order algorithms
-def point_cloud_encoder(cfg: DictConfig, obs_dim: int):
-    """A factory of ``PointCloudEncoder``s from ``cfg.env.encoder`` (None where the env config has none).
+# ---------------------------------------------------------------------- a recipe's run
+MakeTrainer = Callable[..., Trainer]  # make_trainer(cfg, env, run_dir=..., eval_env=..., logger=...) -> Trainer
 
-    ``env.encoder``: {points: M, blocks: [64, 128, 256], out_dim: 64}; the env's ``observation``
-    must start with the M x 3 point cloud (the tphys MPM envs do). The actor and every critic get their
-    own encoder (SAPO paper, appendix B.2).
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path, make_trainer: MakeTrainer) -> dict:
+    """A recipe's run; returns the eval summary.
+
+    Checks ``cfg``, seeds torch, resolves the run directory (a resumed run's own), makes the training
+    and evaluation envs, calls the recipe's ``make_trainer(cfg, env, run_dir=, eval_env=, logger=)``
+    (modules, loss, trainer), writes ``config.yaml`` (after ``make_trainer``, which may fill in a
+    default that depends on the env), trains or resumes, then writes ``eval.json``, ``curve.png`` and
+    the policy video (``finish_run``).
     """
-    spec = cfg.env.get("encoder")
-    if spec is None:
-        return None
-    unknown = sorted(set(spec) - {"points", "blocks", "out_dim"})
-    if unknown:
-        raise ConfigError(f"env.encoder: unknown key(s) {unknown}; valid: points, blocks, out_dim")
-    points, blocks, out_dim = int(spec.points), tuple(spec.get("blocks", (64, 128, 256))), int(spec.get("out_dim", 64))
-    return lambda: PointCloudEncoder(obs_dim, points, 3, blocks, out_dim)
-
-
-
-def build_first_order(cfg: DictConfig, env: EnvBase) -> tuple:
-    """``(loss, normalizer)`` for ``cfg.algo.name`` in apg, shac, sapo, trajopt."""
-    algo = cfg.algo
-    obs_dim = int(env.observation_spec["observation"].shape[-1])
-    action_dim = int(env.action_spec.shape[-1])
-    dtype = DTYPES[cfg.dtype]
-    if algo.name == "trajopt":
-        return TrajOptLoss(env, horizon=int(algo.horizon), gamma=float(algo.gamma)), None
-    normalizer = ObservationNormalizer(obs_dim) if algo.obs_norm else None
-    encoder = point_cloud_encoder(cfg, obs_dim)
-    actor = SquashedGaussianActor(
-        obs_dim, action_dim, tuple(algo.actor_hidden), algo.activation, state_dependent_std=bool(algo.state_dependent_std),
-        log_std_bounds=tuple(algo.log_std_bounds), init_log_std=float(algo.init_log_std), normalizer=normalizer,
-        encoder=None if encoder is None else encoder(),
-    ).to(dtype)
-    if algo.name == "apg":
-        return APGLoss(env, actor, int(algo.horizon), float(algo.gamma)), normalizer
-    critic = ValueEnsemble(obs_dim, tuple(algo.critic_hidden), algo.activation, num_critics=int(algo.num_critics),
-                           normalizer=normalizer, encoder=encoder).to(dtype)
-    if algo.name == "shac":
-        tau = algo.target_tau
-        return SHACLoss(env, actor, critic, int(algo.horizon), float(algo.gamma), float(algo.lmbda),
-                        None if tau is None else float(tau)), normalizer
-    if algo.name == "sapo":
-        return SAPOLoss(env, actor, critic, int(algo.horizon), float(algo.gamma), float(algo.lmbda),
-                        target_entropy=algo.target_entropy, init_alpha=float(algo.init_alpha)), normalizer
-    raise ConfigError(f"algo.name: unknown first-order algorithm {algo.name!r}; valid: apg, shac, sapo, trajopt")
-
-
-def trainer_config(cfg: DictConfig) -> TrainerConfig:
-    algo = cfg.algo
-    return TrainerConfig(
-        total_steps=int(float(cfg.total_steps)), actor_lr=float(algo.actor_lr), critic_lr=float(algo.get("critic_lr", 0.0)),
-        alpha_lr=float(algo.get("alpha_lr", 0.0)), optimizer=algo.optimizer, betas=tuple(algo.betas),
-        weight_decay=float(algo.get("weight_decay", 0.0)), lr_schedule=algo.lr_schedule, lr_end=float(algo.lr_end),
-        grad_clip=None if algo.grad_clip is None else float(algo.grad_clip),
-        critic_iterations=int(algo.get("critic_iterations", 0)), critic_minibatches=int(algo.get("critic_minibatches", 1)),
-        eval_every=int(cfg.eval.every), eval_episodes=int(cfg.eval.episodes), checkpoint_every=int(cfg.checkpoint_every),
-        on_nonfinite=cfg.on_nonfinite, seed=int(cfg.seed), progress=bool(cfg.progress),
-    )
-
-
-def run_first_order(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train, evaluate and write every output of a first-order run; returns the eval summary."""
-    if cfg.total_steps is None and cfg.algo.name == "trajopt":
-        cfg.total_steps = int(cfg.algo.epochs) * episode_length(cfg) * int(cfg.num_envs)
-    run_dir, env, eval_env = prepare_run(cfg, run_dir)
-    loss, normalizer = build_first_order(cfg, env)
-    trainer = FirstOrderTrainer(loss, trainer_config(cfg), run_dir=run_dir, eval_env=eval_env, normalizer=normalizer,
-                                logger=cfg.logger)
+    check_config(cfg)
+    setup(cfg)
+    run_dir = resolve_run_dir(cfg, run_dir)
+    env, eval_env = make_env(cfg), make_eval_env(cfg)
+    trainer = make_trainer(cfg, env, run_dir=run_dir, eval_env=eval_env, logger=cfg.logger)
+    write_config(cfg, run_dir)
     train_or_resume(cfg, trainer)
-    return finish_run(cfg, run_dir, eval_env, loss.actor, trainer.env_steps, trainer.wall_time)
+    return finish_run(cfg, run_dir, eval_env, trainer.actor, trainer.env_steps, trainer.wall_time, algo_name=trainer.name,
+                      stochastic=trainer.stochastic_policy)
 
 
-# ---------------------------------------------------------------------- PODS
-def build_pods(cfg: DictConfig, env: EnvBase) -> tuple[PODSLoss, ObservationNormalizer | None]:
-    """``(loss, normalizer)`` of PODS with the deterministic tanh policy of its appendix A.3."""
-    algo = cfg.algo
-    obs_dim = int(env.observation_spec["observation"].shape[-1])
-    action_dim = int(env.action_spec.shape[-1])
-    normalizer = ObservationNormalizer(obs_dim) if algo.obs_norm else None
-    actor = DeterministicActor(obs_dim, action_dim, tuple(algo.actor_hidden), algo.activation, bool(algo.layer_norm),
-                               normalizer=normalizer).to(DTYPES[cfg.dtype])
-    cap, change = algo.newton_step_cap, algo.max_action_change
-    loss = PODSLoss(env, actor, order=int(algo.order), max_action_change=None if change is None else float(change),
-                    newton_step_cap=None if cap is None else float(cap), line_search_trials=int(algo.line_search_trials),
-                    armijo=float(algo.armijo),
-                    cg_iterations=int(algo.cg_iterations), cg_tol=float(algo.cg_tol), damping=float(algo.damping),
-                    gradient_fallback=bool(algo.get("gradient_fallback", True)))
-    return loss, normalizer
+def recipe_run(make_trainer: MakeTrainer) -> Callable[[DictConfig, str | Path], dict]:
+    """The ``run(cfg, run_dir) -> eval summary`` of the recipe whose modules, loss and trainer ``make_trainer`` wires."""
+    def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+        return run_experiment(cfg, run_dir, make_trainer)
+
+    return run
 
 
-def run_pods(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train PODS, evaluate and write every output; returns the eval summary."""
-    if int(cfg.algo.order) not in (1, 2):
-        raise ConfigError(f"algo.order must be 1 or 2, got {cfg.algo.order!r}")
-    run_dir, env, eval_env = prepare_run(cfg, run_dir)
-    loss, normalizer = build_pods(cfg, env)
-    trainer = PODSTrainer(loss, trainer_config(cfg), regression_steps=int(cfg.algo.regression_steps),
-                          minibatches=int(cfg.algo.minibatches), run_dir=run_dir, eval_env=eval_env, normalizer=normalizer,
-                          logger=cfg.logger)
-    train_or_resume(cfg, trainer)
-    return finish_run(cfg, run_dir, eval_env, loss.actor, trainer.env_steps, trainer.wall_time,
-                      algo_name=f"pods{int(cfg.algo.order)}", stochastic=False)
+def load_recipe(name: str) -> ModuleType:
+    """``recipes/<name>.py`` imported by path (recipes are scripts, not a package): its ``make_trainer`` and ``run``."""
+    module_name = f"recipes_{name}"
+    if module_name not in sys.modules:
+        path = RECIPES_DIR / f"{name}.py"
+        if not path.is_file():
+            raise ValueError(f"no recipe {name!r}; valid: {', '.join(sorted(p.stem for p in RECIPES_DIR.glob('*.py')))}")
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 # ---------------------------------------------------------------------- run directory and outputs

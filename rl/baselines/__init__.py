@@ -1,17 +1,16 @@
 """Zeroth-order (model-free) baselines built from TorchRL's own components: PPO and SAC.
 
-Both use TorchRL's ``Collector`` on our batch-locked envs, a ``ProbabilisticActor`` with a
-``TanhNormal`` over an ``rl.modules.MLP`` (LayerNorm + activation) whose head gives the
-Gaussian location and a state-dependent, smoothly bounded scale, TorchRL losses
-(``ClipPPOLoss`` + ``GAE``; ``SACLoss`` + ``SoftUpdate``) and TorchRL replay buffers.
+Both use TorchRL's ``Collector`` on our batch-locked envs (``rl.trainers.collector``), a
+``ProbabilisticActor`` with a ``TanhNormal`` over an ``rl.modules.MLP`` (LayerNorm + activation)
+whose head gives the Gaussian location and a state-dependent, smoothly bounded scale, TorchRL losses
+(``ClipPPOLoss`` + ``GAE``; ``SACLoss`` + ``SoftUpdate``) and TorchRL replay buffers. The recipes
+``recipes/ppo.py`` and ``recipes/sac.py`` wire them.
 
-    from rl.baselines.ppo import run_ppo        # or: from rl.baselines import run_ppo, run_sac
-    summary = run_ppo(cfg, run_dir)             # cfg: recipes/config/ppo.yaml
-
-``common.py`` holds what the two share: the networks (``NormalizedMLP``, ``BoundedNormalParams``,
-``make_actor``) and the outer loop (``BaselineTrainer``: collector iteration, episode-return
-tracking, progress bar, ``RunLogger`` logging, periodic evaluation, atomic checkpoints and
-resume, the non-finite guard). ``ppo.py`` and ``sac.py`` add the loss and the update.
+``networks.py`` holds the networks and their builders (``tanh_normal_actor``, ``state_value``,
+``q_values``); ``ppo.py`` and ``sac.py`` each hold the loss (TorchRL's, declaring its parameter groups
+and after-update step to the trainer), the typed config and the trainer's ``update(batch)``. The loop
+around them (collector iteration, episode returns, progress bar, logging, evaluation, checkpoints and
+resume, the non-finite guard) is ``rl.trainers``', shared with the first-order algorithms.
 
 Observation normalization: TorchRL's ``VecNorm`` updates in place inside the forward pass;
 we use ``rl.modules.ObservationNormalizer`` inside the networks instead, updated out of place
@@ -21,9 +20,9 @@ networks' parameters *and buffers* (stacked copies for SAC's Q ensemble), which 
 the statistics the losses see at their construction-time values.
 """
 
-from rl.baselines.common import BaselineTrainer, BoundedNormalParams, NormalizedMLP, make_actor, make_optimizer, run_baseline
-from rl.baselines.ppo import PPOTrainer, run_ppo
-from rl.baselines.sac import SACTrainer, run_sac
+from rl.baselines.networks import BoundedNormalParams, NormalizedMLP, q_values, state_value, tanh_normal_actor
+from rl.baselines.ppo import PPOBaselineLoss, PPOConfig, PPOTrainer
+from rl.baselines.sac import SACBaselineLoss, SACConfig, SACTrainer
 
-__all__ = ["BaselineTrainer", "BoundedNormalParams", "NormalizedMLP", "PPOTrainer", "SACTrainer", "make_actor", "make_optimizer",
-           "run_baseline", "run_ppo", "run_sac"]
+__all__ = ["BoundedNormalParams", "NormalizedMLP", "PPOBaselineLoss", "PPOConfig", "PPOTrainer", "SACBaselineLoss", "SACConfig",
+           "SACTrainer", "q_values", "state_value", "tanh_normal_actor"]

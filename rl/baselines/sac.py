@@ -13,97 +13,103 @@ the buffer holds that many transitions.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-from omegaconf import DictConfig
+import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
-from torchrl.modules import ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
-from rl.baselines.common import BaselineTrainer, NormalizedMLP, make_actor, make_optimizer, run_baseline
-from rl.experiment import DTYPES
-from rl.modules import ObservationNormalizer
+from rl.objectives.common import Trainable
+from rl.trainers.collector import CollectorConfig, CollectorTrainer
+from rl.trainers.loop import GROUPS
 
 # a transition: all SACLoss reads (the simulator state x, v, ... stays out of the buffer)
 REPLAY_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "done"), ("next", "terminated"))
 
 
-class SACTrainer(BaselineTrainer):
-    """SAC on ``env`` with the hyper-parameters of ``cfg.algo`` (recipes/config/algo/sac.yaml)."""
+class SACBaselineLoss(Trainable, SACLoss):
+    """TorchRL's ``SACLoss`` (C Q-nets with delayed targets, TD(0) targets); parameter groups: actor, critic (the
+    Q-nets), alpha; ``after_update`` is the Polyak update of the target Q-nets (``target_updater``).
+
+    The other keyword arguments are ``SACLoss``'s.
+    """
+
+    def __init__(self, actor: TensorDictModuleBase, qnets: list[TensorDictModuleBase], gamma: float, target_tau: float,
+                 **kwargs):
+        super().__init__(actor, qnets, num_qvalue_nets=len(qnets), delay_qvalue=True, **kwargs)
+        self.make_value_estimator(ValueEstimators.TD0, gamma=float(gamma))
+        self.target_updater = SoftUpdate(self, eps=float(target_tau))
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {"actor": list(self.actor_network_params.values(True, True)),
+                "critic": list(self.qvalue_network_params.values(True, True)), "alpha": [self.log_alpha]}
+
+    def after_update(self) -> None:
+        self.target_updater.step()
+
+
+@dataclass
+class SACConfig(CollectorConfig):
+    """``CollectorConfig`` and SAC's updates, replay and warm-up (recipes/config/algo/sac.yaml; constant rates)."""
+
+    lr_schedule: str = "constant"
+    updates_per_batch: int = 8
+    batch_size: int = 2048
+    replay_size: int = 1_000_000
+    warmup_steps: int = 4096
+
+    LR_SCHEDULES: ClassVar[tuple[str, ...]] = ("constant",)
+    MINIMUM: ClassVar[dict[str, int]] = {**CollectorConfig.MINIMUM, "updates_per_batch": 0, "batch_size": 1, "warmup_steps": 0}
+
+
+class SACTrainer(CollectorTrainer):
+    """SAC on ``env`` (``loss``: a ``SACBaselineLoss``, ``config``: a ``SACConfig``; ``outputs`` as ``Trainer``'s).
+
+    Each collector batch goes into a replay buffer of at most ``replay_size`` transitions (never more rows than the
+    run collects); then ``updates_per_batch`` updates on ``batch_size`` transitions sampled from it, none before the
+    buffer holds ``warmup_steps`` (collected with uniform random actions).
+    """
 
     name = "sac"
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path, env: EnvBase, eval_env: EnvBase | None = None):
-        algo = cfg.algo
-        if int(algo.updates_per_batch) < 0 or int(algo.batch_size) < 1:
-            raise ValueError("algo.updates_per_batch must be >= 0 and algo.batch_size >= 1")
-        dtype = DTYPES[cfg.dtype]
-        obs_dim = int(env.observation_spec["observation"].shape[-1])
-        action_dim = int(env.action_spec.shape[-1])
-        self.normalizer = ObservationNormalizer(obs_dim) if algo.obs_norm else None
-        self.actor = make_actor(algo, obs_dim, action_dim, self.normalizer, dtype)
-        # independent Q-nets (a list: a single module would be copied and re-initialised uniformly by TorchRL)
-        qnets = [
-            ValueOperator(NormalizedMLP(obs_dim, 1, tuple(algo.critic_hidden), algo.activation, bool(algo.layer_norm),
-                                        extra_dim=action_dim, normalizer=self.normalizer).to(dtype),
-                          in_keys=["observation", "action"])
-            for _ in range(int(algo.num_critics))
-        ]
-        target_entropy = -action_dim / 2 if algo.target_entropy is None else float(algo.target_entropy)
-        self.loss = SACLoss(self.actor, qnets, num_qvalue_nets=int(algo.num_critics), loss_function=algo.loss_function,
-                            alpha_init=float(algo.init_alpha), target_entropy=target_entropy, delay_qvalue=True)
-        self.loss.make_value_estimator(ValueEstimators.TD0, gamma=float(algo.gamma))
-        self.target_updater = SoftUpdate(self.loss, eps=float(algo.target_tau))
-        self.actor_params = list(self.loss.actor_network_params.values(True, True))
-        self.critic_params = list(self.loss.qvalue_network_params.values(True, True))
-        self.actor_opt = make_optimizer(algo, self.actor_params, float(algo.actor_lr))
-        self.critic_opt = make_optimizer(algo, self.critic_params, float(algo.critic_lr))
-        self.alpha_opt = make_optimizer(algo, [self.loss.log_alpha], float(algo.alpha_lr))
-        self.warmup = int(algo.warmup_steps)
-        self._start(cfg, run_dir, env, eval_env, init_random_frames=self.warmup)
-        # never more than the run collects: the same as a replay_size buffer, without allocating rows never written
-        capacity = max(1, min(int(float(algo.replay_size)), self.iterations * self.frames_per_batch))
-        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity), batch_size=int(algo.batch_size))
-        self.updates = int(algo.updates_per_batch)
+    def __init__(self, loss: SACBaselineLoss, env: EnvBase, config: SACConfig, **outputs):
+        super().__init__(loss, env, config, init_random_frames=config.warmup_steps, **outputs)
+        capacity = max(1, min(config.replay_size, self.iterations * self.steps_per_iter))
+        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity), batch_size=config.batch_size)
 
     # ------------------------------------------------------------------ one batch
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         self.buffer.extend(batch.select(*REPLAY_KEYS).reshape(-1))
-        if len(self.buffer) < max(self.warmup, 1):
+        if len(self.buffer) < max(self.cfg.warmup_steps, 1):
             return {}
-        grad_clip = self.cfg.algo.grad_clip
-        named = [(f"actor.{k}", p) for k, p in self.loss.actor_network_params.flatten_keys(".").items()]
-        named += [(f"qvalue.{k}", p) for k, p in self.loss.qvalue_network_params.flatten_keys(".").items()]
-        named.append(("log_alpha", self.loss.log_alpha))
+        named = self.named_parameters(*GROUPS)
         sums: dict[str, float] = {}
         steps = 0
-        for _ in range(self.updates):
+        for _ in range(self.cfg.updates_per_batch):
             mb = self.buffer.sample()
             out = self.loss(mb)
             losses = {k: out[k] for k in ("loss_actor", "loss_qvalue", "loss_alpha")}
-            for opt in (self.actor_opt, self.critic_opt, self.alpha_opt):
-                opt.zero_grad(set_to_none=True)
+            self.zero_grad(*GROUPS)
             bad = self.nonfinite_report(losses, [])
             if not bad:
                 sum(losses.values()).backward()  # SACLoss detaches across the three losses
                 bad = self.nonfinite_report({}, named)
             if bad:
-                self.nonfinite(f"{bad}; update skipped")
-                for opt in (self.actor_opt, self.critic_opt, self.alpha_opt):
-                    opt.zero_grad(set_to_none=True)
+                self.nonfinite(bad, "update skipped")
+                self.zero_grad(*GROUPS)
                 continue
             stats = {
                 "loss/actor": out["loss_actor"].item(), "loss/critic": out["loss_qvalue"].item(),
                 "loss/alpha": out["loss_alpha"].item(), "sac/alpha": out["alpha"].item(), "sac/entropy": out["entropy"].item(),
-                "grad_norm/actor": self.clip(self.actor_params, grad_clip),
-                "grad_norm/critic": self.clip(self.critic_params, grad_clip),
+                "grad_norm/actor": self.clip(self.parameter_groups["actor"]),
+                "grad_norm/critic": self.clip(self.parameter_groups["critic"]),
             }
-            self.actor_opt.step()
-            self.critic_opt.step()
-            self.alpha_opt.step()
-            self.target_updater.step()
+            self.optimizer_step(*GROUPS)
+            self.loss.after_update()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
@@ -115,13 +121,10 @@ class SACTrainer(BaselineTrainer):
         rows = len(self.buffer)
         replay = None if rows == 0 else {"rows": self.buffer[:rows].to_dict(), "capacity": self.buffer.storage.max_size,
                                          "writer": self.buffer.writer.state_dict()}
-        return {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "alpha_opt": self.alpha_opt.state_dict(), "replay_buffer": replay}
+        return {**super().extra_state(), "replay_buffer": replay}
 
     def load_extra_state(self, state: dict) -> None:
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        super().load_extra_state(state)
         replay = state["replay_buffer"]
         if replay is not None:
             rows = TensorDict(replay["rows"], batch_size=[])
@@ -129,8 +132,3 @@ class SACTrainer(BaselineTrainer):
             self.buffer.extend(rows[-self.buffer.storage.max_size:])
             if replay["capacity"] == self.buffer.storage.max_size:  # same ring: same next row to overwrite
                 self.buffer.writer.load_state_dict(replay["writer"])
-
-
-def run_sac(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train SAC per ``cfg`` (recipes/config/sac.yaml), evaluate, and write every output; returns the eval summary."""
-    return run_baseline(cfg, run_dir, SACTrainer)

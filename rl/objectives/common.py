@@ -1,4 +1,5 @@
-"""Shared machinery of the first-order losses: the differentiable window rollout.
+"""Shared machinery of the losses: what a trainer asks of a loss (``Trainable``) and the first-order
+losses' differentiable window rollout.
 
 A window is H env steps rolled out *with* the autograd graph, from the policy parameters
 through every simulator substep to every reward. TorchRL collectors run under no_grad,
@@ -60,13 +61,36 @@ def frozen(module: nn.Module | None):
             p.requires_grad_(True)
 
 
-class FirstOrderLoss(LossModule):
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    """``module``'s parameters that take gradients (frozen ones are left out of its optimizer)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class Trainable:
+    """What a trainer asks of a loss, for every algorithm (mixed into the ``LossModule``).
+
+    * ``parameter_groups()``: ``{"actor": [...], "critic": [...], "alpha": [...]}``, the parameters each
+      optimizer steps; the trainer builds one optimizer per group, with that group's learning rate
+      (``<group>_lr`` of its config). A loss without a critic or a temperature has no such group.
+    * ``after_update()``: what follows an update once every optimizer has stepped (a target network's
+      Polyak update); nothing by default.
+    """
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"actor": trainable(self.actor)}
+
+    def after_update(self) -> None:
+        pass
+
+
+class FirstOrderLoss(Trainable, LossModule):
     """Base of APG, SHAC, SAPO and TrajOpt: a loss that rolls the env out inside ``forward``.
 
     ``forward(start_td)`` takes the batch of env states a window starts from and returns a
     TensorDict with ``loss_actor`` (and ``loss_alpha`` for SAPO), diagnostics, and two
     detached sub-tensordicts: ``next_state`` (where the next window starts) and
     ``critic_batch`` (observations and value targets for ``critic_loss``, losses with a critic).
+    A loss with a critic declares a ``"critic"`` parameter group; the trainer then fits ``critic_loss``.
     """
 
     @dataclass

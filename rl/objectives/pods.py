@@ -32,7 +32,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import LossModule
 
-from rl.objectives.common import differentiable_rollout
+from rl.objectives.common import Trainable, differentiable_rollout
 from rl.objectives.trajectory import (
     GaussNewton,
     backtracking_line_search,
@@ -45,8 +45,8 @@ from rl.objectives.trajectory import (
 ORDERS = (1, 2)
 
 
-class PODSLoss(LossModule):
-    """Trajectory-space policy improvement and the regression loss of PODS.
+class PODSLoss(Trainable, LossModule):
+    """Trajectory-space policy improvement and the regression loss of PODS (one parameter group: the actor).
 
     Args:
         env: a differentiable TorchRL env with ``horizon``; one env per initial state (k = num_envs).
@@ -85,7 +85,6 @@ class PODSLoss(LossModule):
         self.line_search_trials, self.armijo = int(line_search_trials), float(armijo)
         self.cg_iterations, self.cg_tol, self.damping = int(cg_iterations), float(cg_tol), float(damping)
         self.gradient_fallback = bool(gradient_fallback)
-        self.has_critic = False
 
     # ------------------------------------------------------------------ improvement (no policy gradient)
     @torch.no_grad()

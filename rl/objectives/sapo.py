@@ -52,6 +52,10 @@ class SAPOLoss(SHACLoss):
         self.normalize_entropy = normalize_entropy
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha), dtype=env.action_spec.dtype))
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Actor and critics as SHAC's, and the temperature ``log_alpha`` (stepped with the actor, never clipped)."""
+        return {**super().parameter_groups(), "alpha": [self.log_alpha]}
+
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()

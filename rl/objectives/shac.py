@@ -10,7 +10,7 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase
 
 from rl.modules.critic import ValueEnsemble
-from rl.objectives.common import FirstOrderLoss, frozen
+from rl.objectives.common import FirstOrderLoss, frozen, trainable
 from rl.objectives.returns import bootstrap_values, td_lambda_targets, window_return
 
 
@@ -41,6 +41,13 @@ class SHACLoss(FirstOrderLoss):
             self.critic_target = copy.deepcopy(critic)
             self.critic_target.normalizer = critic.normalizer  # share the live statistics
             self.critic_target.requires_grad_(False)
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {**super().parameter_groups(), "critic": trainable(self.critic)}
+
+    def after_update(self) -> None:
+        """The target critic follows the critic once per window, after the critic's mini-epochs."""
+        self.update_target()
 
     def bootstrap_net(self) -> ValueEnsemble:
         return self.critic if self.critic_target is None else self.critic_target

@@ -1,12 +1,16 @@
-"""Training loops, evaluation, checkpoints and run logging."""
+"""One training loop (``Trainer``) and its iterations (first-order window, PODS epoch, collector batch); evaluation,
+checkpoints and run logging."""
 
 from rl.trainers.checkpoint import load_checkpoint, save_checkpoint
+from rl.trainers.collector import CollectorConfig, CollectorTrainer
 from rl.trainers.evaluation import EvalResult, evaluate, summarize, t_quantile_975
-from rl.trainers.first_order import FirstOrderTrainer, NonFiniteError, TrainerConfig
+from rl.trainers.first_order import FirstOrderTrainer, TrainerConfig
 from rl.trainers.logging import RunLogger, plot_curves, read_metrics
-from rl.trainers.pods import PODSTrainer
+from rl.trainers.loop import LoopConfig, NonFiniteError, Trainer, clip_grad_norm
+from rl.trainers.pods import PODSConfig, PODSTrainer
 
 __all__ = [
-    "EvalResult", "FirstOrderTrainer", "NonFiniteError", "PODSTrainer", "RunLogger", "TrainerConfig", "evaluate", "load_checkpoint",
-    "plot_curves", "read_metrics", "save_checkpoint", "summarize", "t_quantile_975",
+    "CollectorConfig", "CollectorTrainer", "EvalResult", "FirstOrderTrainer", "LoopConfig", "NonFiniteError", "PODSConfig",
+    "PODSTrainer", "RunLogger", "Trainer", "TrainerConfig", "clip_grad_norm", "evaluate", "load_checkpoint", "plot_curves",
+    "read_metrics", "save_checkpoint", "summarize", "t_quantile_975",
 ]

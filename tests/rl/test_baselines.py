@@ -10,9 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from rl.baselines.ppo import PPOTrainer, run_ppo
-from rl.baselines.sac import SACTrainer, run_sac
-from rl.experiment import check_config, make_env, setup
+from rl.experiment import check_config, load_recipe, make_env, setup
 from rl.trainers import NonFiniteError, evaluate, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +18,7 @@ CONFIG_DIR = ROOT / "recipes" / "config"
 TINY = ["env=pendulum2d", "num_envs=8", "algo.horizon=8", "eval.episodes=4", "eval.num_envs=4", "eval.every=2",
         "progress=false", "checkpoint_every=1"]
 SAC_TINY = ["algo.warmup_steps=64", "algo.batch_size=64"]  # 1 random batch, then updates on 64 samples
-RUNS = {"ppo": (run_ppo, PPOTrainer, []), "sac": (run_sac, SACTrainer, SAC_TINY)}
+RUNS = {name: (load_recipe(name).run, load_recipe(name).make_trainer, extra) for name, extra in (("ppo", []), ("sac", SAC_TINY))}
 
 
 def composed(name, overrides):
@@ -65,14 +63,14 @@ def test_recipe_smoke_run_writes_every_output(recipe, tmp_path):
 
 @pytest.mark.parametrize("recipe", ["ppo", "sac"])
 def test_resumed_run_continues_bit_for_bit(recipe, tmp_path):
-    run, trainer_cls, extra = RUNS[recipe]
+    run, make_trainer, extra = RUNS[recipe]
     base = [*TINY, *extra, "logger=none", "video.enabled=false", "eval.every=0"]
     run(composed(recipe, [*base, "total_steps=128"]), tmp_path / "a")
     summary = run(composed(recipe, [*base, "total_steps=256", f"resume={tmp_path / 'a'}"]), tmp_path / "ignored")
     assert summary["env_steps"] == 256 and json.loads((tmp_path / "a" / "eval.json").read_text())["env_steps"] == 256
     cfg = composed(recipe, [*base, "total_steps=256"])
     setup(cfg)
-    trainer_cls(cfg, tmp_path / "b", make_env(cfg), None).train()  # the same run, uninterrupted
+    make_trainer(cfg, make_env(cfg), run_dir=tmp_path / "b", logger=cfg.logger).train()  # the same run, uninterrupted
     resumed, straight = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [64, 128, 192, 256]
     for r, s in zip(resumed, straight):
@@ -81,11 +79,11 @@ def test_resumed_run_continues_bit_for_bit(recipe, tmp_path):
 
 @pytest.mark.parametrize("recipe", ["ppo", "sac"])
 def test_nonfinite_critic_stops_with_the_iteration(recipe, tmp_path):
-    _, trainer_cls, extra = RUNS[recipe]
+    _, make_trainer, extra = RUNS[recipe]
     cfg = composed(recipe, [*TINY, *extra, "logger=none", "total_steps=256"])
     setup(cfg)
-    trainer = trainer_cls(cfg, tmp_path, make_env(cfg), None)
-    critic = trainer.critic_params[0]
+    trainer = make_trainer(cfg, make_env(cfg), run_dir=tmp_path, logger=cfg.logger)
+    critic = trainer.parameter_groups["critic"][0]
     with torch.no_grad():
         critic.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match=r"non-finite values at iteration 0 \(env steps 0\)"):
@@ -105,16 +103,16 @@ def test_simulator_nan_during_collection_is_skipped_when_asked(tmp_path):
         return step(td)
 
     env._step = failing_step
-    trainer = PPOTrainer(cfg, tmp_path, env, None)
+    trainer = load_recipe("ppo").make_trainer(cfg, env, run_dir=tmp_path, logger=cfg.logger)
     trainer.train()
     assert trainer.skips == 1 and trainer.env_steps == 256 and trainer.iteration == 4
 
 
 @pytest.mark.parametrize("recipe", ["ppo", "sac"])
 def test_policy_evaluates_deterministically_in_range(recipe, tmp_path):
-    _, trainer_cls, extra = RUNS[recipe]
+    _, make_trainer, extra = RUNS[recipe]
     cfg = composed(recipe, [*TINY, *extra, "logger=none", "total_steps=64"])
-    trainer = trainer_cls(cfg, tmp_path, make_env(cfg), None)
+    trainer = make_trainer(cfg, make_env(cfg), run_dir=tmp_path, logger=cfg.logger)
     env = make_env(cfg, num_envs=4, seed=1)
     first = evaluate(env, trainer.actor, 4, deterministic=True)
     env = make_env(cfg, num_envs=4, seed=1)

@@ -131,13 +131,13 @@ def test_an_absurd_learning_rate_is_warned_about(caplog):
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_the_baseline_trainers_guard_parameters_and_optimizer_state_too(policy, tmp_path):
     """PPO: a weight made non-finite by the update stops the run naming it, or (skip) the update is undone whole."""
-    from rl.baselines.ppo import PPOTrainer
     from rl.cli import compose
+    from rl.experiment import load_recipe
 
     cfg = compose("ppo", ["env=pendulum2d", "num_envs=4", "algo.horizon=8", "total_steps=64", "progress=false", "eval.every=0",
                           "checkpoint_every=0", "logger=none", f"on_nonfinite={policy}"])
     env = tphys.envs.make("pendulum2d", num_envs=4, seed=0)
-    trainer = PPOTrainer(cfg, tmp_path, env)
+    trainer = load_recipe("ppo").make_trainer(cfg, env, run_dir=tmp_path, logger=cfg.logger)
     net = trainer.actor.module[0].module[0].mlp
     first = next(net.parameters())
     before = {k: v.clone() for k, v in trainer.loss.state_dict().items()}
@@ -155,12 +155,12 @@ def test_the_baseline_trainers_guard_parameters_and_optimizer_state_too(policy, 
 
 
 def test_the_baselines_clip_a_finite_gradient_whose_float32_norm_overflows():
-    """PPO/SAC clip as the first-order trainers do: ``clip_grad_norm_`` would zero these finite gradients (its float32
-    norm is inf)."""
-    from rl.baselines.common import BaselineTrainer
+    """PPO/SAC clip as the first-order trainers do (one ``clip_grad_norm`` in the shared loop): ``clip_grad_norm_`` would
+    zero these finite gradients (its float32 norm is inf)."""
+    from rl.trainers import clip_grad_norm
 
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.tensor([3e19, 3e19, 0.0, 0.0])
-    norm = BaselineTrainer.clip([p], 1.0)
+    norm = clip_grad_norm([p], 1.0)
     assert norm == pytest.approx(3e19 * 2**0.5, rel=1e-6)
     assert torch.allclose(p.grad, torch.tensor([0.5**0.5, 0.5**0.5, 0.0, 0.0]), atol=1e-6)

@@ -23,11 +23,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from rl.baselines.ppo import PPOTrainer
-from rl.baselines.sac import SACTrainer
-from rl.experiment import build_first_order, build_pods, check_config, make_env, trainer_config
+from rl.experiment import check_config, load_recipe, make_env
 from rl.modules import MLP
-from rl.trainers import FirstOrderTrainer
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "config"
 
@@ -43,8 +40,8 @@ def first_order(name):
     """``(cfg, loss, trainer, action_dim)`` of a first-order recipe's defaults, built but not run."""
     cfg = composed(name)
     env = make_env(cfg)
-    loss, normalizer = build_first_order(cfg, env)
-    return cfg, loss, FirstOrderTrainer(loss, trainer_config(cfg), normalizer=normalizer), int(env.action_spec.shape[-1])
+    trainer = load_recipe(name).make_trainer(cfg, env)
+    return cfg, trainer.loss, trainer, int(env.action_spec.shape[-1])
 
 
 def layout(mlp: MLP):
@@ -195,8 +192,8 @@ def test_ppo_and_sac_rows_not_pinned_in_test_baselines(tmp_path):
     assert sac.algo.batch_size == 2048 and sac.num_envs * sac.algo.horizon == 2048
     # η schedule | . | KL(0.008) | . | linear | linear | linear   (SAC: empty, constant learning rates)
     assert "lr_schedule" not in sac.algo
-    ppo_trainer = PPOTrainer(ppo, tmp_path / "ppo", make_env(ppo), None)
-    sac_trainer = SACTrainer(sac, tmp_path / "sac", make_env(sac), None)
+    ppo_trainer = load_recipe("ppo").make_trainer(ppo, make_env(ppo), run_dir=tmp_path / "ppo")
+    sac_trainer = load_recipe("sac").make_trainer(sac, make_env(sac), run_dir=tmp_path / "sac")
     action_dim = int(make_env(sac).action_spec.shape[-1])
     for trainer in (ppo_trainer, sac_trainer):
         # Optim type | AdamW | . | . | Adam | Adam | .   (weight decay not in table 2: ours 0.0, as SAPO's)
@@ -208,7 +205,7 @@ def test_ppo_and_sac_rows_not_pinned_in_test_baselines(tmp_path):
     # Num critics C | . | . | 2 | . | . | 2
     assert sac.algo.num_critics == 2 and sac_trainer.loss.num_qvalue_nets == 2
     # Critic τ | . | . | 0.995 | . | 0.995 | .   (Q' <- 0.995 Q' + 0.005 Q: TorchRL's SoftUpdate(eps=0.995))
-    assert sac_trainer.target_updater.eps == 0.995
+    assert sac_trainer.loss.target_updater.eps == 0.995
     # Target entropy H̄ | . | . | -dim(A)/2 | . | . | -dim(A)/2
     assert sac.algo.target_entropy is None and action_dim == 2 and sac_trainer.loss.target_entropy.item() == -action_dim / 2
 
@@ -226,7 +223,7 @@ def test_trajopt_appendix_e():
     # and total_steps = epochs x episode length x N (recipes/config/trajopt.yaml).
     assert (algo.gamma, algo.lr_schedule, cfg.total_steps) == (1.0, "constant", None)
     env = make_env(cfg)
-    loss, _ = build_first_order(cfg, env)
+    loss = load_recipe("trajopt").make_trainer(cfg, env).loss
     # a single T-length sequence of zero actions, shared by the 16 envs
     (preactions,) = loss.actor.parameters()
     assert preactions.shape == (env.horizon, int(env.action_spec.shape[-1])) and not preactions.any()
@@ -242,7 +239,7 @@ def test_pods_appendix_a3():
     assert (list(algo.actor_hidden), algo.activation, algo.layer_norm) == ([256, 256], "relu", False)
     assert algo.regression_steps == 50 and algo.optimizer == "adam"
     env = make_env(cfg)
-    loss, _ = build_pods(cfg, env)
+    loss = load_recipe("pods").make_trainer(cfg, env).loss
     assert layout(loss.actor.net) == ([(256, None, "ReLU"), (256, None, "ReLU")], int(env.action_spec.shape[-1]))
     big = torch.full((3, env.observation_dim), 1e4)
     action = loss.actor.action(big)
