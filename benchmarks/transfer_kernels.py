@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import publish, run_header  # noqa: E402
 
-from tphys.kernels import g2p, p2g, transfer_cpu, triton_available  # noqa: E402
+from tphys.kernels import c_kernels, g2p, p2g, triton_available  # noqa: E402
 
 GRID, PARTICLES = 48, 2592
 
@@ -115,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backends = ["torch"] + (["triton"] if device == "cuda" and triton_available() else [])
-    backends += ["cpu"] if device == "cpu" and transfer_cpu.available(torch.float32) else []
+    backends += ["cpu"] if device == "cpu" and c_kernels.available(torch.float32) else []
     load_before, t0 = os.getloadavg(), time.perf_counter()
     bandwidth = copy_bandwidth(device) if device == "cuda" else None
     rows = []

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tphys.kernels import g2p, p2g, transfer_cpu  # noqa: E402
+from tphys.kernels import c_kernels, g2p, p2g  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ("torch", "triton") if DEVICE == "cuda" else ("torch", "triton", "cpu")
@@ -110,7 +110,7 @@ def test_the_c_loops_build_and_auto_dispatch_picks_them_on_cpu():
     back to the twins would hide a broken build."""
     from tphys.kernels import resolve_backend
 
-    assert transfer_cpu.available(torch.float32) and transfer_cpu.available(torch.float64)
+    assert c_kernels.available(torch.float32) and c_kernels.available(torch.float64)
     assert resolve_backend(torch.zeros(1, 1, 3), "auto") == "cpu"  # CPU tensors, also on a CUDA machine
     assert resolve_backend(torch.zeros(1, 1, 3), "torch") == "torch"
     with pytest.raises(RuntimeError, match="backend='cpu' needs"):
@@ -135,9 +135,9 @@ def test_c_matmul3_equals_matmul_with_gradients_and_broadcasting():
     gen = torch.Generator().manual_seed(7)
     a = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(transfer_cpu.matmul3(a, b), a @ b, rtol=1e-14, atol=1e-14)
-    torch.testing.assert_close(transfer_cpu.matmul3(a, b.transpose(-1, -2)), a @ b.transpose(-1, -2), rtol=1e-14, atol=1e-14)
-    assert torch.autograd.gradcheck(transfer_cpu.matmul3, (a, b))
+    torch.testing.assert_close(c_kernels.matmul3(a, b), a @ b, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(c_kernels.matmul3(a, b.transpose(-1, -2)), a @ b.transpose(-1, -2), rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(c_kernels.matmul3, (a, b))
     eye = torch.eye(3, dtype=torch.float64)
-    torch.testing.assert_close(transfer_cpu.matmul3(eye, b), b)  # a broadcast operand without gradient
-    assert torch.autograd.gradcheck(transfer_cpu.matmul3, (a[:1, :1].detach().clone().requires_grad_(), b))  # one with
+    torch.testing.assert_close(c_kernels.matmul3(eye, b), b)  # a broadcast operand without gradient
+    assert torch.autograd.gradcheck(c_kernels.matmul3, (a[:1, :1].detach().clone().requires_grad_(), b))  # one with

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tphys.kernels import p2g
-from tphys.mpm import KINDS, Material, MPMModel, MPMState, step, substep
+from tphys.mpm import KINDS, Material, MPMControl, MPMModel, MPMState, step, substep
 
 
 def cube(grid_size=16, lower=(0.3, 0.5, 0.3), size=0.2, per_cell=2, kind="corotated", young=1e4, friction=0.0):
@@ -59,7 +59,7 @@ def test_rollout_gradient_matches_central_finite_differences(seed, kind, backend
     weights = torch.randn(*x.shape, generator=gen, dtype=torch.float64)
 
     def loss(x0, v0):
-        s = step(model, MPMState.at_rest(x0[None], v0[None]), substeps=6, recompute=True, backend=backend)
+        s = step(model, MPMState.at_rest(x0[None], v0[None]), MPMControl(), 6 * model.dt, recompute=True, backend=backend)
         return (s.x[0] * weights).sum() + 0.1 * (s.v[0] * weights).sum()
 
     directions = [torch.randn(*x.shape, generator=gen, dtype=torch.float64) * scale for scale in (1e-2, 1.0)]
@@ -74,7 +74,7 @@ def test_grid_window_gives_the_whole_domains_result_and_gradient():
     results = []
     for window in (True, False):
         start = v0.clone().requires_grad_()
-        s = step(model._replace(window=window), MPMState.at_rest(x0, start), substeps=30, recompute=False)
+        s = step(model._replace(window=window), MPMState.at_rest(x0, start), MPMControl(), 30 * model.dt, recompute=False)
         (grad,) = torch.autograd.grad((s.x * s.x).sum(), start)
         results.append((*s, grad))
     for a, b in zip(*results):

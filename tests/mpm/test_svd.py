@@ -100,14 +100,14 @@ def test_jacobi_svd_used_under_compile_agrees_with_lapack(seed):
 
 
 def test_the_c_svd_agrees_with_lapack_including_inverted_and_repeated():
-    from tphys.kernels import transfer_cpu
+    from tphys.kernels import c_kernels
 
     gen = torch.Generator().manual_seed(3)
     f = torch.randn(300, 3, 3, generator=gen, dtype=torch.float64)
     f[:20] = torch.eye(3, dtype=torch.float64)  # all singular values repeat
     f[20:40] = torch.diag(torch.tensor([2.0, 2.0, 0.5], dtype=torch.float64))
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        u, s, v = transfer_cpu.svd3_cpu(f.to(dtype))
+        u, s, v = c_kernels.svd3_cpu(f.to(dtype))
         torch.testing.assert_close(u @ torch.diag_embed(s) @ v.transpose(-1, -2), f.to(dtype), rtol=tol, atol=tol)
         torch.testing.assert_close(torch.linalg.det(u), torch.ones(300, dtype=dtype), rtol=tol, atol=tol)
         torch.testing.assert_close(torch.linalg.det(v), torch.ones(300, dtype=dtype), rtol=tol, atol=tol)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tphys.math import axis_angle_to_matrix
-from tphys.particles import ParticleBuilder, ParticleState, semi_implicit_euler
+from tphys.particles import ParticleBuilder, ParticleControl, ParticleState, semi_implicit_euler
 from tphys.particles.fem import deformation_gradient, tet_energy, tet_forces
 from tphys.particles.meshing import box_mesh, lumped_masses, signed_volumes
 
@@ -73,7 +73,7 @@ def test_activated_fibers_contract_the_block_along_the_fiber():
     state = ParticleState.without_history(rest[None], torch.zeros_like(rest[None]))
     activation = torch.ones(1, model.tetrahedra.corners.shape[0], dtype=torch.float64)
     for _ in range(100):
-        state = semi_implicit_euler(model, state, torch.zeros(1, 0, 3, dtype=torch.float64), 1 / 60, 40, activation=activation)
+        state = semi_implicit_euler(model, state, ParticleControl(torch.zeros(1, 0, 3, dtype=torch.float64), activation), 1 / 60, 40)
     length = state.x[0, :, 0].max() - state.x[0, :, 0].min()
     width = state.x[0, :, 1].max() - state.x[0, :, 1].min()
     assert length < 0.4 * 0.97, f"the fiber direction (x) shortens: {length:.4f} m"
@@ -86,7 +86,7 @@ def test_unactuated_block_rests_on_the_ground_without_drift_over_1000_substeps()
     state = ParticleState.without_history(rest[None], torch.zeros_like(rest[None]))
     none = torch.zeros(1, 0, 3, dtype=torch.float64)
     for _ in range(50):  # 50 frames x 20 substeps = 1000 substeps, 0.83 s
-        state = semi_implicit_euler(model, state, none, 1 / 60, 20)
+        state = semi_implicit_euler(model, state, ParticleControl(none), 1 / 60, 20)
     x, v = state.x[0], state.v[0]
     assert torch.isfinite(x).all()
     assert v.mean(0).norm() < 1e-3 and v.norm(dim=-1).max() < 2e-2, "at rest (corners creep below the 1 cm/s friction slip speed)"
@@ -114,7 +114,7 @@ def test_rollout_gradients_match_finite_differences(seed):
     def loss(x, v, act):
         state = ParticleState.without_history(x, v)
         for a in act:
-            state = semi_implicit_euler(model, state, none, 1 / 60, 20, activation=a)
+            state = semi_implicit_euler(model, state, ParticleControl(none, a), 1 / 60, 20)
         return (state.x * weights).sum() + state.v.square().sum()
 
     leaves = [x0, v0, activation]

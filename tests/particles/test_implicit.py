@@ -13,7 +13,7 @@ import tphys.envs as E
 from tphys.particles import implicit
 from tphys.particles.forces import total_forces
 from tphys.particles.integrators import _bdf_kinematics, _incremental_potential, bdf2, handle_velocity_field
-from tphys.particles.model import ParticleState
+from tphys.particles.model import ParticleControl, ParticleState
 
 ENV_NAMES = list(PARTICLE_ENVS)
 
@@ -64,12 +64,12 @@ def test_cloth_bdf2_converges_where_plain_newton_stalls(monkeypatch):
         patch.setattr(implicit, "globalized_newton", lambda fn, y0, tol, max_iter, energy=None: implicit.newton(fn, y0, tol, max_iter))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            bdf2(env.model, state, handle_velocity, env.dt, tol=1e-12)
+            bdf2(env.model, state, ParticleControl(handle_velocity), env.dt, tol=1e-12)
         assert any("Newton stopped" in str(w.message) for w in caught), "the stall this test guards against is gone"
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        bdf2(env.model, state, handle_velocity, env.dt, tol=1e-12)
+        bdf2(env.model, state, ParticleControl(handle_velocity), env.dt, tol=1e-12)
 
 
 @pytest.mark.parametrize("integrator", ["semi_implicit", "bdf2"])

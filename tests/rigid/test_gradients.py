@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tphys.rigid import RigidState, forward_kinematics, load_mjcf, model_path, step
+from tphys.rigid import RigidControl, RigidState, forward_kinematics, load_mjcf, model_path, step
 from tphys.rigid.contact import contact_points
 
 _MODELS = {}
@@ -39,7 +39,7 @@ def rollout_value(name, q, qd, controls, contact, substeps):
     m = model(name)
     state = RigidState(q, qd)
     for u in controls:
-        state = step(m, state, u, 1 / 60, substeps=substeps, contact=contact)
+        state = step(m, state, RigidControl(u), 1 / 60, substeps=substeps, contact=contact)
     weights = torch.linspace(0.5, 1.5, m.nq, dtype=q.dtype)
     return (state.q * weights).sum() + 0.1 * state.qd.sum()
 
@@ -78,7 +78,7 @@ def test_finite_gradients_over_long_horizon():
     controls = torch.empty(32, 64, 8).uniform_(-1, 1, generator=g).requires_grad_()
     state = RigidState(q.float(), qd.float())
     for u in controls:
-        state = step(m, state, u, 1 / 60, substeps=16, recompute=True)
+        state = step(m, state, RigidControl(u), 1 / 60, substeps=16, recompute=True)
     state.q[:, 0].sum().backward()
     assert torch.isfinite(controls.grad).all() and controls.grad.abs().sum() > 0
 
@@ -93,6 +93,6 @@ def test_recompute_gives_the_same_gradients():
         u = controls.clone().requires_grad_()
         state = RigidState(q, qd)
         for frame in u:
-            state = step(m, state, frame, 1 / 60, substeps=8, recompute=recompute)
+            state = step(m, state, RigidControl(frame), 1 / 60, substeps=8, recompute=recompute)
         grads.append(torch.autograd.grad(state.q.sum() + state.qd.square().sum(), u)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)

@@ -4,7 +4,7 @@ body without gravity, and a rest state on the ground."""
 import pytest
 import torch
 
-from tphys.rigid import RigidState, kinematics, load_mjcf, mass_matrix, material, model_path, step
+from tphys.rigid import RigidControl, RigidState, kinematics, load_mjcf, mass_matrix, material, model_path, step
 
 
 def conservative(model, gravity=True):
@@ -32,7 +32,7 @@ def test_energy_is_conserved_without_dissipation():
     e0 = energy(model, state)
     zero = torch.zeros(1, model.num_actuators, dtype=torch.float64)
     for _ in range(60):
-        state = step(model, state, zero, 1 / 60, substeps=32, contact=False)
+        state = step(model, state, RigidControl(zero), 1 / 60, substeps=32, contact=False)
     kinetic0 = 0.5 * torch.einsum("nd,nde,ne->n", state.qd, mass_matrix(model, kinematics(model, state.q, state.qd)), state.qd)
     assert kinetic0.item() > 1.0  # it moves
     assert abs(energy(model, state) - e0).item() < 1e-3 * abs(e0).item() + 1e-3 * kinetic0.item()
@@ -53,7 +53,7 @@ def test_momentum_of_a_free_body_without_gravity():
 
         h0 = momentum(state)
         for _ in range(30):
-            state = step(model, state, torch.zeros(1, 8, dtype=torch.float64), 1 / 60, substeps=substeps, contact=False)
+            state = step(model, state, RigidControl(torch.zeros(1, 8, dtype=torch.float64)), 1 / 60, substeps=substeps, contact=False)
         return (momentum(state) - h0).abs().max().item(), h0.abs().max().item()
 
     coarse, scale = drift(16)
@@ -74,7 +74,7 @@ def test_dropped_shape_comes_to_rest_at_the_analytic_penetration(shape, size, po
     qd = torch.tensor([[0.3 * (spin > 0), 0.0, 0.0, 0.0, 0.0, spin]], dtype=torch.float64)
     state = RigidState(model.q0[None].clone(), qd)
     for _ in range(360):
-        state = step(model, state, torch.zeros(1, 0, dtype=torch.float64), 1 / 60, substeps=16)
+        state = step(model, state, RigidControl(torch.zeros(1, 0, dtype=torch.float64)), 1 / 60, substeps=16)
     mass = model.links.mass.sum()
     half_height = float(size.split()[-1])
     expected = half_height - mass * 9.81 / (2e4 * points)

@@ -13,7 +13,8 @@ singular values s of F):
                   τ = U (2μ ε + λ tr ε I) Uᵀ (St. Venant-Kirchhoff in Hencky strain)
 
 All are functions of batches [..., 3, 3]; gradients go through ``svd.polar`` / ``svd.spectral``, exact at
-repeated singular values (every particle at rest has F = I).
+repeated singular values (every particle at rest has F = I). ``backend`` ("auto" | "triton" | "cpu" | "torch",
+see ``tphys.kernels``) picks the C kernels or torch ops for the SVD, the 3x3 products and plasticine's stress.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from tphys.kernels import transfer_cpu
-from tphys.kernels.transfer_cpu import matmul3
+from tphys.kernels import c_kernels, matmul3, runs_c_kernels
 from tphys.mpm.svd import det3, polar, signed_svd, spectral, spectral_vjp
 
 KINDS = ("corotated", "neo_hookean", "water", "plasticine", "sand")
@@ -100,7 +100,7 @@ def _plastic_flow(material: Material):
     return sand
 
 
-def project(material: Material, f_trial: Tensor) -> Tensor:
+def project(material: Material, f_trial: Tensor, backend: str = "auto") -> Tensor:
     """Return mapping: the plastic (or fluid) projection of the trial deformation gradient [..., 3, 3]."""
     kind = material.kind
     if kind in ("corotated", "neo_hookean"):
@@ -109,20 +109,20 @@ def project(material: Material, f_trial: Tensor) -> Tensor:
         j = det3(f_trial)
         return torch.sign(j)[..., None, None] * j.abs().pow(1 / 3)[..., None, None] * _eye(f_trial)
     if kind in ("plasticine", "sand"):
-        return spectral(f_trial, _plastic_flow(material))
+        return spectral(f_trial, _plastic_flow(material), backend=backend)
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
-def kirchhoff_stress(material: Material, f: Tensor, parts: tuple | None = None) -> Tensor:
+def kirchhoff_stress(material: Material, f: Tensor, parts: tuple | None = None, backend: str = "auto") -> Tensor:
     """τ = P·Fᵀ [..., 3, 3] in Pa for deformation gradients f [..., 3, 3] (after ``project``); ``parts``: a signed
     SVD (U, S, V) of f when the caller has one (S need not be sorted)."""
     kind, mu, lam = material.kind, material.mu, material.lam
     eye = _eye(f)
     j = det3(f)[..., None, None]
     if kind in ("corotated", "plasticine"):
-        return 2 * mu * matmul3(f - polar(f, parts=parts), f.transpose(-1, -2)) + lam * (j - 1) * j * eye
+        return 2 * mu * matmul3(f - polar(f, parts=parts, backend=backend), f.transpose(-1, -2), backend) + lam * (j - 1) * j * eye
     if kind == "neo_hookean":
-        return mu * (matmul3(f, f.transpose(-1, -2)) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
+        return mu * (matmul3(f, f.transpose(-1, -2), backend) - eye) + lam * torch.log(j.clamp_min(_MIN_STRETCH)) * eye
     if kind == "water":
         return (lam + 2 * mu / 3) * (j - 1) * j * eye
     if kind == "sand":  # U·diag(2μ ε + λ tr ε)·Uᵀ = [U·diag(...)·Vᵀ]·[U·Vᵀ]ᵀ, both with exact gradients
@@ -131,32 +131,37 @@ def kirchhoff_stress(material: Material, f: Tensor, parts: tuple | None = None) 
             eps = _hencky(s)
             return 2 * mu * eps + lam * eps.sum(-1, keepdim=True)
 
-        return matmul3(spectral(f, hencky_stress, parts=parts), polar(f, parts=parts).transpose(-1, -2))
+        return matmul3(spectral(f, hencky_stress, parts=parts, backend=backend), polar(f, parts=parts, backend=backend).transpose(-1, -2),
+                       backend)
     raise ValueError(f"unknown material kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
-def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = None) -> tuple[Tensor, Tensor]:
+def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(elastic F = ``project(material, f_trial)``, its Kirchhoff stress τ) [..., 3, 3], from one SVD of f_trial.
 
     The return mapping keeps the singular bases (F = U·diag(flow(s))·Vᵀ with positive stretches), so
     (U, flow(s), V) decomposes F and the stress needs no second SVD.
 
-    ``fused`` (default: on CPU when the C kernels build): plasticine's forward as one C loop
-    (``transfer_cpu.plasticine_stress``) with a hand-written backward; False: the same maps in torch ops.
+    ``fused`` (default: where ``backend`` runs the C kernels, ``tphys.kernels.runs_c_kernels``): plasticine's
+    forward as one C loop (``c_kernels``' ``plasticine_stress``) with a hand-written backward; False: the same
+    maps in SVD, spectral and 3x3-product kernels (C or torch by ``backend``). ``fused=True`` with
+    ``backend="torch"`` is an error.
     """
     if fused is None:
-        fused = f_trial.device.type == "cpu" and transfer_cpu.available(f_trial.dtype) and not torch.compiler.is_compiling()
+        fused = runs_c_kernels(f_trial, backend)
+    elif fused and backend == "torch":
+        raise ValueError("fused=True runs a C kernel, which backend='torch' rules out")
     if material.kind == "plasticine" and fused:
-        return _PlasticineStress.apply(f_trial, material)
+        return _PlasticineStress.apply(f_trial, material, backend)
     if material.kind not in ("plasticine", "sand"):
-        f = project(material, f_trial)
-        return f, kirchhoff_stress(material, f)
-    u, s, v = parts = signed_svd(f_trial)
+        f = project(material, f_trial, backend)
+        return f, kirchhoff_stress(material, f, backend=backend)
+    u, s, v = parts = signed_svd(f_trial, backend)
     flow = _plastic_flow(material)
-    f = spectral(f_trial, flow, parts=parts)
+    f = spectral(f_trial, flow, parts=parts, backend=backend)
     with torch.no_grad():
         stretch = flow(s)
-    return f, kirchhoff_stress(material, f, parts=(u, stretch, v))
+    return f, kirchhoff_stress(material, f, parts=(u, stretch, v), backend=backend)
 
 
 def _cofactor(f: Tensor) -> Tensor:
@@ -170,31 +175,31 @@ class _PlasticineStress(torch.autograd.Function):
     (dF += 2μ (G F + Gᵀ F - Gᵀ R) + λ (2J - 1) tr(G) cof F, dR = -2μ G F) and ``svd.spectral_vjp``."""
 
     @staticmethod
-    def forward(ctx, f_trial: Tensor, material: Material):
+    def forward(ctx, f_trial: Tensor, material: Material, backend: str):
         f_trial = f_trial.detach().contiguous()
         f, tau, u, v, jac = (torch.empty_like(f_trial) for _ in range(5))
         s, g = f_trial.new_empty(f_trial.shape[:-1]), f_trial.new_empty(f_trial.shape[:-1])
-        transfer_cpu.call("plasticine_stress", f_trial, f, tau, u, s, v, g, jac, f_trial.numel() // 9, float(material.mu),
+        c_kernels.call("plasticine_stress", f_trial, f, tau, u, s, v, g, jac, f_trial.numel() // 9, float(material.mu),
                           float(material.lam), float(material.yield_stress), _MIN_STRETCH)
         ctx.save_for_backward(f, u, s, v, g, jac)
-        ctx.material = material
+        ctx.material, ctx.backend = material, backend
         return f, tau
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_f, grad_tau):
         f, u, s, v, g, jac = ctx.saved_tensors
-        mu, lam = ctx.material.mu, ctx.material.lam
+        mu, lam, backend = ctx.material.mu, ctx.material.lam, ctx.backend
         grad_f = torch.zeros_like(f) if grad_f is None else grad_f
         if grad_tau is None:
             grad_r = torch.zeros_like(f)
         else:
             j = g.prod(-1)[..., None, None]
             trace = torch.diagonal(grad_tau, dim1=-2, dim2=-1).sum(-1)[..., None, None]
-            rotation = matmul3(u, v.transpose(-1, -2))
+            rotation = matmul3(u, v.transpose(-1, -2), backend)
             grad_tau_t = grad_tau.transpose(-1, -2)
-            grad_f = (grad_f + 2 * mu * (matmul3(grad_tau + grad_tau_t, f) - matmul3(grad_tau_t, rotation))
+            grad_f = (grad_f + 2 * mu * (matmul3(grad_tau + grad_tau_t, f, backend) - matmul3(grad_tau_t, rotation, backend))
                       + lam * (2 * j - 1) * trace * _cofactor(f))
-            grad_r = -2 * mu * matmul3(grad_tau, f)
+            grad_r = -2 * mu * matmul3(grad_tau, f, backend)
         terms = [(g, jac, grad_f), (torch.ones_like(g), torch.zeros_like(jac), grad_r)]
-        return spectral_vjp(u, s, v, terms), None
+        return spectral_vjp(u, s, v, terms, backend=backend), None, None

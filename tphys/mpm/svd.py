@@ -15,10 +15,12 @@ producing NaN (near repeated values the gradient is then approximate; exact else
 (g = 1, the rotation of F = R·S) have exact backwards, finite wherever s_i + s_j ≠ 0, repeated singular
 values included (the rest state F = I is one); see ``spectral``.
 
-The decomposition (``signed_svd``) is the C kernel of ``tphys.kernels.transfer_cpu`` on CPU when it
-builds (Jacobi on FᵀF in double), LAPACK's otherwise, and cyclic Jacobi on FᵀF in torch ops
-(elementwise, so it fuses) under torch.compile. ``spectral`` and ``polar`` take a precomputed
-decomposition (``parts``) so that one SVD per particle serves a return mapping and a stress.
+The decomposition (``signed_svd``) is the C kernel of ``tphys.kernels.c_kernels`` where ``backend`` lets
+it run (``tphys.kernels.runs_c_kernels``; Jacobi on FᵀF in double), LAPACK's otherwise, and cyclic Jacobi
+on FᵀF in torch ops (elementwise, so it fuses) under torch.compile. Every function here takes ``backend``
+("auto" | "triton" | "cpu" | "torch", see ``tphys.kernels``): it picks the SVD and the 3x3 products.
+``spectral`` and ``polar`` take a precomputed decomposition (``parts``) so that one SVD per particle serves a
+return mapping and a stress.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from tphys.kernels import transfer_cpu
-from tphys.kernels.transfer_cpu import matmul3
+from tphys.kernels import c_kernels, matmul3, runs_c_kernels
 
 EPS = 1e-6
 
@@ -70,16 +71,16 @@ def _swap(lam: list, vcols: list, i: int, j: int) -> None:
     vcols[i], vcols[j] = torch.where(swap[..., None], vcols[j], vcols[i]), torch.where(swap[..., None], vcols[i], vcols[j])
 
 
-def signed_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def signed_svd(f: Tensor, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """(U, S, V) of [..., 3, 3] matrices, no autograd: U, V rotations, |S| decreasing, a reflection in the sign
     of the smallest singular value.
 
-    Eager on CPU: the C kernel (``tphys.kernels.transfer_cpu.svd3_cpu``) when it builds, else LAPACK
+    Eager: the C kernel (``tphys.kernels.c_kernels.svd3_cpu``) where ``runs_c_kernels(f, backend)``, else LAPACK
     (``torch.linalg.svd``) made signed. Under torch.compile: ``jacobi_svd`` (elementwise, so it fuses).
     """
     f = f.detach()
-    if not torch.compiler.is_compiling() and f.device.type == "cpu" and transfer_cpu.available(f.dtype):
-        return transfer_cpu.svd3_cpu(f)
+    if runs_c_kernels(f, backend):
+        return c_kernels.svd3_cpu(f)
     if not torch.compiler.is_compiling():
         u, s, vh = torch.linalg.svd(f)
         v = vh.transpose(-1, -2)
@@ -126,8 +127,8 @@ def jacobi_svd(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 class _SVD3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, f: Tensor, eps: float):
-        u, s, v = signed_svd(f)
+    def forward(ctx, f: Tensor, eps: float, backend: str):
+        u, s, v = signed_svd(f, backend)
         ctx.save_for_backward(u, s, v)
         ctx.eps = eps
         return u, s, v
@@ -150,14 +151,14 @@ class _SVD3(torch.autograd.Function):
         if grad_v is not None:
             vt_gv = v.transpose(-1, -2) @ grad_v
             inner = inner + s.unsqueeze(-1) * (k * (vt_gv - vt_gv.transpose(-1, -2)))
-        return u @ inner @ v.transpose(-1, -2), None
+        return u @ inner @ v.transpose(-1, -2), None, None
 
 
-def svd3(f: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor, Tensor]:
+def svd3(f: Tensor, eps: float = EPS, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """Signed SVD of [..., 3, 3] matrices: (U [..., 3, 3], S [..., 3], V [..., 3, 3]); see the module docstring."""
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"svd3 needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _SVD3.apply(f, eps)
+    return _SVD3.apply(f, eps, backend)
 
 
 class _Spectral(torch.autograd.Function):
@@ -166,19 +167,19 @@ class _Spectral(torch.autograd.Function):
     gives the Jacobian, is off inside an autograd.Function's forward."""
 
     @staticmethod
-    def forward(ctx, f: Tensor, u: Tensor, s: Tensor, v: Tensor, out: Tensor, jac: Tensor, eps: float):
+    def forward(ctx, f: Tensor, u: Tensor, s: Tensor, v: Tensor, out: Tensor, jac: Tensor, eps: float, backend: str):
         ctx.save_for_backward(u, s, v, out, jac)
-        ctx.eps = eps
-        return matmul3(u * out.unsqueeze(-2), v.transpose(-1, -2))
+        ctx.eps, ctx.backend = eps, backend
+        return matmul3(u * out.unsqueeze(-2), v.transpose(-1, -2), backend)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         u, s, v, out, jac = ctx.saved_tensors
-        return spectral_vjp(u, s, v, [(out, jac, grad)], ctx.eps), None, None, None, None, None, None
+        return spectral_vjp(u, s, v, [(out, jac, grad)], ctx.eps, ctx.backend), None, None, None, None, None, None, None
 
 
-def spectral_vjp(u: Tensor, s: Tensor, v: Tensor, terms: list, eps: float = EPS) -> Tensor:
+def spectral_vjp(u: Tensor, s: Tensor, v: Tensor, terms: list, eps: float = EPS, backend: str = "auto") -> Tensor:
     """dL/dF [..., 3, 3] for F = U·diag(s)·Vᵀ given, per term (g(s) [..., 3], dg/ds [..., k, i], dL/d(U·diag(g)·Vᵀ)),
     summed over the terms (maps of one decomposition share the rotations). See ``spectral``."""
     gap = s.unsqueeze(-1) - s.unsqueeze(-2)
@@ -188,7 +189,7 @@ def spectral_vjp(u: Tensor, s: Tensor, v: Tensor, terms: list, eps: float = EPS)
     ut = u.transpose(-1, -2)
     z = 0.0
     for out, jac, grad in terms:
-        m = matmul3(matmul3(ut, grad), v)
+        m = matmul3(matmul3(ut, grad, backend), v, backend)
         # off-diagonal: the symmetric part scales by (g_i - g_j)/(s_i - s_j), the antisymmetric one by (g_i + g_j)/(s_i + s_j)
         limit = torch.diagonal(jac, dim1=-2, dim2=-1).unsqueeze(-1) - jac  # d g_i/d s_i - d g_i/d s_j
         minus = torch.where(close, limit, (out.unsqueeze(-1) - out.unsqueeze(-2)) / torch.where(close, 1.0, gap))
@@ -197,14 +198,14 @@ def spectral_vjp(u: Tensor, s: Tensor, v: Tensor, terms: list, eps: float = EPS)
         part = sym * minus + skew * plus
         diag = (torch.diagonal(m, dim1=-2, dim2=-1).unsqueeze(-1) * jac).sum(-2)  # Σ_k M_kk d g_k / d s_i
         z = z + part - torch.diag_embed(torch.diagonal(part, dim1=-2, dim2=-1)) + torch.diag_embed(diag)
-    return matmul3(matmul3(u, z), v.transpose(-1, -2))
+    return matmul3(matmul3(u, z, backend), v.transpose(-1, -2), backend)
 
 
-def _spectral_parts(f: Tensor, g, parts: tuple | None) -> tuple[Tensor, ...]:
+def _spectral_parts(f: Tensor, g, parts: tuple | None, backend: str) -> tuple[Tensor, ...]:
     """(U, S, V, g(S), dg/dS [..., k, i]) of f, without autograd; the Jacobian by forward-mode AD (saves
     nothing, so checkpoint's saved-tensor hooks never fire). ``parts``: f's (U, S, V) if already known."""
     with torch.no_grad():
-        u, s, v = signed_svd(f) if parts is None else parts
+        u, s, v = signed_svd(f, backend) if parts is None else parts
         if g is None:  # the polar rotation: g = 1
             return u, s, v, torch.ones_like(s), torch.zeros_like(u)
         columns = []
@@ -215,7 +216,7 @@ def _spectral_parts(f: Tensor, g, parts: tuple | None) -> tuple[Tensor, ...]:
         return u, s, v, out.clone(), torch.stack(columns, -1)
 
 
-def spectral(f: Tensor, g, eps: float = EPS, parts: tuple | None = None) -> Tensor:
+def spectral(f: Tensor, g, eps: float = EPS, parts: tuple | None = None, backend: str = "auto") -> Tensor:
     """U·diag(g(s))·Vᵀ [..., 3, 3] of the signed SVD of f [..., 3, 3], for an isotropic g: s [..., 3] -> [..., 3].
 
     Its backward is exact at repeated singular values: off the diagonal (in the singular bases) the
@@ -226,11 +227,11 @@ def spectral(f: Tensor, g, eps: float = EPS, parts: tuple | None = None) -> Tens
     """
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"spectral needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Spectral.apply(f, *_spectral_parts(f, g, parts), eps)
+    return _Spectral.apply(f, *_spectral_parts(f, g, parts, backend), eps, backend)
 
 
-def polar(f: Tensor, eps: float = EPS, parts: tuple | None = None) -> Tensor:
+def polar(f: Tensor, eps: float = EPS, parts: tuple | None = None, backend: str = "auto") -> Tensor:
     """Rotation R [..., 3, 3] of the polar decomposition F = R·S (R = U·Vᵀ of the signed SVD); ``spectral`` with g = 1."""
     if f.shape[-2:] != (3, 3):
         raise ValueError(f"polar needs [..., 3, 3] matrices, got shape {tuple(f.shape)}")
-    return _Spectral.apply(f, *_spectral_parts(f, None, parts), eps)
+    return _Spectral.apply(f, *_spectral_parts(f, None, parts, backend), eps, backend)

@@ -1,4 +1,4 @@
-"""Time steppers: pure functions ``step(model, state, handle_velocity, dt) -> ParticleState``.
+"""Time steppers: pure functions ``step(model, state, control, dt) -> ParticleState`` (``ParticleControl``).
 
 Handles move kinematically with the commanded velocity (x_h += dt·u_h, v_h = u_h) under
 both integrators; free particles follow Newton's second law with ``total_forces``.
@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from tphys.autodiff import check_recompute, run_substeps
 from tphys.particles.forces import potential_energy, total_forces
 from tphys.particles.implicit import implicit_solve, warn_if_unconverged
-from tphys.particles.model import ParticleModel, ParticleState
+from tphys.particles.model import ParticleControl, ParticleModel, ParticleState
 
 # BDF coefficients (c0, c1, c2) of  v_{n+1} = (c0·x_{n+1} + c1·x_n + c2·x_{n-1}) / dt.
 _BDF1 = (1.0, -1.0, 0.0)
@@ -24,22 +25,26 @@ def handle_velocity_field(model: ParticleModel, handle_velocity: Tensor) -> Tens
     return torch.einsum("hp,nhd->npd", model.handle_scatter, handle_velocity)
 
 
-def semi_implicit_euler(model: ParticleModel, state: ParticleState, handle_velocity: Tensor, dt: float, substeps: int = 1,
-                        activation: Tensor | None = None) -> ParticleState:
-    """Symplectic Euler (v += h·a, then x += h·v) over ``substeps`` equal substeps of ``dt``.
+def semi_implicit_euler(model: ParticleModel, state: ParticleState, control: ParticleControl, dt: float, substeps: int = 1,
+                        recompute="none") -> ParticleState:
+    """Symplectic Euler (v += h·a, then x += h·v) over ``substeps`` equal substeps of ``dt``, holding ``control``
+    (handle velocities [N, H, d] m/s; muscle activations [N, T] or None).
 
-    Args:
-        handle_velocity: [N, H, d] m/s, held constant over the step.
-        activation: [N, T] muscle activations of ``model.tetrahedra``, held over the step (None: passive).
+    ``recompute`` ("none" | "step" | "substep", or True/False): what backward keeps, see ``tphys.autodiff``.
     """
+    recompute = check_recompute(recompute)
     h = dt / substeps
     free = model.free_mask.unsqueeze(-1)
     impulse_per_force = h * free / model.mass.unsqueeze(-1)  # [P, 1] s/kg, zero on handles
-    x = state.x
-    v = free * state.v + handle_velocity_field(model, handle_velocity)
-    for _ in range(substeps):
+    activation = control.activation
+
+    def substep(k, carry):
+        x, v = carry
         v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v, fused=True, activation=activation))
-        x = torch.add(x, v, alpha=h)
+        return x.add(v, alpha=h), v
+
+    v = free * state.v + handle_velocity_field(model, control.handle_velocity)
+    x, v = run_substeps(substep, (state.x, v), substeps, recompute)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))
 
 
@@ -51,13 +56,14 @@ def default_tolerance(dtype: torch.dtype) -> float:
 def bdf2(
     model: ParticleModel,
     state: ParticleState,
-    handle_velocity: Tensor,
+    control: ParticleControl,
     dt: float,
     tol: float | None = None,
     max_iter: int = 30,
     adjoint: bool = True,
 ) -> ParticleState:
-    """Implicit BDF2 step (BDF1 = backward Euler for envs whose state has no history).
+    """Implicit BDF2 step (BDF1 = backward Euler for envs whose state has no history) under ``control``
+    (handle velocities [N, H, d] m/s; muscle activations: not supported, must be None).
 
     Solves, for the free particles' next positions x,
         G(x) = c0·v(x) + c1·v_n + c2·v_{n-1} - dt·f(x, v(x)) / m = 0,
@@ -66,6 +72,8 @@ def bdf2(
     Envs where Newton stalls (a buckling cloth) restart from a minimiser of the step's
     incremental potential (``_incremental_potential``).
     """
+    if control.activation is not None:
+        raise ValueError("bdf2 does not take muscle activations (use semi_implicit_euler)")
     tol = default_tolerance(state.x.dtype) if tol is None else tol
     num_envs, _, dim = state.x.shape
     has_prev = state.has_prev.unsqueeze(-1)
@@ -74,7 +82,7 @@ def bdf2(
         torch.tensor(_BDF2, dtype=state.x.dtype, device=state.x.device),
         torch.tensor(_BDF1, dtype=state.x.dtype, device=state.x.device),
     )  # [N, 3]
-    handle_u = handle_velocity_field(model, handle_velocity)
+    handle_u = handle_velocity_field(model, control.handle_velocity)
     leaves, spec = tree_flatten(model)
     tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
 

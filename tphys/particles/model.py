@@ -7,7 +7,7 @@ Conventions (SI units throughout):
     d   spatial dimension, 2 or 3; the up axis is ``model.up_axis`` (y, index 1)
 
 ``ParticleModel`` holds what does not change during a rollout and is shared by all envs
-of a batch; ``ParticleState`` holds what does. Both are NamedTuples of tensors, so they
+of a batch; ``ParticleState`` holds what does; ``ParticleControl`` what drives a step. All are NamedTuples of tensors, so they
 are pytrees that ``torch.func`` and ``torch.compile`` handle directly, and any tensor of a
 model may require grad (e.g. for system identification).
 """
@@ -177,3 +177,15 @@ class ParticleState(NamedTuple):
         return ParticleState(x, v, x, v, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
 
 
+
+
+class ParticleControl(NamedTuple):
+    """What drives the particles during a step (held over its substeps).
+
+    Attributes:
+        handle_velocity: [N, H, d] commanded velocities of the handles, m/s.
+        activation: [N, T] muscle activations of ``model.tetrahedra`` (None: passive muscles).
+    """
+
+    handle_velocity: Tensor
+    activation: Tensor | None = None

@@ -1,16 +1,16 @@
 """Articulated rigid bodies in generalized coordinates (DFlex's formulation), batched in torch.
 
-``load_mjcf`` builds a ``RigidModel`` from MJCF; ``step`` advances a ``RigidState`` by one
-frame of semi-implicit Euler substeps with penalty ground contact and joint limits.
+``load_mjcf`` builds a ``RigidModel`` from MJCF; ``step(model, state, RigidControl(actuation), dt)`` advances a
+``RigidState`` by one frame of semi-implicit Euler substeps with penalty ground contact and joint limits.
 """
 
-from tphys.rigid.model_files import model_path
 from tphys.rigid.builder import Body, Joint, RigidBuilder
 from tphys.rigid.dynamics import bias_forces, joint_accelerations, kinematics, mass_matrix
-from tphys.rigid.integrator import step
+from tphys.rigid.integrator import RigidControl, step
 from tphys.rigid.kinematics import forward_kinematics
 from tphys.rigid.mjcf import load_mjcf
 from tphys.rigid.model import Material, RigidModel, RigidState, material
+from tphys.rigid.model_files import model_path
 
-__all__ = ["Body", "Joint", "Material", "RigidBuilder", "RigidModel", "RigidState", "bias_forces", "forward_kinematics",
+__all__ = ["Body", "Joint", "Material", "RigidBuilder", "RigidControl", "RigidModel", "RigidState", "bias_forces", "forward_kinematics",
            "joint_accelerations", "kinematics", "load_mjcf", "mass_matrix", "material", "model_path", "step"]

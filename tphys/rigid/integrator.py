@@ -1,4 +1,5 @@
-"""One frame of the rigid-body simulation: ``substeps`` semi-implicit Euler steps (DFlex's integrator).
+"""One frame of the rigid-body simulation: ``substeps`` semi-implicit Euler steps (DFlex's integrator),
+``step(model, state, control, dt) -> RigidState`` as in every tphys engine.
 
 Per substep (the stages read as a list, MJX-style):
     kinematics -> ground contact -> joint torques (motors, damping, springs, limit penalties)
@@ -7,14 +8,27 @@ Per substep (the stages read as a list, MJX-style):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
+from tphys.autodiff import check_recompute, run_substeps
 from tphys.math import quat_integrate
 from tphys.rigid.contact import ground_forces
 from tphys.rigid.dynamics import actuator_forces, joint_accelerations, kinematics, limit_forces, passive_forces
 from tphys.rigid.model import RigidModel, RigidState
+
+
+class RigidControl(NamedTuple):
+    """What drives a rigid model during a frame.
+
+    Attributes:
+        actuation: [N, A] actuator commands, held over the frame; actuator a applies the joint force
+            gear_a · clamp(actuation_a, range_a) (N·m or N) on its dof (``dynamics.actuator_forces``).
+    """
+
+    actuation: Tensor
 
 
 def integrate_positions(model: RigidModel, q: Tensor, qd: Tensor, h: float) -> Tensor:
@@ -35,42 +49,37 @@ def integrate_positions(model: RigidModel, q: Tensor, qd: Tensor, h: float) -> T
     return out
 
 
-def generalized_forces(model: RigidModel, q: Tensor, qd: Tensor, control: Tensor) -> Tensor:
-    """[N, D] joint-space forces except contact and bias: motors, passive damping/springs, limit penalties."""
+def generalized_forces(model: RigidModel, q: Tensor, qd: Tensor, actuation: Tensor) -> Tensor:
+    """[N, D] joint-space forces except contact and bias: motors (actuation [N, A]), passive damping/springs, limit penalties."""
     mat = model.material
-    return actuator_forces(model, control) + passive_forces(model, q, qd) + limit_forces(model, q, qd, mat.limit_ke, mat.limit_kd)
+    return actuator_forces(model, actuation) + passive_forces(model, q, qd) + limit_forces(model, q, qd, mat.limit_ke, mat.limit_kd)
 
 
-def substep(model: RigidModel, q: Tensor, qd: Tensor, control: Tensor, h: float, contact: bool = True) -> tuple[Tensor, Tensor]:
+def substep(model: RigidModel, q: Tensor, qd: Tensor, actuation: Tensor, h: float, contact: bool = True) -> tuple[Tensor, Tensor]:
+    """(q, qd) after one semi-implicit Euler substep of h seconds with actuator commands ``actuation`` [N, A]."""
     kin = kinematics(model, q, qd)
     external = ground_forces(model, kin.poses, kin.velocities) if contact and model.contacts.link.numel() else None
-    qdd = joint_accelerations(model, kin, qd, generalized_forces(model, q, qd, control), external)
+    qdd = joint_accelerations(model, kin, qd, generalized_forces(model, q, qd, actuation), external)
     qd = qd + h * qdd
     return integrate_positions(model, q, qd, h), qd
 
 
-def step(model: RigidModel, state: RigidState, control: Tensor, dt: float, substeps: int = 16, contact: bool = True,
-         recompute: bool = False, substep_fn=None) -> RigidState:
-    """Advance ``state`` by one frame of ``dt`` seconds in ``substeps`` equal substeps, holding ``control`` [N, A].
+def step(model: RigidModel, state: RigidState, control: RigidControl, dt: float, substeps: int = 16, contact: bool = True,
+         recompute="none", substep_fn=None) -> RigidState:
+    """Advance ``state`` by one frame of ``dt`` seconds in ``substeps`` equal substeps, holding ``control``.
 
-    ``recompute=True`` keeps only the frame's inputs for backward and recomputes the substeps
-    there (``torch.utils.checkpoint``): memory grows with frames, not substeps.
-    ``substep_fn(q, qd, control) -> (q, qd)`` replaces the substep (see ``compiled_substep``).
+    ``recompute`` ("none" | "step" | "substep", or True/False; see ``tphys.autodiff``): "step" keeps only
+    the frame's inputs for backward and reruns its substeps there (memory grows with frames, not
+    substeps); "substep" keeps each substep's inputs and reruns each substep.
+    ``substep_fn(q, qd, actuation) -> (q, qd)`` replaces the substep (see ``compiled_substep``).
     """
-    if control.shape[-1] != model.num_actuators:
-        raise ValueError(f"control has {control.shape[-1]} entries per env, the model has {model.num_actuators} actuators")
+    recompute = check_recompute(recompute)
+    actuation = control.actuation
+    if actuation.shape[-1] != model.num_actuators:
+        raise ValueError(f"control has {actuation.shape[-1]} entries per env, the model has {model.num_actuators} actuators")
     h = dt / substeps
     one = substep_fn or (lambda q, qd, u: substep(model, q, qd, u, h, contact))
-
-    def frame(q, qd, u):
-        for _ in range(substeps):
-            q, qd = one(q, qd, u)
-        return q, qd
-
-    if recompute and torch.is_grad_enabled():
-        q, qd = checkpoint(frame, state.q, state.qd, control, use_reentrant=False)
-    else:
-        q, qd = frame(state.q, state.qd, control)
+    q, qd = run_substeps(lambda k, carry: one(carry[0], carry[1], actuation), (state.q, state.qd), substeps, recompute)
     return RigidState(q, qd)
 
 

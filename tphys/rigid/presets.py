@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from tphys.rigid.model_files import model_path
 from tphys.rigid.mjcf import load_mjcf
 from tphys.rigid.model import RigidModel, material
+from tphys.rigid.model_files import model_path
 
 DFLEX = {
     "cartpole": dict(model="cartpole", density=None, armature=None, damping=None, stiffness=None, contact=None,

@@ -1,7 +1,8 @@
-/* MLS-MPM particle-grid transfers and a signed 3x3 SVD for CPU, with hand-written backwards.
+/* MLS-MPM particle-grid transfers, a signed 3x3 SVD, batched 3x3 products and plasticine's stress for CPU,
+ * with hand-written backwards.
  *
  * The C twins of tphys/kernels/transfer_triton.py (same math as the torch twins in stencil.py), built by
- * tphys/kernels/transfer_cpu.py with the system C compiler once per REAL type (-DREAL=float or double)
+ * tphys/kernels/c_kernels.py with the system C compiler once per REAL type (-DREAL=float or double)
  * and called through ctypes on contiguous tensors. Single-threaded; one pass over the particles.
  *
  * Layouts (row-major, contiguous): x, mom [N, P, 3]; m [N, P]; a, c [N, P, 3, 3];

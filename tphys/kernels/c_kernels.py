@@ -1,7 +1,8 @@
-"""MLS-MPM particle-grid transfers and the signed 3x3 SVD as C loops for CPU tensors, with hand-written backwards.
+"""The C kernels for CPU tensors, with hand-written backwards: MLS-MPM particle-grid transfers, the signed 3x3 SVD,
+batched 3x3 products and plasticine's return mapping + Kirchhoff stress (``cpu/kernels.c``), and their loader.
 
 Same signatures and math as the torch twins (``stencil.p2g_torch`` / ``stencil.g2p_torch``) and the Triton
-kernels: ``cpu/transfer.c`` ports the Triton kernels to plain loops over particles (scatters become
+kernels: ``cpu/kernels.c`` ports the Triton kernels to plain loops over particles (scatters become
 ordinary adds: one thread). On CPU the Triton kernels run only in the interpreter and the twins
 materialise [N, P, 27, 3] stencils; these loops keep each particle's stencil in registers (timings against
 the twins: ``benchmarks/transfer_kernels.py``, section ``transfer-kernels`` of ``benchmarks/RESULTS.md``).
@@ -9,7 +10,8 @@ the twins: ``benchmarks/transfer_kernels.py``, section ``transfer-kernels`` of `
 The C file is compiled by the system C compiler (``$CC``, default ``cc``) on first use, once per float
 type, into ``$TPHYS_KERNEL_CACHE`` (default ``~/.cache/tphys-kernels``), keyed by a hash of the source
 and flags, and loaded with ctypes: no Python headers, no build step at install. ``available()`` says
-whether that worked; dispatch (``tphys.kernels``) falls back to the torch twins when it did not.
+whether that worked. Which kernel runs is dispatch's choice (``tphys.kernels``: ``backend``); nothing here
+runs unless called.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from tphys.kernels.transfer_function import G2P, P2G, Launchers
 
-SOURCE = Path(__file__).with_name("cpu") / "transfer.c"
+SOURCE = Path(__file__).with_name("cpu") / "kernels.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c99")
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _I64 = ctypes.c_int64
@@ -47,7 +49,7 @@ def _library(real: str) -> ctypes.CDLL:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (set $CC)")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join((compiler, *FLAGS, real)).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"transfer_{real}_{key}.so"
+    target = _cache_dir() / f"kernels_{real}_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: safe across processes
@@ -140,10 +142,10 @@ class _MatMul3(torch.autograd.Function):
 
 
 def matmul3(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b for [..., 3, 3] matrices: C loops on CPU float32/float64 when they build (torch's batched matmul has a
-    large per-matrix overhead at 3x3), ``torch.matmul`` otherwise; broadcasts like matmul."""
-    if (a.device.type != "cpu" or a.dtype != b.dtype or b.device.type != "cpu" or a.shape[-2:] != (3, 3) or b.shape[-2:] != (3, 3)
-            or not available(a.dtype) or torch.compiler.is_compiling()):
+    """a @ b for [..., 3, 3] CPU matrices as C loops (torch's batched matmul has a large per-matrix overhead at 3x3);
+    broadcasts like matmul. Operands the loops do not take (another device or dtype, not 3x3, a broadcast operand
+    that needs a gradient) go to ``torch.matmul``."""
+    if a.device.type != "cpu" or a.dtype != b.dtype or b.device.type != "cpu" or a.shape[-2:] != (3, 3) or b.shape[-2:] != (3, 3):
         return a @ b
     shape = torch.broadcast_shapes(a.shape, b.shape)
     if a.requires_grad and a.shape != shape or b.requires_grad and b.shape != shape:
