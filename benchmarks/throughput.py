@@ -7,9 +7,9 @@ What one cell (env, N) measures, each in a fresh subprocess:
     fwd+bwd   the same H steps with the actions one leaf tensor [H, N, A] that requires
               grad, then ``sum of all rewards``.backward(); the action gradient is checked
               to be finite.
-    core fwd  the pure physics loop under no_grad (no TorchRL), to show the TorchRL overhead:
-              ``env.physics_step`` + ``env.reward`` on a ``ParticleState`` (particle envs), or
-              ``env.physics_step`` + the task's observation and reward on a ``RigidState`` (rigid envs).
+    core fwd  the pure physics loop under no_grad (no TorchRL), to show the TorchRL overhead, the same
+              for every env (the protocol of ``tphys.envs.base.TphysEnv``):
+              ``state = env.physics_step(state, action)``, ``env.reward(state, action, env.observe(state, action))``.
 
 Throughput is env-steps/s = N * steps / seconds. Every mode is warmed up with a couple of
 steps (``--warmup-steps``; a whole horizon under ``--compile``, so that every recompilation
@@ -25,7 +25,7 @@ size of the same env, would exceed 80% of the available memory is skipped and ma
 (the fwd+bwd of cloth at N = 4096 needs ~30 GiB).
 
 ``--compile`` (opt-in) replaces ``env.physics_step`` with ``torch.compile(env.physics_step,
-dynamic=False)`` (particle envs) or builds the env with ``compile_substep=True`` (rigid and soft
+dynamic=False)`` (particle and MPM envs) or builds the env with ``compile_substep=True`` (rigid and soft
 envs: one substep compiled, not their 16-80 substeps unrolled); the H-step loop stays in Python.
 The Inductor cache lives in ``TORCHINDUCTOR_CACHE_DIR`` (default ~/.cache/tphys-inductor),
 so only the first run compiles from scratch; "compile s" is the extra time of the first
@@ -33,7 +33,7 @@ so only the first run compiles from scratch; "compile s" is the extra time of th
 
 The table is printed and written into ``--out`` (default benchmarks/RESULTS.md) as a section
 between ``<!-- throughput:MODE:INTEGRATOR -->`` and ``<!-- /throughput:MODE:INTEGRATOR -->``
-(MODE eager or compiled; INTEGRATOR is "rigid" or "soft" for those families), which replaces
+(MODE eager or compiled; INTEGRATOR is "rigid", "soft" or "mpm" for those families), which replaces
 the previous run of the same MODE and INTEGRATOR
 and leaves the others in place. The section records date, machine, versions, threads, load
 average, git commit and the command line.
@@ -43,6 +43,7 @@ Run it on an otherwise idle machine, from the repository root:
     python benchmarks/throughput.py                     # the particle envs, N = 1 64 1024 4096, eager
     python benchmarks/throughput.py --envs rigid --sizes 1 64 256   # the DFlex rigid-body envs
     python benchmarks/throughput.py --envs soft --sizes 1 16 64 --horizon 8   # SoftJumper
+    python benchmarks/throughput.py --envs mpm --sizes 1 4 --horizon 4   # the MPM tasks
     python benchmarks/throughput.py --compile           # the same with torch.compile
     python benchmarks/throughput.py --integrator bdf2   # the implicit integrator
     python benchmarks/throughput.py --quick --out /tmp/r.md   # smoke test, N = 1 64
@@ -88,11 +89,12 @@ def run_cell(spec: dict) -> dict:
     n, horizon = spec["num_envs"], spec["horizon"]
     family = _family(spec["env"])
     kwargs = {} if spec["integrator"] is None else {"integrator": spec["integrator"]}
-    if spec["compile"] and family != "particles":
-        kwargs["compile_substep"] = True  # rigid and soft envs compile one substep (16-80 per step)
+    substep_compiled = family in ("rigid", "soft")  # compile one substep (16-80 per step), not the whole step
+    if spec["compile"] and substep_compiled:
+        kwargs["compile_substep"] = True
     env = E.make(spec["env"], num_envs=n, seed=0, dtype=torch.float32, **kwargs)
     result = {"env": spec["env"], "num_envs": n, "integrator": getattr(env, "integrator", family), "threads": torch.get_num_threads()}
-    if spec["compile"] and family == "particles":
+    if spec["compile"] and not substep_compiled:
         env.physics_step = torch.compile(env.physics_step, dynamic=False)
     td0 = env.reset()
     generator = torch.Generator().manual_seed(0)
@@ -119,7 +121,10 @@ def run_cell(spec: dict) -> dict:
 
     def core_fwd(steps):
         with torch.no_grad():
-            {"rigid": _rigid_core, "soft": _soft_core, "particles": _particle_core}[family](env, td0, actions, steps)
+            state, total = td0, 0.0
+            for t in range(steps):
+                state = env.physics_step(state, actions[t])
+                total = total + env.reward(state, actions[t], env.observe(state, actions[t])).sum()
 
     baseline = _rss_mib()
     result["baseline_mib"] = baseline
@@ -150,38 +155,9 @@ def run_cell(spec: dict) -> dict:
         if spec["compile"]:
             result["compile_s"] += max(first - warmup * elapsed / (repeats * horizon), 0.0)
         result[mode] = entry
-        if mode == "fwd_bwd" and not bool(torch.isfinite(leaf.grad).all()):
+        if mode == "fwd_bwd" and leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all()):  # None: no path to the actions
             result[mode] = {"error": "non-finite action gradient"}
     return result
-
-
-def _particle_core(env, td0, actions, steps):
-    import torch
-
-    state, total = env.read_state(td0), 0.0
-    for t in range(steps):
-        handle_velocity = env.task.max_handle_speed * torch.einsum("ahd,na->nhd", env.action_basis, actions[t])
-        state = env.physics_step(state, handle_velocity)
-        total = total + env.reward(state, handle_velocity).sum()
-    return total
-
-
-def _rigid_core(env, td0, actions, steps):
-    from tphys.rigid import RigidState
-
-    state, total, task = RigidState(td0["q"], td0["qd"]), 0.0, env.task
-    for t in range(steps):
-        state = env.physics_step(state, actions[t])
-        total = total + task.reward(task.observe(env.model, state.q, state.qd, actions[t]), actions[t]).sum()
-    return total
-
-
-def _soft_core(env, td0, actions, steps):
-    x, v, total = td0["x"], td0["v"], 0.0
-    for t in range(steps):
-        x, v = env.physics_step(x, v, actions[t])
-        total = total + env.reward(x, v, td0["com_start"], actions[t]).sum()
-    return total
 
 
 def _rss_mib() -> float:
@@ -216,7 +192,7 @@ def _short_error(error: Exception, compiling: bool) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["particles"],
-                        help="env names, or 'particles' / 'rigid' / 'soft' for a whole family (default: particles)")
+                        help="env names, or 'particles' / 'rigid' / 'soft' / 'mpm' for a whole family (default: particles)")
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help=f"num_envs values (default: {DEFAULT_SIZES})")
     parser.add_argument("--quick", action="store_true", help=f"smoke test: sizes {QUICK_SIZES} unless --sizes is given")
     parser.add_argument("--horizon", type=int, default=32, help="env steps per rollout (default 32)")
@@ -317,24 +293,30 @@ def _memory_skips(env: str, n: int, results: list[dict]) -> dict[str, str]:
     return skips
 
 
+MPM_ENVS = ("fluid_move", "hand_flip", "rolling_flat")
+
+
 def _family(name: str) -> str:
+    """The table an env goes in: "rigid" (DFlex tasks), "soft" (SoftJumper), "mpm" (the MPM tasks) or "particles"."""
     import tphys.envs as E
 
     canonical = E.registry.resolve(name)
-    return "rigid" if canonical in E.locomotion.NAMES else "soft" if canonical == "soft_jumper" else "particles"
+    if canonical in E.locomotion.NAMES:
+        return "rigid"
+    return "soft" if canonical == "soft_jumper" else "mpm" if canonical in MPM_ENVS else "particles"
 
 
 def _expand_envs(names: list[str]) -> tuple[list[str], str]:
-    """(env names, family) from names and family words (particles, rigid, soft); one family per table."""
+    """(env names, family) from names and family words (particles, rigid, soft, mpm); one family per table."""
     import tphys.envs as E
 
-    families = {"particles": [], "rigid": [], "soft": []}
+    families = {"particles": [], "rigid": [], "soft": [], "mpm": []}
     for name in E.list_envs():
         families[_family(name)].append(name)
     envs = [e for name in names for e in families.get(name, [name])]
     kinds = {_family(e) for e in envs}
     if len(kinds) != 1:
-        raise SystemExit(f"one family per table (particles, rigid or soft), got {sorted(kinds)} from {names}")
+        raise SystemExit(f"one family per table (particles, rigid, soft or mpm), got {sorted(kinds)} from {names}")
     return envs, kinds.pop()
 
 

@@ -50,7 +50,7 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
     import torch
 
     from tphys.math import quat_mul, quat_to_matrix
-    from tphys.rigid import RigidState, step
+    from tphys.rigid import RigidControl, RigidState, step
     from tphys.rigid.integrator import compiled_substep
     from tphys.rigid.presets import DFLEX, dflex_model
 
@@ -83,7 +83,7 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
         for _ in range(count):
             action = (torch.rand(n, 8) * 2 - 1).requires_grad_(grad)
             actions.append(action)
-            state = step(model, state, action, 1 / 60, substeps=substeps, recompute=recompute and grad, substep_fn=substep_fn)
+            state = step(model, state, RigidControl(action), 1 / 60, substeps=substeps, recompute=recompute and grad, substep_fn=substep_fn)
             _, reward = observe_reward(state, action)
             total = total + reward.sum()
         if grad:
@@ -107,15 +107,12 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
     start = env.reset()
 
     def frames(count: int, grad: bool) -> None:
-        x, v, com_start, steps = start["x"], start["v"], start["com_start"], start["step_count"]
-        total, actions = 0.0, []
+        state, total, actions = start, 0.0, []
         for _ in range(count):
             action = (torch.rand(n, env.action_dim) * 2 - 1).requires_grad_(grad)
             actions.append(action)
-            x, v = env.physics_step(x, v, action)
-            steps = steps + 1
-            env.observe(x, v, com_start, steps)
-            total = total + env.reward(x, v, com_start, action).sum()
+            state = env.physics_step(state, action)
+            total = total + env.reward(state, action, env.observe(state, action)).sum()
         if grad:
             total.backward()
             assert all(torch.isfinite(a.grad).all() for a in actions)
@@ -132,7 +129,7 @@ def rolling_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) 
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    recompute = {"step": True, "substep": "substep", "none": False}[variant.split("=")[1]] if "=" in variant else True
+    recompute = variant.split("=")[1] if "=" in variant else "step"
     env = tphys.envs.make("rolling_flat", num_envs=n, seed=0, recompute=recompute, validate=False)
     start = env.reset()
 

@@ -35,7 +35,7 @@ def test_reward_is_rewarpeds_transport_score():
     outside = torch.sigmoid(((particles - q[:, None]).abs() - bounds) / 1e-5).amax(-1).mean(-1)
     torch.testing.assert_close(out["reward"][:, 0], 0.1 * closeness - outside)
     # particles far outside count fully
-    spilled = env.reward(q, target, particles + torch.tensor([0.0, 1.0, 0.0]))[:, 0] - 0.1 * closeness
+    spilled = env.reward(out, td["action"], {"particle_q": particles + torch.tensor([0.0, 1.0, 0.0])})[:, 0] - 0.1 * closeness
     torch.testing.assert_close(spilled, -torch.ones(2))
 
 

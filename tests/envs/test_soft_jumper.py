@@ -50,15 +50,16 @@ def test_h8_rollout_gives_finite_policy_gradients_and_recompute_is_exact():
 
 
 def test_substeps_match_the_particle_integrator():
-    from tphys.particles import ParticleState, semi_implicit_euler
+    from tphys.particles import ParticleControl, ParticleState, semi_implicit_euler
 
     env = E.make("soft_jumper", num_envs=2, dtype=torch.float64, seed=0, substeps=40)
     td = env.reset()
     action = torch.rand(2, env.action_dim, dtype=torch.float64) * 2 - 1
-    x, v = env.physics_step(td["x"], td["v"], action)
+    frame = env.physics_step(td, action)
+    x, v = frame["x"], frame["v"]
     none = torch.zeros(2, 0, 3, dtype=torch.float64)
-    reference = semi_implicit_euler(env.model, ParticleState.without_history(td["x"], td["v"]), none, env.dt, 40,
-                                    activation=action.repeat_interleave(2, -1))
+    reference = semi_implicit_euler(env.model, ParticleState.without_history(td["x"], td["v"]),
+                                    ParticleControl(none, action.repeat_interleave(2, -1)), env.dt, 40)
     torch.testing.assert_close(x, reference.x, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(v, reference.v, rtol=1e-12, atol=1e-12)
 

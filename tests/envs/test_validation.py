@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import tphys.envs as E
-from tphys.envs.base import FINITE, NON_NEGATIVE, POSITIVE, TphysEnv, check_finite_inputs, check_ranges, int_at_least, interval
+from tphys.envs.base import TphysEnv, check_finite_inputs
+from tphys.envs.ranges import FINITE, NON_NEGATIVE, POSITIVE, check_ranges, int_at_least, interval
 from tphys.envs.registry import parameters
 
 NAMES = sorted(E.list_envs())
@@ -31,7 +32,7 @@ OBSERVATION_KEYS = {"observation", "particle_q", "com_q"}  # float outputs that 
 
 
 def out_of_range(valid) -> list:
-    """Values just outside ``valid`` (a ``tphys.envs.base.Range``), plus the non-finite ones and wrong types."""
+    """Values just outside ``valid`` (a ``tphys.envs.ranges.Range``), plus the non-finite ones and wrong types."""
     values = []
     if valid.lo is not None:
         values.append(valid.lo - 1 if valid.integer else valid.lo if not valid.lo_closed else valid.lo - 0.1)

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
+from tensordict import TensorDict
 
 import tphys.envs as E
-from tphys.particles import ParticleState, bdf2, kinetic_energy, potential_energy, semi_implicit_euler
+from tphys.particles import ParticleControl, ParticleState, bdf2, kinetic_energy, potential_energy, semi_implicit_euler
 
 # A soft cable keeps the pendulum's spring mode resolved by every dt of the sweep and the
 # cable taut (stretch > slack width) throughout, where its force is k·(stretch - w/2).
@@ -51,7 +52,7 @@ def _simulate(step, model, x0, v0, dt):
     state = ParticleState.without_history(x0, v0)
     handle_velocity = torch.zeros(1, 1, 2, dtype=torch.float64)
     for _ in range(round(HORIZON_S / dt)):
-        state = step(model, state, handle_velocity, dt)
+        state = step(model, state, ParticleControl(handle_velocity), dt)
     return state.x[0, 1].numpy()
 
 
@@ -90,11 +91,10 @@ def test_undamped_system_keeps_energy_with_semi_implicit_euler(name, options):
     env = E.make(name, num_envs=4, dtype=torch.float64, seed=0, damping=0.0, drag=0.0, integrator="semi_implicit", **options)
     td = env.reset()
     state = env.read_state(td)
-    zero = torch.zeros(4, env.model.handle_index.numel(), state.x.shape[-1], dtype=torch.float64)
     energies = []
     for _ in range(env.horizon):
         energies.append(kinetic_energy(env.model, state.v) + potential_energy(env.model, state.x))
-        state = env.physics_step(state, zero)
+        state = _still_handles_step(env, state)
     energies = torch.stack(energies)  # [T, N]
     rest_energy = _rest_energy(env)
     swing = energies - rest_energy
@@ -103,14 +103,22 @@ def test_undamped_system_keeps_energy_with_semi_implicit_euler(name, options):
     assert drift < 0.01
 
 
+def _still_handles_step(env, state: ParticleState) -> ParticleState:
+    """One step of ``env``'s configured integrator from ``state`` with a zero action (handles at rest), through the
+    env protocol's ``physics_step`` (a state tensordict whose step_count says whether BDF2 history is there)."""
+    n = state.x.shape[0]
+    td = TensorDict(x=state.x, v=state.v, x_prev=state.x_prev, v_prev=state.v_prev, step_count=state.has_prev.long()[:, None],
+                    batch_size=[n])
+    return env.read_state(env.physics_step(td, torch.zeros(n, env.action_dim, dtype=state.x.dtype)))
+
+
 def _rest_energy(env):
     """Energy of the hanging rest state below the handles, found by damped relaxation."""
     relax = E.make(env.task.name, num_envs=1, dtype=torch.float64, damping=2.0, drag=0.05)
     reference = relax.reference[None]
     state = ParticleState.without_history(reference, torch.zeros_like(reference))
-    zero = torch.zeros(1, relax.model.handle_index.numel(), reference.shape[-1], dtype=torch.float64)
     for _ in range(2000):
-        state = relax.physics_step(state, zero)
+        state = _still_handles_step(relax, state)
     assert kinetic_energy(relax.model, state.v).item() < 1e-12
     return potential_energy(env.model, state.x - reference + env.reference[None]).min()
 
@@ -123,10 +131,9 @@ def test_rest_state_stays_at_rest(integrator):
     x = env.reference.clone()
     x[1, 1] -= sag
     state = ParticleState.without_history(x[None].repeat(2, 1, 1), torch.zeros(2, 2, 3, dtype=torch.float64))
-    zero = torch.zeros(2, 1, 3, dtype=torch.float64)
     start = state.x.clone()
     for _ in range(env.horizon):
-        state = env.physics_step(state, zero)
+        state = _still_handles_step(env, state)
     assert (state.x - start).abs().max() < 1e-9
     assert state.v.abs().max() < 1e-9
 
@@ -153,7 +160,7 @@ def _check_adjoint_matches_unrolled(name, seed, steps):
         total = 0.0
         for a in actions:
             hv = env.task.max_handle_speed * torch.einsum("ahd,na->nhd", env.action_basis, a)
-            state = bdf2(env.model, state, hv, env.dt, tol=1e-13, adjoint=adjoint)
+            state = bdf2(env.model, state, ParticleControl(hv), env.dt, tol=1e-13, adjoint=adjoint)
             total = total + (state.x**2).sum() + 0.1 * (state.v**2).sum()
         return total
 

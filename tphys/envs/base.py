@@ -1,138 +1,158 @@
-"""What the tphys envs share: ``TphysEnv`` (specs, seeding) and input checks whose messages name the
-env, the expected shape or dtype, and the env indices at fault.
+"""``TphysEnv``: the one protocol of the tphys envs, and the checks of ``step``'s inputs (messages name the env, the
+expected shape or dtype, and the env indices at fault).
 
-Parameter ranges: each env family keeps one table ``PARAMETER_RANGES`` (name -> ``Range``) next to its
-default physical parameters; ``check_ranges`` refuses a value outside its range (or non-finite) before
-anything is built, with one message form: ``rope3d: stiffness must be > 0, got -1.0``.
+The template, written here once:
+
+    reset   every env gets a fresh state from ``initial_state`` (drawn with the env's ``generator``), ``step_count`` 0,
+            the observation of that state (``observe`` with a zero action) and False flags. Under a partial reset (a
+            ``_reset`` [N, 1] bool mask in the tensordict) the envs not flagged keep every entry from the tensordict, and
+            its autograd graph; the flagged ones start fresh, cut from the graph.
+    step    the action [N, A] is checked (shape, dtype, NaN/inf) and so is every float state entry
+            (``finite_input_keys``) when ``validate``; the action is clamped to [-1, 1];
+            ``next = physics_step(tensordict, action)``; with ``validate`` the entries ``finite_output_keys`` of ``next``
+            must be finite; then ``observe``, ``reward`` and ``terminated`` of ``next``, truncation after ``horizon``
+            steps, done = terminated | truncated. ``next`` is the TensorDict ``step`` returns: no copy is made.
+
+The hooks a family implements (``state`` is a TensorDict [N] holding ``state_keys`` and ``step_count``):
+
+    initial_state()                          {key: [N, ...]} the ``state_keys`` of N fresh envs, drawn with ``generator``
+    physics_step(state, action) -> state     one env step: a new TensorDict [N] (``next_state``) of every state key and
+                                             ``step_count`` + 1; ``action`` [N, A] in [-1, 1]; ``state`` is not written.
+                                             A family whose physics may end an episode (divergence) adds ``terminated``.
+    observe(state, action)                   {key: [N, ...]}: ``observation`` and any other observation entries
+    reward(state, action, observation)       [N, 1], ``observation`` from ``observe``
+    terminated(state, observation)           [N, 1] bool (default: never)
+
+and sets ``name`` (in messages), ``state_keys``, ``finite_output_keys``, ``model`` and, in ``__init__``, calls
+``TphysEnv.__init__`` then ``_set_specs``. The same two calls run the physics without TorchRL (``benchmarks/throughput.py``):
+``state = env.physics_step(state, action)``; ``env.reward(state, action, env.observe(state, action))``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from numbers import Integral, Real
+from collections.abc import Iterable
 
 import torch
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+FLAGS = ("done", "terminated", "truncated")
+
 
 class TphysEnv(EnvBase):
-    """Base of the tphys envs: stateless (the state travels in the tensordict), batch-locked to
-    ``num_envs``, actions in [-1, 1], an [N, 1] reward, done / terminated / truncated flags and a
-    seeded torch.Generator for resets (``generator``, public: a checkpoint saves and restores its state).
-    Subclasses call ``_set_specs`` and ``_seed_generator``."""
+    """Base of the tphys envs (see the module docstring): stateless (the state travels in the tensordict), batch-locked
+    to ``num_envs``, actions in [-1, 1], an [N, 1] reward, done / terminated / truncated flags and a seeded
+    torch.Generator for resets (``generator``, public: a checkpoint saves and restores its state)."""
 
     batch_locked = True
+    name: str  # the env's name in messages
+    state_keys: tuple[str, ...]  # the float state entries physics_step reads and returns (besides step_count)
+    finite_output_keys: tuple[str, ...] = ()  # entries of physics_step's result that must be finite (validate)
 
-    def _set_specs(self, action_dim: int, **state) -> None:
-        """Specs from the state entries (``name=spec``) plus ``step_count``, actions and reward."""
-        n, kw = self.batch_size[0], dict(dtype=self.dtype, device=self.device)
-        self.observation_spec = Composite(**state, step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
+    def __init__(self, num_envs: int, device, dtype: torch.dtype, horizon: int, dt: float, validate: bool, seed: int | None):
+        """``horizon``: steps per episode; ``dt``: seconds per env step; ``validate``: the checks of step's inputs and
+        outputs; ``seed``: the reset generator's seed (None: a random one)."""
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.num_envs, self.dtype, self.horizon, self.dt, self.validate = num_envs, dtype, horizon, dt, validate
+        self.generator = torch.Generator()
+        self._set_seed(seed)
+
+    @property
+    def finite_input_keys(self) -> tuple[str, ...]:
+        """The float inputs of step besides the action: every state key."""
+        return self.state_keys
+
+    def _set_specs(self, action_dim: int, **shapes: tuple[int, ...]) -> None:
+        """Specs of the state and observation entries (``name=shape``, the shape of one env's entry), ``step_count``,
+        actions [N, ``action_dim``] in [-1, 1], the [N, 1] reward and the flags."""
+        n, kw = self.num_envs, dict(dtype=self.dtype, device=self.device)
+        self.action_dim = action_dim
+        entries = {key: Unbounded(shape=(n, *shape), **kw) for key, shape in shapes.items()}
+        self.observation_spec = Composite(**entries, step_count=Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
                                           shape=(n,))
         self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, action_dim), **kw)
         self.reward_spec = Unbounded(shape=(n, 1), **kw)
         self.done_spec = done_spec(n, self.device)
 
-    def _seed_generator(self, seed: int | None) -> None:
-        self.generator = torch.Generator()
-        self._set_seed(seed)
-
     def _set_seed(self, seed: int | None) -> None:
         self.generator.manual_seed(torch.seed() if seed is None else int(seed))
 
+    # ------------------------------------------------------------------ the template
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        n = self.num_envs
+        state = TensorDict({**self.initial_state(), "step_count": torch.zeros(n, 1, dtype=torch.int64, device=self.device)},
+                           batch_size=self.batch_size, device=self.device)
+        for key, value in self.observe(state, torch.zeros(n, self.action_dim, dtype=self.dtype, device=self.device)).items():
+            state.set(key, value)
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and self.state_keys[0] in tensordict.keys():
+            keep = mask.reshape(n).logical_not()
+            for key, fresh in list(state.items()):
+                state.set(key, torch.where(keep.view(n, *[1] * (fresh.dim() - 1)), tensordict.get(key), fresh))
+        flags = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
+        for key in FLAGS:
+            state.set(key, flags.clone())
+        return state
 
-@dataclass(frozen=True)
-class Range:
-    """A valid range of a numeric parameter: ``lo`` < / <= value < / <= ``hi`` (None: unbounded), an int when
-    ``integer``, None allowed as well when ``optional``; ``text`` states it in messages. Build one with
-    ``POSITIVE``, ``NON_NEGATIVE``, ``FINITE``, ``interval``, ``int_at_least`` (and ``.or_none()``)."""
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get("action")
+        if self.validate:
+            check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)
+            check_finite_inputs(self.name, tensordict, self.finite_input_keys)
+        action = action.clamp(-1.0, 1.0)
+        state = self.physics_step(tensordict, action)
+        if self.validate and self.finite_output_keys:
+            self.check_finite_outputs(state)
+        observation = self.observe(state, action)
+        reward = self.reward(state, action, observation)
+        terminated = self.terminated(state, observation)
+        truncated = state.get("step_count") >= self.horizon
+        for key, value in observation.items():
+            state.set(key, value)
+        state.set("reward", reward)
+        state.set("done", terminated | truncated)
+        state.set("terminated", terminated)
+        state.set("truncated", truncated)
+        return state
 
-    text: str
-    lo: float | None = None
-    hi: float | None = None
-    lo_closed: bool = True
-    hi_closed: bool = True
-    integer: bool = False
-    optional: bool = False
+    def next_state(self, state: TensorDictBase, **entries: Tensor) -> TensorDictBase:
+        """The result of ``physics_step``: ``entries`` (the state keys the step changed, [N, ...] each), the other
+        ``state_keys`` carried over from ``state``, and ``step_count`` + 1, in a new TensorDict [N]."""
+        carried = {key: state.get(key) for key in self.state_keys if key not in entries}
+        return TensorDict({**carried, **entries, "step_count": state.get("step_count") + 1}, batch_size=self.batch_size,
+                          device=self.device)
 
-    def contains(self, value) -> bool:
-        if value is None:
-            return self.optional
-        if not _is_number(value) or (self.integer and not isinstance(value, Integral)):
-            return False
-        if self.lo is not None and not (value >= self.lo if self.lo_closed else value > self.lo):
-            return False
-        return self.hi is None or (value <= self.hi if self.hi_closed else value < self.hi)
+    def check_finite_outputs(self, state: TensorDictBase) -> None:
+        """Raise FloatingPointError naming the envs where an entry ``finite_output_keys`` of ``state`` holds NaN/inf."""
+        bad = ~torch.stack([torch.isfinite(state.get(key)).flatten(1).all(-1) for key in self.finite_output_keys], -1).all(-1)
+        if bad.any():
+            raise FloatingPointError(self.nonfinite_state_message(bad))
 
-    def describe(self, value=0.0) -> str:
-        """The range as messages state it; for a ``value`` that is not a finite number, "a finite number" leads."""
-        text = self.text
-        if not (self.integer or text.startswith("a finite") or _is_number(value)):
-            text = f"a finite number {text}"
-        return f"None or {text}" if self.optional else text
+    def nonfinite_state_message(self, bad: Tensor) -> str:
+        """The message of ``check_finite_outputs`` for the envs ``bad`` [N] bool."""
+        return f"{self.name}: non-finite state after the step in env indices {env_indices(bad)}"
 
-    def or_none(self) -> Range:
-        """The same range with None allowed as well (an option whose None means "the default")."""
-        return replace(self, optional=True)
+    # ------------------------------------------------------------------ hooks (see the module docstring)
+    def initial_state(self) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define initial_state")
 
+    def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
+        raise NotImplementedError(f"{type(self).__name__} must define physics_step")
 
-def _is_number(value) -> bool:
-    """A finite real number (bool is not one)."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define observe")
 
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define reward")
 
-POSITIVE = Range("> 0", lo=0.0, lo_closed=False)
-NON_NEGATIVE = Range(">= 0", lo=0.0)
-FINITE = Range("a finite number")
-
-
-def interval(lo: float, hi: float, closed: str = "[)") -> Range:
-    """Values between ``lo`` and ``hi``; ``closed`` is "[]", "[)", "(]" or "()", as the range's text shows it."""
-    if closed not in ("[]", "[)", "(]", "()"):
-        raise ValueError(f"closed must be one of '[]', '[)', '(]', '()', got {closed!r}")
-    return Range(f"in {closed[0]}{lo:g}, {hi:g}{closed[1]}", lo, hi, closed[0] == "[", closed[1] == "]")
-
-
-def int_at_least(k: int) -> Range:
-    """Integer counts >= ``k``."""
-    return Range(f"an int >= {k}", lo=k, integer=True)
-
-
-def check_ranges(env: str, values: Mapping, ranges: Mapping[str, Range]) -> None:
-    """Raise ValueError ``"{env}: {name} must be {range}, got {value!r}"`` on the first value outside its range.
-
-    ``values`` maps parameter names to values; every name needs an entry in ``ranges`` (else KeyError). NaN and
-    inf are outside every range; for a value that is not a finite number the range reads "a finite number > 0"
-    (``rope3d: stiffness must be a finite number > 0, got inf``).
-    """
-    missing = [name for name in values if name not in ranges]
-    if missing:
-        raise KeyError(f"{env}: no valid range for {missing}; add one to the family's PARAMETER_RANGES")
-    for name, value in values.items():
-        valid = ranges[name]
-        if not valid.contains(value):
-            raise ValueError(f"{env}: {name} must be {valid.describe(value)}, got {value!r}")
+    def terminated(self, state: TensorDictBase, observation: dict[str, Tensor]) -> Tensor:
+        return torch.zeros(self.num_envs, 1, dtype=torch.bool, device=self.device)
 
 
-def ranges_for(table: Mapping[str, Range], names: Iterable[str]) -> dict[str, Range]:
-    """The entries of a family's range ``table`` for the parameters and options ``names`` one env accepts
-    (names without an entry are left out: ``tests/envs/test_validation.py`` asserts every physical one has one)."""
-    return {name: table[name] for name in names if name in table}
-
-
-def check_options(env: str, goal, goals: tuple, physics: dict, defaults: dict, env_options: tuple) -> None:
-    """Raise ValueError naming the env and the valid choices on an unknown goal or physical parameter."""
-    if goal not in (None, *goals):
-        raise ValueError(f"{env}: unknown goal {goal!r}; valid goals: {', '.join(goals)}")
-    unknown = sorted(set(physics) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for env {env!r}; env options: {', '.join(env_options)}; "
-                         f"physical parameters: {', '.join(defaults)}")
-
-
+# ---------------------------------------------------------------------------- checks of step's inputs
 def env_indices(mask: Tensor, limit: int = 20) -> str:
     """The indices where ``mask`` [N] is True, as text (the first ``limit``)."""
     idx = torch.nonzero(mask).flatten().tolist()

@@ -24,14 +24,13 @@ Observations: ``particle_q`` [N, 250, 3] (every 11th particle), ``com_q`` [N, 3]
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.data import Unbounded
 
-from tphys.envs.base import ranges_for
-from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options, particle_specs
+from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options
+from tphys.envs.ranges import ranges_for
 from tphys.envs.registry import register
-from tphys.mpm import Material, MPMModel, MPMState
+from tphys.mpm import Material, MPMModel
 from tphys.mpm.colliders import Shapes
 
 DEFAULTS = dict(young=1e5, poisson=0.3, density=1e3, gravity=-9.8, dt=5e-4, friction=0.5, softness=666.0)
@@ -54,11 +53,16 @@ def container() -> tuple[list[list[float]], list[list[float]]]:
     return halves, offsets
 
 
+@register("fluid_move", "FluidMove: carry MPM water (2880 particles, 48³ grid) in a kinematic 5-box container to a target "
+          "without spilling; obs 759 (+ particle_q 250x3), action 3, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 class FluidMoveEnv(KinematicToolEnv):
-    """Batched differentiable FluidMove; see the module docstring."""
+    """Batched differentiable FluidMove (see the module docstring): the tool is the container on three prismatic joints,
+    and the state holds each env's target ``target_q`` [N, 3], drawn at reset and observed."""
 
     name = "fluid_move"
-    finite_input_keys = (*KinematicToolEnv.finite_input_keys, "target_q")
+    state_keys = (*KinematicToolEnv.state_keys, "target_q")
+    observed_keys = ("joint_q", "target_q")
     action_scale = ACTION_SCALE
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
@@ -70,7 +74,7 @@ class FluidMoveEnv(KinematicToolEnv):
             raise ValueError(f"fluid_move: particles must be an int >= samples={samples}, got {particles!r}")
         count = particles
         p = {**DEFAULTS, **physics}
-        self.setup(num_envs, device, dtype, "transport", substeps, horizon, recompute, backend, validate, p["dt"])
+        super().__init__(num_envs, device, dtype, "transport", substeps, horizon, recompute, backend, validate, seed, p["dt"])
         kw = dict(dtype=dtype, device=self.device)
         water = torch.tensor(WATER, dtype=torch.float64)
         block = (torch.rand(count, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5) * water
@@ -87,57 +91,31 @@ class FluidMoveEnv(KinematicToolEnv):
         self.joint_upper = 1 - self.joint_lower
         self.joint_start = torch.tensor(START, **kw)
         self.bounds = torch.tensor([CAVITY[0] / 2 + WALL, CAVITY[1] / 2 + WALL / 2, CAVITY[2] / 2 + WALL], **kw)
-        self.sample_stride = count // samples
-        self.samples = samples
-        self.observation_dim = 3 * samples + 9
-        n = num_envs
-        self._set_specs(3, observation=Unbounded(shape=(n, self.observation_dim), **kw), particle_q=Unbounded(shape=(n, samples, 3), **kw),
-                        com_q=Unbounded(shape=(n, 3), **kw), joint_q=Unbounded(shape=(n, 3), **kw), target_q=Unbounded(shape=(n, 3), **kw),
-                        **particle_specs(n, count, **kw))
-        self._seed_generator(seed)
+        self._set_tool_specs(3, count, samples, target_q=(3,))
 
-    # ------------------------------------------------------------------ TorchRL API
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    # ------------------------------------------------------------------ the protocol's hooks
+    def initial_state(self) -> dict[str, Tensor]:
+        """The water block at rest in the container at its start, and a random target (see the module docstring)."""
         n, gen = self.num_envs, self.generator
         u = 2 * torch.rand(n, 3, generator=gen, dtype=torch.float64) - 1
         u[:, 1] = u[:, 1] / 2 + 0.5  # up only
         target_q = (self.joint_start.double() + torch.tensor(TARGET_RANGE, dtype=torch.float64) * u).to(self.dtype)
-        fresh = dict(zip("xvcf", MPMState.at_rest(self.block.expand(n, -1, -1).clone())), joint_q=self.joint_start.expand(n, 3).clone(),
-                     target_q=target_q, step_count=torch.zeros(n, 1, dtype=torch.int64, device=self.device))
-        v = self.keep_unreset(tensordict, fresh)
-        return self._pack(MPMState(*(v[k] for k in "xvcf")), v["joint_q"], v["target_q"], v["step_count"],
-                          torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+        return dict(self.at_rest(self.block.expand(n, -1, -1).clone()), target_q=target_q)
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        state, joint_q, step_count = self.advance(tensordict)
-        out = self._pack(state, joint_q, tensordict["target_q"], step_count, step_count >= self.horizon)
-        out.set("reward", self.reward(joint_q, tensordict["target_q"], out["particle_q"]))
-        return out
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] Rewarped's Transport reward (see the module docstring) of ``joint_q``, ``target_q`` and ``particle_q``."""
+        joint_q = state.get("joint_q")
+        d = (joint_q - state.get("target_q")).norm(dim=-1)
+        closeness = (1 / (1 + d.square())).square()
+        closeness = torch.where(d <= 0.02, 2 * closeness, closeness)
+        outside = torch.sigmoid(((observation["particle_q"] - joint_q[:, None]).abs() - self.bounds) / 1e-5).amax(-1)
+        return (0.1 * closeness - outside.mean(-1)).unsqueeze(-1)
 
     # ------------------------------------------------------------------ physics
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World positions [N, 5, 3] and rotations [N, 5, 3, 3] of the container's boxes at joint_q [N, 3]."""
         n = joint_q.shape[0]
         return joint_q[:, None] + self.offsets, torch.eye(3, dtype=joint_q.dtype, device=joint_q.device).expand(n, 5, 3, 3)
-
-    def reward(self, joint_q: Tensor, target_q: Tensor, particle_q: Tensor) -> Tensor:
-        """[N, 1] Rewarped's Transport reward (see the module docstring)."""
-        d = (joint_q - target_q).norm(dim=-1)
-        closeness = (1 / (1 + d.square())).square()
-        closeness = torch.where(d <= 0.02, 2 * closeness, closeness)
-        outside = torch.sigmoid(((particle_q - joint_q[:, None]).abs() - self.bounds) / 1e-5).amax(-1)
-        return (0.1 * closeness - outside.mean(-1)).unsqueeze(-1)
-
-    def _pack(self, state: MPMState, joint_q: Tensor, target_q: Tensor, step_count: Tensor, truncated: Tensor) -> TensorDictBase:
-        particle_q = state.x[:, :: self.sample_stride][:, : self.samples]
-        com_q = particle_q.mean(1)
-        observation = torch.cat([particle_q.flatten(1), com_q, joint_q, target_q], -1)
-        return TensorDict(
-            {"observation": observation, "particle_q": particle_q, "com_q": com_q, "joint_q": joint_q, "target_q": target_q,
-             "x": state.x, "v": state.v, "c": state.c, "f": state.f, "step_count": step_count, "done": truncated,
-             "terminated": torch.zeros_like(truncated), "truncated": truncated},
-            batch_size=self.batch_size, device=self.device,
-        )
 
     # ------------------------------------------------------------------ rendering
     def render_positions(self, td, env_index: int = 0):
@@ -154,10 +132,3 @@ class FluidMoveEnv(KinematicToolEnv):
         corners = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]  # the cube's 12 edges
         edges = [[s + a, s + b] for a, b in corners]
         return dict(dim=3, up_axis=1, edges=edges, cable=[False] * len(edges), ground=3.0 / self.model.grid_size)
-
-
-@register("fluid_move", "FluidMove: carry MPM water (2880 particles, 48³ grid) in a kinematic 5-box container to a target "
-          "without spilling; obs 759 (+ particle_q 250x3), action 3, 300 steps",
-          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
-def make_fluid_move(num_envs, device, dtype, **overrides):
-    return FluidMoveEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

@@ -31,14 +31,13 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.data import Unbounded
 
-from tphys.envs.base import ranges_for
-from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options, particle_specs
+from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options
+from tphys.envs.ranges import ranges_for
 from tphys.envs.registry import register
-from tphys.mpm import Material, MPMModel, MPMState
+from tphys.mpm import Material, MPMModel
 from tphys.mpm.colliders import Shapes
 from tphys.rigid.shadow_hand import geom_poses, load_shadow_hand
 
@@ -74,11 +73,15 @@ def disc(count: int) -> Tensor:
     return torch.cat([upper, lower]) + torch.tensor(CENTRE, dtype=torch.float64)
 
 
+@register("hand_flip", "HandFlip: a kinematic 24-DoF Shadow hand (gymnasium-robotics' MJCF) folds an MPM plasticine disc (2500 "
+          "particles, 48³ grid); obs 777 (+ particle_q 250x3), action 24, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 class HandFlipEnv(KinematicToolEnv):
-    """Batched differentiable HandFlip; see the module docstring."""
+    """Batched differentiable HandFlip (see the module docstring): the tool is the hand's 24 hinges; the state holds the
+    reward's reference distance ``start_distance`` [N, 1], set by the first step."""
 
     name = "hand_flip"
-    finite_input_keys = (*KinematicToolEnv.finite_input_keys, "start_distance")
+    state_keys = (*KinematicToolEnv.state_keys, "start_distance")
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 40,
                  horizon: int = 300, grid_size: int = 48, particles: int = 2500, samples: int = 250, recompute: bool | str = True,
@@ -89,7 +92,7 @@ class HandFlipEnv(KinematicToolEnv):
             raise ValueError(f"hand_flip: particles must be a multiple of 4 and at least 2·samples, samples even; "
                              f"got {particles}, {samples}")
         p = {**DEFAULTS, **physics}
-        self.setup(num_envs, device, dtype, "flip", substeps, horizon, recompute, backend, validate, p["dt"])
+        super().__init__(num_envs, device, dtype, "flip", substeps, horizon, recompute, backend, validate, seed, p["dt"])
         kw = dict(dtype=dtype, device=self.device)
         self.block = disc(particles).to(**kw)
         volume = torch.full((particles,), PARTICLE_VOLUME, **kw)
@@ -103,63 +106,40 @@ class HandFlipEnv(KinematicToolEnv):
         self.joint_start = torch.tensor(START_POSE, **kw)
         self.joint_lower, self.joint_upper, self.action_scale = self.hand.lower, self.hand.upper, ACTION_SCALE
         # pairs of observed particles: every stride-th particle, the first half of them mirrors the second
-        self.sample_stride = particles // samples
-        self.samples = samples
-        self.observation_dim = 3 * samples + 3 + 24
-        n = num_envs
-        self._set_specs(24, observation=Unbounded(shape=(n, self.observation_dim), **kw), particle_q=Unbounded(shape=(n, samples, 3), **kw),
-                        com_q=Unbounded(shape=(n, 3), **kw), joint_q=Unbounded(shape=(n, 24), **kw),
-                        start_distance=Unbounded(shape=(n, 1), **kw), **particle_specs(n, particles, **kw))
-        self._seed_generator(seed)
+        self._set_tool_specs(24, particles, samples, start_distance=(1,))
 
-    # ------------------------------------------------------------------ TorchRL API
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    # ------------------------------------------------------------------ the protocol's hooks
+    def initial_state(self) -> dict[str, Tensor]:
+        """The dough disc at rest, shifted and scaled at random (see the module docstring), the hand at its start pose."""
         n, gen = self.num_envs, self.generator
         shift = (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1) * 0.1
         shift[..., 1] = shift[..., 1].abs()  # up only
         scale = 1 + 0.05 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
         centre = torch.tensor(CENTRE, dtype=torch.float64)
         x = ((self.block.double() - centre) * scale + centre + shift).to(self.dtype)
-        fresh = dict(zip("xvcf", MPMState.at_rest(x)), joint_q=self.joint_start.expand(n, 24).clone(),
-                     step_count=torch.zeros(n, 1, dtype=torch.int64, device=self.device),
-                     start_distance=torch.ones(n, 1, dtype=self.dtype, device=self.device))
-        v = self.keep_unreset(tensordict, fresh)
-        return self._pack(MPMState(*(v[k] for k in "xvcf")), v["joint_q"], v["start_distance"], v["step_count"],
-                          torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+        return dict(self.at_rest(x), start_distance=torch.ones(n, 1, dtype=self.dtype, device=self.device))
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        state, joint_q, step_count = self.advance(tensordict)
-        particle_q = self.observed(state.x)
-        distance = self.pair_distance(particle_q)
-        start_distance = torch.where(step_count == 1, distance.detach(), tensordict["start_distance"])
-        out = self._pack(state, joint_q, start_distance, step_count, step_count >= self.horizon)
-        out.set("reward", ((start_distance - distance) / start_distance).clamp(-1.0, 1.0))
-        return out
+    def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
+        """The tool's step, and ``start_distance`` [N, 1]: the pairs' mean distance d₀ after the first step (then kept)."""
+        next_state = super().physics_step(state, action)
+        distance = self.pair_distance(self.observed(next_state.get("x")))
+        next_state.set("start_distance", torch.where(next_state.get("step_count") == 1, distance.detach(), state.get("start_distance")))
+        return next_state
+
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] clamp((d₀ - d)/d₀, -1, 1) with d the observed pairs' mean distance (see the module docstring)."""
+        start_distance = state.get("start_distance")
+        return ((start_distance - self.pair_distance(observation["particle_q"])) / start_distance).clamp(-1.0, 1.0)
 
     # ------------------------------------------------------------------ physics
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World positions [N, 19, 3] and rotations [N, 19, 3, 3] of the hand's collision shapes at joint_q [N, 24]."""
         return geom_poses(self.hand, joint_q, self.base_position, self.base_rotation)
 
-    def observed(self, x: Tensor) -> Tensor:
-        """[N, S, 3] the observed particles (every stride-th): the first S/2 mirror the last S/2."""
-        return x[:, :: self.sample_stride][:, : self.samples]
-
     def pair_distance(self, particle_q: Tensor) -> Tensor:
         """[N, 1] mean distance between the observed mirror pairs."""
         half = self.samples // 2
         return (particle_q[:, :half] - particle_q[:, half:]).norm(dim=-1).mean(-1, keepdim=True)
-
-    def _pack(self, state: MPMState, joint_q: Tensor, start_distance: Tensor, step_count: Tensor, truncated: Tensor) -> TensorDictBase:
-        particle_q = self.observed(state.x)
-        com_q = particle_q.mean(1)
-        observation = torch.cat([particle_q.flatten(1), com_q, joint_q], -1)
-        return TensorDict(
-            {"observation": observation, "particle_q": particle_q, "com_q": com_q, "joint_q": joint_q, "x": state.x, "v": state.v,
-             "c": state.c, "f": state.f, "start_distance": start_distance, "step_count": step_count, "done": truncated,
-             "terminated": torch.zeros_like(truncated), "truncated": truncated},
-            batch_size=self.batch_size, device=self.device,
-        )
 
     # ------------------------------------------------------------------ rendering
     def render_positions(self, td, env_index: int = 0):
@@ -179,10 +159,3 @@ class HandFlipEnv(KinematicToolEnv):
     def render_geometry(self) -> dict:
         bones = [[self.samples + 2 * k, self.samples + 2 * k + 1] for k in range(len(self.hand.geom_kind))]
         return dict(dim=3, up_axis=1, edges=bones, cable=[False] * len(bones), ground=3.0 / self.model.grid_size)
-
-
-@register("hand_flip", "HandFlip: a kinematic 24-DoF Shadow hand (gymnasium-robotics' MJCF) folds an MPM plasticine disc (2500 "
-          "particles, 48³ grid); obs 777 (+ particle_q 250x3), action 24, 300 steps",
-          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
-def make_hand_flip(num_envs, device, dtype, **overrides):
-    return HandFlipEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from tphys.envs.base import ranges_for
+from tphys.envs.ranges import ranges_for
 from tphys.envs.registry import register
 from tphys.envs.rigid_env import PARAMETER_RANGES, RigidEnv, RigidTask
 from tphys.math import quat_mul, quat_to_matrix

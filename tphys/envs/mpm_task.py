@@ -1,35 +1,26 @@
 """What the MPM tasks share: a material driven by a kinematic tool (a rolling pin, a hand, a container).
 
-A subclass calls ``setup`` (batch, goal, substeps, horizon, recompute, backend, validate, env-step dt)
-and sets ``name``, ``model`` (``tphys.mpm.MPMModel``), ``shapes`` (``tphys.mpm.colliders.Shapes``),
-``action_scale`` (float or [A] tensor, joint units per unit action), ``joint_lower`` / ``joint_upper``
-([A] limits) and ``shape_poses(joint_q) -> (position [N, S, 3], rotation [N, S, 3, 3])``. One env step
-moves the joints by the scaled action, clipped to the limits, linearly over the substeps, and the shapes
-act on the grid as SDF colliders in between.
+``KinematicToolEnv`` implements the protocol's ``physics_step`` and ``observe`` for them. A task calls
+``KinematicToolEnv.__init__`` (batch, goal, substeps, horizon, recompute, backend, validate, seed, substep dt) and
+``_set_tool_specs``, sets ``name``, ``model`` (``tphys.mpm.MPMModel``), ``shapes`` (``tphys.mpm.colliders.Shapes``),
+``action_scale`` (float or [A] tensor, joint units per unit action), ``joint_lower`` / ``joint_upper`` ([A] limits),
+``joint_start`` ([A]) and ``shape_poses(joint_q) -> (position [N, S, 3], rotation [N, S, 3, 3])``, and implements
+``initial_state`` (``at_rest`` and its own entries) and ``reward``. One env step moves the joints by the scaled action,
+clipped to the limits, linearly over the substeps, and the shapes act on the grid as SDF colliders in between.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.data import Unbounded
 
-from tphys.envs.base import (
-    FINITE,
-    NON_NEGATIVE,
-    POSITIVE,
-    TphysEnv,
-    check_action,
-    check_finite_inputs,
-    check_options,
-    check_ranges,
-    env_indices,
-    int_at_least,
-    interval,
-)
-from tphys.mpm import MPMState, step
-from tphys.mpm.step import RECOMPUTE
+from tphys.autodiff import check_recompute
+from tphys.envs.base import TphysEnv
+from tphys.envs.ranges import FINITE, NON_NEGATIVE, POSITIVE, check_options, check_ranges, int_at_least, interval
+from tphys.mpm import MPMControl, MPMState, step
 
 # Valid range of every physical parameter of the MPM tasks (each task's DEFAULTS: Pa, -, Pa, kg/m³, m/s², s, -, 1/m)
 # and of their numeric options (grid_size: nodes per axis of the unit cube). yield_stress = 0 yields at any stress;
@@ -44,63 +35,56 @@ def check_task_options(name: str, goal, goals: tuple, physics: dict, defaults: d
     parameters (``defaults`` updated by ``physics``) and of the numeric options ``values``, and ``recompute``."""
     check_options(name, goal, goals, physics, defaults, env_options)
     check_ranges(name, {**defaults, **physics, **values}, PARAMETER_RANGES)
-    if recompute not in RECOMPUTE:
-        raise ValueError(f"{name}: recompute must be one of {RECOMPUTE} (see tphys.mpm.step), got {recompute!r}")
-
-
-def particle_specs(num_envs: int, particles: int, **kw) -> dict:
-    """Specs of the MPM state keys x, v [N, P, 3] and c, f [N, P, 3, 3]."""
-    vectors, matrices = (num_envs, particles, 3), (num_envs, particles, 3, 3)
-    return dict(x=Unbounded(shape=vectors, **kw), v=Unbounded(shape=vectors, **kw), c=Unbounded(shape=matrices, **kw),
-                f=Unbounded(shape=matrices, **kw))
+    check_recompute(recompute)
 
 
 class KinematicToolEnv(TphysEnv):
     """Base of the MPM tasks; see the module docstring."""
 
     name = "mpm"
-    finite_input_keys = ("x", "v", "c", "f", "joint_q")  # the float inputs of step besides the action (a task adds its own)
+    state_keys = ("x", "v", "c", "f", "joint_q")  # a task adds its own
+    finite_output_keys = ("x", "v", "c", "f")
+    observed_keys = ("joint_q",)  # state entries appended to the observation after the particles and their mean
 
-    def setup(self, num_envs: int, device, dtype: torch.dtype, goal: str, substeps: int, horizon: int, recompute, backend: str,
-              validate: bool, substep_dt: float) -> None:
+    def __init__(self, num_envs: int, device, dtype: torch.dtype, goal: str, substeps: int, horizon: int, recompute, backend: str,
+                 validate: bool, seed: int | None, substep_dt: float) -> None:
         """The settings every MPM task holds; ``dt`` (s per env step) = substep_dt · substeps."""
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
-        self.goal, self.num_envs, self.dtype, self.substeps, self.horizon = goal, num_envs, dtype, substeps, horizon
-        self.recompute, self.backend, self.validate = recompute, backend, validate
-        self.dt = substep_dt * substeps
+        super().__init__(num_envs, device, dtype, horizon, substep_dt * substeps, validate, seed)
+        self.goal, self.substeps, self.recompute, self.backend = goal, substeps, recompute, backend
+
+    def _set_tool_specs(self, action_dim: int, particles: int, samples: int, **task_entries: tuple[int, ...]) -> None:
+        """Specs of the MPM state x, v [N, P, 3], c, f [N, P, 3, 3], the tool's joint_q [N, A], the observed ``samples``
+        particles and their mean, the observation and the task's own entries (``name=shape`` of one env's entry)."""
+        self.sample_stride, self.samples = particles // samples, samples
+        entries = dict(joint_q=(action_dim,), x=(particles, 3), v=(particles, 3), c=(particles, 3, 3), f=(particles, 3, 3), **task_entries)
+        self.observation_dim = 3 * samples + 3 + sum(math.prod(entries[key]) for key in self.observed_keys)
+        self._set_specs(action_dim, observation=(self.observation_dim,), particle_q=(samples, 3), com_q=(3,), **entries)
 
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
         """World positions [N, S, 3] and rotations [N, S, 3, 3] of the tool's shapes at joint_q [N, A]."""
         raise NotImplementedError(f"{type(self).__name__} must define shape_poses")
 
-    def physics_step(self, state: MPMState, joint_q: Tensor, action: Tensor) -> tuple[MPMState, Tensor]:
+    def at_rest(self, x: Tensor) -> dict[str, Tensor]:
+        """The state entries of undeformed material at x [N, P, 3] with the tool at its start pose."""
+        return dict(zip("xvcf", MPMState.at_rest(x)), joint_q=self.joint_start.expand(x.shape[0], -1).clone())
+
+    def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
         """One env step: the joints move by the clipped, scaled action over ``substeps`` MPM substeps."""
+        joint_q = state.get("joint_q")
         move = action * self.action_scale
         move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
+        material = MPMState(*(state.get(k) for k in "xvcf"))
+        tool = MPMControl(self.shapes, lambda t, joint_q, move: self.shape_poses(joint_q + t * move), (joint_q, move))
+        material = step(self.model, material, tool, self.dt, recompute=self.recompute, backend=self.backend)
+        return self.next_state(state, **dict(zip("xvcf", material)), joint_q=joint_q + move)
 
-        state = step(self.model, state, self.substeps, recompute=self.recompute, backend=self.backend, shapes=self.shapes,
-                     poses=lambda t, joint_q, move: self.shape_poses(joint_q + t * move), controls=(joint_q, move))
-        return state, joint_q + move
+    def observed(self, x: Tensor) -> Tensor:
+        """[N, S, 3] the observed particles of x [N, P, 3]: every ``sample_stride``-th, the first ``samples``."""
+        return x[:, :: self.sample_stride][:, : self.samples]
 
-    def advance(self, tensordict: TensorDictBase) -> tuple[MPMState, Tensor, Tensor]:
-        """(state, joint_q, step_count) after one env step from ``tensordict``, with the input checks."""
-        action = tensordict["action"]
-        if self.validate:
-            check_action(self.name, action, self.num_envs, self.action_spec.shape[-1], self.dtype)
-            check_finite_inputs(self.name, tensordict, self.finite_input_keys)
-        state = MPMState(*(tensordict[k] for k in "xvcf"))
-        state, joint_q = self.physics_step(state, tensordict["joint_q"], action.clamp(-1.0, 1.0))
-        if self.validate:
-            bad = ~torch.stack([torch.isfinite(t).flatten(1).all(-1) for t in state], -1).all(-1)
-            if bad.any():
-                raise FloatingPointError(f"{self.name}: non-finite state after the step in env indices {env_indices(bad)}")
-        return state, joint_q, tensordict["step_count"] + 1
-
-    def keep_unreset(self, tensordict: TensorDictBase | None, fresh: dict) -> dict:
-        """``fresh`` reset values (key -> [N, ...] tensor; MPM state under x, v, c, f), with the envs a partial reset
-        (``_reset`` in ``tensordict``) leaves alone keeping their values from ``tensordict``."""
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is None or "x" not in tensordict.keys():
-            return fresh
-        keep = mask.reshape(self.num_envs).logical_not()
-        return {k: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), tensordict[k], t) for k, t in fresh.items()}
+    def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+        """``particle_q`` [N, S, 3], ``com_q`` [N, 3] (their mean) and ``observation``: those and ``observed_keys``, flat."""
+        particle_q = self.observed(state.get("x"))
+        com_q = particle_q.mean(1)
+        observation = torch.cat([particle_q.flatten(1), com_q, *(state.get(k) for k in self.observed_keys)], -1)
+        return {"observation": observation, "particle_q": particle_q, "com_q": com_q}

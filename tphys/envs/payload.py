@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.data import Unbounded
 
-from tphys.envs.base import POSITIVE, TphysEnv, check_action, check_finite_inputs, check_ranges, env_indices, int_at_least
-from tphys.particles import ParticleModel, ParticleState, bdf2, semi_implicit_euler
+from tphys.envs.base import TphysEnv, env_indices
+from tphys.envs.ranges import POSITIVE, check_ranges, int_at_least
+from tphys.particles import ParticleControl, ParticleModel, ParticleState, bdf2, semi_implicit_euler
 
 GOALS = ("stop", "stop_at_origin")
 INTEGRATORS = ("bdf2", "semi_implicit")
@@ -74,23 +74,12 @@ class PayloadTask:
 class PayloadEnv(TphysEnv):
     """Batched differentiable env of a ``PayloadTask``; see the module docstring for keys."""
 
-    finite_input_keys = ("x", "v", "x_prev", "v_prev")  # the float inputs of step besides the action
+    state_keys = ("x", "v", "x_prev", "v_prev")
+    finite_output_keys = ("x", "v")
 
-    def __init__(
-        self,
-        task: PayloadTask,
-        num_envs: int = 1,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        goal: str = "stop",
-        integrator: str | None = None,
-        substeps: int | None = None,
-        newton_tol: float | None = None,
-        newton_max_iter: int = 30,
-        validate: bool = True,
-        seed: int | None = None,
-        horizon: int | None = None,
-    ):
+    def __init__(self, task: PayloadTask, num_envs: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 goal: str = "stop", integrator: str | None = None, substeps: int | None = None, newton_tol: float | None = None,
+                 newton_max_iter: int = 30, validate: bool = True, seed: int | None = None, horizon: int | None = None):
         if goal not in GOALS:
             raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {', '.join(GOALS)}")
         integrator = task.integrator if integrator is None else integrator
@@ -100,89 +89,59 @@ class PayloadEnv(TphysEnv):
         horizon = task.horizon if horizon is None else horizon
         check_ranges(task.name, dict(substeps=substeps, horizon=horizon, newton_max_iter=newton_max_iter, newton_tol=newton_tol,
                                      dt=task.dt), OPTION_RANGES)
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
-        self.task = task
-        self.goal = goal
-        self.integrator = integrator
-        self.substeps = substeps
-        self.newton_tol = newton_tol
-        self.newton_max_iter = newton_max_iter
-        self.validate = validate
-        self.dtype = dtype
-        self.num_envs = num_envs
-        self.dt = task.dt
-        self.horizon = horizon
+        super().__init__(num_envs, device, dtype, horizon, task.dt, validate, seed)
+        self.name, self.task, self.goal, self.integrator = task.name, task, goal, integrator
+        self.substeps, self.newton_tol, self.newton_max_iter = substeps, newton_tol, newton_max_iter
         self.weights = task.weights[goal]
         self.model = task.model.to(device=self.device, dtype=dtype)
         self.reference = task.reference.to(device=self.device, dtype=dtype)
         self.action_basis = task.action_basis.to(device=self.device, dtype=dtype)
         self.free_reference = torch.einsum("fp,pd->fd", self.model.free_scatter, self.reference)
         self.handle_reference = torch.einsum("hp,pd->hd", self.model.handle_scatter, self.reference)
-        self.action_dim = task.action_basis.shape[0]
-        num_particles, dim = task.reference.shape
-        self.observation_dim = self.action_dim + 2 * self.model.num_free * dim
-        state = Unbounded(shape=(num_envs, num_particles, dim), dtype=dtype, device=self.device)
-        self._set_specs(self.action_dim, observation=Unbounded(shape=(num_envs, self.observation_dim), dtype=dtype, device=self.device),
-                        x=state, v=state.clone(), x_prev=state.clone(), v_prev=state.clone())
-        self._seed_generator(seed)
+        action_dim = task.action_basis.shape[0]
+        self.observation_dim = action_dim + 2 * self.model.num_free * task.reference.shape[-1]
+        particles = tuple(task.reference.shape)
+        self._set_specs(action_dim, observation=(self.observation_dim,), x=particles, v=particles, x_prev=particles, v_prev=particles)
 
-    # ------------------------------------------------------------------ TorchRL API
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    # ------------------------------------------------------------------ the protocol's hooks
+    def initial_state(self) -> dict[str, Tensor]:
+        """x, v [N, P, d] of the task's random initial states, without BDF2 history (x_prev = x, v_prev = v)."""
         x, v = self.task.sample_initial(self.task.model, self.task.reference, self.num_envs, self.generator)
         x = x.to(device=self.device, dtype=self.dtype)
         v = v.to(device=self.device, dtype=self.dtype)
-        state = ParticleState.without_history(x, v)
-        step_count = torch.zeros(self.num_envs, 1, dtype=torch.int64, device=self.device)
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is not None and "x" in tensordict.keys():
-            # Partial reset: envs not flagged keep their state (and their autograd graph).
-            keep = ~mask.reshape(self.num_envs)
-            old = self.read_state(tensordict)
-            state = ParticleState(*[_where_env(keep, o, s) for o, s in zip(old, state)])
-            step_count = torch.where(keep.unsqueeze(-1), tensordict["step_count"], step_count)
-        flags = torch.zeros(self.num_envs, 1, dtype=torch.bool, device=self.device)
-        return self._pack(state, step_count, done=flags, truncated=flags.clone())
+        return dict(x=x, v=v, x_prev=x, v_prev=v)
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict["action"]
-        if self.validate:
-            check_action(self.task.name, action, self.num_envs, self.action_dim, self.dtype)
-            check_finite_inputs(self.task.name, tensordict, self.finite_input_keys)
-        state = self.read_state(tensordict)
-        action = action.clamp(-1.0, 1.0)
-        handle_velocity = self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
-        state = self.physics_step(state, handle_velocity)
-        if self.validate:
-            self._check_finite(state, "state after the step")
-        step_count = tensordict["step_count"] + 1
-        truncated = step_count >= self.horizon
-        out = self._pack(state, step_count, done=truncated, truncated=truncated)
-        out.set("reward", self.reward(state, handle_velocity, observation=out["observation"]))
-        return out
-
-    # ------------------------------------------------------------------ physics
-    def physics_step(self, state: ParticleState, handle_velocity: Tensor) -> ParticleState:
-        """One env step of the configured integrator; handle_velocity [N, H, d] in m/s."""
+    def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
+        """One env step of the configured integrator; ``action`` [N, A] in [-1, 1] commands the handle velocities."""
+        handle_velocity, particles = self.handle_velocity(action), self.read_state(state)
         if self.integrator == "bdf2":
-            return bdf2(self.model, state, handle_velocity, self.dt, tol=self.newton_tol, max_iter=self.newton_max_iter)
-        return semi_implicit_euler(self.model, state, handle_velocity, self.dt, self.substeps)
+            particles = bdf2(self.model, particles, ParticleControl(handle_velocity), self.dt, tol=self.newton_tol,
+                             max_iter=self.newton_max_iter)
+        else:
+            particles = semi_implicit_euler(self.model, particles, ParticleControl(handle_velocity), self.dt, self.substeps)
+        return self.next_state(state, x=particles.x, v=particles.v, x_prev=particles.x_prev, v_prev=particles.v_prev)
 
-    def observe(self, state: ParticleState) -> Tensor:
-        """[N, obs_dim] observation of a state (see the module docstring)."""
-        n = self.num_envs
-        handles = torch.einsum("hp,npd->nhd", self.model.handle_scatter, state.x) - self.handle_reference
+    def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+        """``observation`` [N, obs_dim] (see the module docstring)."""
+        n, x, v = self.num_envs, state.get("x"), state.get("v")
+        handles = torch.einsum("hp,npd->nhd", self.model.handle_scatter, x) - self.handle_reference
         handle_coordinates = torch.einsum("ahd,nhd->na", self.action_basis, handles)
-        payload_x = torch.einsum("fp,npd->nfd", self.model.free_scatter, state.x) - self.free_reference
-        payload_v = torch.einsum("fp,npd->nfd", self.model.free_scatter, state.v)
-        return torch.cat([handle_coordinates, payload_x.reshape(n, -1), payload_v.reshape(n, -1)], dim=-1)
+        payload_x = torch.einsum("fp,npd->nfd", self.model.free_scatter, x) - self.free_reference
+        payload_v = torch.einsum("fp,npd->nfd", self.model.free_scatter, v)
+        return {"observation": torch.cat([handle_coordinates, payload_x.reshape(n, -1), payload_v.reshape(n, -1)], dim=-1)}
 
-    def reward(self, state: ParticleState, handle_velocity: Tensor, observation: Tensor | None = None) -> Tensor:
-        """[N, 1] reward of Eq. 15 at ``state`` after commanding ``handle_velocity`` (m/s).
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] reward of Eq. 15 at ``state`` after the ``action`` [N, A] in [-1, 1]."""
+        return -self.residual(observation["observation"], self.handle_velocity(action)).square().sum(-1, keepdim=True)
 
-        ``observation`` may pass ``observe(state)`` when the caller has it already.
-        """
-        obs = self.observe(state) if observation is None else observation
-        return -self.residual(obs, handle_velocity).square().sum(-1, keepdim=True)
+    def nonfinite_state_message(self, bad: Tensor) -> str:
+        return (f"{self.name}: non-finite state after the step (NaN/inf) in env indices {env_indices(bad)}; "
+                f"integrator={self.integrator}, dt={self.dt}")
+
+    # ------------------------------------------------------------------ views
+    def handle_velocity(self, action: Tensor) -> Tensor:
+        """[N, H, d] handle velocities (m/s) commanded by ``action`` [N, A] in [-1, 1]."""
+        return self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
 
     def residual(self, observation: Tensor, handle_velocity: Tensor) -> Tensor:
         """[N, E] weighted errors e with reward = -|e|² (Eq. 15 as a sum of squares).
@@ -205,9 +164,7 @@ class PayloadEnv(TphysEnv):
 
         ``("next", "reward") == -|reward_residual|²`` for every transition.
         """
-        action = transition["action"].clamp(-1.0, 1.0)
-        handle_velocity = self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
-        return self.residual(transition["next", "observation"], handle_velocity)
+        return self.residual(transition["next", "observation"], self.handle_velocity(transition["action"].clamp(-1.0, 1.0)))
 
     def episode_metrics(self, trajectory: TensorDictBase, window: int = 10) -> dict[str, Tensor]:
         """The PODS paper's metrics (figures 8-10) of ``env.rollout`` output [N, T], each [N].
@@ -250,36 +207,6 @@ class PayloadEnv(TphysEnv):
             reference=self.task.reference.tolist(),
         )
 
-    # ------------------------------------------------------------------ helpers
-    def read_state(self, td: TensorDictBase) -> ParticleState:
-        """The ``ParticleState`` carried by a tensordict of this env (no copy)."""
-        return ParticleState(td["x"], td["v"], td["x_prev"], td["v_prev"], td["step_count"].reshape(-1) > 0)
-
-    def _pack(self, state: ParticleState, step_count: Tensor, done: Tensor, truncated: Tensor) -> TensorDictBase:
-        return TensorDict(
-            {
-                "observation": self.observe(state),
-                "x": state.x,
-                "v": state.v,
-                "x_prev": state.x_prev,
-                "v_prev": state.v_prev,
-                "step_count": step_count,
-                "done": done,
-                "terminated": torch.zeros_like(done),
-                "truncated": truncated,
-            },
-            batch_size=self.batch_size,
-            device=self.device,
-        )
-
-    def _check_finite(self, state: ParticleState, what: str) -> None:
-        bad = ~(torch.isfinite(state.x).flatten(1).all(-1) & torch.isfinite(state.v).flatten(1).all(-1))
-        if bad.any():
-            raise FloatingPointError(
-                f"{self.task.name}: non-finite {what} (NaN/inf) in env indices {env_indices(bad)}; "
-                f"integrator={self.integrator}, dt={self.dt}"
-            )
-
-
-def _where_env(keep: Tensor, old: Tensor, new: Tensor) -> Tensor:
-    return torch.where(keep.reshape(-1, *([1] * (old.dim() - 1))), old, new)
+    def read_state(self, state: TensorDictBase) -> ParticleState:
+        """The ``ParticleState`` of a state tensordict of this env (no copy): BDF2 history after the first step."""
+        return ParticleState(state["x"], state["v"], state["x_prev"], state["v_prev"], state["step_count"].reshape(-1) > 0)

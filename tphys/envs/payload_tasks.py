@@ -35,8 +35,8 @@ import math
 import torch
 from torch import Tensor
 
-from tphys.envs.base import NON_NEGATIVE, POSITIVE, check_ranges, int_at_least, ranges_for
 from tphys.envs.payload import OPTION_RANGES, PayloadEnv, PayloadTask, RewardWeights
+from tphys.envs.ranges import NON_NEGATIVE, POSITIVE, check_ranges, int_at_least, ranges_for
 from tphys.envs.registry import register
 from tphys.particles import ParticleBuilder
 

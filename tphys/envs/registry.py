@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torchrl.envs import EnvBase
 
-from tphys.envs.base import Range
+from tphys.envs.ranges import Range
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.data import Unbounded
 
-from tphys.envs.base import POSITIVE, TphysEnv, check_action, check_finite_inputs, check_ranges, int_at_least
-from tphys.rigid import RigidModel, RigidState, forward_kinematics, step
+from tphys.autodiff import check_recompute
+from tphys.envs.base import TphysEnv
+from tphys.envs.ranges import POSITIVE, check_ranges, int_at_least
+from tphys.rigid import RigidControl, RigidModel, RigidState, forward_kinematics, step
 from tphys.rigid.integrator import compiled_substep
 from tphys.rigid.presets import DFLEX, dflex_model
 
@@ -76,89 +77,62 @@ class RigidTask:
 class RigidEnv(TphysEnv):
     """Batched differentiable env of a ``RigidTask``; see the module docstring for keys."""
 
-    finite_input_keys = ("q", "qd")  # the float inputs of step besides the action
+    state_keys = ("q", "qd")
 
-    def __init__(
-        self,
-        task: RigidTask,
-        num_envs: int = 1,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        goal: str | None = None,
-        substeps: int | None = None,
-        horizon: int | None = None,
-        early_termination: bool = True,
-        recompute: bool = False,
-        compile_substep: bool = False,
-        validate: bool = True,
-        seed: int | None = None,
-    ):
+    def __init__(self, task: RigidTask, num_envs: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 goal: str | None = None, substeps: int | None = None, horizon: int | None = None, early_termination: bool = True,
+                 recompute: bool | str = False, compile_substep: bool = False, validate: bool = True, seed: int | None = None):
         if goal is not None and goal != task.goal:
             raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {task.goal}")
         substeps = DFLEX[task.preset]["substeps"] if substeps is None else substeps
         horizon = task.horizon if horizon is None else horizon
         check_ranges(task.name, dict(substeps=substeps, horizon=horizon, dt=task.dt), PARAMETER_RANGES)
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
-        self.task, self.goal = task, task.goal
-        self.num_envs, self.dtype, self.dt = num_envs, dtype, task.dt
-        self.substeps, self.horizon = substeps, horizon
-        self.early_termination, self.recompute, self.validate = early_termination, recompute, validate
+        super().__init__(num_envs, device, dtype, horizon, task.dt, validate, seed)
+        self.name, self.task, self.goal = task.name, task, task.goal
+        self.substeps, self.early_termination, self.recompute = substeps, early_termination, check_recompute(recompute)
         self.model: RigidModel = dflex_model(task.preset, dtype=dtype, device=self.device)
         # opt-in: each substep under torch.compile (``tphys.rigid.integrator.compiled_substep``); TorchRL's
         # EnvBase consumes a keyword named ``compile``, hence the name
         self._substep_fn = compiled_substep(self.model, self.dt, substeps, task.contact) if compile_substep else None
-        self.action_dim = self.model.num_actuators
         self.observation_dim = task.observation_dim
-        kw = dict(dtype=dtype, device=self.device)
-        self._set_specs(self.action_dim, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw),
-                        q=Unbounded(shape=(num_envs, self.model.nq), **kw), qd=Unbounded(shape=(num_envs, self.model.nv), **kw))
-        self._seed_generator(seed)
+        self._set_specs(self.model.num_actuators, observation=(self.observation_dim,), q=(self.model.nq,), qd=(self.model.nv,))
 
-    # ------------------------------------------------------------------ TorchRL API
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    # ------------------------------------------------------------------ the protocol's hooks
+    def initial_state(self) -> dict[str, Tensor]:
+        """q [N, nq], qd [N, nv] of the task's random initial states."""
         q, qd = self.task.sample_initial(self.model, self.num_envs, self.generator)
-        q, qd = q.to(device=self.device, dtype=self.dtype), qd.to(device=self.device, dtype=self.dtype)
-        zero_action = torch.zeros(self.num_envs, self.action_dim, dtype=self.dtype, device=self.device)
-        obs = self.task.observe(self.model, q, qd, zero_action)
-        step_count = torch.zeros(self.num_envs, 1, dtype=torch.int64, device=self.device)
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is not None and "q" in tensordict.keys():
-            # Partial reset: envs not flagged keep their state (and their autograd graph).
-            keep = mask.reshape(self.num_envs, 1).logical_not()
-            q, qd = torch.where(keep, tensordict["q"], q), torch.where(keep, tensordict["qd"], qd)
-            obs = torch.where(keep, tensordict["observation"], obs)
-            step_count = torch.where(keep, tensordict["step_count"], step_count)
-        flags = torch.zeros(self.num_envs, 1, dtype=torch.bool, device=self.device)
-        return self._pack(obs, q, qd, step_count, flags, flags.clone(), flags.clone())
+        return dict(q=q.to(device=self.device, dtype=self.dtype), qd=qd.to(device=self.device, dtype=self.dtype))
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action, q, qd = tensordict["action"], tensordict["q"], tensordict["qd"]
-        if self.validate:
-            check_action(self.task.name, action, self.num_envs, self.action_dim, self.dtype)
-            check_finite_inputs(self.task.name, tensordict, self.finite_input_keys)
-        action = action.clamp(-1.0, 1.0)
-        new = self.physics_step(RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), _CleanGrad.apply(action))
+    def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
+        """One 1/60 s frame of ``substeps`` semi-implicit Euler substeps; ``action`` [N, A] in [-1, 1].
+
+        DFlex's divergence rule: an env whose new state is not finite or beyond ``DIVERGED`` keeps its state and is
+        flagged ``terminated`` [N, 1] in the result; gradients leaving the step are cleaned of NaN/inf."""
+        q, qd = state.get("q"), state.get("qd")
+        new = step(self.model, RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), RigidControl(_CleanGrad.apply(action)), self.dt,
+                   self.substeps, contact=self.task.contact, recompute=self.recompute, substep_fn=self._substep_fn)
         diverged = _diverged(new.q) | _diverged(new.qd)  # [N]
         if diverged.any():
             keep = diverged.unsqueeze(-1)
             new = RigidState(torch.where(keep, q, _finite(new.q)), torch.where(keep, qd, _finite(new.qd)))
-        obs = self.task.observe(self.model, new.q, new.qd, action)
-        reward = torch.where(diverged, 0.0, self.task.reward(obs, action)).unsqueeze(-1)
-        terminated = diverged.unsqueeze(-1)
+        return self.next_state(state, q=new.q, qd=new.qd, terminated=diverged.unsqueeze(-1))
+
+    def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+        """``observation`` [N, obs_dim], the task's (``action``: the command just applied, zeros at reset)."""
+        return {"observation": self.task.observe(self.model, state.get("q"), state.get("qd"), action)}
+
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] the task's reward; 0 where the simulation diverged."""
+        return torch.where(state.get("terminated")[:, 0], 0.0, self.task.reward(observation["observation"], action)).unsqueeze(-1)
+
+    def terminated(self, state: TensorDictBase, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] bool: diverged, or (``early_termination``) the task's rule."""
+        terminated = state.get("terminated")
         if self.early_termination and self.task.terminated is not None:
-            terminated = terminated | self.task.terminated(obs).unsqueeze(-1)
-        step_count = tensordict["step_count"] + 1
-        truncated = step_count >= self.horizon
-        out = self._pack(obs, new.q, new.qd, step_count, terminated | truncated, terminated, truncated)
-        out.set("reward", reward)
-        return out
+            terminated = terminated | self.task.terminated(observation["observation"]).unsqueeze(-1)
+        return terminated
 
-    # ------------------------------------------------------------------ physics and views
-    def physics_step(self, state: RigidState, action: Tensor) -> RigidState:
-        """One 1/60 s frame of ``substeps`` semi-implicit Euler substeps; ``action`` [N, A] in [-1, 1]."""
-        return step(self.model, state, action, self.dt, self.substeps, contact=self.task.contact, recompute=self.recompute,
-                    substep_fn=self._substep_fn)
-
+    # ------------------------------------------------------------------ views
     def episode_metrics(self, trajectory: TensorDictBase) -> dict[str, Tensor]:
         """Metrics of ``env.rollout`` output [N, T], each [N]: ``episode_length`` (steps up to and including
         the first termination, T if none) and the task's own (see ``tphys.envs.locomotion``)."""
@@ -191,15 +165,6 @@ class RigidEnv(TphysEnv):
         c = self.model.contacts
         points = poses.pos[:, c.link] + (poses.rot[:, c.link] @ c.pos[..., None])[..., 0]
         return torch.cat([poses.pos, com, points], 1)
-
-    # ------------------------------------------------------------------ helpers
-    def _pack(self, obs, q, qd, step_count, done, terminated, truncated) -> TensorDictBase:
-        return TensorDict(
-            {"observation": obs, "q": q, "qd": qd, "step_count": step_count, "done": done, "terminated": terminated,
-             "truncated": truncated},
-            batch_size=self.batch_size,
-            device=self.device,
-        )
 
 
 def _diverged(x: Tensor) -> Tensor:

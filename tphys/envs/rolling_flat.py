@@ -28,15 +28,14 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.data import Unbounded
 
-from tphys.envs.base import ranges_for
-from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options, particle_specs
+from tphys.envs.mpm_task import PARAMETER_RANGES, KinematicToolEnv, check_task_options
+from tphys.envs.ranges import ranges_for
 from tphys.envs.registry import register
 from tphys.math import axis_angle_to_matrix
-from tphys.mpm import Material, MPMModel, MPMState
+from tphys.mpm import Material, MPMModel
 from tphys.mpm.colliders import Shapes
 
 DEFAULTS = dict(young=5e3, poisson=0.2, yield_stress=50.0, density=1.0, gravity=-90.0, dt=5e-5, friction=0.9, softness=666.0)
@@ -46,6 +45,9 @@ RADIUS = 0.03
 ACTION_SCALE = (0.01, 0.01, math.pi / 60)
 
 
+@register("rolling_flat", "RollingFlat: MPM plasticine dough (2592 particles, 48³ grid) flattened by a kinematic rolling pin; "
+          "obs 756 (+ particle_q 250x3), action 3, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 class RollingFlatEnv(KinematicToolEnv):
     """Batched differentiable RollingFlat; see the module docstring."""
 
@@ -60,7 +62,7 @@ class RollingFlatEnv(KinematicToolEnv):
         if len(lattice) != 3 or min(lattice) < 1 or samples > math.prod(lattice):
             raise ValueError(f"rolling_flat: lattice must be 3 positive counts with at least samples={samples} particles, got {lattice}")
         p = {**DEFAULTS, **physics}
-        self.setup(num_envs, device, dtype, "flatten", substeps, horizon, recompute, backend, validate, p["dt"])
+        super().__init__(num_envs, device, dtype, "flatten", substeps, horizon, recompute, backend, validate, seed, p["dt"])
         kw = dict(dtype=dtype, device=self.device)
         dx = 1.0 / grid_size
         self.floor = 3 * dx
@@ -81,34 +83,24 @@ class RollingFlatEnv(KinematicToolEnv):
         self.joint_start = torch.tensor([0.5, 0.66 * 0.25 + low, 0.0], **kw)
         self.action_scale = torch.tensor(ACTION_SCALE, **kw)
         self.lying = axis_angle_to_matrix(torch.tensor([1.0, 0.0, 0.0], **kw), torch.tensor(-math.pi / 2, **kw))  # capsule y -> world z
-        num_particles = block.shape[0]
-        self.sample_stride = num_particles // samples
-        self.samples = samples
-        self.observation_dim = 3 * samples + 6
-        self._set_specs(3, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw),
-                        particle_q=Unbounded(shape=(num_envs, samples, 3), **kw), com_q=Unbounded(shape=(num_envs, 3), **kw),
-                        joint_q=Unbounded(shape=(num_envs, 3), **kw), **particle_specs(num_envs, num_particles, **kw))
-        self._seed_generator(seed)
+        self._set_tool_specs(3, block.shape[0], samples)
 
-    # ------------------------------------------------------------------ TorchRL API
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    # ------------------------------------------------------------------ the protocol's hooks
+    def initial_state(self) -> dict[str, Tensor]:
+        """The dough block at rest, shifted and scaled at random (see the module docstring); the roller at its start."""
         n, gen = self.num_envs, self.generator
         shift = (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1) * torch.tensor([0.1, 0.05, 0.1], dtype=torch.float64)
         shift[..., 1] = shift[..., 1].abs()  # up only
         scale = 1 + 0.1 * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
         centre = self.block.double().mean(0)
-        x = ((self.block.double() - centre) * scale + centre + shift).to(self.dtype)
-        fresh = dict(zip("xvcf", MPMState.at_rest(x)), joint_q=self.joint_start.expand(n, 3).clone(),
-                     step_count=torch.zeros(n, 1, dtype=torch.int64, device=self.device))
-        v = self.keep_unreset(tensordict, fresh)
-        return self._pack(MPMState(*(v[k] for k in "xvcf")), v["joint_q"], v["step_count"],
-                          torch.zeros(n, 1, dtype=torch.bool, device=self.device))
+        return self.at_rest(((self.block.double() - centre) * scale + centre + shift).to(self.dtype))
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        state, joint_q, step_count = self.advance(tensordict)
-        out = self._pack(state, joint_q, step_count, step_count >= self.horizon)
-        out.set("reward", self.reward(out["particle_q"]))
-        return out
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] Rewarped's flattening reward of the observed particles ``particle_q`` [N, S, 3]."""
+        h = observation["particle_q"][..., 1]
+        d = h.mean(-1) / HEIGHT
+        closeness = (1 / (1 + d)).square()
+        return (torch.where(d <= 0.33, 2 * closeness, closeness) - h.var(-1)).unsqueeze(-1)
 
     # ------------------------------------------------------------------ physics
     def shape_poses(self, joint_q: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,24 +110,6 @@ class RollingFlatEnv(KinematicToolEnv):
         up = torch.tensor([0.0, 1.0, 0.0], dtype=joint_q.dtype, device=joint_q.device).expand(n, 3)
         rotation = axis_angle_to_matrix(up, joint_q[:, 2]) @ self.lying
         return centre[:, None].expand(n, 2, 3), rotation[:, None].expand(n, 2, 3, 3)
-
-    def reward(self, particle_q: Tensor) -> Tensor:
-        """[N, 1] Rewarped's flattening reward of the observed particles [N, S, 3]."""
-        h = particle_q[..., 1]
-        d = h.mean(-1) / HEIGHT
-        closeness = (1 / (1 + d)).square()
-        return (torch.where(d <= 0.33, 2 * closeness, closeness) - h.var(-1)).unsqueeze(-1)
-
-    def _pack(self, state: MPMState, joint_q: Tensor, step_count: Tensor, truncated: Tensor) -> TensorDictBase:
-        particle_q = state.x[:, :: self.sample_stride][:, : self.samples]
-        com_q = particle_q.mean(1)
-        observation = torch.cat([particle_q.flatten(1), com_q, joint_q], -1)
-        return TensorDict(
-            {"observation": observation, "particle_q": particle_q, "com_q": com_q, "joint_q": joint_q, "x": state.x, "v": state.v,
-             "c": state.c, "f": state.f, "step_count": step_count, "done": truncated, "terminated": torch.zeros_like(truncated),
-             "truncated": truncated},
-            batch_size=self.batch_size, device=self.device,
-        )
 
     # ------------------------------------------------------------------ rendering
     def render_positions(self, td, env_index: int = 0):
@@ -153,10 +127,3 @@ class RollingFlatEnv(KinematicToolEnv):
     def render_geometry(self) -> dict:
         roller = [[self.samples + k, self.samples + k + 1] for k in range(10)]
         return dict(dim=3, up_axis=1, edges=roller, cable=[False] * len(roller), ground=self.floor)
-
-
-@register("rolling_flat", "RollingFlat: MPM plasticine dough (2592 particles, 48³ grid) flattened by a kinematic rolling pin; "
-          "obs 756 (+ particle_q 250x3), action 3, 300 steps",
-          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
-def make_rolling_flat(num_envs, device, dtype, **overrides):
-    return RollingFlatEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)

@@ -34,25 +34,14 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
-from torchrl.data import Unbounded
 
-from tphys.envs.base import (
-    NON_NEGATIVE,
-    POSITIVE,
-    TphysEnv,
-    check_action,
-    check_finite_inputs,
-    check_options,
-    check_ranges,
-    env_indices,
-    int_at_least,
-    ranges_for,
-)
+from tphys.autodiff import check_recompute
+from tphys.envs.base import TphysEnv
+from tphys.envs.ranges import NON_NEGATIVE, POSITIVE, check_options, check_ranges, int_at_least, ranges_for
 from tphys.envs.registry import register
-from tphys.particles import ParticleBuilder, ParticleModel
+from tphys.particles import ParticleBuilder, ParticleModel, ParticleState, SolidControl, solid
 from tphys.particles.meshing import voxel_mesh
 from tphys.particles.solid_substep import SolidSubstep
 
@@ -89,21 +78,24 @@ def quadruped(cell, density, mu, lam, damping, max_stress, ground_stiffness, gro
     return b.build()
 
 
+@register("soft_jumper", "SoftJumper: soft quadruped of 432 muscle tetrahedra (168 particles), 80 substeps; obs 200, action 216, 300 steps",
+          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
 class SoftJumperEnv(TphysEnv):
     """Batched differentiable SoftJumper; see the module docstring."""
 
-    finite_input_keys = ("x", "v", "com_start")  # the float inputs of step besides the action
+    name = "soft_jumper"
+    state_keys = ("x", "v", "com_start")
+    finite_output_keys = ("x", "v")
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
-                 horizon: int = 300, recompute: bool = True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
+                 horizon: int = 300, recompute=True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
                  samples: int = 30, **physics):
         check_options("soft_jumper", goal, ("jump",), physics, DEFAULTS, ENV_OPTIONS)
         check_ranges("soft_jumper", {**DEFAULTS, **physics, "substeps": substeps, "horizon": horizon, "samples": samples},
                      PARAMETER_RANGES)
-        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        super().__init__(num_envs, device, dtype, horizon, 1.0 / 60.0, validate, seed)
         model, rest = quadruped(**{**DEFAULTS, **physics})
-        self.goal, self.num_envs, self.dtype, self.dt = "jump", num_envs, dtype, 1.0 / 60.0
-        self.substeps, self.horizon, self.recompute, self.validate = substeps, horizon, recompute, validate
+        self.goal, self.substeps, self.recompute = "jump", substeps, check_recompute(recompute)
         self.model = model.to(device=self.device, dtype=dtype)
         self.rest = rest.to(device=self.device, dtype=dtype)
         # one autograd node per substep with a hand-written backward; opt-in: its forward and backward
@@ -114,16 +106,12 @@ class SoftJumperEnv(TphysEnv):
             raise ValueError(f"soft_jumper: samples={samples} exceeds the {num_particles} particles")
         self.sample_index = torch.linspace(0, num_particles - 1, samples).round().long().to(self.device)
         self.num_tets = model.tetrahedra.corners.shape[0]
-        self.action_dim = self.num_tets // 2
         self.observation_dim = 6 + 6 * samples + 6 + 2 * len(PERIODS)
-        kw = dict(dtype=dtype, device=self.device)
-        state = Unbounded(shape=(num_envs, num_particles, 3), **kw)
-        self._set_specs(self.action_dim, observation=Unbounded(shape=(num_envs, self.observation_dim), **kw), x=state, v=state.clone(),
-                        com_start=Unbounded(shape=(num_envs, 3), **kw))
-        self._seed_generator(seed)
+        self._set_specs(self.num_tets // 2, observation=(self.observation_dim,), x=(num_particles, 3), v=(num_particles, 3), com_start=(3,))
 
-    # ------------------------------------------------------------------ TorchRL API
-    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+    # ------------------------------------------------------------------ the protocol's hooks
+    def initial_state(self) -> dict[str, Tensor]:
+        """The body at rest shape, shifted up to ±0.05 m in x and z, with a random common velocity up to ±0.05 m/s per axis."""
         n, gen = self.num_envs, self.generator
         shift = torch.zeros(n, 1, 3, dtype=torch.float64)
         shift[..., 0] = 0.05 * (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1)
@@ -131,88 +119,41 @@ class SoftJumperEnv(TphysEnv):
         v = 0.05 * (2 * torch.rand(n, 1, 3, generator=gen, dtype=torch.float64) - 1)
         x = (self.rest.double() + shift).to(self.dtype)
         v = v.expand(n, self.rest.shape[0], 3).to(self.dtype).clone()
-        step_count = torch.zeros(n, 1, dtype=torch.int64, device=self.device)
-        com_start = self.com(x)
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        if mask is not None and "x" in tensordict.keys():
-            keep = mask.reshape(n).logical_not()
-            x = torch.where(keep[:, None, None], tensordict["x"], x)
-            v = torch.where(keep[:, None, None], tensordict["v"], v)
-            com_start = torch.where(keep[:, None], tensordict["com_start"], com_start)
-            step_count = torch.where(keep[:, None], tensordict["step_count"], step_count)
-        flags = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
-        return self._pack(x, v, com_start, step_count, flags)
+        return dict(x=x, v=v, com_start=self.com(x))
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict["action"]
-        if self.validate:
-            check_action("soft_jumper", action, self.num_envs, self.action_dim, self.dtype)
-            check_finite_inputs("soft_jumper", tensordict, self.finite_input_keys)
-        action = action.clamp(-1.0, 1.0)
-        x, v = self.physics_step(tensordict["x"], tensordict["v"], action)
-        if self.validate:
-            bad = ~(torch.isfinite(x).flatten(1).all(-1) & torch.isfinite(v).flatten(1).all(-1))
-            if bad.any():
-                raise FloatingPointError(f"soft_jumper: non-finite state after the step in env indices {env_indices(bad)}")
-        step_count = tensordict["step_count"] + 1
-        out = self._pack(x, v, tensordict["com_start"], step_count, step_count >= self.horizon)
-        out.set("reward", self.reward(x, v, tensordict["com_start"], action))
-        return out
+    def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
+        """One frame of the FEM solid's engine step (``tphys.particles.solid.step``: ``substeps`` semi-implicit Euler
+        substeps, ``recompute`` as there) with activations from ``action`` [N, A]."""
+        control = SolidControl(action.repeat_interleave(2, dim=-1))  # one action per pair of tetrahedra
+        body = ParticleState.without_history(state.get("x"), state.get("v"))
+        body = solid.step(self.model, body, control, self.dt, self.substeps, recompute=self.recompute, substepper=self._substep)
+        return self.next_state(state, x=body.x, v=body.v)
 
-    # ------------------------------------------------------------------ physics
-    def physics_step(self, x: Tensor, v: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        """One frame: ``substeps`` semi-implicit Euler substeps (v += h·F/m, then x += h·v, as
-        ``tphys.particles.semi_implicit_euler``) with activations from ``action`` [N, A].
-
-        Without ``recompute`` backward keeps x and v of every substep (2·N·P·3 numbers); ``recompute=True``
-        keeps only the frame's inputs and reruns its substeps in backward (memory per frame, not per substep).
-        """
-        activation = action.repeat_interleave(2, dim=-1)  # one action per pair of tetrahedra
-
-        def frame(x, v, activation):
-            for _ in range(self.substeps):
-                x, v = self._substep(x, v, activation)
-            return x, v
-
-        if self.recompute and torch.is_grad_enabled():
-            return checkpoint(frame, x, v, activation, use_reentrant=False)
-        return frame(x, v, activation)
-
-    def com(self, x: Tensor) -> Tensor:
-        """[N, 3] centre of mass, m."""
-        mass = self.model.mass
-        return (mass[:, None] * x).sum(-2) / mass.sum()
-
-    def reward(self, x: Tensor, v: Tensor, com_start: Tensor, action: Tensor) -> Tensor:
-        """[N, 1] 10·COM x velocity + 30·COM height gain - 0.001·|a|²."""
-        com_v = self.com(v)
-        gain = self.com(x)[:, 1] - com_start[:, 1]
-        return (10.0 * com_v[:, 0] + 30.0 * gain - 0.001 * action.square().sum(-1)).unsqueeze(-1)
-
-    def observe(self, x: Tensor, v: Tensor, com_start: Tensor, step_count: Tensor) -> Tensor:
+    def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+        """``observation`` [N, 200] (see the module docstring)."""
+        x, v, com_start = state.get("x"), state.get("v"), state.get("com_start")
         com, com_v = self.com(x), self.com(v)
         points = x[:, self.sample_index] - com[:, None]
         speeds = v[:, self.sample_index] - com_v[:, None]
         spread = points.transpose(-1, -2) @ points / points.shape[1]  # [N, 3, 3] second moment of the body
-        phase = step_count.to(x.dtype) * (2 * math.pi / torch.tensor(PERIODS, dtype=x.dtype, device=x.device))
-        return torch.cat([com - com_start, com_v, points.flatten(1), speeds.flatten(1), spread[:, 0], spread[:, 1],
-                          torch.sin(phase), torch.cos(phase)], -1)
+        phase = state.get("step_count").to(x.dtype) * (2 * math.pi / torch.tensor(PERIODS, dtype=x.dtype, device=x.device))
+        return {"observation": torch.cat([com - com_start, com_v, points.flatten(1), speeds.flatten(1), spread[:, 0], spread[:, 1],
+                                          torch.sin(phase), torch.cos(phase)], -1)}
 
-    def _pack(self, x, v, com_start, step_count, truncated) -> TensorDictBase:
-        return TensorDict(
-            {"observation": self.observe(x, v, com_start, step_count), "x": x, "v": v, "com_start": com_start,
-             "step_count": step_count, "done": truncated, "terminated": torch.zeros_like(truncated), "truncated": truncated},
-            batch_size=self.batch_size, device=self.device,
-        )
+    def reward(self, state: TensorDictBase, action: Tensor, observation: dict[str, Tensor]) -> Tensor:
+        """[N, 1] 10·COM x velocity + 30·COM height gain - 0.001·|a|²."""
+        com_v = self.com(state.get("v"))
+        gain = self.com(state.get("x"))[:, 1] - state.get("com_start")[:, 1]
+        return (10.0 * com_v[:, 0] + 30.0 * gain - 0.001 * action.square().sum(-1)).unsqueeze(-1)
+
+    # ------------------------------------------------------------------ views
+    def com(self, x: Tensor) -> Tensor:
+        """[N, 3] centre of mass, m."""
+        mass = self.model.mass
+        return (mass[:, None] * x).sum(-2) / mass.sum()
 
     def render_geometry(self) -> dict:
         """Static drawing data for ``tphys.render``: the tetrahedra's edges and the ground."""
         corners = self.model.tetrahedra.corners.tolist()
         edges = sorted({tuple(sorted((t[a], t[b]))) for t in corners for a in range(4) for b in range(a + 1, 4)})
         return dict(dim=3, up_axis=1, edges=[list(e) for e in edges], cable=[False] * len(edges), ground=0.0)
-
-
-@register("soft_jumper", "SoftJumper: soft quadruped of 432 muscle tetrahedra (168 particles), 80 substeps; obs 200, action 216, 300 steps",
-          defaults=DEFAULTS, ranges=ranges_for(PARAMETER_RANGES, (*DEFAULTS, *ENV_OPTIONS)))
-def make_soft_jumper(num_envs, device, dtype, **overrides):
-    return SoftJumperEnv(num_envs=num_envs, device=device, dtype=dtype, **overrides)
