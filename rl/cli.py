@@ -268,7 +268,12 @@ def check_ranges(cfg: DictConfig) -> None:
 
 
 def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
-    """Types of ``cfg`` against the recipe's defaults for the same env and algo; ranges; learning rates."""
+    """The recipe's own algorithm; types of ``cfg`` against the recipe's defaults for the same env and algo; ranges;
+    learning rates."""
+    algo = OmegaConf.select(cfg, "algo.name", default=None)
+    if algo is not None and algo != config_name:
+        raise ConfigError(f"algo={algo}: recipes/{config_name}.py wires {config_name} (its modules, loss and trainer); "
+                          f"run recipes/{algo}.py for {algo}")
     defaults = compose(config_name, choices)
     check_types(cfg, defaults)
     check_ranges(cfg)

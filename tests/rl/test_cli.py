@@ -35,6 +35,12 @@ def test_an_unknown_key_is_refused_with_or_without_plus(line, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_another_algorithm_is_refused_naming_its_recipe(capsys):
+    """A recipe wires one algorithm: ``recipes/sapo.py algo=shac`` would build SAPO's loss from SHAC's settings."""
+    assert refused(["algo=shac"], capsys).strip() == (
+        "error: algo=shac: recipes/sapo.py wires sapo (its modules, loss and trainer); run recipes/shac.py for shac")
+
+
 def test_plus_and_plain_unknown_keys_get_the_same_message(capsys):
     assert refused(["algo.horizn=3"], capsys) == refused(["+algo.horizn=3"], capsys)
     assert "keys at 'algo'" in refused(["+algo.horizn=3"], capsys)
