@@ -176,7 +176,8 @@ class GPSLoss(Trainable, LossModule):
     def improve(self, start: TensorDictBase) -> TensorDict:
         """One c-step from the env states ``start`` [N]; returns, like ``PODSLoss.improve``, a TensorDict with
         ``batch`` [N, T] (``observation``, ``target_action``, ``weight`` [A, A] precision), ``stats`` [N]
-        (``value_policy``, ``value_improved``, ``kl``, ``eta``) and the scalar ``kl_multiplier``."""
+        (``value_policy``, ``value_improved``, ``kl``, ``eta``) and the scalars ``kl_multiplier`` (after this
+        c-step's update), ``linearizations`` and ``state_dim`` (X: backward passes through the physics per linearization)."""
         actions = self.policy_actions(start)
         value_policy = None
         for _ in range(self.iterations):
@@ -201,7 +202,8 @@ class GPSLoss(Trainable, LossModule):
         batch = TensorDict({"observation": observations, "target_action": actions, "weight": precision}, batch_size=[n, t_len])
         stats = TensorDict({"value_policy": value_policy, "value_improved": value, "kl": solution.kl, "eta": solution.eta},
                            batch_size=[n])
-        return TensorDict({"batch": batch, "stats": stats, "kl_multiplier": self.kl_multiplier.clone()}, batch_size=[])
+        scalars = {"kl_multiplier": self.kl_multiplier.item(), "linearizations": float(self.iterations), "state_dim": float(x_dim)}
+        return TensorDict({"batch": batch, "stats": stats, **{k: torch.tensor(v) for k, v in scalars.items()}}, batch_size=[])
 
     def _adapt(self, predicted: Tensor, actual: Tensor) -> None:
         """MDGPS's step-size rule on the mean over initial states (predicted and actual cost decreases)."""

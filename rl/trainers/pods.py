@@ -87,14 +87,22 @@ class PODSTrainer(Trainer):
         self.recent_returns = [policy_return]
         scalars = {
             "loss/actor": last, "loss/actor_first": first, "grad_norm/actor": grad_norm, "lr/actor": lrs["actor"],
-            "train/episode_return": policy_return, "pods/improved_return": stats["value_improved"].mean().item(),
+            "train/episode_return": policy_return, **self.improvement_scalars(improved), "time/sim_steps": float(self.sim_steps),
+        }
+        return self.advance(self.steps_per_iter, scalars)
+
+    def improvement_scalars(self, improved) -> dict[str, float]:
+        """What the log shows of one improvement (``loss.improve``'s output)."""
+        stats = improved["stats"]
+        scalars = {
+            "pods/improved_return": stats["value_improved"].mean().item(),
             "pods/accepted": (stats["step_size"] > 0).double().mean().item(), "pods/step_size": stats["step_size"].mean().item(),
-            "pods/line_search_trials": improved["trials"].item(), "time/sim_steps": float(self.sim_steps),
+            "pods/line_search_trials": improved["trials"].item(),
         }
         for key in ("cg_iterations", "cg_residual", "gradient_fallback"):
             if key in improved.keys():
                 scalars[f"pods/{key}"] = improved[key].item()
-        return self.advance(self.steps_per_iter, scalars)
+        return scalars
 
     def drop_epoch(self, what: str) -> dict[str, float]:
         """The non-finite guard's stop, or (skip) the epoch dropped."""

@@ -85,7 +85,7 @@ def test_a_setting_out_of_its_range_or_choices_names_the_key(line, message, caps
     assert refused([line], capsys).strip() == f"error: {message}"
 
 
-@pytest.mark.parametrize("recipe", ["sapo", "shac", "apg", "trajopt", "pods", "ppo", "sac"])
+@pytest.mark.parametrize("recipe", ["sapo", "shac", "apg", "trajopt", "pods", "gps", "ppo", "sac"])
 def test_every_recipes_defaults_pass_the_checks(recipe):
     from rl.cli import compose, validate
 

@@ -112,6 +112,21 @@ def test_pods_rejects_a_bad_order(tmp_path):
     assert proc.returncode != 0 and "algo.order must be 1 or 2" in proc.stderr
 
 
+def test_gps_recipe_trains_and_resumes(tmp_path):
+    tiny = [arg for arg in PODS_TINY if not arg.startswith("algo.cg_iterations")]
+    first = run_recipe("gps", [*tiny, "total_steps=48", "video.enabled=false", f"hydra.run.dir={tmp_path}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_recipe("gps", [*tiny, "total_steps=96", "video.every=6", f"resume={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["algo"] == "gps" and summary["env_steps"] == 96 and summary["stochastic"] is None
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [48, 96]
+    # every c-step keeps its KL bound (0.2 per step x 12 steps x the adapted multiplier) and improves every episode here
+    assert all(r["gps/kl"] <= 0.2 * 12 * r["gps/kl_multiplier"] * (1 + 1e-6) for r in records[:1])
+    assert all(r["gps/improved_fraction"] == 1.0 for r in records)
+
+
 def test_sapo_runs_on_rolling_flat_with_the_pointnet_encoder(tmp_path):
     """A tiny MPM config (16³ grid, 108 particles, 20 observed): the recipe trains, evaluates and saves PointNet weights."""
     small = ["+env.options.grid_size=16", "+env.options.lattice=[6,3,6]", "+env.options.samples=20", "+env.options.substeps=4",

@@ -1,0 +1,35 @@
+"""GPS: mirror-descent guided policy search with the simulator's own dynamics (the PODS paper's baseline).
+
+    python recipes/gps.py env=pendulum2d env.goal=stop
+    python recipes/gps.py env=rope3d algo.kl_step=0.5 num_envs=64 total_steps=2e5
+    python recipes/gps.py resume=runs/gps/<run>      # continue a run from its last checkpoint
+
+k = num_envs initial states per iteration, one episode each; the envs need reward_residual (the PODS envs).
+"""
+
+from omegaconf import DictConfig
+from torchrl.envs import EnvBase
+
+from rl.builders import deterministic_actor, observation_normalizer
+from rl.cli import recipe_main
+from rl.experiment import recipe_run
+from rl.objectives import GPSLoss
+from rl.trainers import GPSTrainer, PODSConfig
+
+
+def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> GPSTrainer:
+    """GPS on ``env`` with PODS's deterministic tanh policy (the paper gives every algorithm the same network)."""
+    algo = cfg.algo
+    normalizer = observation_normalizer(cfg, env)
+    actor = deterministic_actor(cfg, env, normalizer)
+    # loss: c-step, time-varying linear-Gaussian controllers by LQR on the simulator's linearization under a KL
+    # bound to the linearized policy; s-step, the policy regressed onto their mean actions, weighted by precision
+    loss = GPSLoss(env, actor, kl_step=algo.kl_step, policy_std=algo.policy_std, iterations=algo.iterations)
+    # trainer: per iteration, one c-step from k fresh initial states, then regression_steps optimizer steps
+    return GPSTrainer(loss, PODSConfig.from_config(cfg), normalizer=normalizer, **outputs)
+
+
+run = recipe_run(make_trainer)  # run(cfg, run_dir) -> the eval summary
+
+if __name__ == "__main__":
+    recipe_main("gps", run)

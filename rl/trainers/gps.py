@@ -1,0 +1,31 @@
+"""The GPS iteration: one c-step from k fresh initial states, then the s-step's regression (``PODSTrainer``'s
+epoch with ``rl.objectives.GPSLoss`` in place of PODS's improvement).
+
+Env steps count the k·T steps of the policy episodes; ``time/sim_steps`` also counts, per linearization, its
+rollout, one backward pass through the physics per state entry (the rows of the dynamics Jacobian) and the
+new controller's rollout.
+"""
+
+from __future__ import annotations
+
+from rl.trainers.pods import PODSTrainer
+
+
+class GPSTrainer(PODSTrainer):
+    """Trains ``loss.actor`` by mirror-descent GPS (``rl.objectives.GPSLoss``) with ``PODSConfig``'s regression."""
+
+    @property
+    def name(self) -> str:
+        return "gps"
+
+    def improvement_scalars(self, improved) -> dict[str, float]:
+        stats = improved["stats"]
+        return {
+            "gps/improved_return": stats["value_improved"].mean().item(), "gps/kl": stats["kl"].mean().item(),
+            "gps/eta": stats["eta"].mean().item(), "gps/kl_multiplier": improved["kl_multiplier"].item(),
+            "gps/improved_fraction": (stats["value_improved"] > stats["value_policy"]).double().mean().item(),
+        }
+
+    def simulated_steps(self, improved) -> int:
+        per_linearization = 1 + int(improved["state_dim"].item()) + 1  # rollout, Jacobian rows, controller rollout
+        return (1 + int(improved["linearizations"].item()) * per_linearization) * self.steps_per_iter
