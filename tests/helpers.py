@@ -60,3 +60,22 @@ def check_directional_derivative(loss, leaves, directions, eps: float | tuple[fl
     scale = max(abs(analytic), abs(numeric), 1e-3 * bound, 1e-12)
     assert abs(analytic - numeric) / scale < rtol, f"autograd {analytic:.12e} vs finite differences {numeric:.12e} (steps {steps})"
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def pressed_block(kind: str = "plasticine", cutoff: float | None = None):
+    """An MPM test scene in float64: ``(model, x [1, P, 3], shapes, eye [1, 1, 3, 3])`` of a block of ``kind`` on an 8³
+    grid (two particles per cell and axis) and one sphere collider of radius 0.1 (friction 0.5)."""
+    from tphys.mpm import Material, MPMModel
+    from tphys.mpm.colliders import Shapes
+
+    f64 = dict(dtype=torch.float64)
+    grid = 8
+    dx = 1.0 / grid
+    axis = torch.arange(0.3, 0.6, dx / 2, **f64)
+    x = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+    volume = torch.full((x.shape[1],), (dx / 2) ** 3, **f64)
+    model = MPMModel(grid, dx, 1e-3, torch.tensor([0.0, -9.8, 0.0], **f64), 1000 * volume, volume,
+                     Material.from_young(kind, 5e3, 0.2, yield_stress=50.0))
+    extra = {} if cutoff is None else {"cutoff": cutoff}
+    shapes = Shapes(("sphere",), torch.tensor([[0.1, 0.0, 0.0]], **f64), friction=0.5, **extra)
+    return model, x, shapes, torch.eye(3, **f64).expand(1, 1, 3, 3)

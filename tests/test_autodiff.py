@@ -6,13 +6,13 @@ import re
 
 import pytest
 import torch
+from helpers import pressed_block
 from torch.utils.checkpoint import checkpoint
 
 from tphys import autodiff
 from tphys.autodiff import RECOMPUTE, check_recompute, run_substeps
-from tphys.mpm import Material, MPMControl, MPMModel, MPMState
+from tphys.mpm import MPMControl, MPMState
 from tphys.mpm import step as mpm_step
-from tphys.mpm.colliders import Shapes
 from tphys.particles import ParticleBuilder, ParticleControl, ParticleState, SolidControl, semi_implicit_euler
 from tphys.particles import solid as fem_solid
 from tphys.particles.meshing import box_mesh
@@ -44,15 +44,7 @@ def rigid_case():
 
 def mpm_case():
     """Two frames of 3 substeps of a plasticine block pressed by a moving sphere (C kernels where they build)."""
-    grid = 8
-    dx = 1.0 / grid
-    axis = torch.arange(0.3, 0.6, dx / 2, **F64)
-    x = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
-    volume = torch.full((x.shape[1],), (dx / 2) ** 3, **F64)
-    model = MPMModel(grid, dx, 1e-3, torch.tensor([0.0, -9.8, 0.0], **F64), 1000 * volume, volume,
-                     Material.from_young("plasticine", 5e3, 0.2, yield_stress=50.0))
-    shapes = Shapes(("sphere",), torch.tensor([[0.1, 0.0, 0.0]], **F64), friction=0.5, cutoff=0.0)
-    eye = torch.eye(3, **F64).expand(1, 1, 3, 3)
+    model, x, shapes, eye = pressed_block("plasticine", cutoff=0.0)
     v = 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), **F64)
     start = torch.tensor([[[0.45, 0.68, 0.45]]], **F64)
     moves = torch.tensor([[[[0.0, -0.02, 0.01]]], [[[0.01, -0.02, 0.0]]]], **F64)

@@ -7,10 +7,10 @@ import types
 
 import pytest
 import torch
+from helpers import pressed_block
 
 from tphys.kernels import c_kernels
-from tphys.mpm import Material, MPMControl, MPMModel, MPMState, step
-from tphys.mpm.colliders import Shapes
+from tphys.mpm import MPMControl, MPMState, step
 
 F64 = dict(dtype=torch.float64)
 
@@ -18,15 +18,7 @@ F64 = dict(dtype=torch.float64)
 def frame(backend: str, kind: str):
     """Positions, velocities, F and the gradients to the initial velocities and the collider's motion after 4
     substeps of a block pressed by a moving sphere."""
-    grid = 8
-    dx = 1.0 / grid
-    axis = torch.arange(0.3, 0.6, dx / 2, **F64)
-    x = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
-    volume = torch.full((x.shape[1],), (dx / 2) ** 3, **F64)
-    model = MPMModel(grid, dx, 1e-3, torch.tensor([0.0, -9.8, 0.0], **F64), 1000 * volume, volume,
-                     Material.from_young(kind, 5e3, 0.2, yield_stress=50.0))
-    shapes = Shapes(("sphere",), torch.tensor([[0.1, 0.0, 0.0]], **F64), friction=0.5)
-    eye = torch.eye(3, **F64).expand(1, 1, 3, 3)
+    model, x, shapes, eye = pressed_block(kind)
     v = (0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), **F64)).requires_grad_()
     move = torch.tensor([[[0.01, -0.03, 0.0]]], **F64, requires_grad=True)
     start = torch.tensor([[[0.45, 0.68, 0.45]]], **F64)
