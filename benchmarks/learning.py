@@ -70,8 +70,8 @@ def recipe_of(args, algo: str) -> tuple[str, list[str]]:
 
 
 def iteration_steps(args, algo: str, env: str) -> int:
-    """Env steps per training iteration: a 32-step window (PPO/SAC: a 32-step batch) or a PODS episode."""
-    per_env = EPISODE_STEPS.get(env, 150) if recipe_of(args, algo)[0] == "pods" else 32
+    """Env steps per training iteration: a 32-step window (PPO/SAC: a 32-step batch) or a PODS / GPS episode."""
+    per_env = EPISODE_STEPS.get(env, 150) if recipe_of(args, algo)[0] in ("pods", "gps") else 32
     return args.num_envs * per_env
 
 

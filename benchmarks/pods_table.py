@@ -1,4 +1,4 @@
-"""The PODS paper's table 1 for our envs: reward and compute time of PODS-1st, PODS-2nd, APG (BPTT),
+"""The PODS paper's table 1 for our envs: reward and compute time of PODS-1st, PODS-2nd, GPS, APG (BPTT),
 SHAC, SAPO, PPO and SAC on every PODS env and both goals, plus the paper's metrics.
 
 Each run is one recipe in its own subprocess (``benchmarks/learning.launch``: 1 torch thread,
@@ -11,7 +11,7 @@ between ``<!-- pods-table -->`` markers:
     - metrics (figures 8-10 of the paper): final payload kinetic energy (J, last 10 steps),
       final distance to the target (m), mean handle speed (m/s).
 
-    python benchmarks/pods_table.py                                   # 6 envs x 2 goals x 7 algos, 1 seed
+    python benchmarks/pods_table.py                                   # 6 envs x 2 goals x 8 algos, 1 seed
     python benchmarks/pods_table.py --envs pendulum2d --goals stop --algos pods2 apg --steps pendulum2d=50000
     python benchmarks/pods_table.py --quick --out /tmp/pods_table.md  # smoke test
 """
@@ -30,7 +30,7 @@ from learning import launch, mean_ci  # noqa: E402
 from report import publish, run_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ALGOS = ("pods1", "pods2", "apg", "shac", "sapo", "ppo", "sac")
+ALGOS = ("pods1", "pods2", "gps", "apg", "shac", "sapo", "ppo", "sac")
 ENVS = ("pendulum2d", "pendulum3d", "double_pendulum3d", "cable_payload2d", "rope3d", "cloth")
 GOALS = ("stop", "stop_at_origin")
 DEFAULT_STEPS = {"pendulum2d": 96_000, "pendulum3d": 96_000, "double_pendulum3d": 96_000, "cable_payload2d": 96_000,
