@@ -109,9 +109,11 @@ def load_checkpoint(path: str | Path) -> dict:
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the run died before it was written; {hint}")
     try:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else would be unpickled as garbage
+            raise zipfile.BadZipFile("not a zip archive (torch.save writes one)")
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, ImportError,
-            AttributeError, KeyError, IndexError, TypeError, UnicodeDecodeError) as err:
+            AttributeError, KeyError, IndexError, TypeError, UnicodeDecodeError, OverflowError, MemoryError) as err:
         raise CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or not a torch checkpoint "
                               f"({type(err).__name__}: {str(err)[:200]}); {hint}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
