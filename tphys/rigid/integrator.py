@@ -2,7 +2,7 @@
 ``step(model, state, control, dt) -> RigidState`` as in every tphys engine.
 
 Per substep (the stages read as a list, MJX-style):
-    kinematics -> ground contact -> joint torques (motors, damping, springs, limit penalties)
+    kinematics -> ground contact + muscle pulls (link forces) -> joint torques (motors, damping, springs, limit penalties)
     -> qdd = H⁻¹(τ - C) -> qd += h·qdd -> q += h·qd (quaternions: q ⊗ exp(h·ω/2), renormalized)
 """
 
@@ -18,6 +18,7 @@ from tphys.math import quat_integrate
 from tphys.rigid.contact import ground_forces
 from tphys.rigid.dynamics import actuator_forces, joint_accelerations, kinematics, limit_forces, passive_forces
 from tphys.rigid.model import RigidModel, RigidState
+from tphys.rigid.muscles import link_forces, tensions
 
 
 class RigidControl(NamedTuple):
@@ -26,9 +27,12 @@ class RigidControl(NamedTuple):
     Attributes:
         actuation: [N, A] actuator commands, held over the frame; actuator a applies the joint force
             gear_a · clamp(actuation_a, range_a) (N·m or N) on its dof (``dynamics.actuator_forces``).
+        activation: [N, M] muscle activations in [0, 1] (clamped), held over the frame; muscle m pulls along its
+            path with max_force_m · activation_m (N) (``tphys.rigid.muscles``). None: muscles slack.
     """
 
     actuation: Tensor
+    activation: Tensor | None = None
 
 
 def integrate_positions(model: RigidModel, q: Tensor, qd: Tensor, h: float) -> Tensor:
@@ -55,10 +59,22 @@ def generalized_forces(model: RigidModel, q: Tensor, qd: Tensor, actuation: Tens
     return actuator_forces(model, actuation) + passive_forces(model, q, qd) + limit_forces(model, q, qd, mat.limit_ke, mat.limit_kd)
 
 
-def substep(model: RigidModel, q: Tensor, qd: Tensor, actuation: Tensor, h: float, contact: bool = True) -> tuple[Tensor, Tensor]:
-    """(q, qd) after one semi-implicit Euler substep of h seconds with actuator commands ``actuation`` [N, A]."""
-    kin = kinematics(model, q, qd)
+def external_forces(model: RigidModel, kin, contact: bool, activation: Tensor | None) -> Tensor | None:
+    """[N, L, 6] world spatial forces on the links: ground contact (if ``contact``) plus muscle pulls (activation
+    [N, M]); None when there are neither."""
     external = ground_forces(model, kin.poses, kin.velocities) if contact and model.contacts.link.numel() else None
+    if model.muscles is not None and activation is not None and model.muscles.cross.numel():
+        pull = link_forces(model.muscles, kin.poses, tensions(model.muscles, activation))
+        external = pull if external is None else external + pull
+    return external
+
+
+def substep(model: RigidModel, q: Tensor, qd: Tensor, actuation: Tensor, h: float, contact: bool = True,
+            activation: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(q, qd) after one semi-implicit Euler substep of h seconds with actuator commands ``actuation`` [N, A] and
+    muscle activations ``activation`` [N, M] (or None)."""
+    kin = kinematics(model, q, qd)
+    external = external_forces(model, kin, contact, activation)
     qdd = joint_accelerations(model, kin, qd, generalized_forces(model, q, qd, actuation), external)
     qd = qd + h * qdd
     return integrate_positions(model, q, qd, h), qd
@@ -71,15 +87,19 @@ def step(model: RigidModel, state: RigidState, control: RigidControl, dt: float,
     ``recompute`` ("none" | "step" | "substep", or True/False; see ``tphys.autodiff``): "step" keeps only
     the frame's inputs for backward and reruns its substeps there (memory grows with frames, not
     substeps); "substep" keeps each substep's inputs and reruns each substep.
-    ``substep_fn(q, qd, actuation) -> (q, qd)`` replaces the substep (see ``compiled_substep``).
+    ``substep_fn(q, qd, actuation[, activation]) -> (q, qd)`` replaces the substep (see ``compiled_substep``); it is
+    given the muscle activations only when ``control.activation`` is not None.
     """
     recompute = check_recompute(recompute)
-    actuation = control.actuation
+    actuation, activation = control.actuation, control.activation
     if actuation.shape[-1] != model.num_actuators:
         raise ValueError(f"control has {actuation.shape[-1]} entries per env, the model has {model.num_actuators} actuators")
+    if activation is not None and activation.shape[-1] != model.num_muscles:
+        raise ValueError(f"control has {activation.shape[-1]} muscle activations per env, the model has {model.num_muscles} muscles")
     h = dt / substeps
-    one = substep_fn or (lambda q, qd, u: substep(model, q, qd, u, h, contact))
-    q, qd = run_substeps(lambda k, carry: one(carry[0], carry[1], actuation), (state.q, state.qd), substeps, recompute)
+    one = substep_fn or (lambda q, qd, u, a=None: substep(model, q, qd, u, h, contact, a))
+    extra = () if activation is None else (activation,)
+    q, qd = run_substeps(lambda k, carry: one(carry[0], carry[1], actuation, *extra), (state.q, state.qd), substeps, recompute)
     return RigidState(q, qd)
 
 
@@ -91,4 +111,4 @@ def compiled_substep(model: RigidModel, dt: float, substeps: int = 16, contact: 
     batch size. Set ``TORCHINDUCTOR_CACHE_DIR`` to reuse compiled code across processes.
     """
     h = dt / substeps
-    return torch.compile(lambda q, qd, u: substep(model, q, qd, u, h, contact), dynamic=False)
+    return torch.compile(lambda q, qd, u, a=None: substep(model, q, qd, u, h, contact, a), dynamic=False)

@@ -7,9 +7,11 @@ childclass), ``joint`` (hinge, slide, ball, free; pos, axis, range, limited, ref
 damping, stiffness, springref), ``freejoint``, ``geom`` (sphere, capsule, cylinder, box,
 ellipsoid, plane; size, fromto, pos, quat/euler/axisangle, density, mass, contype/conaffinity),
 ``inertial`` (mass, pos, quat/euler, diaginertia, fullinertia), ``actuator/motor`` (joint, gear,
-ctrlrange, ctrllimited). Lights, cameras, sites, materials and textures are ignored (they do
+ctrlrange, ctrllimited), muscles (``tphys.rigid.muscles``): a ``general`` actuator on a ``spatial`` tendon through
+``site``s, force = gainprm[0] · ctrl, gear < 0 (the force shortens the path), becomes a muscle of maximum force
+-gear · gainprm[0] and activation ctrl. Lights, cameras, other sites, materials and textures are ignored (they do
 not change the dynamics); anything else that would (``include``, tendons with stiffness or
-limits, equality constraints, non-motor actuators) raises ``NotImplementedError``.
+limits, equality constraints, other actuators) raises ``NotImplementedError``.
 
 Contact points for the ground (see ``tphys.rigid.contact``): sphere centres, capsule and
 cylinder end-points (with the radius), box corners; for geoms that can collide
@@ -28,6 +30,7 @@ from tphys.math import axis_angle_to_matrix, quat_to_matrix
 from tphys.rigid.builder import Body, Joint, RigidBuilder
 from tphys.rigid.inertia import combine, shape_inertia, volume
 from tphys.rigid.model import RigidModel
+from tphys.rigid.muscles import build_muscles
 
 F64 = torch.float64
 def load_mjcf(source: str | Path, density: float | None = None) -> RigidModel:
@@ -100,6 +103,7 @@ class _Parser:
         for tag in ("include", "equality"):
             if root.find(tag) is not None and (tag == "include" or len(root.find(tag))):
                 raise NotImplementedError(f"<{tag}> is not supported")
+        self.sites = {}  # site name -> (body index, pos [3] in the body frame), for muscle paths
         self.defaults = {}
         for default in root.findall("default"):
             self._read_defaults(default, "main", {})
@@ -145,7 +149,11 @@ class _Parser:
                 if any(k in item.attrib for k in ("stiffness", "damping", "range", "limited")):
                     raise NotImplementedError(f"tendon {item.get('name')!r} with stiffness/damping/limits is not supported")
         actuator = self.root.find("actuator")
+        muscles = []
         for motor in (actuator if actuator is not None else []):
+            if motor.tag == "general" and "tendon" in motor.attrib:
+                muscles.append(self._muscle(self._attrs(motor, "main")))
+                continue
             if motor.tag != "motor":
                 raise NotImplementedError(f"actuator <{motor.tag}> (only <motor>)")
             attrs = self._attrs(motor, "main")
@@ -155,7 +163,31 @@ class _Parser:
             limited = limited == "true" or (limited == "auto" and self.autolimits and "ctrlrange" in attrs)
             lower, upper = floats(attrs["ctrlrange"], 2) if limited else (-math.inf, math.inf)
             builder.add_motor(attrs["joint"], floats(attrs.get("gear", "1"))[0], (lower, upper), attrs.get("name", ""))
-        return builder.finalize()
+        model = builder.finalize()
+        if muscles:
+            links = model.names["body_links"]
+            paths = [[(links[self.sites[site][0]], self.sites[site][1]) for site in path] for _, path, _ in muscles]
+            model = model._replace(muscles=build_muscles(paths, [m[2] for m in muscles], [m[0] for m in muscles]))
+        return model
+
+    def _muscle(self, attrs) -> tuple:
+        """(name, [site names], max force N) of a ``general`` actuator on a spatial tendon through sites."""
+        name = attrs.get("name", attrs["tendon"])
+        for key, plain in (("dyntype", "none"), ("gaintype", "fixed"), ("biastype", "none")):
+            if attrs.get(key, plain) != plain:
+                raise NotImplementedError(f"muscle {name!r}: {key}={attrs[key]!r} (only {key}={plain!r}: force = gainprm[0] * ctrl)")
+        tendons = {t.get("name"): t for group in self.root.findall("tendon") for t in group}
+        tendon = tendons.get(attrs["tendon"])
+        if tendon is None or tendon.tag != "spatial" or any(item.tag != "site" for item in tendon):
+            raise NotImplementedError(f"muscle {name!r}: only spatial tendons through sites (no wrapping, no pulleys)")
+        force = -floats(attrs.get("gear", "1"))[0] * floats(attrs.get("gainprm", "1"))[0]
+        if force <= 0:
+            raise ValueError(f"muscle {name!r}: -gear * gainprm[0] must be > 0 (a muscle pulls), got {force}")
+        path = [item.get("site") for item in tendon]
+        missing = [site for site in path if site not in self.sites]
+        if missing or len(path) < 2:
+            raise ValueError(f"muscle {name!r}: needs at least two sites on bodies; unknown sites {missing}")
+        return name, path, force
 
     def _body(self, builder, element, parent, childclass):
         cls = element.get("childclass", childclass)
@@ -187,6 +219,9 @@ class _Parser:
                     rot=self._rotation(element.attrib), mass=float(mass), com=tuple(com.tolist()), inertia=inertia,
                     joints=joints, contacts=contacts, shapes=shapes)
         index = builder.add_body(body)
+        for site in element.findall("site"):
+            if site.get("name"):
+                self.sites[site.get("name")] = (index, floats(self._attrs(site, cls).get("pos", "0 0 0"), 3))
         for child in element.findall("body"):
             self._body(builder, child, index, cls)
 

@@ -10,6 +10,7 @@ Conventions (SI units, MuJoCo's layout so that MJCF models and MuJoCo results co
         free 6 (world linear velocity of the joint anchor, then body-frame angular velocity)
     C   contact points (sphere centres, capsule end-points, box corners), each with a radius
     A   actuators (motors: torque = gear · control)
+    M   muscles (``tphys.rigid.muscles``: tension = max force · activation along a path of via points)
 
 World frame: z up, gravity ``model.gravity``. Spatial vectors are Plücker coordinates in world
 axes taken at the world origin (see ``tphys.math``).
@@ -17,12 +18,15 @@ axes taken at the world origin (see ``tphys.math``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
 from tphys.autodiff import cast_tensor, map_tensors
+
+if TYPE_CHECKING:
+    from tphys.rigid.muscles import Muscles
 
 JOINT_TYPES = ("free", "ball", "slide", "hinge", "fixed")
 
@@ -170,8 +174,8 @@ class Material(NamedTuple):
         contact_kd: N·s/m², normal damping per metre of penetration (DFlex: scales with depth).
         contact_kf: N·s/m, viscous friction slope, capped by Coulomb.
         contact_mu: Coulomb friction coefficient.
-        limit_ke: N·m/rad (N/m), joint-limit penalty stiffness.
-        limit_kd: N·m·s/rad, joint-limit damping (applied outside the range only).
+        limit_ke: N·m/rad (N/m), joint-limit penalty stiffness (a scalar, or [Ds] one per hinge/slide dof).
+        limit_kd: N·m·s/rad, joint-limit damping (applied outside the range only; scalar or [Ds]).
     """
 
     contact_ke: Tensor
@@ -198,6 +202,7 @@ class RigidModel(NamedTuple):
         q0: [nq] default generalized positions (MJCF qpos0: ``ref`` values, free/ball bodies at their pose).
         names: dict with ``bodies`` {name: link}, ``joints`` {name: (q index, dof index, type)},
             ``actuators`` [names], ``shapes`` [names] and ``body_links`` [link of each MJCF body, world excluded].
+        muscles: ``tphys.rigid.muscles.Muscles``, or None for a model without muscles.
     """
 
     links: Links
@@ -209,6 +214,7 @@ class RigidModel(NamedTuple):
     gravity: Tensor
     q0: Tensor
     names: dict
+    muscles: Muscles | None = None
 
     @property
     def num_links(self) -> int:
@@ -225,6 +231,10 @@ class RigidModel(NamedTuple):
     @property
     def num_actuators(self) -> int:
         return self.actuators.dof.shape[0]
+
+    @property
+    def num_muscles(self) -> int:
+        return 0 if self.muscles is None else self.muscles.count
 
     @property
     def dtype(self) -> torch.dtype:

@@ -6,13 +6,15 @@ files and needs no MuJoCo to install). cartpole: ours (``tphys/rigid/assets/cart
 DFlex's URDF cart-pole written in MJCF, because no maintained package ships that model.
 dflex_humanoid: ours (``tphys/rigid/assets/dflex_humanoid.xml``), the 21-motor humanoid with ankles
 that DFlex's Humanoid task uses (gymnasium's humanoid has 17 motors and no ankles).
+snu_humanoid: ours (``tphys/rigid/assets/snu_humanoid.xml``), the lower body and 152 muscles of the SNU (MASS)
+skeleton that DFlex's SNUHumanoid task uses, written from DiffRL's human.xml / muscle284.xml numbers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-OURS = ("cartpole", "dflex_humanoid")
+OURS = ("cartpole", "dflex_humanoid", "snu_humanoid")
 GYMNASIUM = ("hopper", "ant", "humanoid", "half_cheetah")
 
 
