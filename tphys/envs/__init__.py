@@ -6,7 +6,7 @@ parameters with their defaults and the valid range of every numeric parameter an
 value outside it (``rope3d: stiffness must be > 0, got -1.0``) before building anything.
 """
 
-from tphys.envs import fluid_move, hand_flip, locomotion, payload_tasks, rolling_flat, soft_jumper  # noqa: F401  (register the DFlex rigid tasks, the PODS suite, the MPM tasks, SoftJumper)
+from tphys.envs import fluid_move, hand_flip, locomotion, payload_tasks, rolling_flat, snu_humanoid, soft_jumper  # noqa: F401  (register the DFlex rigid tasks, the PODS suite, the MPM tasks, SoftJumper)
 from tphys.envs.base import TphysEnv
 from tphys.envs.payload import GOALS, INTEGRATORS, PayloadEnv, PayloadTask, RewardWeights
 from tphys.envs.registry import list_envs, make, register

@@ -9,7 +9,8 @@ Tensordict keys (N = num_envs, nq / nv generalized positions / velocities, A act
     q            [N, nq]       generalized positions (MuJoCo layout: free joint = position, wxyz quaternion)
     qd           [N, nv]       generalized velocities (free joint = world linear, body-frame angular velocity)
     step_count   [N, 1] int64  steps since reset
-    action       [N, A]        motor commands in [-1, 1] (clamped; torque = gear · action)
+    action       [N, A]        motor commands in [-1, 1] (clamped; torque = gear · action), or for a muscle-driven
+                               task [N, M] muscle commands in [-1, 1]: activation (action + 1) / 2 (DiffRL's SNUHumanoid)
     reward       [N, 1]        the task's reward
     done / terminated / truncated [N, 1] bool: terminated by the task's rule (fall) or by a diverged
                                simulation (DFlex's rule: non-finite state or |q|, |qd| > 1e6, reward 0);
@@ -58,6 +59,7 @@ class RigidTask:
         terminated: observation -> [N] bool, or None for no early termination.
         metrics: (rollout [N, T], alive [N, T] bool) -> {name: [N]}, task-specific episode metrics.
         contact: simulate ground contact.
+        muscles: the actions drive the model's muscles (activation = (action + 1) / 2 in [0, 1]), not its motors.
     """
 
     name: str
@@ -72,6 +74,7 @@ class RigidTask:
     metrics: Callable[..., dict] | None = None
     contact: bool = True
     dt: float = 1.0 / 60.0
+    muscles: bool = False
 
 
 class RigidEnv(TphysEnv):
@@ -95,7 +98,8 @@ class RigidEnv(TphysEnv):
         # EnvBase consumes a keyword named ``compile``, hence the name
         self._substep_fn = compiled_substep(self.model, self.dt, substeps, task.contact) if compile_substep else None
         self.observation_dim = task.observation_dim
-        self._set_specs(self.model.num_actuators, observation=(self.observation_dim,), q=(self.model.nq,), qd=(self.model.nv,))
+        action_dim = self.model.num_muscles if task.muscles else self.model.num_actuators
+        self._set_specs(action_dim, observation=(self.observation_dim,), q=(self.model.nq,), qd=(self.model.nv,))
 
     # ------------------------------------------------------------------ the protocol's hooks
     def initial_state(self) -> dict[str, Tensor]:
@@ -109,7 +113,9 @@ class RigidEnv(TphysEnv):
         DFlex's divergence rule: an env whose new state is not finite or beyond ``DIVERGED`` keeps its state and is
         flagged ``terminated`` [N, 1] in the result; gradients leaving the step are cleaned of NaN/inf."""
         q, qd = state.get("q"), state.get("qd")
-        new = step(self.model, RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), RigidControl(_CleanGrad.apply(action)), self.dt,
+        action = _CleanGrad.apply(action)
+        control = RigidControl(action.new_zeros(action.shape[0], 0), 0.5 * action + 0.5) if self.task.muscles else RigidControl(action)
+        new = step(self.model, RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), control, self.dt,
                    self.substeps, contact=self.task.contact, recompute=self.recompute, substep_fn=self._substep_fn)
         diverged = _diverged(new.q) | _diverged(new.qd)  # [N]
         if diverged.any():

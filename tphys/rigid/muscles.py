@@ -102,13 +102,17 @@ def path_lengths(muscles: Muscles, poses: Poses) -> Tensor:
 def link_forces(muscles: Muscles, poses: Poses, tension: Tensor) -> Tensor:
     """[N, L, 6] world spatial forces (torque about the origin, force) that muscle tensions [N, M] (N, >= 0 to pull)
     put on the links: each crossing segment pulls its two ends towards each other."""
-    a, b, d = _segments(muscles, via_points(muscles, poses), muscles.cross)
-    f = d / safe_norm(d)[..., None] * tension[:, muscles.seg_muscle[muscles.cross], None]  # [N, S_c, 3], on the start's link
     start = muscles.seg_start[muscles.cross]
-    spatial = torch.cat((torch.cat((torch.cross(a, f, dim=-1), f), -1), -torch.cat((torch.cross(b, f, dim=-1), f), -1)), 1)
-    index = torch.cat((muscles.point_link[start], muscles.point_link[start + 1]))
+    ends = torch.cat((start, start + 1))  # [2 S_c]: the crossing segments' start points, then their end points
+    links = muscles.point_link[ends]
+    points = poses.pos[:, links] + (poses.rot[:, links] @ muscles.point_pos[ends][..., None])[..., 0]  # [N, 2 S_c, 3]
+    a, b = points.chunk(2, dim=1)
+    d = b - a
+    f = d * (tension[:, muscles.seg_muscle[muscles.cross]] / safe_norm(d))[..., None]  # [N, S_c, 3], on the start's link
+    force = torch.cat((f, -f), 1)
+    spatial = torch.cat((torch.cross(points, force, dim=-1), force), -1)
     n, num_links = poses.pos.shape[:2]
-    return torch.zeros(n, num_links, 6, dtype=f.dtype, device=f.device).index_add(1, index, spatial)
+    return torch.zeros(n, num_links, 6, dtype=f.dtype, device=f.device).index_add(1, links, spatial)
 
 
 def tensions(muscles: Muscles, activation: Tensor) -> Tensor:

@@ -11,6 +11,10 @@ Per task:
     limit       joint-limit penalty (ke, kd)
     strength    N·m (N) per unit action for every motor, or None to keep the MJCF gears
     substeps    per 1/60 s frame
+    limit_mass  (optional) kg: joint-limit (ke, kd) scaled per hinge/slide by the mass of its body / limit_mass
+                (DFlex's SNU Skeleton loader, mass_scale = mass / 15 kg)
+    muscle_scale (optional) factor on every muscle's maximum force (DiffRL's SNUHumanoid: str_scale 0.6, applied
+                twice, so 0.36 x the units' f0)
 
 Known differences from DFlex (its loader ignores parts of MJCF; ours follows MuJoCo): unactuated
 root joints of the planar models keep the file's zero armature (DFlex's hopper puts 1.0 on them),
@@ -36,6 +40,10 @@ DFLEX = {
                 limit=(1e3, 10.0), strength=200.0, substeps=16),
     "humanoid": dict(model="dflex_humanoid", density=None, armature=None, damping=None, stiffness=None,
                      contact=(2e4, 5e3, 1e3, 0.75), limit=(1e3, 10.0), strength=None, substeps=48),
+    # limit kd 0: DFlex applies its limit damping inside the range too, so the file carries it as joint damping
+    "snu_humanoid": dict(model="snu_humanoid", density=None, armature=None, damping=None, stiffness=None,
+                         contact=(5e3, 2e3, 1e3, 0.5), limit=(1e3, 0.0), strength=None, substeps=48, limit_mass=15.0,
+                         muscle_scale=0.36),
 }  # fmt: skip
 
 
@@ -54,6 +62,12 @@ def dflex_model(name: str, dtype=torch.float32, device=None) -> RigidModel:
     if p["strength"] is not None:
         model = model._replace(actuators=model.actuators._replace(gear=torch.full_like(model.actuators.gear, p["strength"])))
     ke, kd, kf, mu = p["contact"] or (0.0, 0.0, 0.0, 0.0)
+    limit_ke, limit_kd = p["limit"]
+    if p.get("limit_mass"):  # [Ds]: per hinge/slide, by the mass of its link
+        scale = model.links.mass[dofs.link[scalar]] / p["limit_mass"]
+        limit_ke, limit_kd = limit_ke * scale, limit_kd * scale
     model = model._replace(material=material(contact_ke=ke, contact_kd=kd, contact_kf=kf, contact_mu=mu,
-                                             limit_ke=p["limit"][0], limit_kd=p["limit"][1]))
+                                             limit_ke=limit_ke, limit_kd=limit_kd))
+    if p.get("muscle_scale") is not None:
+        model = model._replace(muscles=model.muscles._replace(max_force=model.muscles.max_force * p["muscle_scale"]))
     return model.to(device=device, dtype=dtype)
