@@ -4,7 +4,8 @@
     python recipes/gps.py env=rope3d algo.kl_step=0.5 num_envs=64 total_steps=2e5
     python recipes/gps.py resume=runs/gps/<run>      # continue a run from its last checkpoint
 
-k = num_envs initial states per iteration, one episode each; the envs need reward_residual (the PODS envs).
+k = algo.rollouts_per_epoch initial states per iteration (null: num_envs), one episode each, in chunks of num_envs
+envs; the envs need reward_residual (the PODS envs). algo.integrator sets env.options.integrator (as PODS's).
 """
 
 from omegaconf import DictConfig
@@ -12,7 +13,7 @@ from torchrl.envs import EnvBase
 
 from rl.builders import deterministic_actor, observation_normalizer
 from rl.cli import recipe_main
-from rl.experiment import recipe_run
+from rl.experiment import make_env, recipe_run
 from rl.objectives import GPSLoss
 from rl.trainers import GPSTrainer, PODSConfig
 
@@ -26,7 +27,12 @@ def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> GPSTrainer:
     # bound to the linearized policy; s-step, the policy regressed onto their mean actions, weighted by precision
     loss = GPSLoss(env, actor, kl_step=algo.kl_step, policy_std=algo.policy_std, iterations=algo.iterations)
     # trainer: per iteration, one c-step from k fresh initial states, then regression_steps optimizer steps
-    return GPSTrainer(loss, PODSConfig.from_config(cfg), normalizer=normalizer, **outputs)
+    # the k = algo.rollouts_per_epoch initial states of an epoch come from one env of k envs (the training env when
+    # k = num_envs), then run in chunks of num_envs
+    config = PODSConfig.from_config(cfg)
+    rollouts = config.rollouts_per_epoch or int(env.batch_size.numel())
+    start_env = env if rollouts == int(env.batch_size.numel()) else make_env(cfg, num_envs=rollouts)
+    return GPSTrainer(loss, config, normalizer=normalizer, start_env=start_env, **outputs)
 
 
 run = recipe_run(make_trainer)  # run(cfg, run_dir) -> the eval summary

@@ -2,9 +2,12 @@
 
     python recipes/pods.py env=pendulum2d env.goal=stop
     python recipes/pods.py env=rope algo.order=1 num_envs=64 total_steps=2e5
+    python recipes/pods.py env=pendulum2d env.goal=stop algo.rollouts_per_epoch=500 num_envs=64 algo.integrator=bdf2
     python recipes/pods.py resume=runs/pods/<run>      # continue a run from its last checkpoint
 
-k = num_envs initial states per epoch, one episode each (env steps per epoch: k x episode length).
+k = algo.rollouts_per_epoch initial states per epoch (null: num_envs), one episode each, simulated in chunks of
+num_envs envs (env steps per epoch: k x episode length). algo.integrator sets the env's env.options.integrator
+(recipes/config/pods.yaml): bdf2 is the paper's scheme.
 eval.json also holds the PODS paper's metrics (final kinetic energy, distance to the target, handle speed).
 """
 
@@ -13,7 +16,7 @@ from torchrl.envs import EnvBase
 
 from rl.builders import deterministic_actor, observation_normalizer
 from rl.cli import recipe_main
-from rl.experiment import recipe_run
+from rl.experiment import make_env, recipe_run
 from rl.objectives import PODSLoss
 from rl.trainers import PODSConfig, PODSTrainer
 
@@ -29,7 +32,12 @@ def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> PODSTrainer:
                     line_search_trials=algo.line_search_trials, armijo=algo.armijo, cg_iterations=algo.cg_iterations,
                     cg_tol=algo.cg_tol, damping=algo.damping, gradient_fallback=algo.get("gradient_fallback", True))
     # trainer: per epoch, one improvement from k fresh initial states, then regression_steps optimizer steps
-    return PODSTrainer(loss, PODSConfig.from_config(cfg), normalizer=normalizer, **outputs)
+    # the k = algo.rollouts_per_epoch initial states of an epoch come from one env of k envs (the training env when
+    # k = num_envs), then run in chunks of num_envs
+    config = PODSConfig.from_config(cfg)
+    rollouts = config.rollouts_per_epoch or int(env.batch_size.numel())
+    start_env = env if rollouts == int(env.batch_size.numel()) else make_env(cfg, num_envs=rollouts)
+    return PODSTrainer(loss, config, normalizer=normalizer, start_env=start_env, **outputs)
 
 
 run = recipe_run(make_trainer)  # run(cfg, run_dir) -> the eval summary

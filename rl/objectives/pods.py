@@ -29,10 +29,10 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.objectives import LossModule
 
-from rl.objectives.common import Trainable, differentiable_rollout
+from rl.objectives.common import Trainable
 from rl.objectives.trajectory import (
     GaussNewton,
     backtracking_line_search,
@@ -89,13 +89,20 @@ class PODSLoss(Trainable, LossModule):
     # ------------------------------------------------------------------ improvement (no policy gradient)
     @torch.no_grad()
     def policy_actions(self, start: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(actions [T, N, A], observations [T, N, obs], V(π) [N])`` of one deterministic episode."""
+        """``(actions [T, N, A], observations [T, N, obs], V(π) [N])`` of one deterministic episode.
+
+        Plain ``env.step``s, no reset at the episode's end: an epoch draws its initial states once, from the
+        start env (``PODSTrainer``), so k rollouts in chunks and in one batch consume the generator alike."""
+        td, actions, observations, rewards = start, [], [], []
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            trajectory, _ = differentiable_rollout(self.env, self.actor, start, self.horizon, stochastic=False)
-        actions = trajectory["action"].transpose(0, 1).contiguous()
-        observations = trajectory["observation"].transpose(0, 1).contiguous()
-        value = trajectory["next", "reward"].squeeze(-1).sum(1)
-        return actions, observations, value
+            for _ in range(self.horizon):
+                td = self.actor(td.clone(False))
+                actions.append(td["action"])
+                observations.append(td["observation"])
+                out = self.env.step(td)
+                rewards.append(out["next", "reward"].squeeze(-1))
+                td = step_mdp(out)
+        return torch.stack(actions), torch.stack(observations), torch.stack(rewards).sum(0)
 
     def direction(self, start: TensorDictBase, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """``(V [N], dV/dā [T, N, A], step direction [T, N, A], diagnostics)`` at ``actions``."""

@@ -4,6 +4,10 @@ epoch with ``rl.objectives.GPSLoss`` in place of PODS's improvement).
 Env steps count the k·T steps of the policy episodes; ``time/sim_steps`` also counts, per linearization, its
 rollout, one backward pass through the physics per state entry (the rows of the dynamics Jacobian) and the
 new controller's rollout.
+
+With ``rollouts_per_epoch`` k above num_envs, the c-step runs chunk by chunk (``PODSTrainer.improve``); unlike
+PODS's, GPS's chunks are not independent: the KL multiplier adapts after each chunk and each chunk's
+precisions are normalized to a mean trace of A over that chunk. k = num_envs (the default) has one chunk.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ class GPSTrainer(PODSTrainer):
     def name(self) -> str:
         return "gps"
 
-    def improvement_scalars(self, improved) -> dict[str, float]:
+    def improvement_scalars(self, improved, chunks) -> dict[str, float]:
         stats = improved["stats"]
         return {
             "gps/improved_return": stats["value_improved"].mean().item(), "gps/kl": stats["kl"].mean().item(),
-            "gps/eta": stats["eta"].mean().item(), "gps/kl_multiplier": improved["kl_multiplier"].item(),
+            "gps/eta": stats["eta"].mean().item(), "gps/kl_multiplier": chunks[-1]["kl_multiplier"].item(),
             "gps/improved_fraction": (stats["value_improved"] > stats["value_policy"]).double().mean().item(),
         }
 
-    def simulated_steps(self, improved) -> int:
-        per_linearization = 1 + int(improved["state_dim"].item()) + 1  # rollout, Jacobian rows, controller rollout
-        return (1 + int(improved["linearizations"].item()) * per_linearization) * self.steps_per_iter
+    def simulated_steps(self, chunk) -> int:
+        per_linearization = 1 + int(chunk["state_dim"].item()) + 1  # rollout, Jacobian rows, controller rollout
+        return (1 + int(chunk["linearizations"].item()) * per_linearization) * self.chunk * self.loss.horizon

@@ -235,3 +235,52 @@ def test_a_non_finite_gauss_newton_step_falls_back_to_the_gradient(monkeypatch):
     torch.testing.assert_close(step[:, 1], gradient[:, 1])
     out = loss.improve(start)
     assert torch.isfinite(out["batch", "target_action"]).all()
+
+
+def _one_epoch(num_envs, rollouts, order, integrator="semi_implicit"):
+    """A PODSTrainer's first epoch of ``rollouts`` initial states on ``num_envs`` envs: (trainer, scalars)."""
+    from rl.modules import ObservationNormalizer
+    from rl.trainers import PODSConfig, PODSTrainer
+
+    def env_of(n):
+        return E.make("pendulum2d", num_envs=n, dtype=torch.float64, seed=5, goal="stop", horizon=8, integrator=integrator)
+
+    env = env_of(num_envs)
+    start_env = env if rollouts == num_envs else env_of(rollouts)
+    torch.manual_seed(0)
+    normalizer = ObservationNormalizer(env.observation_dim)
+    actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(16, 16), normalizer=normalizer).double()
+    loss = PODSLoss(env, actor, order=order, cg_iterations=3)
+    config = PODSConfig(total_steps=10**6, actor_lr=1e-3, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
+                        grad_clip=None, regression_steps=4, rollouts_per_epoch=rollouts, progress=False)
+    trainer = PODSTrainer(loss, config, normalizer=normalizer, start_env=start_env)
+    return trainer, trainer.step()
+
+
+@pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])  # order 2: 13 s
+def test_rollouts_per_epoch_in_chunks_is_the_epoch_of_one_chunk(order):
+    """k = 5 rollouts on 2 envs (chunks of 2, 2 and 1 padded) give the epoch of 5 envs in one chunk: the same k x T
+    regression pairs, normalizer statistics, policy after the regression and logged returns, to float64 rounding."""
+    chunked, chunked_scalars = _one_epoch(2, 5, order)
+    whole, whole_scalars = _one_epoch(5, 5, order)
+    assert chunked.env_steps == whole.env_steps == 5 * 8 and chunked.steps_per_iter == 5 * 8
+    assert chunked_scalars["pods/accepted"] > 0, "no rollout improved: the comparison would be vacuous"
+    for key in ("train/episode_return", "pods/improved_return", "pods/accepted", "pods/step_size", "loss/actor_first", "loss/actor"):
+        assert chunked_scalars[key] == pytest.approx(whole_scalars[key], rel=1e-9, abs=1e-12), key
+    torch.testing.assert_close(chunked.normalizer.mean, whole.normalizer.mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(chunked.normalizer.var, whole.normalizer.var, rtol=1e-10, atol=1e-12)
+    for a, b in zip(chunked.loss.actor.parameters(), whole.loss.actor.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # the start env's generator (the one a checkpoint saves) drew once per epoch in both
+    assert torch.equal(chunked.env.generator.get_state(), whole.env.generator.get_state())
+
+
+def test_rollouts_per_epoch_needs_a_start_env_of_k_envs():
+    with pytest.raises(ValueError, match="rollouts_per_epoch=5 needs a start_env of 5 envs"):
+        from rl.trainers import PODSConfig, PODSTrainer
+
+        env = E.make("pendulum2d", num_envs=2, dtype=torch.float64, seed=5, goal="stop", horizon=12)
+        actor = DeterministicActor(env.observation_dim, env.action_dim, hidden=(8,)).double()
+        PODSTrainer(PODSLoss(env, actor, order=1), PODSConfig(rollouts_per_epoch=5, progress=False))
+    with pytest.raises(ValueError, match="rollouts_per_epoch must be >= 1"):
+        PODSConfig(rollouts_per_epoch=0)
