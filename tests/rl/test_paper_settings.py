@@ -19,6 +19,7 @@ init temperature, hidden sizes) are not repeated here.
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
@@ -96,11 +97,14 @@ def test_sapo_column():
     assert_linear_decay(trainer, {"actor": 2e-3, "critic": 5e-4, "alpha": 5e-3})
     # Optim type | AdamW | . | . | Adam | Adam | .   (SAPO: the shared AdamW, appendix B.1 V)
     # Optim (β_1, β_2) | (0.9, 0.999) | . | . | (0.7, 0.95) | (0.7, 0.95) | (0.7, 0.95)
-    # (weight decay is not in table 2: ours 0.0, which makes AdamW's steps Adam's; torch's AdamW default is 0.01)
-    assert algo.optimizer == "adamw" and list(algo.betas) == [0.7, 0.95] and algo.weight_decay == 0.0
+    # (weight decay is not in table 2: the reference implementation, mineral's agents/diffrl/shac.py, builds every SAPO
+    # optimizer as torch.optim.AdamW(params, lr=..., betas=...) - actor, critics and the temperature's log(alpha) - so
+    # torch's default decay 0.01 applies to all three; ours too)
+    assert algo.optimizer == "adamw" and list(algo.betas) == [0.7, 0.95] and algo.weight_decay == 0.01
     assert len(optimizers(trainer)) == 3
     for opt in optimizers(trainer):
-        assert type(opt) is torch.optim.AdamW and opt.defaults["betas"] == (0.7, 0.95) and opt.defaults["weight_decay"] == 0.0
+        assert type(opt) is torch.optim.AdamW and opt.defaults["betas"] == (0.7, 0.95) and opt.defaults["weight_decay"] == 0.01
+    assert torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).defaults["weight_decay"] == 0.01  # torch's default
     # Grad clip | 0.5 | . | . | 1.0 | 1.0 | .   (SAPO: the shared 0.5, appendix B.1 V)
     assert algo.grad_clip == 0.5 and trainer.cfg.grad_clip == 0.5
     # Norm type | LayerNorm | . | . | . | . | .
@@ -122,6 +126,13 @@ def test_sapo_column():
     assert algo.target_entropy is None and action_dim == 2 and loss.target_entropy == -action_dim / 2
     # Init temperature | . | . | 1.0 | . | . | 1.0
     assert algo.init_alpha == 1.0 and loss.alpha.item() == 1.0
+    # (weight decay, continued) the decay reaches log(alpha): one step with a zero gradient shrinks it by lr x 0.01
+    log_alpha = next(iter(trainer.parameter_groups["alpha"]))
+    with torch.no_grad():
+        log_alpha.fill_(1.0)
+    log_alpha.grad = torch.zeros_like(log_alpha)
+    trainer.alpha_opt.step()
+    assert log_alpha.item() == pytest.approx(1.0 - 5e-3 * 0.01, rel=1e-6)
 
 
 def test_shac_column():
