@@ -1,0 +1,365 @@
+"""Mutation testing of the code where a wrong line silently corrupts results (issue 22), on mutmut 3.
+
+Each scoped module (a source file: the engines' force / contact / integrator / material code, the kernels'
+torch twins, the returns and losses, the trainers' update rules, the evaluation) is mutated by mutmut and
+each mutant is run against the test files mapped to that module below (not the whole suite; mutmut
+further narrows to the tests that reach the mutated function). A mutant some test fails on is killed;
+one all its tests pass on survived.
+
+    python benchmarks/mutation.py                     # run every module (resumes); prints the table
+    python benchmarks/mutation.py --modules rigid_contact returns --minutes 30
+    python benchmarks/mutation.py --report            # rewrite the section of benchmarks/RESULTS.md
+    python benchmarks/mutation.py --list              # modules, their test files, results so far
+
+Resumable: after every mutant the verdicts are written to ``benchmarks/mutation/<module>.json``
+(committed; mutant name, status, the changed line). A later run copies the tree into a scratch
+work directory (``--workdir``, default ``runs/mutation``, never kept), seeds mutmut's own result files
+from those JSON files and tests only what has no verdict yet: mutants of functions whose source
+changed (mutmut hashes each function), survivors (tests may have been added since) and new mutants.
+``--minutes`` stops cleanly; the next run continues.
+
+Equivalent mutants (no behaviour can tell them apart from the original) are listed with their
+reason in ``benchmarks/mutation/equivalent.json`` and left out of the score; an entry counts only
+while the mutant's changed line is still the one recorded.
+
+Slow job: never part of the default pytest run. One worker process (``--max-children 1``) under
+``nice``; OMP_NUM_THREADS=1.
+
+The C sources (``tphys/kernels/cpu/kernels.c``) are not mutated: mutmut mutates Python only, and no
+C mutator is wired here. The C kernels are held equal to the torch twins by ``tests/kernels``, so the
+twins' mutation score measures that comparison's strength from the Python side only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "mutation"
+EQUIVALENT = RESULTS_DIR / "equivalent.json"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- mutation:begin (benchmarks/mutation.py --report) -->", "<!-- mutation:end -->"
+
+
+@dataclass
+class Module:
+    source: str  # the file mutmut mutates
+    tests: list[str]  # pytest selections (files or node ids) run against its mutants
+    note: str = ""
+    extra: list[str] = field(default_factory=list)  # extra pytest args
+
+
+# module -> the tests that cover it. Fast, targeted files: a mutant runs only these (and of these only the
+# tests mutmut saw reach the mutated function).
+MODULES: dict[str, Module] = {
+    "rigid_contact": Module("tphys/rigid/contact.py",
+                            ["tests/rigid/test_friction_laws.py",
+                             "tests/rigid/test_invariants.py::test_dropped_shape_comes_to_rest_at_the_analytic_penetration"],
+                            "rigid ground contact: penalty normal force, viscous-Coulomb friction"),
+    "returns": Module("rl/objectives/returns.py", ["tests/rl/test_returns.py", "tests/rl/test_returns_closed_form.py"],
+                      "TD(lambda) targets, discounted returns"),
+    "shac": Module("rl/objectives/shac.py", ["tests/rl/test_losses.py", "tests/rl/test_update_rules.py"],
+                   "SHAC loss: actor / critic losses, target-network update rule"),
+    "evaluation": Module("rl/trainers/evaluation.py",
+                         ["tests/rl/test_eval_baseline.py", "tests/rl/test_evaluation_per_episode.py"],
+                         "evaluation: per-episode returns up to the first done, mean / CI"),
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
+          36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
+          37: "caught by type check", None: "not checked"}
+DETECTED = {"killed", "timeout", "segfault", "caught by type check"}  # the tests noticed
+KEEP = {"killed", "timeout", "segfault", "caught by type check"}  # verdicts a later run trusts (survivors are retested)
+
+
+def status_of(code) -> str:
+    return STATUS.get(code, "suspicious")
+
+
+def results_path(key: str) -> Path:
+    return RESULTS_DIR / f"{key}.json"
+
+
+def load_results(key: str) -> dict:
+    p = results_path(key)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def load_equivalent() -> dict[str, dict]:
+    return json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+
+
+def git_head(tree: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def mutmut_config(mod: Module, root: Path) -> str:
+    tests = [t for t in mod.tests if (root / t.split("::")[0]).exists()]  # a test file not written yet is skipped
+    def arr(xs):
+        return "[" + ", ".join(json.dumps(x) for x in xs) + "]"
+
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["tphys", "rl"]\n'
+        f"only_mutate = {arr([mod.source])}\n"
+        f"pytest_add_cli_args_test_selection = {arr(tests)}\n"
+        f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-p', 'no:xdist', '-p', 'no:randomly'] + mod.extra)}\n"
+        'process_isolation = "forkserver"\n'
+        "use_git_change_detection = false\n"
+    )
+
+
+def prepare_workdir(key: str, mod: Module, source: Path, workdir: Path) -> Path:
+    """Copy the tree into workdir/<key>, write mutmut's config there and seed its verdicts from our JSON."""
+    wd = workdir / key
+    if wd.exists():
+        shutil.rmtree(wd)
+    wd.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("tphys", "rl", "tests"):
+        shutil.copytree(source / name, wd / name, ignore=ignore)
+    text = (source / "pyproject.toml").read_text()
+    if "[tool.mutmut]" in text:
+        text = text[: text.index("[tool.mutmut]")]
+    (wd / "pyproject.toml").write_text(text + mutmut_config(mod, source))
+    old = load_results(key)
+    if old.get("function_hashes"):
+        equivalent = load_equivalent()
+        codes = {}
+        for name, m in old.get("mutants", {}).items():
+            if m["status"] in KEEP or (name in equivalent and equivalent[name].get("change") == m.get("change")):
+                codes[name] = m["exit_code"]
+        meta = wd / "mutants" / (mod.source + ".meta")
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"exit_code_by_key": codes, "hash_by_function_name": old["function_hashes"],
+                                    "type_check_error_by_key": {}, "durations_by_key": {},
+                                    "estimated_durations_by_key": {}}))
+    return wd
+
+
+DIFF_SCRIPT = r"""
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path, names = sys.argv[1], json.loads(sys.stdin.read())
+out = {}
+for n in names:
+    try:
+        d = get_diff_for_mutant(n, path=path)
+    except Exception as e:  # a stale name: no diff
+        d = f"?? {type(e).__name__}: {e}"
+    out[n] = d
+print(json.dumps(out))
+"""
+
+
+def changed_lines(diff: str) -> str:
+    """The mutant's changed lines from mutmut's unified diff: '-old' / '+new' lines, stripped."""
+    keep = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(ln[0] + " " + ln[1:].strip() for ln in keep)
+
+
+def save_results(key: str, mod: Module, wd: Path, source: Path, diffs_cache: dict[str, str]) -> dict:
+    meta_path = wd / "mutants" / (mod.source + ".meta")
+    if not meta_path.exists():
+        return load_results(key)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:  # caught mid-write; the next poll gets it
+        return load_results(key)
+    codes = meta["exit_code_by_key"]
+    missing = [n for n in codes if n not in diffs_cache]
+    if missing and (wd / "mutants" / (mod.source + ".spans")).exists():
+        r = subprocess.run([sys.executable, "-c", DIFF_SCRIPT, mod.source], input=json.dumps(missing), cwd=wd,
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            diffs_cache.update({n: changed_lines(d) for n, d in json.loads(r.stdout).items()})
+    old = load_results(key).get("mutants", {})
+    mutants = {}
+    for name in sorted(codes, key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1]))):
+        code, before = codes[name], old.get(name, {})
+        # "first": the first verdict this mutant got (a survivor killed later by a new test shows survived -> killed)
+        first = before.get("first") or (status_of(code) if code is not None else None)
+        mutants[name] = {"status": status_of(code), "exit_code": code, "first": first,
+                         "change": diffs_cache.get(name, before.get("change", ""))}
+    data = {
+        "module": key, "source": mod.source, "tests": mod.tests, "note": mod.note,
+        "commit": git_head(source), "updated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "function_hashes": meta.get("hash_by_function_name", {}), "mutants": mutants,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = results_path(key).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    tmp.replace(results_path(key))
+    return data
+
+
+def run_module(key: str, source: Path, workdir: Path, deadline: float, poll_s: float = 20.0) -> bool:
+    """Run mutmut on one module until done or the deadline; returns True when it finished."""
+    mod = MODULES[key]
+    wd = prepare_workdir(key, mod, source, workdir)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
+    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
+    cmd = ["nice", "-n", "15", mutmut, "run", "--max-children", "1"]
+    log = open(wd / "mutmut.log", "w")
+    print(f"[{key}] {mod.source} <- {' '.join(mod.tests)}  (log: {wd / 'mutmut.log'})", flush=True)
+    proc = subprocess.Popen(cmd, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    diffs: dict[str, str] = {}
+    finished = False
+    try:
+        while True:
+            try:
+                proc.wait(timeout=poll_s)
+                finished = proc.returncode == 0
+                break
+            except subprocess.TimeoutExpired:
+                save_results(key, mod, wd, source, diffs)
+                if time.time() > deadline:
+                    print(f"[{key}] out of time; stopping (the next run resumes)", flush=True)
+                    break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+    data = save_results(key, mod, wd, source, diffs)
+    if proc.returncode not in (0, None, -signal.SIGTERM):
+        print(f"[{key}] mutmut exited {proc.returncode}; tail of the log:", flush=True)
+        print("\n".join((wd / "mutmut.log").read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]))
+    print(f"[{key}] {summary_line(key, data)}", flush=True)
+    return finished
+
+
+def tally(key: str, data: dict, equivalent: dict) -> dict:
+    t = {"mutants": 0, "killed": 0, "new_kills": 0, "survived": 0, "equivalent": 0, "not_checked": 0, "survivors": [], "equivalents": []}
+    for name, m in data.get("mutants", {}).items():
+        t["mutants"] += 1
+        eq = equivalent.get(name)
+        if eq is not None and eq.get("change") == m.get("change") and m["status"] in ("survived", "not checked"):
+            t["equivalent"] += 1
+            t["equivalents"].append((name, m, eq["reason"]))
+        elif m["status"] in DETECTED:
+            t["killed"] += 1
+            t["new_kills"] += m.get("first") == "survived"
+        elif m["status"] == "not checked":
+            t["not_checked"] += 1
+        else:
+            t["survived"] += 1
+            t["survivors"].append((name, m))
+    checked = t["killed"] + t["survived"]
+    t["score"] = t["killed"] / checked if checked else float("nan")
+    return t
+
+
+def summary_line(key: str, data: dict) -> str:
+    t = tally(key, data, load_equivalent())
+    return (f"{t['mutants']} mutants: {t['killed']} killed, {t['survived']} survived, {t['equivalent']} equivalent, "
+            f"{t['not_checked']} not checked; score {100 * t['score']:.1f} %")
+
+
+def report() -> str:
+    equivalent = load_equivalent()
+    lines = [BEGIN, "", "## Mutation score: physics, kernels' twins, returns, losses, update rules, evaluation (issue 22)", "",
+             "mutmut 3 mutates each module below (operator swaps, constants, comparisons, dropped arguments, ...); each",
+             "mutant runs the module's mapped test files only (of those, the tests mutmut saw reach the mutated function).",
+             "Score = killed / (killed + survived); equivalent mutants (no behaviour tells them from the original) are listed",
+             "with their reason and not counted. Verdicts per mutant: `benchmarks/mutation/<module>.json`.", "",
+             "Rerun / resume (slow job, one worker, `nice`; about a minute per 10-20 mutants on 2 cores):", "",
+             "```bash", "OMP_NUM_THREADS=1 python benchmarks/mutation.py --workdir /tmp/tphys-mutation   # then --report",
+             "```", "",
+             "| module | source | tests | mutants | killed | of which survived an earlier run | survived | equivalent | not checked | score | commit |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    total = {"mutants": 0, "killed": 0, "new_kills": 0, "survived": 0, "equivalent": 0, "not_checked": 0}
+    tallies = {}
+    for key, mod in MODULES.items():
+        data = load_results(key)
+        t = tallies[key] = tally(key, data, equivalent)
+        for k in total:
+            total[k] += t[k]
+        score = "-" if t["killed"] + t["survived"] == 0 else f"{100 * t['score']:.1f} %"
+        tests = "<br>".join(f"`{x}`" for x in mod.tests)
+        lines.append(f"| {key} | `{mod.source}` | {tests} | {t['mutants']} | {t['killed']} | {t['new_kills']} | {t['survived']} | "
+                     f"{t['equivalent']} | {t['not_checked']} | {score} | {data.get('commit', '-')} |")
+    checked = total["killed"] + total["survived"]
+    lines.append(f"| **all** | | | {total['mutants']} | {total['killed']} | {total['new_kills']} | {total['survived']} | {total['equivalent']} | "
+                 f"{total['not_checked']} | {100 * total['killed'] / max(checked, 1):.1f} % | |")
+    lines += ["", "The C kernels (`tphys/kernels/cpu/kernels.c`) are not mutated (mutmut mutates Python only).", ""]
+    lines += ["### Surviving mutants", ""]
+    any_surv = False
+    for key, t in tallies.items():
+        for name, m in t["survivors"]:
+            any_surv = True
+            change = m.get("change", "").replace("\n", " / ").replace("|", "\\|")
+            lines.append(f"- `{name}` ({m['status']}): `{change}`")
+    if not any_surv:
+        lines.append("none")
+    lines += ["", "### Equivalent mutants (not counted)", ""]
+    any_eq = False
+    for key, t in tallies.items():
+        for name, m, reason in t["equivalents"]:
+            any_eq = True
+            change = m.get("change", "").replace("\n", " / ").replace("|", "\\|")
+            lines.append(f"- `{name}`: `{change}` — {reason}")
+    if not any_eq:
+        lines.append("none")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_report() -> None:
+    section = report()
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS_MD.write_text(text)
+    print(section)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modules", nargs="*", default=None, help=f"subset of {list(MODULES)}")
+    ap.add_argument("--source", type=Path, default=ROOT, help="tree to copy (tphys, rl, tests, pyproject.toml); default: this repo")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "mutation", help="scratch copies (not kept)")
+    ap.add_argument("--minutes", type=float, default=float("inf"), help="stop after this long (resumable)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the RESULTS.md section from the JSON files")
+    ap.add_argument("--list", action="store_true", help="modules, tests and results so far")
+    args = ap.parse_args()
+    if args.list:
+        for key, mod in MODULES.items():
+            print(f"{key:16s} {mod.source:32s} {summary_line(key, load_results(key))}\n{'':16s} tests: {' '.join(mod.tests)}")
+        return
+    if not args.report:
+        deadline = time.time() + 60 * args.minutes
+        for key in args.modules or list(MODULES):
+            if key not in MODULES:
+                raise SystemExit(f"unknown module {key!r}; one of {list(MODULES)}")
+            if time.time() > deadline:
+                break
+            run_module(key, args.source.resolve(), args.workdir.resolve(), deadline)
+        print(report().split("### Surviving")[0].split("|---")[-1])
+        return
+    write_report()
+
+
+if __name__ == "__main__":
+    main()
