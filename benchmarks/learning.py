@@ -1,7 +1,8 @@
 """Learning benchmark: algorithms x envs x seeds at an equal env-step budget (the SAPO paper's table 1).
 
-Each run is one recipe in its own subprocess (``recipes/<algo>.py``, 1 torch thread), with
-``--jobs`` runs at a time. From every run's ``eval.json`` (final policy, deterministic,
+The runs go through Hydra's multirun with a launcher plugin (``launch_all``: one ``recipes/<algo>.py -m`` sweep
+per recipe; ``--launcher local``: joblib on this machine, ``--jobs`` runs at a time, 1 torch thread each;
+``--launcher slurm``: submitit on a SLURM cluster). From every run's ``eval.json`` (final policy, deterministic,
 64 episodes) and ``metrics.jsonl`` (periodic evaluations) it writes:
 
     - a table of final returns, mean ± 95 % CI over seeds (Student t), one row per
@@ -10,13 +11,15 @@ Each run is one recipe in its own subprocess (``recipes/<algo>.py``, 1 torch thr
     - a figure of evaluation return against env steps, mean ± 95 % CI band over seeds;
 
 into ``--out`` (default benchmarks/RESULTS.md) between ``<!-- learning -->`` markers, with
-machine, commit and command. Runs live under ``--runs`` (default runs/learning); a run
-whose eval.json already exists with the same budget is reused, so an interrupted
-benchmark continues where it stopped (``--fresh`` reruns everything).
+machine, commit and command. Runs live under ``--runs`` (default runs/learning/<env>-<goal>/<algo>/seed<N>);
+a run whose eval.json already exists with the same budget is reused and an interrupted one continues
+from its last checkpoint, so an interrupted benchmark continues where it stopped (``--fresh`` reruns
+everything).
 
     python benchmarks/learning.py                                    # rope + pendulum2d, 6 algos, 5 seeds
     python benchmarks/learning.py --algos sapo ppo --envs rope --seeds 2 --steps rope=100000
     python benchmarks/learning.py --quick --out /tmp/learning.md     # smoke test
+    python benchmarks/learning.py --launcher slurm --launcher-override hydra.launcher.partition=cpu   # on SLURM
     python benchmarks/learning.py --algos sapo shac ppo --envs soft_jumper --goal jump --seeds 2 \
         --steps soft_jumper=200000 --section learning-soft-jumper    # issue 7's SoftJumper comparison
     python benchmarks/learning.py --algos shac shac_lr5e-4 --variant shac_lr5e-4=shac:algo.actor_lr=5e-4 ...
@@ -28,11 +31,15 @@ import argparse
 import json
 import math
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -75,41 +82,170 @@ def iteration_steps(args, algo: str, env: str) -> int:
     return args.num_envs * per_env
 
 
-def launch(args, algo: str, env: str, seed: int, goal: str | None = None, extra: tuple[str, ...] = ()) -> dict:
-    """Run one recipe (or reuse a finished run with the same budget); returns its eval.json.
-
-    ``extra``: more Hydra overrides for this run (e.g. a task's network sizes).
-    """
-    goal = goal or args.goal
-    out = run_dir(args, algo, env, seed, goal)
+def job_overrides(args, algo: str, env: str, seed: int, goal: str, extra=()) -> tuple[str, list[str]]:
+    """``(recipe, Hydra overrides)`` of one run of the benchmark."""
     steps = args.steps[env]
-    done = out / "eval.json"
-    if done.exists() and not args.fresh:
-        summary = json.loads(done.read_text())
-        if summary.get("env_steps", -1) >= steps - iteration_steps(args, algo, env):
-            return summary
-    out.mkdir(parents=True, exist_ok=True)
     windows = max(steps // iteration_steps(args, algo, env), 1)
     recipe, variant = recipe_of(args, algo)
-    overrides = [
+    return recipe, [
         f"env={env}", f"env.goal={goal}", f"seed={seed}", f"total_steps={steps}", "progress=false", "video.enabled=false",
-        f"eval.every={max(windows // args.curve_points, 1)}", f"eval.episodes={args.eval_episodes}", f"hydra.run.dir={out}",
-        "threads=1", *extra, *variant,
+        f"eval.every={max(windows // args.curve_points, 1)}", f"eval.episodes={args.eval_episodes}", "threads=1", *extra, *variant,
     ]
-    log = (out / "run.log").open("w")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *overrides], stdout=log, stderr=subprocess.STDOUT,
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
-    log.close()
-    if proc.returncode != 0:
-        tail = (out / "run.log").read_text()[-1500:]
-        return {"error": f"exit {proc.returncode}", "log_tail": tail, "algo": algo, "env": env, "seed": seed, "goal": goal}
-    summary = json.loads(done.read_text())
-    summary["process_wall_time_s"] = round(time.perf_counter() - t0, 1)
-    done.write_text(json.dumps(summary, indent=2))
+
+
+def finished(args, algo: str, env: str, out: Path, fresh: bool | None = None) -> dict | None:
+    """The run's eval.json where it trained the budget (up to one iteration short), else None (always with --fresh)."""
+    done = out / "eval.json"
+    if (args.fresh if fresh is None else fresh) or not done.exists():
+        return None
+    try:
+        summary = json.loads(done.read_text())
+    except ValueError:
+        return None
+    return summary if summary.get("env_steps", -1) >= args.steps[env] - iteration_steps(args, algo, env) else None
+
+
+def resumable(args, env: str, out: Path) -> bool:
+    """An interrupted run of the same budget: a checkpoint and the run's config.yaml with ``total_steps`` = the budget."""
+    config = out / "config.yaml"
+    if args.fresh or not config.is_file() or not any((out / "checkpoints" / f).is_file() for f in ("last.pt", "previous.pt")):
+        return False
+    try:
+        saved = yaml.safe_load(config.read_text())
+        return float(saved["total_steps"]) == float(args.steps[env])
+    except (ValueError, KeyError, TypeError, yaml.YAMLError):
+        return False
+
+
+def job_name(out: Path, runs: Path) -> str:
+    """The run's job config name (``+experiment=NAME``): its directory under ``runs``, in Hydra-safe characters."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(out.relative_to(runs).parts))
+
+
+def job_config(overrides: list[str], subdir: str, resume: Path | None) -> str:
+    """One run as a config of Hydra's experiment pattern (``# @package _global_``): group choices in its defaults
+    list, the other overrides as values, its run directory as the sweep's ``subdir``, ``resume`` where it continues."""
+    from omegaconf import OmegaConf
+
+    from rl.cli import GROUPS, parse
+
+    groups, body = [], OmegaConf.create()
+    for o in parse(overrides):
+        if o.key_or_group in GROUPS:
+            groups.append(f"  - override /{o.key_or_group}: {o.value()}")
+        else:
+            OmegaConf.update(body, o.key_or_group, o.value(), force_add=True)
+    OmegaConf.update(body, "hydra.sweep.subdir", subdir, force_add=True)
+    if resume is not None:
+        body.resume = str(resume)
+    head = ["# @package _global_", f"# written by benchmarks/learning.py: {' '.join(overrides)}", "defaults:", *groups]
+    return "\n".join(head) + "\n" + OmegaConf.to_yaml(body)
+
+
+def hydra_string(value) -> str:
+    """``value`` quoted for a Hydra override."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def launch_all(args, jobs: list[tuple]) -> list[dict]:
+    """Run the benchmark's ``jobs`` ``(algo, env, seed[, goal[, extra]])`` through Hydra's multirun and a launcher
+    plugin; returns their eval.json summaries (or error dicts), in order.
+
+    A run whose eval.json already holds the budget is reused; an interrupted one (a checkpoint, the same budget)
+    continues from its checkpoint (``resume=``); any other is started afresh in an emptied directory. The rest
+    run as one sweep per recipe: ``recipes/<recipe>.py -m +experiment=<job>,<job>,...`` where each job is a
+    config written under ``<runs>/.jobs/experiment/`` (Hydra's experiment pattern: the jobs of a sweep need not be a
+    cartesian product) with the launcher ``args.launcher`` (``local``: joblib, ``args.jobs`` runs at a time;
+    ``slurm``: submitit) and ``args.launcher_overrides``.
+    """
+    runs = Path(args.runs).resolve()
+    jobs = [(a, e, s, (rest[0] if rest else None) or args.goal, tuple(rest[1]) if len(rest) > 1 else ()) for a, e, s, *rest in jobs]
+    summaries: list[dict | None] = [None] * len(jobs)
+    pending: dict[str, list[tuple[int, str]]] = {}
+    for i, (algo, env, seed, goal, extra) in enumerate(jobs):
+        out = run_dir(args, algo, env, seed, goal).resolve()
+        summary = finished(args, algo, env, out)
+        if summary is not None:
+            print(f"{algo:8s} {env:11s} {goal:15s} seed {seed}: reusing {out}", flush=True)
+            summaries[i] = summary
+            continue
+        resume = out if resumable(args, env, out) else None
+        if resume is None and out.exists():
+            shutil.rmtree(out)  # a run of another budget, or one that never checkpointed: start afresh
+        recipe, overrides = job_overrides(args, algo, env, seed, goal, extra)
+        name = job_name(out, runs)
+        path = runs / ".jobs" / "experiment" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(job_config(overrides, str(out.relative_to(runs)), resume))
+        print(f"{algo:8s} {env:11s} {goal:15s} seed {seed}: {'resuming' if resume else 'queued'} {out}", flush=True)
+        pending.setdefault(recipe, []).append((i, name))
+    for recipe, batch in pending.items():
+        sweep(args, recipe, [name for _, name in batch], runs)
+        for i, _ in batch:
+            summaries[i] = collect(args, *jobs[i][:4], runs)
+    return summaries
+
+
+def sweep(args, recipe: str, names: list[str], runs: Path) -> int:
+    """``recipes/<recipe>.py -m`` over the job configs ``names``; its output goes to ``<runs>/.jobs/<recipe>-<time>.log``."""
+    launcher = getattr(args, "launcher", "local")
+    cmd = [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), "-m", f"hydra/launcher={launcher}",
+           f"hydra.searchpath=[{hydra_string('file://' + str(runs / '.jobs'))}]", f"hydra.sweep.dir={hydra_string(runs)}",
+           f"+experiment={','.join(names)}"]
+    if launcher in ("local", "joblib"):
+        cmd.append(f"hydra.launcher.n_jobs={args.jobs}")
+    cmd += list(getattr(args, "launcher_overrides", None) or [])
+    log = runs / ".jobs" / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    print(f"{recipe}: {len(names)} run(s) through hydra/launcher={launcher}; log {log}", flush=True)
+    with log.open("w") as f:
+        f.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    return proc.returncode
+
+
+def collect(args, algo: str, env: str, seed: int, goal: str, runs: Path) -> dict:
+    """A launched run's eval.json, with ``process_wall_time_s`` (job start to eval.json); an error dict (with the
+    tail of its run.log, or of the sweep's log where the job never started) when it did not finish."""
+    out = run_dir(args, algo, env, seed, goal)
+    done, summary = out / "eval.json", finished(args, algo, env, out, fresh=False)
+    if summary is None or not done.exists():
+        logs = [out / "run.log"] if (out / "run.log").exists() else sorted((runs / ".jobs").glob("*.log"), key=os.path.getmtime)[-1:]
+        tail = logs[0].read_text()[-1500:] if logs else ""
+        return {"error": "no eval.json with the budget", "log_tail": tail, "algo": algo, "env": env, "seed": seed, "goal": goal}
+    record = json.loads((out / "recipe.json").read_text()) if (out / "recipe.json").exists() else {}
+    started = (record.get("resumes") or [{}])[-1].get("job", record.get("job", {})).get("started")
+    if started is not None:
+        summary["process_wall_time_s"] = round(done.stat().st_mtime - started, 1)
+        done.write_text(json.dumps(summary, indent=2))
     print(f"{algo:8s} {env:11s} {goal:15s} seed {seed}: {summary['deterministic']['mean']:9.2f}  "
           f"({summary['train_wall_time_s']:.0f} s train)", flush=True)
     return summary
+
+
+def parallelism(args) -> str:
+    """The results' parallelism line: the launcher and its runs at a time."""
+    at_a_time = f", {args.jobs} runs at a time" if args.launcher in ("local", "joblib") else ""
+    return f"Hydra multirun, hydra/launcher={args.launcher}{at_a_time}, 1 thread each"
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """--jobs, --launcher and --launcher-override (shared with pods_table.py)."""
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time with the joblib launcher (each uses 1 thread)")
+    parser.add_argument("--launcher", default="local",
+                        help="Hydra launcher of the runs: local (joblib, this machine; recipes/config/hydra/launcher/local.yaml), "
+                             "slurm (submitit; slurm.yaml), or any hydra/launcher option")
+    parser.add_argument("--launcher-override", dest="launcher_overrides", action="append", default=[], metavar="OVERRIDE",
+                        help="a Hydra override of the launcher, e.g. hydra.launcher.partition=cpu (repeatable)")
+
+
+def launch(args, algo: str, env: str, seed: int, goal: str | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """One run (``launch_all`` with one job): reused, resumed or run through the launcher; returns its eval.json.
+
+    ``extra``: more Hydra overrides for this run (e.g. a task's network sizes).
+    """
+    return launch_all(args, [(algo, env, seed, goal, extra)])[0]
 
 
 def curves(args, algo: str, env: str) -> tuple[list[int], list[float], list[float]] | None:
@@ -184,7 +320,7 @@ def main() -> None:
     parser.add_argument("--goal", default=GOAL)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", nargs="*", default=[], help="per-env budget, e.g. rope=300000 pendulum2d=150000")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses 1 thread)")
+    add_launcher_arguments(parser)
     parser.add_argument("--eval-episodes", type=int, default=64)
     parser.add_argument("--curve-points", type=int, default=10)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "learning")
@@ -219,8 +355,7 @@ def main() -> None:
     args.figure = args.figure or args.out.parent / f"{args.section.replace('-', '_')}.png"
     load_before, t0 = os.getloadavg(), time.perf_counter()
     jobs = [(a, e, s) for e in args.envs for s in range(args.seeds) for a in args.algos]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        summaries = list(pool.map(lambda job: launch(args, *job), jobs))
+    summaries = launch_all(args, jobs)
     results = {(a, e): [] for a in args.algos for e in args.envs}
     for (a, e, _), summary in zip(jobs, summaries):
         results[(a, e)].append(summary)
@@ -228,7 +363,7 @@ def main() -> None:
     plot(args, results, args.figure)
     lines = [
         *run_header("Learning: final evaluation return at an equal env-step budget", __file__, load_before, t0,
-                    parallelism=f"{args.jobs} runs at a time, 1 thread each"),
+                    parallelism=parallelism(args)),
         f"Final policy, deterministic, {args.eval_episodes} evaluation episodes per run; mean ± 95 % CI (Student t) over "
         f"{args.seeds} seeds of the per-run mean return; goal `{args.goal}`; 64 envs (TrajOpt 16), recipe defaults otherwise. "
         "`random` is the uniform-random policy on the same evaluation envs. wall s / run = training time per run (mean)."

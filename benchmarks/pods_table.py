@@ -1,10 +1,11 @@
 """The PODS paper's table 1 for our envs: reward and compute time of PODS-1st, PODS-2nd, GPS, APG (BPTT),
 SHAC, SAPO, PPO and SAC on every PODS env and both goals, plus the paper's metrics.
 
-Each run is one recipe in its own subprocess (``benchmarks/learning.launch``: 1 torch thread,
-``--jobs`` at a time; finished runs are reused, so an interrupted table continues where it
-stopped). Budgets are env steps per run (PODS: k = 64 episodes per epoch). Writes into --out
-between ``<!-- pods-table -->`` markers:
+The runs go through Hydra's multirun with a launcher plugin (``benchmarks/learning.launch_all``: one
+``recipes/<algo>.py -m`` sweep per recipe; ``--launcher local``: joblib, ``--jobs`` runs at a time, 1 torch
+thread each; ``--launcher slurm``: submitit). Finished runs are reused and interrupted ones continue from
+their last checkpoint, so an interrupted table continues where it stopped. Budgets are env steps per run
+(PODS: k = 64 episodes per epoch). Writes into --out between ``<!-- pods-table -->`` markers:
 
     - reward: deterministic final policy, 64 evaluation episodes, mean ± 95 % CI over seeds;
     - compute time: training wall-clock seconds per run (1 thread, this machine);
@@ -14,6 +15,7 @@ between ``<!-- pods-table -->`` markers:
     python benchmarks/pods_table.py                                   # 6 envs x 2 goals x 8 algos, 1 seed
     python benchmarks/pods_table.py --envs pendulum2d --goals stop --algos pods2 apg --steps pendulum2d=50000
     python benchmarks/pods_table.py --quick --out /tmp/pods_table.md  # smoke test
+    python benchmarks/pods_table.py --launcher slurm --launcher-override hydra.launcher.partition=cpu   # on SLURM
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import launch, mean_ci  # noqa: E402
+from learning import add_launcher_arguments, launch_all, mean_ci, parallelism  # noqa: E402
 from report import publish, run_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--goals", nargs="+", default=list(GOALS), choices=GOALS)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", nargs="*", default=[], help="per-env budget, e.g. rope3d=200000")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses 1 thread)")
+    add_launcher_arguments(parser)
     parser.add_argument("--eval-episodes", type=int, default=64)
     parser.add_argument("--curve-points", type=int, default=5)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "pods_table")
@@ -97,8 +98,7 @@ def main() -> None:
     args.steps = steps
     load_before, t0 = os.getloadavg(), time.perf_counter()
     jobs = [(a, e, s, g) for e in args.envs for g in args.goals for s in range(args.seeds) for a in args.algos]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        summaries = list(pool.map(lambda job: launch(args, *job), jobs))
+    summaries = launch_all(args, jobs)
     results = {(a, e, g): [] for a in args.algos for e in args.envs for g in args.goals}
     for (a, e, _, g), summary in zip(jobs, summaries):
         results[(a, e, g)].append(summary)
@@ -106,7 +106,7 @@ def main() -> None:
     budgets = ", ".join(f"{e} {args.steps[e]:,}" for e in args.envs)
     lines = [
         *run_header("PODS table 1: reward and compute time on the PODS envs", __file__, load_before, t0,
-                    parallelism=f"{args.jobs} runs at a time, 1 thread each"),
+                    parallelism=parallelism(args)),
         f"Budgets (env steps per run): {budgets}. 64 envs; PODS: k = 64 episodes per epoch. {args.seeds} seed(s); "
         f"{args.eval_episodes} deterministic evaluation episodes per run; recipe defaults otherwise.", "",
         *tables(args, results),

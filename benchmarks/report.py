@@ -44,7 +44,7 @@ def run_header(title: str, script: str, load_before, started: float, parallelism
 
 
 def publish(out: Path, key: str, lines: list[str], failures=(), wrote_also: str = "") -> None:
-    """Append the failed runs (``learning.launch`` error dicts) to ``lines``, print the section and write it into ``out``."""
+    """Append the failed runs (``learning.launch_all`` error dicts) to ``lines``, print the section and write it into ``out``."""
     if failures:
         lines = [*lines, "", "Failed runs:",
                  *[f"- {f['algo']} {f['env']} {f.get('goal') or ''} seed {f['seed']}: {f['error']}" for f in failures]]

@@ -11,7 +11,14 @@ Before Hydra runs it
 * with ``resume=RUN_DIR`` (or a checkpoint file) builds the run from the run's own ``config.yaml``,
   not from the command line: overrides that would change the experiment are refused naming each key,
   the few that make sense (``RESUMABLE``) are applied and recorded in ``recipe.json``; nothing in the
-  run directory is written before all of that is validated.
+  run directory is written before all of that is validated;
+* with ``-m`` (Hydra's multirun) composes and checks every job of the sweep before any starts, then runs them
+  through the launcher (``recipes/config/hydra/launcher``: ``local`` = joblib on this machine, the default;
+  ``slurm`` = submitit); each job writes its own run directory (``hydra.sweep.subdir``), its ``run.log`` and a
+  ``job`` entry in ``recipe.json``; a job with ``resume=RUN_DIR`` continues that run; a job that fails is reported
+  and the sweep exits non-zero after the others finish. Config groups of an added config directory
+  (``hydra.searchpath=[file://DIR]`` or ``--config-dir``; Hydra's experiment pattern, ``+experiment=NAME``) are
+  chosen whole: this is how ``benchmarks/learning.py`` launches a list of runs that is not a cartesian product.
 
 Errors print ``error: <message>`` on stderr and exit with status 2.
 """
@@ -20,12 +27,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from rl.trainers.checkpoint import CheckpointError, atomic_write_text, checkpoint_file, load_latest_checkpoint
 
@@ -68,8 +80,9 @@ def parse(overrides: list[str]):
     return OverridesParser.create().parse_overrides(overrides)
 
 
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
-    """The recipe's config, composed by Hydra's compose API (no run directory, nothing written)."""
+def compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The recipe's config, composed by Hydra's compose API (no run directory, nothing written); ``hydra``: with
+    its ``hydra`` node (``hydra.runtime.choices``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -77,7 +90,7 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
     finally:
         GlobalHydra.instance().clear()
 
@@ -95,11 +108,17 @@ def group_choices(parsed) -> list[str]:
 
 
 # ---------------------------------------------------------------------- keys and types
-def check_keys(defaults: DictConfig, parsed) -> None:
-    """Refuse every override of a key ``defaults`` lacks, ``+`` or not, outside the open namespaces."""
+def is_hydra_key(key: str) -> bool:
+    """``hydra.*`` keys and ``hydra/*`` groups (``hydra/launcher=joblib``): Hydra's own, not the recipe's."""
+    return re.split(r"[./]", key, maxsplit=1)[0] == "hydra"
+
+
+def check_keys(defaults: DictConfig, parsed, groups: tuple[str, ...] = ()) -> None:
+    """Refuse every override of a key ``defaults`` lacks, ``+`` or not, outside the open namespaces (``groups``: config
+    groups of a ``--config-dir`` / ``hydra.searchpath`` directory, chosen whole)."""
     for o in parsed:
         key = o.key_or_group
-        if key in GROUPS or key.split(".")[0] == "hydra" or key.split("@")[0] in GROUPS:
+        if key in GROUPS or key in groups or is_hydra_key(key) or key.split("@")[0] in GROUPS:
             continue
         if OmegaConf.select(defaults, key, default=_MISSING) is not _MISSING:
             continue
@@ -282,8 +301,10 @@ def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- resume
-def resume_config(config_name: str, resume: str, overrides: list[str]) -> tuple[DictConfig, Path, dict]:
-    """``(config, run dir, record)`` of a resumed run: the run's saved config plus the ``RESUMABLE`` overrides."""
+def resume_config(config_name: str, resume: str, overrides: list[str], groups: tuple[str, ...] = ()
+                  ) -> tuple[DictConfig, Path, dict]:
+    """``(config, run dir, record)`` of a resumed run: the run's saved config plus the ``RESUMABLE`` overrides
+    (``groups``: config groups of a sweep's own config directory, ``+experiment=NAME``, which are not checked here)."""
     ckpt = checkpoint_file(resume)
     run_dir = ckpt.parent.parent
     saved_path = run_dir / "config.yaml"
@@ -303,7 +324,7 @@ def resume_config(config_name: str, resume: str, overrides: list[str]) -> tuple[
     saved_algo = cfg.algo.get("name")
     if saved_algo is not None and saved_algo != config_name:
         raise ConfigError(f"resume={resume}: the run is a {saved_algo} run; resume it with recipes/{saved_algo}.py")
-    parsed = [o for o in parse(overrides) if o.key_or_group.split(".")[0] != "hydra"]
+    parsed = [o for o in parse(overrides) if not is_hydra_key(o.key_or_group) and o.key_or_group not in groups]
     refused, applied = [], {}
     for o in parsed:
         key = o.key_or_group
@@ -359,26 +380,126 @@ def read_record(run_dir: Path) -> dict:
 
 
 def write_record(run_dir: Path, config_name: str, choices: list[str] | None, overrides: list[str] | None,
-                 resume_entry: dict | None = None) -> None:
-    """``recipe.json``: the recipe, its group choices and overrides, and one entry per resume."""
+                 resume_entry: dict | None = None, job: dict | None = None) -> None:
+    """``recipe.json``: the recipe, its group choices and overrides, the sweep's job (``job_entry``) and one entry
+    per resume."""
     record = read_record(run_dir)
     record.setdefault("recipe", config_name)
     if choices is not None:
         record["choices"], record["overrides"] = choices, overrides
+        record.pop("job", None)
+        if job is not None:
+            record["job"] = job
     if resume_entry is not None:
         record.setdefault("resumes", []).append(resume_entry)
     atomic_write_text(run_dir / "recipe.json", json.dumps(record, indent=2))
 
 
+# ---------------------------------------------------------------------- sweeps
+def search_dirs(parsed, flags: list[str]) -> list[str]:
+    """Config directories added on the command line: ``hydra.searchpath=[file://DIR]`` and ``--config-dir DIR``."""
+    dirs = []
+    for o in parsed:
+        if o.key_or_group == "hydra.searchpath" and not o.is_delete():
+            value = o.value()
+            dirs += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    for i, flag in enumerate(flags):
+        if flag in ("--config-dir", "-cd") and i + 1 < len(flags):
+            dirs.append(flags[i + 1])
+        elif flag.startswith("--config-dir="):
+            dirs.append(flag.partition("=")[2])
+    return [d if "://" in d else f"file://{Path(d).resolve()}" for d in dirs]
+
+
+def extra_groups(dirs: list[str]) -> tuple[str, ...]:
+    """The config groups of ``dirs`` (Hydra's experiment pattern, ``+experiment=NAME``: the benchmarks' jobs); their
+    options are composed and checked as a whole (``check_sweep``), not key by key."""
+    groups = set()
+    for d in dirs:
+        path = Path(d[len("file://"):]) if d.startswith("file://") else None
+        if path is not None and path.is_dir():
+            groups |= {child.name for child in path.iterdir() if child.is_dir() and child.name != "hydra"}
+    return tuple(sorted(groups))
+
+
+def is_multirun(flags: list[str]) -> bool:
+    return any(f in ("-m", "--multirun") for f in flags) and not any(
+        f.split("=")[0] in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")
+        for f in flags)
+
+
+def check_sweep(config_name: str, parsed, dirs: list[str], groups: tuple[str, ...]) -> int:
+    """Compose and check every job of a multirun before any starts (the jobs of Hydra's basic sweeper: the cartesian
+    product of the ``a,b,c`` overrides); a job that resumes a run (``resume=RUN_DIR``) is checked as its resume.
+    Returns the number of jobs; a bad job raises ``ConfigError`` naming it."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if any(o.key_or_group == "hydra/sweeper" for o in parsed):
+        return 0  # another sweeper makes its own jobs: each is checked when it runs
+    search = [f"hydra.searchpath=[{','.join(dirs)}]"] if dirs and not any(o.key_or_group == "hydra.searchpath" for o in parsed) else []
+    jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    for num, job in enumerate(jobs):
+        shown = " ".join(j for j in job if not is_hydra_key(j.split("=")[0].lstrip("+~")))
+        try:
+            cfg = compose(config_name, [*job, *search], hydra=True)
+            choices = [f"{g}={cfg.hydra.runtime.choices[g]}" for g in GROUPS if g in cfg.hydra.runtime.choices]
+            with open_dict(cfg):
+                del cfg["hydra"]
+            if cfg.resume:
+                rest = [o.input_line for o in parse(job) if o.key_or_group not in ("resume", *groups)]
+                cfg, run_dir, _ = resume_config(config_name, str(cfg.resume), rest, groups)
+                choices = read_record(run_dir).get("choices") or [f"env={cfg.env.name}", f"algo={cfg.algo.name}"]
+            validate(config_name, cfg, choices)
+        except (ConfigError, CheckpointError) as err:
+            raise ConfigError(f"job #{num} of the sweep ({shown}): {err}") from None
+    return len(jobs)
+
+
+class Tee:
+    """A text stream that also writes into a file (a sweep job's ``run.log``)."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def job_output(path: Path):
+    """A sweep job's stdout and stderr, also appended to ``path``: parallel jobs share one terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log, redirect_stdout(Tee(sys.stdout, log)), redirect_stderr(Tee(sys.stderr, log)):
+        yield
+
+
+def job_entry(hc) -> dict:
+    """Where and how a sweep's job ran: its number, launcher, process and thread settings."""
+    return {"num": int(hc.job.num), "launcher": hc.runtime.choices.get("hydra/launcher"), "host": socket.gethostname(),
+            "pid": os.getpid(), "started": time.time(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
 # ---------------------------------------------------------------------- entry point
 def recipe_main(config_name: str, run: Callable[[DictConfig, str | Path], dict], argv: list[str] | None = None) -> None:
-    """A recipe's ``__main__``: check the command line, then run ``run(cfg, run_dir)`` under Hydra (or resume)."""
+    """A recipe's ``__main__``: check the command line, then run ``run(cfg, run_dir)`` under Hydra (or resume).
+
+    ``-m`` (Hydra's multirun) runs the sweep's jobs through the configured launcher (``recipes/config/hydra/launcher``:
+    joblib on this machine by default, submitit on SLURM); every job is checked before any starts."""
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides, flags = split_argv(argv)
     try:
         parsed = parse(overrides)
     except Exception:  # a syntax error: Hydra's own message says where
         parsed = None
+    groups: tuple[str, ...] = ()
     try:
         if parsed is not None:
             resume = [o for o in parsed if o.key_or_group == "resume" and o.value() is not None]
@@ -390,14 +511,18 @@ def recipe_main(config_name: str, run: Callable[[DictConfig, str | Path], dict],
                 write_record(run_dir, config_name, None, None, entry)
                 run(cfg, run_dir)
                 return
+            dirs = search_dirs(parsed, flags)
+            groups = extra_groups(dirs)
             choices = group_choices(parsed)
-            check_keys(compose(config_name, choices), parsed)
-            if not flags and not any(o.is_sweep_override() for o in parsed):  # a sweep's jobs are checked one by one
-                plain = [o.input_line for o in parsed if o.key_or_group.split(".")[0] != "hydra"]
+            check_keys(compose(config_name, choices), parsed, groups)
+            if is_multirun(flags):
+                check_sweep(config_name, parsed, dirs, groups)
+            elif not flags and not any(o.is_sweep_override() for o in parsed):
+                plain = [o.input_line for o in parsed if not is_hydra_key(o.key_or_group)]
                 validate(config_name, compose(config_name, plain), choices)
     except (ConfigError, CheckpointError) as err:
         fail(err)
-    hydra_run(config_name, run, overrides, argv)
+    hydra_run(config_name, run, overrides, argv, groups)
 
 
 def fail(err: Exception) -> None:
@@ -405,22 +530,45 @@ def fail(err: Exception) -> None:
     sys.exit(2)
 
 
-def hydra_run(config_name: str, run: Callable, overrides: list[str], argv: list[str]) -> None:
+def hydra_run(config_name: str, run: Callable, overrides: list[str], argv: list[str], groups: tuple[str, ...] = ()) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    def task(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig):
         hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            try:
+                return start(cfg, hc, Path(hc.runtime.output_dir))
+            except (ConfigError, CheckpointError) as err:
+                fail(err)
+        # a sweep's job, maybe in a launcher's worker process: its output also goes to run.log; a bad job is
+        # reported and raised (Hydra marks it failed, the other jobs go on, and the sweep exits non-zero at the end)
+        with job_output(Path(hc.runtime.output_dir) / "run.log"):
+            try:
+                return start(cfg, hc, Path(hc.runtime.output_dir), job_entry(hc))
+            except (ConfigError, CheckpointError) as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                raise
+            except BaseException:
+                traceback.print_exc()
+                raise
+
+    def start(cfg: DictConfig, hc, run_dir: Path, job: dict | None = None):
         choices = [f"{g}={hc.runtime.choices[g]}" for g in GROUPS if g in hc.runtime.choices]
-        try:
+        if job is not None and cfg.resume:  # a sweep's job that continues a run: the run's own config, as resume=
+            rest = [line for line in hc.overrides.task if parse([line])[0].key_or_group not in ("resume", *groups)]
+            cfg, run_dir, entry = resume_config(config_name, str(cfg.resume), rest, groups)
+            choices = read_record(run_dir).get("choices") or [f"env={cfg.env.name}", f"algo={cfg.algo.name}"]
             validate(config_name, cfg, choices)
-            run_dir = Path(hc.runtime.output_dir)
-            write_record(run_dir, config_name, choices, list(hc.overrides.task))
-            run(cfg, run_dir)
-        except (ConfigError, CheckpointError) as err:
-            fail(err)
+            write_record(run_dir, config_name, None, None, {**entry, "job": job})
+        else:
+            validate(config_name, cfg, choices)
+            write_record(run_dir, config_name, choices, list(hc.overrides.task), job=job)
+        return run(cfg, run_dir)
 
     if not any(a.startswith("hydra.job.name=") for a in argv):
-        argv = [*argv, f"hydra.job.name={config_name}"]  # the job (and its .log file) is named after the recipe
-    sys.argv = [sys.argv[0], *argv]
+        overrides = [*overrides, f"hydra.job.name={config_name}"]  # the job (and its .log file) is named after the recipe
+    _, flags = split_argv(argv)
+    sys.argv = [sys.argv[0], *overrides, *flags]  # one run of overrides: argparse takes no second one after the flags
     hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(task)()
