@@ -343,7 +343,25 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=float("inf"), help="stop after this long (resumable)")
     ap.add_argument("--report", action="store_true", help="only rewrite the RESULTS.md section from the JSON files")
     ap.add_argument("--list", action="store_true", help="modules, tests and results so far")
+    ap.add_argument("--survivors", action="store_true", help="print the surviving mutants' changes")
+    ap.add_argument("--mark-equivalent", nargs=2, metavar=("MUTANT", "REASON"), action="append",
+                    help="record a mutant as equivalent (its current changed line is stored with the reason)")
     args = ap.parse_args()
+    if args.mark_equivalent:
+        equivalent = load_equivalent()
+        for name, reason in args.mark_equivalent:
+            key = next((k for k in MODULES if name in load_results(k).get("mutants", {})), None)
+            if key is None:
+                raise SystemExit(f"no results for mutant {name}")
+            equivalent[name] = {"change": load_results(key)["mutants"][name]["change"], "reason": reason}
+        EQUIVALENT.write_text(json.dumps(dict(sorted(equivalent.items())), indent=1, ensure_ascii=False) + "\n")
+        return
+    if args.survivors:
+        equivalent = load_equivalent()
+        for key in args.modules or list(MODULES):
+            for name, m in tally(key, load_results(key), equivalent)["survivors"]:
+                print(f"{name} ({m['status']})\n    " + m.get("change", "").replace("\n", "\n    "))
+        return
     if args.list:
         for key, mod in MODULES.items():
             print(f"{key:16s} {mod.source:32s} {summary_line(key, load_results(key))}\n{'':16s} tests: {' '.join(mod.tests)}")
