@@ -449,10 +449,26 @@ def check_sweep(config_name: str, parsed, dirs: list[str], groups: tuple[str, ..
                 rest = [o.input_line for o in parse(job) if o.key_or_group not in ("resume", *groups)]
                 cfg, run_dir, _ = resume_config(config_name, str(cfg.resume), rest, groups)
                 choices = read_record(run_dir).get("choices") or [f"env={cfg.env.name}", f"algo={cfg.algo.name}"]
+            else:
+                check_no_new_keys(cfg, compose(config_name, choices))  # a key an experiment config adds
             validate(config_name, cfg, choices)
         except (ConfigError, CheckpointError) as err:
             raise ConfigError(f"job #{num} of the sweep ({shown}): {err}") from None
     return len(jobs)
+
+
+def check_no_new_keys(cfg: DictConfig, defaults: DictConfig, prefix: str = "") -> None:
+    """Refuse a key of ``cfg`` that ``defaults`` lacks (outside the open namespaces): what a config merged in whole
+    (``+experiment=NAME``) may add without an override naming it."""
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if any(path == p or path.startswith(p + ".") for p in OPEN_KEYS):
+            continue
+        default = OmegaConf.select(defaults, path, default=_MISSING)
+        if default is _MISSING:
+            raise ConfigError(unknown_key_message(defaults, path, path))
+        if isinstance(cfg[key], DictConfig) and isinstance(default, DictConfig):
+            check_no_new_keys(cfg[key], defaults, prefix=path + ".")
 
 
 class Tee:

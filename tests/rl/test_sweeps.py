@@ -62,6 +62,23 @@ def test_a_bad_job_of_a_sweep_is_refused_before_any_job_runs(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_key_that_an_experiment_config_adds_is_refused_like_an_unknown_override(tmp_path, capsys):
+    """``+experiment=NAME`` merges a whole config: a misspelt key in it must not be added silently."""
+    (tmp_path / "jobs" / "experiment").mkdir(parents=True)
+    (tmp_path / "jobs" / "experiment" / "typo.yaml").write_text("# @package _global_\nseed: 3\nalgo:\n  horizn: 3\n")
+
+    def never(cfg, run_dir):
+        raise AssertionError("a job started")
+
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main("sapo", never, argv=["-m", "+experiment=typo", f"hydra.searchpath=[file://{tmp_path / 'jobs'}]",
+                                         f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: job #0 of the sweep (+experiment=typo): unknown config key 'algo.horizn'"), err
+    assert not (tmp_path / "sweep").exists()
+
+
 def bench_args(tmp_path) -> Namespace:
     return Namespace(runs=tmp_path / "runs", goal="stop", steps={"pendulum2d": 4096}, num_envs=64, curve_points=2, eval_episodes=8,
                      fresh=False, jobs=2, launcher="local", launcher_overrides=[], variants={})
