@@ -20,6 +20,9 @@ def test_learning_benchmark_quick_writes_table_and_figure(tmp_path):
     text = out.read_text()
     assert "<!-- learning -->" in text and "| sapo |" in text and "| random |" in text
     assert (tmp_path / "learning.png").is_file()
+    assert "through hydra/launcher=local" in proc.stdout and "hydra/launcher=local, 2 runs at a time" in text  # Hydra multirun
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 4 and "through hydra/launcher" not in again.stdout
 
 
 @pytest.mark.slow

@@ -195,3 +195,15 @@ def test_resume_of_a_directory_without_a_checkpoint_names_it(tmp_path, capsys):
 def test_the_saved_config_is_the_experiment_not_the_resume(run_dir):
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.resume is None and saved.env.goal == "stop"
+
+
+def test_hydra_flags_with_a_value_after_overrides_print_the_config(monkeypatch, capsys):
+    """``--cfg hydra -p hydra.launcher`` after overrides: the recipe's own ``hydra.job.name=`` override used to be
+    appended after the flags, which argparse refused ("unrecognized arguments")."""
+    def never(cfg, run_dir):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(sys, "argv", ["sapo.py"])
+    recipe_main("sapo", never, argv=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", "-p", "hydra.launcher"])
+    out = capsys.readouterr().out
+    assert "SlurmLauncher" in out and "partition: gpu" in out
