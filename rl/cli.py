@@ -25,6 +25,7 @@ Errors print ``error: <message>`` on stderr and exit with status 2.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -93,6 +94,13 @@ def compose(config_name: str, overrides: list[str], hydra: bool = False) -> Dict
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
     finally:
         GlobalHydra.instance().clear()
+
+
+@functools.lru_cache(maxsize=64)
+def recipe_defaults(config_name: str, choices: tuple[str, ...]) -> DictConfig:
+    """The recipe's defaults for its group choices (``env=X``, ``algo=Y``): composed once per process (a sweep checks
+    many jobs against the same few); read only."""
+    return compose(config_name, list(choices))
 
 
 def group_choices(parsed) -> list[str]:
@@ -293,7 +301,7 @@ def validate(config_name: str, cfg: DictConfig, choices: list[str]) -> None:
     if algo is not None and algo != config_name:
         raise ConfigError(f"algo={algo}: recipes/{config_name}.py wires {config_name} (its modules, loss and trainer); "
                           f"run recipes/{algo}.py for {algo}")
-    defaults = compose(config_name, choices)
+    defaults = recipe_defaults(config_name, tuple(choices))
     check_types(cfg, defaults)
     check_ranges(cfg)
     check_choices(cfg)
@@ -450,7 +458,7 @@ def check_sweep(config_name: str, parsed, dirs: list[str], groups: tuple[str, ..
                 cfg, run_dir, _ = resume_config(config_name, str(cfg.resume), rest, groups)
                 choices = read_record(run_dir).get("choices") or [f"env={cfg.env.name}", f"algo={cfg.algo.name}"]
             else:
-                check_no_new_keys(cfg, compose(config_name, choices))  # a key an experiment config adds
+                check_no_new_keys(cfg, recipe_defaults(config_name, tuple(choices)))  # a key an experiment config adds
             validate(config_name, cfg, choices)
         except (ConfigError, CheckpointError) as err:
             raise ConfigError(f"job #{num} of the sweep ({shown}): {err}") from None
