@@ -371,6 +371,85 @@ def run_known(source: Path, workdir: Path) -> None:
     (RESULTS_DIR / "known.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
+# ----------------------------------------------------------------------------- C: a small operator-swap mutator
+C_SOURCE = "tphys/kernels/cpu/kernels.c"
+C_FUNCTIONS = ("stencil", "p2g_forward", "p2g_backward", "g2p_forward", "g2p_backward")  # the transfer loops
+C_TESTS = ["tests/kernels/test_c_transfer_twins.py"]
+C_SWAPS = [(" + ", " - "), (" - ", " + "), (" * ", " / "), (" / ", " * "), (" < ", " <= "), (" >= ", " > "),
+           (" += ", " -= "), (" -= ", " += "), ("0.5", "1.5"), ("1.5", "0.5"), ("0.75", "0.25"), ("2.0", "1.0"),
+           ("4.0", "2.0"), ("[0]", "[1]"), ("[1]", "[2]"), ("[2]", "[0]")]
+
+
+def c_mutants(text: str) -> list[dict]:
+    """Operator / constant / index swaps on the code lines of the transfer functions (comments skipped)."""
+    lines, out, current = text.splitlines(), [], None
+    for no, line in enumerate(lines, 1):
+        head = line.split("(")[0].split()
+        if line and not line[0].isspace() and head and head[-1] in C_FUNCTIONS and "{" in line.split(")")[-1] + lines[no][:0]:
+            current = head[-1]
+        elif line and not line[0].isspace() and (len(head) > 1 or line.startswith("#")):
+            current = head[-1] if head and head[-1] in C_FUNCTIONS else None
+        if current is None or line.lstrip().startswith(("/*", "*", "#", "//")):
+            continue
+        code = line.split("/*")[0]
+        for old, new in C_SWAPS:
+            start = code.find(old)
+            while start >= 0:
+                if not (old == " * " and code[:start].rstrip().endswith(("(", ","))):  # not a pointer declarator
+                    mutated = line[:start] + new + line[start + len(old):]
+                    out.append({"id": f"{current}:{no}:{start}:{old.strip()}->{new.strip()}", "line": no,
+                                "original": line.strip(), "mutated": mutated.strip(), "text": mutated})
+                start = code.find(old, start + 1)
+    return out
+
+
+def run_c(source: Path, workdir: Path, limit: int, deadline: float) -> None:
+    """Mutate the C transfer loops one at a time (an evenly spaced sample of ``limit``), rebuild, run C_TESTS."""
+    path = RESULTS_DIR / "c_kernels.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    done = {m["id"]: m for m in old.get("mutants", []) if m.get("status")}
+    text = (source / C_SOURCE).read_text()
+    candidates = c_mutants(text)
+    step = max(1, len(candidates) / max(limit, 1))
+    sample = [candidates[int(i * step)] for i in range(min(limit, len(candidates)))]
+    tree = workdir / "c"
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    for d in ("tphys", "tests"):
+        shutil.copytree(source / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+    lines = text.splitlines()
+    results = []
+    for m in sample:
+        prior = done.get(m["id"])
+        if prior and prior.get("original") == m["original"] and prior["status"] == "killed":
+            results.append(prior)
+            continue
+        if time.time() > deadline:
+            results.append({k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": None})
+            continue
+        mutated = lines.copy()
+        mutated[m["line"] - 1] = m["text"]
+        (tree / C_SOURCE).write_text("\n".join(mutated) + "\n")
+        cache = tree / "kernel-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree), TPHYS_KERNEL_CACHE=str(cache), PYTHONDONTWRITEBYTECODE="1")
+        cmd = ["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+               "--timeout=300", *C_TESTS]
+        try:
+            rc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=600).returncode
+        except subprocess.TimeoutExpired:
+            rc = -24
+        status = "survived" if rc == 0 else "timeout" if rc == -24 else "killed"
+        results.append({k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": status})
+        print(f"[c] {m['id']}: {status}", flush=True)
+    (tree / C_SOURCE).write_text(text)
+    path.write_text(json.dumps({"source": C_SOURCE, "functions": list(C_FUNCTIONS), "tests": C_TESTS,
+                                "candidates": len(candidates), "sampled": len(sample), "commit": git_head(source),
+                                "mutants": results}, indent=1) + "\n")
+
+
 def tally(key: str, data: dict, equivalent: dict) -> dict:
     t = {"mutants": 0, "killed": 0, "new_kills": 0, "survived": 0, "equivalent": 0, "not_checked": 0, "survivors": [], "equivalents": []}
     for name, m in data.get("mutants", {}).items():
@@ -477,6 +556,8 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only rewrite the RESULTS.md section from the JSON files")
     ap.add_argument("--list", action="store_true", help="modules, tests and results so far")
     ap.add_argument("--survivors", action="store_true", help="print the surviving mutants' changes")
+    ap.add_argument("--c", action="store_true", help="run the C operator-swap mutator on the transfer loops of kernels.c")
+    ap.add_argument("--c-limit", type=int, default=40, help="C mutants sampled (evenly spaced over the candidates)")
     ap.add_argument("--known", action="store_true", help="check the hand-found survivors (KNOWN) against old and new tests")
     ap.add_argument("--mark-equivalent", nargs=2, metavar=("MUTANT", "REASON"), action="append",
                     help="record a mutant as equivalent (its current changed line is stored with the reason)")
@@ -489,6 +570,9 @@ def main() -> None:
                 raise SystemExit(f"no results for mutant {name}")
             equivalent[name] = {"change": load_results(key)["mutants"][name]["change"], "reason": reason}
         EQUIVALENT.write_text(json.dumps(dict(sorted(equivalent.items())), indent=1, ensure_ascii=False) + "\n")
+        return
+    if args.c:
+        run_c(args.source.resolve(), args.workdir.resolve(), args.c_limit, time.time() + 60 * args.minutes)
         return
     if args.known:
         run_known(args.source.resolve(), args.workdir.resolve())
