@@ -25,9 +25,14 @@ while the mutant's changed line is still the one recorded.
 Slow job: never part of the default pytest run. One worker process (``--max-children 1``) under
 ``nice``; OMP_NUM_THREADS=1.
 
-The C sources (``tphys/kernels/cpu/kernels.c``) are not mutated: mutmut mutates Python only, and no
-C mutator is wired here. The C kernels are held equal to the torch twins by ``tests/kernels``, so the
-twins' mutation score measures that comparison's strength from the Python side only.
+The C sources (``tphys/kernels/cpu/kernels.c``) are out of mutmut's reach (Python only): ``--c`` runs a small
+operator-swap mutator of ours (``+``/``-``, ``*``/``/``, comparisons, compound assignments, constants, axis
+indices) over the transfer loops, an evenly spaced sample of ``--c-limit`` mutants, each rebuilt by the system
+compiler into a scratch kernel cache and run against ``tests/kernels/test_c_transfer_twins.py`` (C == torch twin,
+value and gradient); verdicts in ``benchmarks/mutation/c_kernels.json``.
+
+    python benchmarks/mutation.py --c --c-limit 40      # C mutants (resumes: killed ones are not rerun)
+    python benchmarks/mutation.py --known               # the hand-found survivors, old tests vs new tests
 """
 
 from __future__ import annotations
@@ -505,7 +510,21 @@ def report() -> str:
     lines.append(f"| **all** | | | {total['mutants']} | {total['killed']} | {total['new_kills']} | {total['survived']} | "
                  f"{total['equivalent']} | "
                  f"{total['not_checked']} | {100 * total['killed'] / max(checked, 1):.1f} % | |")
-    lines += ["", "The C kernels (`tphys/kernels/cpu/kernels.c`) are not mutated (mutmut mutates Python only).", ""]
+    cpath = RESULTS_DIR / "c_kernels.json"
+    if cpath.exists():
+        c = json.loads(cpath.read_text())
+        st = [m["status"] for m in c["mutants"]]
+        k, sv, nc = sum(x in DETECTED for x in st), st.count("survived"), st.count(None)
+        lines += ["", f"C (`{c['source']}`, not reachable by mutmut): our operator-swap mutator (`--c`) on the transfer loops "
+                  f"({', '.join(c['functions'])}), an evenly spaced sample of {c['sampled']} of its {c['candidates']} candidate "
+                  f"mutants, each rebuilt and run against {', '.join(f'`{t}`' for t in c['tests'])}: {k} killed, {sv} survived, "
+                  f"{nc} not checked" + (f", score {100 * k / max(k + sv, 1):.1f} %" if k + sv else "") + f" (commit {c['commit']}).",
+                  ""]
+        for m in c["mutants"]:
+            if m["status"] == "survived":
+                lines.append(f"- C survivor `{m['id']}`: `{m['mutated']}`")
+    else:
+        lines += ["", "The C kernels (`tphys/kernels/cpu/kernels.c`) are not mutated (mutmut mutates Python only).", ""]
     lines += ["### Surviving mutants", ""]
     any_surv = False
     for t in tallies.values():
