@@ -178,5 +178,7 @@ def test_summary_statistics():
                              "returns": [1.0, 2.0, 4.0]}
     one = summarize(torch.tensor([5.0]), deterministic=True)
     assert (one.mean, one.std, one.episodes) == (5.0, 0.0, 1) and math.isnan(one.ci95)
+    none = summarize(torch.tensor([]), deterministic=True)  # no episodes: no CI, and no ZeroDivisionError
+    assert (none.std, none.episodes, none.returns) == (0.0, 0, []) and math.isnan(none.ci95) and math.isnan(none.mean)
     two = summarize(torch.tensor([[1.0], [3.0]]), deterministic=True)  # flattened
     assert two.std == pytest.approx(math.sqrt(2)) and two.ci95 == pytest.approx(cornish_fisher(1) * 1.0)
