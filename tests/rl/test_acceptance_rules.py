@@ -21,15 +21,53 @@ def _line_search(actions, direction, env, start, **kw):
 
 
 def test_pods_line_search_refuses_a_step_that_only_equals_the_value():
-    """Actions at the upper bound and a direction pointing further out: every trial clips back to ā, its value equals
-    V(ā) (and the Armijo term is 0): no step is accepted, all trials are spent, ā is kept."""
+    """Actions at the bounds and a direction pointing further out: every trial clips back to ā, its value equals
+    V(ā) (and the Armijo term is 0): no step is accepted, all trials are spent, ā is kept. Unclipped, the steps would
+    pay (the masses start 10 m out and the push is towards 0), so the bounds [-1, 1] are what refuses them."""
     env = PointMass1D(num_envs=2, horizon=4)
     start = env.reset()
-    actions = torch.ones(4, 2, 1, dtype=torch.float64)
-    value, result = _line_search(actions, torch.ones_like(actions), env, start, max_trials=3, armijo=0.0)
+    start["observation"] = torch.tensor([[-10.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
+    actions = torch.cat([torch.ones(4, 1, 1), -torch.ones(4, 1, 1)], 1).double()
+    value, result = _line_search(actions, actions.clone(), env, start, max_trials=3, armijo=0.0)
     assert torch.equal(result.step_size, torch.zeros(2, dtype=torch.float64))
     assert result.trials == 3
     assert torch.equal(result.value, value) and torch.equal(result.actions, actions)
+    unclipped = play(env, start, 2 * actions).rewards.sum(0)
+    assert (unclipped > value).all()
+
+
+def test_pods_line_search_defaults():
+    import inspect
+
+    params = inspect.signature(backtracking_line_search).parameters
+    assert {k: params[k].default for k in ("max_trials", "armijo", "low", "high")} == {
+        "max_trials": 10, "armijo": 1e-4, "low": -1.0, "high": 1.0}
+
+
+def test_pods_line_search_armijo_condition():
+    """With armijo = 0.5 a trial must also reach V(ā) + 0.5·<dV/dā, trial - ā>: on this concave return the accepted
+    alpha is the first halving that does, smaller than the first that merely improves V (armijo = 0)."""
+    env = PointMass1D(num_envs=2, horizon=5)
+    start = env.reset()
+    start["observation"] = torch.tensor([[0.8, 0.0], [-0.6, 0.3]], dtype=torch.float64)
+    actions = torch.zeros(5, 2, 1, dtype=torch.float64)
+    rollout = play(env, start, actions)
+    value = rollout.rewards.sum(0)
+    _, gradient = value_and_gradient(env, start, actions)
+    direction = 40 * gradient  # a long first step: the first trials overshoot
+    first = torch.ones(2, dtype=torch.float64)
+    plain = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, direction, first, 12, 0.0)
+    strict = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, direction, first, 12, 0.5)
+    for i in range(2):
+        for j in range(12):
+            a = 0.5**j
+            trial = (actions + a * direction).clamp(-1, 1)
+            v = play(env, start, trial).rewards.sum(0)[i]
+            if v > value[i] and v >= value[i] + 0.5 * (gradient * (trial - actions)).sum((0, 2))[i]:
+                assert strict.step_size[i].item() == a
+                break
+    assert (strict.step_size < plain.step_size).any()
+    assert (strict.step_size > 0).all()
 
 
 def test_pods_line_search_accepts_the_first_strict_improvement_and_halves_until_then():
@@ -52,6 +90,13 @@ def test_pods_line_search_accepts_the_first_strict_improvement_and_halves_until_
                 assert alpha == a
                 break
     assert result.step_size[0] > result.step_size[1]  # far from 0: a bigger push pays
+    # the result holds the accepted trial's actions, value and observations
+    accepted = (actions + result.step_size[None, :, None] * direction).clamp(-1, 1)
+    torch.testing.assert_close(result.actions, accepted, rtol=0, atol=0)
+    replay = play(env, start, accepted)
+    torch.testing.assert_close(result.value, replay.rewards.sum(0), rtol=1e-14, atol=0)
+    torch.testing.assert_close(result.observations, replay.observations, rtol=0, atol=0)
+    assert not torch.equal(result.observations, play(env, start, actions).observations)
 
 
 def test_ppo_loss_settings_are_pinned(tmp_path):
