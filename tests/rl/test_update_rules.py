@@ -125,6 +125,25 @@ def test_shac_loss_and_targets_with_a_termination_use_the_target_critic():
     rewards = torch.stack([torch.stack([r for seg in segs for r in seg["r"]]) for segs in segments]).detach()
     torch.testing.assert_close(window["reward"], rewards, rtol=0, atol=1e-12)
     assert window["done"][2].sum() == 1 and window["done"][:2].sum() == 0
+    # the next window starts where this one ended: detached, without "next"
+    nxt = out["next_state"]
+    assert "next" not in nxt.keys() and not nxt["observation"].requires_grad
+    ends = torch.stack([segs[-1]["end"] for segs in segments]).detach()
+    torch.testing.assert_close(nxt["observation"], ends, rtol=0, atol=1e-12)
+    assert nxt["step_count"].squeeze(-1).tolist() == [horizon, horizon, horizon - len(segments[2][0]["r"])]
+
+
+def test_without_target_the_actor_loss_leaves_the_critic_without_gradients():
+    """Bootstrapping from the online critic (no target): the actor loss flows through V(s_H)'s input, not into the
+    critic's parameters, which stay trainable afterwards."""
+    env, _, actor, critic, loss = shac(None)
+    obs = torch.tensor([[0.3, 0.1], [-0.5, 0.0], [0.2, -0.3]], dtype=torch.float64)
+    torch.manual_seed(1)
+    out = loss(start_td(env, obs))
+    out["loss_actor"].backward()
+    assert all(p.grad is None for p in critic.parameters())
+    assert all(p.requires_grad for p in critic.parameters())
+    assert all(p.grad is not None for p in actor.parameters())
 
 
 def test_shac_critic_loss_is_the_ensemble_mean_squared_error():
