@@ -63,15 +63,19 @@ def _reward_gradient(steps):
         total = total + td["next", "reward"].sum()
         td = td["next"]
     total.backward()
-    return actions.grad
+    grad = actions.grad
+    assert torch.isfinite(grad).all()
+    # minus the activation penalty's own gradient (-0.001 x 0.5 per in-range action), what is left came through the
+    # muscles and the simulator, at every step
+    inside = actions.detach().abs() < 1
+    through_physics = (grad + 0.0005) * inside
+    assert (through_physics.abs().sum(-1) > 0).all()
 
 
 def test_reward_gradient_is_finite_over_two_steps():
-    grad = _reward_gradient(2)
-    assert torch.isfinite(grad).all() and (grad.abs().sum(-1) > 0).all()
+    _reward_gradient(2)
 
 
 @pytest.mark.slow
 def test_reward_gradient_is_finite_over_64_steps():
-    grad = _reward_gradient(64)
-    assert torch.isfinite(grad).all() and (grad.abs().sum(-1) > 0).all()
+    _reward_gradient(64)
