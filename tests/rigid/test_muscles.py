@@ -145,3 +145,18 @@ def test_muscles_pull_and_check_shapes():
         new = step(model, state, RigidControl(torch.zeros(1, 0, dtype=F64), activation), 1 / 60, substeps=4, contact=False)
         before, after = (path_lengths(model.muscles, kinematics(model, x, state.qd).poses)[0, m] for x in (q, new.q))
         assert after < before
+
+
+def test_recompute_modes_give_the_same_activation_gradient():
+    model, q = small_model(3)
+    state = RigidState(q, torch.zeros(1, model.nv, dtype=F64))
+    grads = []
+    for recompute in ("none", "step", "substep"):
+        activation = torch.tensor([[0.2, 0.5, 0.7, 0.4]], dtype=F64, requires_grad=True)
+        new = step(model, state, RigidControl(torch.zeros(1, 0, dtype=F64), activation), 1 / 60, substeps=3, contact=False,
+                   recompute=recompute)
+        (new.q.sum() + new.qd.sum()).backward()
+        grads.append(activation.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grads[2], grads[0], rtol=1e-12, atol=0)
