@@ -32,6 +32,7 @@ from torch import Tensor
 from tphys.envs.ranges import ranges_for
 from tphys.envs.registry import register
 from tphys.envs.rigid_env import PARAMETER_RANGES, RigidEnv, RigidTask
+from tphys.envs.snu_humanoid import SNU_HUMANOID
 from tphys.math import quat_mul, quat_to_matrix
 from tphys.rigid.model import RigidModel
 
@@ -197,6 +198,7 @@ REGISTERED = (  # (task, description, aliases)
     (ANT, "DFlex Ant (gymnasium model, penalty ground contact); obs 37, action 8, 1000 steps", ()),
     (HUMANOID, "DFlex Humanoid (21 motors, 48 substeps, penalty ground contact); obs 76, action 21, 1000 steps", ()),
 )
-NAMES = tuple(task.name for task, _, _ in REGISTERED)  # the registered rigid-body tasks
+# the registered rigid-body tasks (snu_humanoid, muscle-driven, registers itself in tphys/envs/snu_humanoid.py)
+NAMES = tuple(task.name for task, _, _ in REGISTERED) + (SNU_HUMANOID.name,)
 for _task, _description, _aliases in REGISTERED:
     register(_task.name, _description, aliases=_aliases, defaults={}, ranges=ranges_for(PARAMETER_RANGES, ENV_OPTIONS))(_factory(_task))
