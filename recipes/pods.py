@@ -16,7 +16,7 @@ from torchrl.envs import EnvBase
 
 from rl.builders import deterministic_actor, observation_normalizer
 from rl.cli import recipe_main
-from rl.experiment import make_env, recipe_run
+from rl.experiment import recipe_run, start_env_of
 from rl.objectives import PODSLoss
 from rl.trainers import PODSConfig, PODSTrainer
 
@@ -35,8 +35,7 @@ def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> PODSTrainer:
     # the k = algo.rollouts_per_epoch initial states of an epoch come from one env of k envs (the training env when
     # k = num_envs), then run in chunks of num_envs
     config = PODSConfig.from_config(cfg)
-    rollouts = config.rollouts_per_epoch or int(env.batch_size.numel())
-    start_env = env if rollouts == int(env.batch_size.numel()) else make_env(cfg, num_envs=rollouts)
+    start_env = start_env_of(cfg, env, config.rollouts_per_epoch)
     return PODSTrainer(loss, config, normalizer=normalizer, start_env=start_env, **outputs)
 
 

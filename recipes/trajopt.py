@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torchrl.envs import EnvBase
 
 from rl.cli import recipe_main
+from rl.distributed import env_shard
 from rl.experiment import recipe_run
 from rl.objectives import TrajOptLoss
 from rl.trainers import FirstOrderTrainer, TrainerConfig
@@ -20,7 +21,7 @@ from rl.trainers import FirstOrderTrainer, TrainerConfig
 def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> FirstOrderTrainer:
     """TrajOpt on ``env``; ``total_steps: null`` (the default) becomes epochs x episode length x N."""
     if cfg.total_steps is None:
-        cfg.total_steps = int(cfg.algo.epochs) * int(env.horizon) * int(env.batch_size.numel())
+        cfg.total_steps = int(cfg.algo.epochs) * int(env.horizon) * env_shard(env).total  # every rank's envs
     loss = TrajOptLoss(env, horizon=cfg.algo.horizon, gamma=cfg.algo.gamma)  # the sequence is the loss's own policy
     return FirstOrderTrainer(loss, TrainerConfig.from_config(cfg), **outputs)
 

@@ -9,6 +9,7 @@ A run directory gets: ``config.yaml`` (resolved), ``recipe.json`` (``rl.cli``), 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,11 @@ from types import ModuleType
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
 from torchrl.envs import EnvBase
 
 import tphys.envs
+from rl import distributed
 from rl.builders import DTYPES
 from rl.cli import ConfigError
 from rl.trainers import Trainer
@@ -56,19 +59,38 @@ def episode_length(cfg: DictConfig) -> int:
     return int(make_env(cfg, num_envs=1, seed=0).horizon)
 
 
-def make_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None) -> EnvBase:
-    """The env of ``cfg.env`` (name, goal, options) with ``num_envs`` (default ``cfg.num_envs``)."""
+def make_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None, sharded: bool = False,
+             what: str = "num_envs") -> EnvBase:
+    """The env of ``cfg.env`` (name, goal, options) with ``num_envs`` (default ``cfg.num_envs``).
+
+    ``sharded``: under data parallelism (``torchrun``), this rank's share of the ``num_envs`` global envs
+    (``TphysEnv.set_shard``); ``what`` names the count in the error when it does not split evenly.
+    """
     options = cfg.env.get("options")
     options = {} if options is None else dict(OmegaConf.to_container(options, resolve=True))
-    return tphys.envs.make(
-        cfg.env.name, num_envs=int(num_envs or cfg.num_envs), device=cfg.device, dtype=DTYPES[cfg.dtype],
+    total = int(num_envs or cfg.num_envs)
+    part = distributed.shard(total, what) if sharded else None
+    env = tphys.envs.make(
+        cfg.env.name, num_envs=total if part is None else part.size, device=cfg.device, dtype=DTYPES[cfg.dtype],
         goal=cfg.env.goal, seed=int(cfg.seed if seed is None else seed), **options,
     )
+    if part is not None:
+        env.set_shard(part.start, total)
+    return env
 
 
-def make_eval_env(cfg: DictConfig) -> EnvBase:
+def make_eval_env(cfg: DictConfig, sharded: bool = False) -> EnvBase:
     """Evaluation env: its own seed (``seed + 10_000``) so evaluation never shifts training resets."""
-    return make_env(cfg, num_envs=int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000)
+    return make_env(cfg, num_envs=int(cfg.eval.num_envs), seed=int(cfg.seed) + 10_000, sharded=sharded, what="eval.num_envs")
+
+
+def start_env_of(cfg: DictConfig, env: EnvBase, rollouts: int | None) -> EnvBase:
+    """The env whose ``reset`` draws an epoch's k = ``rollouts`` initial states (PODS, GPS): ``env`` when k is its
+    global env count (or None), else an env of k envs of the same task and seed (this rank's share of them when
+    ``env`` is a data-parallel shard)."""
+    if rollouts is None or int(rollouts) == distributed.env_shard(env).total:
+        return env
+    return make_env(cfg, num_envs=int(rollouts), sharded=getattr(env, "shard", None) is not None, what="algo.rollouts_per_epoch")
 
 
 def setup(cfg: DictConfig) -> None:
@@ -76,11 +98,13 @@ def setup(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.seed))
 
 
-def train_or_resume(cfg: DictConfig, trainer: Trainer) -> None:
-    """``trainer.train()``, first loading ``cfg.resume``'s checkpoint when there is one."""
-    if cfg.resume:
-        trainer.resume(checkpoint_file(cfg.resume))
-        print(f"resumed from {checkpoint_file(cfg.resume)} at env step {trainer.env_steps}")
+def train_or_resume(cfg: DictConfig, trainer: Trainer, restart: Path | None = None) -> None:
+    """``trainer.train()``, first loading ``cfg.resume``'s checkpoint (or ``restart``, an elastic restart's) when there is one."""
+    source = checkpoint_file(cfg.resume) if cfg.resume else restart
+    if source is not None:
+        trainer.resume(source)
+        if distributed.is_main():
+            print(f"resumed from {source} at env step {trainer.env_steps}")
     trainer.train()
 
 
@@ -91,6 +115,10 @@ MakeTrainer = Callable[..., Trainer]  # make_trainer(cfg, env, run_dir=..., eval
 def run_experiment(cfg: DictConfig, run_dir: str | Path, make_trainer: MakeTrainer) -> dict:
     """A recipe's run; returns the eval summary.
 
+    Under ``torchrun`` (``rl.distributed``) every rank runs this: rank 0 chooses the run directory and writes every
+    output, each rank steps its share of ``num_envs`` and of the evaluation envs, and an elastic restart of the job
+    (``torchrun --max-restarts``) resumes from the run's last checkpoint.
+
     Checks ``cfg``, seeds torch, resolves the run directory (a resumed run's own), makes the training
     and evaluation envs, calls the recipe's ``make_trainer(cfg, env, run_dir=, eval_env=, logger=)``
     (modules, loss, trainer), writes ``config.yaml`` (after ``make_trainer``, which may fill in a
@@ -98,18 +126,39 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, make_trainer: MakeTrain
     the policy video (``finish_run``).
     """
     check_config(cfg)
-    setup(cfg)
-    run_dir = resolve_run_dir(cfg, run_dir)
-    env, eval_env = make_env(cfg), make_eval_env(cfg)
-    trainer = make_trainer(cfg, env, run_dir=run_dir, eval_env=eval_env, logger=cfg.logger)
-    write_config(cfg, run_dir)
-    train_or_resume(cfg, trainer)
-    return finish_run(cfg, run_dir, eval_env, trainer.actor, trainer.env_steps, trainer.wall_time, algo_name=trainer.name,
-                      stochastic=trainer.stochastic_policy)
+    device = distributed.init(cfg.device)
+    try:
+        if device != cfg.device:
+            cfg = cfg.copy()
+            cfg.device = device  # cuda:<LOCAL_RANK>
+        setup(cfg)
+        sharded = distributed.is_distributed()
+        for key in ("num_envs", "eval.num_envs"):  # both split evenly, before anything is written
+            if sharded and int(OmegaConf.select(cfg, key)) % distributed.world_size():
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} does not split evenly across {distributed.world_size()} "
+                                  f"ranks; use a multiple of {distributed.world_size()}")
+        run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg, run_dir)) if distributed.is_main() else None))
+        restart = None if cfg.resume else elastic_restart_checkpoint(run_dir)
+        if restart is not None:
+            run_dir = restart.parent.parent
+        env, eval_env = make_env(cfg, sharded=sharded), make_eval_env(cfg, sharded=sharded)
+        trainer = make_trainer(cfg, env, run_dir=run_dir, eval_env=eval_env, logger=cfg.logger)
+        if distributed.is_main():
+            write_config(cfg, run_dir)
+        train_or_resume(cfg, trainer, restart)
+        return finish_run(cfg, run_dir, eval_env, trainer.actor, trainer.env_steps, trainer.wall_time, algo_name=trainer.name,
+                          stochastic=trainer.stochastic_policy)
+    finally:
+        distributed.shutdown()
 
 
 def recipe_run(make_trainer: MakeTrainer) -> Callable[[DictConfig, str | Path], dict]:
-    """The ``run(cfg, run_dir) -> eval summary`` of the recipe whose modules, loss and trainer ``make_trainer`` wires."""
+    """The ``run(cfg, run_dir) -> eval summary`` of the recipe whose modules, loss and trainer ``make_trainer`` wires.
+
+    Under ``torchrun`` an exception in any rank is recorded for the launcher (``record``), which stops the other ranks and
+    prints the failed rank and its message.
+    """
+    @record
     def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         return run_experiment(cfg, run_dir, make_trainer)
 
@@ -131,6 +180,29 @@ def load_recipe(name: str) -> ModuleType:
 
 
 # ---------------------------------------------------------------------- run directory
+def elastic_restart_checkpoint(run_dir: Path) -> Path | None:
+    """Under ``torchrun``, the checkpoint an elastic restart resumes from (None on a first attempt, outside torchrun, or
+    when the first attempt wrote no checkpoint).
+
+    The first attempt's rank 0 records its run directory in ``.torchrun-<run id>`` beside it (``torchrun`` gives every
+    attempt of one job the same run id); a restarted attempt, whose Hydra directory is new, continues in the recorded
+    directory from its ``checkpoints/last.pt``. The same answer on every rank.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    pointer = run_dir.parent / f".torchrun-{run_id}"
+    found = None
+    if distributed.is_main():
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and pointer.is_file():
+            ckpt = Path(pointer.read_text().strip()) / "checkpoints" / "last.pt"
+            found = str(ckpt) if ckpt.is_file() else None
+        else:
+            atomic_write_text(pointer, str(run_dir))
+    found = distributed.broadcast_object(found)
+    return None if found is None else Path(found)
+
+
 def resolve_run_dir(cfg: DictConfig, run_dir: str | Path) -> Path:
     """A resumed run continues in the directory its checkpoint lives in."""
     if cfg.resume:

@@ -7,28 +7,45 @@ and Q-nets), then a Polyak update of the target Q-nets. The first ``warmup_steps
 uniform random actions (the Collector's ``init_random_frames``) and no updates happen before
 the buffer holds that many transitions.
 
+Data parallel (``rl.distributed``): each rank keeps the transitions of its envs and samples its share of
+``batch_size`` from them (and of the warm-up and the replay capacity); its losses are weighted by that share
+and the gradients summed over ranks. The update is the single-process update in distribution, not to the
+last bit (a 1-rank run samples its batch from every env's transitions at once).
+
 ``target_tau`` follows the SAPO paper's convention: ``Q' <- target_tau Q' + (1 - target_tau) Q``
 (TorchRL's ``SoftUpdate(eps=target_tau)``, i.e. its ``tau = 1 - target_tau``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torch import Tensor
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 
+from rl import distributed
+from rl.distributed import env_shard
 from rl.objectives.common import Trainable
 from rl.trainers.collector import CollectorConfig, CollectorTrainer
 from rl.trainers.loop import GROUPS
 
 # a transition: all SACLoss reads (the simulator state x, v, ... stays out of the buffer)
 REPLAY_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "done"), ("next", "terminated"))
+
+
+def global_means(losses: dict[str, Tensor], share: float) -> dict[str, Tensor]:
+    """Each rank's mean losses weighted by its ``share`` and summed over ranks (one process: ``losses``)."""
+    if not distributed.is_distributed():
+        return losses
+    values = distributed.all_reduce_sum(torch.stack([v.detach().double() for v in losses.values()]) * share)
+    return dict(zip(losses, values))
 
 
 class SACBaselineLoss(Trainable, SACLoss):
@@ -77,14 +94,16 @@ class SACTrainer(CollectorTrainer):
     name = "sac"
 
     def __init__(self, loss: SACBaselineLoss, env: EnvBase, config: SACConfig, **outputs):
-        super().__init__(loss, env, config, init_random_frames=config.warmup_steps, **outputs)
-        capacity = max(1, min(config.replay_size, self.iterations * self.steps_per_iter))
-        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity), batch_size=config.batch_size)
+        share = env_shard(env).fraction  # this rank's share of the envs, of the batch, the warm-up and the replay
+        self.warmup = math.ceil(config.warmup_steps * share)
+        super().__init__(loss, env, config, init_random_frames=self.warmup, **outputs)
+        capacity = max(1, math.ceil(min(config.replay_size, self.iterations * self.steps_per_iter) * share))
+        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity), batch_size=max(1, round(config.batch_size * share)))
 
     # ------------------------------------------------------------------ one batch
     def update(self, batch: TensorDictBase) -> dict[str, float]:
         self.buffer.extend(batch.select(*REPLAY_KEYS).reshape(-1))
-        if len(self.buffer) < max(self.cfg.warmup_steps, 1):
+        if len(self.buffer) < max(self.warmup, 1):
             return {}
         named = self.named_parameters(*GROUPS)
         sums: dict[str, float] = {}
@@ -94,9 +113,11 @@ class SACTrainer(CollectorTrainer):
             out = self.loss(mb)
             losses = {k: out[k] for k in ("loss_actor", "loss_qvalue", "loss_alpha")}
             self.zero_grad(*GROUPS)
-            bad = self.nonfinite_report(losses, [])
+            share = self.env_shard.fraction
+            bad = self.nonfinite_report(global_means(losses, share), [])
             if not bad:
-                sum(losses.values()).backward()  # SACLoss detaches across the three losses
+                (sum(losses.values()) * share).backward()  # SACLoss detaches across the three losses
+                self.reduce_gradients(*GROUPS)
                 bad = self.nonfinite_report({}, named)
             if bad:
                 self.nonfinite(bad, "update skipped")
@@ -113,7 +134,8 @@ class SACTrainer(CollectorTrainer):
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
-        return {k: v / steps for k, v in sums.items()} if steps else {}
+        scalars = {k: v / steps for k, v in sums.items()} if steps else {}
+        return distributed.mean_scalars(scalars, ("loss/actor", "loss/critic", "loss/alpha", "sac/entropy"))
 
     # ------------------------------------------------------------------ checkpoints
     def extra_state(self) -> dict:

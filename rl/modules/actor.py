@@ -26,6 +26,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import Tensor, nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 
+from rl.distributed import randn_like  # torch.randn_like; the global envs' noise, sliced, in a data-parallel rollout
 from rl.modules.mlp import MLP
 from rl.modules.normalizer import ObservationNormalizer
 
@@ -97,7 +98,7 @@ class SquashedGaussianActor(TensorDictModuleBase):
     def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """``obs [..., D] -> (action [..., A], log_prob [...])``; reparameterised unless deterministic."""
         mu, log_std = self.distribution(obs)
-        u = mu if deterministic else mu + torch.exp(log_std) * torch.randn_like(mu)
+        u = mu if deterministic else mu + torch.exp(log_std) * randn_like(mu)
         return torch.tanh(u), squashed_gaussian_log_prob(u, mu, log_std)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

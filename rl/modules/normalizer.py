@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rl import distributed
+
 
 class ObservationNormalizer(nn.Module):
     """``[..., D] -> [..., D]``: ``clamp((obs - mean) / sqrt(var + eps), -clip, clip)``.
@@ -51,11 +53,14 @@ class ObservationNormalizer(nn.Module):
         batch = obs.detach().reshape(-1, self.dim).to(torch.float64)
         finite = torch.isfinite(batch).all(dim=-1)
         batch = batch[finite]
-        n = batch.shape[0]
+        if distributed.is_distributed():  # every rank's batch: the statistics of the global batch, on every rank
+            n, batch_mean, batch_var = global_moments(batch)
+        else:
+            n = batch.shape[0]
+            batch_mean = batch.mean(0) if n else None
+            batch_var = batch.var(0, unbiased=False) if n else None
         if n == 0:
             return
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, unbiased=False)
         total = self.count + n
         delta = batch_mean - self.mean
         new_mean = self.mean + delta * (n / total)
@@ -63,3 +68,15 @@ class ObservationNormalizer(nn.Module):
         self.mean = new_mean
         self.var = m2 / total
         self.count = total
+
+
+def global_moments(batch: Tensor) -> tuple[int, Tensor, Tensor]:
+    """``(rows, mean [D], biased var [D])`` of every rank's ``batch [n_r, D]`` (float64) together: two all-reduces."""
+    dim = batch.shape[1]
+    first = distributed.all_reduce_sum(torch.cat([batch.sum(0), batch.new_tensor([batch.shape[0]])]))
+    n = int(first[dim].item())
+    if n == 0:
+        return 0, batch.new_zeros(dim), batch.new_zeros(dim)
+    mean = first[:dim] / n
+    m2 = distributed.all_reduce_sum((batch - mean).square().sum(0))
+    return n, mean, m2 / n

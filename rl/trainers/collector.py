@@ -17,6 +17,8 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
+from rl import distributed
+from rl.distributed import gather_tree, sharded_noise, slice_tree
 from rl.trainers.guard import describe
 from rl.trainers.loop import LoopConfig, Trainer
 
@@ -42,8 +44,8 @@ class CollectorTrainer(Trainer):
 
     def __init__(self, loss: nn.Module, env: EnvBase, config: CollectorConfig, init_random_frames: int = 0, **outputs):
         super().__init__(loss, config, env, int(env.batch_size.numel()) * config.horizon, **outputs)
-        self.collector = Collector(env, self.actor, frames_per_batch=self.steps_per_iter,
-                                   total_frames=self.iterations * self.steps_per_iter,
+        self.collector = Collector(env, self.actor, frames_per_batch=self.local_steps_per_iter,
+                                   total_frames=self.iterations * self.local_steps_per_iter,
                                    init_random_frames=int(init_random_frames) or None, auto_register_policy_transforms=False)
         self.batches = None  # the collector's iterator, started by the first step
 
@@ -56,7 +58,8 @@ class CollectorTrainer(Trainer):
 
     def step(self) -> dict[str, float]:
         batch = self.collect()
-        self.track_returns(batch["next", "reward"].reshape(self.num_envs, -1).double(), batch["next", "done"].reshape(self.num_envs, -1))
+        self.track_returns(batch["next", "reward"].reshape(self.local_envs, -1).double(),
+                           batch["next", "done"].reshape(self.local_envs, -1))
         snapshot = self.snapshot() if self.cfg.on_nonfinite == "skip" else None
         scalars = self.update(batch)
         bad = self.nonfinite_parameters()
@@ -68,9 +71,9 @@ class CollectorTrainer(Trainer):
         if self.normalizer is not None:
             self.normalizer.update(batch["observation"])
         self.collector.update_policy_weights_()
-        scalars = self.advance(int(batch.numel()), scalars)
+        scalars = self.advance(self.steps_per_iter, scalars)
         scalars["train/step_reward"] = batch["next", "reward"].mean().item()
-        return scalars
+        return distributed.mean_scalars(scalars, ("train/step_reward",))
 
     def collect(self) -> TensorDictBase:
         """The next batch; a simulator NaN/inf (FloatingPointError) stops or, with ``skip``, resets the envs.
@@ -81,18 +84,26 @@ class CollectorTrainer(Trainer):
         if self.batches is None:
             self.batches = self.collector.iterator()
         while True:
+            failure = None
             try:
-                return next(self.batches)
+                with sharded_noise(self.env_shard):
+                    batch = next(self.batches)
             except FloatingPointError as err:
-                self.nonfinite(f"simulator state during collection: {err}", "envs reset, partial batch dropped")
+                failure = f"simulator state during collection: {err}"
+            failure = self.fail_together(failure)
+            if failure is None:
+                return batch
+            else:
+                self.nonfinite(failure, "envs reset, partial batch dropped")
                 self.collector.reset()
                 self.running_return.zero_()
                 self.batches = self.collector.iterator()
 
     def extra_state(self) -> dict:
+        """The collector's counters and the envs' current state, of all the global envs (every rank's gathered)."""
         carrier = getattr(self.collector, "_carrier", None)  # the envs' current state (TorchRL keeps it private)
         return {"collector": self.collector.state_dict(),
-                "env_state": None if carrier is None else carrier.exclude("collector").to_dict()}
+                "env_state": None if carrier is None else gather_tree(self.env, carrier.exclude("collector").to_dict())}
 
     def load_extra_state(self, state: dict) -> None:
         self.collector.load_state_dict(state["collector"])
@@ -100,4 +111,5 @@ class CollectorTrainer(Trainer):
         if state["env_state"] is None:  # no saved env state: the envs start fresh episodes
             self.running_return.zero_()
         elif carrier is not None:
-            carrier.update(TensorDict(state["env_state"], batch_size=self.env.batch_size, device=self.env.device))
+            mine = slice_tree(state["env_state"], self.env_shard)
+            carrier.update(TensorDict(mine, batch_size=self.env.batch_size, device=self.env.device))

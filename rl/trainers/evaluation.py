@@ -10,6 +10,8 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from rl import distributed
+
 
 def t_quantile_975(dof: int) -> float:
     """Two-sided 95 % Student-t quantile (Cornish-Fisher expansion; error < 1e-3 for dof >= 5)."""
@@ -52,7 +54,8 @@ def evaluate(env: EnvBase, policy: TensorDictModuleBase, episodes: int = 64, det
     """Return of ``episodes`` full episodes (``env.horizon`` steps unless ``max_steps``).
 
     Runs ``ceil(episodes / num_envs)`` rounds of ``num_envs`` parallel episodes, each from a
-    fresh ``env.reset()``, and keeps the first ``episodes`` returns. Episode returns are
+    fresh ``env.reset()``, and keeps the first ``episodes`` returns. An env that is one rank's shard of the global envs
+    (``TphysEnv.set_shard``) runs its share of each round and gathers every rank's returns (a collective). Episode returns are
     undiscounted sums of ``("next", "reward")`` up to the first ``done``.
     """
     if episodes < 1:
@@ -63,11 +66,12 @@ def evaluate(env: EnvBase, policy: TensorDictModuleBase, episodes: int = 64, det
     num_envs = int(env.batch_size.numel()) if len(env.batch_size) else 1
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     returns = []
-    with set_exploration_type(mode):
+    with set_exploration_type(mode), distributed.sharded_noise(distributed.env_shard(env)):
         while sum(r.numel() for r in returns) < episodes:
             traj = env.rollout(steps, policy, break_when_any_done=False, auto_reset=True)
             reward = traj.get(("next", "reward")).reshape(num_envs, steps)
             done = traj.get(("next", "done")).reshape(num_envs, steps)
             alive = (torch.cumsum(done.long(), dim=1) - done.long()) == 0  # up to and including the first done
-            returns.append((reward.double() * alive).sum(1))  # float64 sums: a long episode loses no digits
+            # float64 sums: a long episode loses no digits; a data-parallel shard's episodes join every rank's
+            returns.append(distributed.gather_envs(env, (reward.double() * alive).sum(1)))
     return summarize(torch.cat(returns)[:episodes], deterministic)

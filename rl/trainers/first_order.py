@@ -22,6 +22,8 @@ from typing import ClassVar
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from rl import distributed
+from rl.distributed import gather_tree, local_rows, sharded_noise, slice_tree
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.common import FirstOrderLoss
 from rl.trainers.guard import describe
@@ -70,12 +72,18 @@ class FirstOrderTrainer(Trainer):
         lrs = self.set_learning_rates()
         snapshot = self.snapshot() if self.cfg.on_nonfinite == "skip" else None
         self.zero_grad("actor", "alpha")
+        failure = None
         try:
-            out = self.loss(self.state)
+            with sharded_noise(self.env_shard):
+                out = self.loss(self.state)
             actor_objective = out["loss_actor"] + (out["loss_alpha"] if "loss_alpha" in out.keys() else 0.0)
-            actor_objective.backward()
+            (actor_objective * self.env_shard.fraction).backward()  # this rank's share of the global mean
         except FloatingPointError as err:  # the env's NaN/inf state or action check
-            return self.drop_window(f"simulator: {err}")
+            failure = f"simulator: {err}"
+        failure = self.fail_together(failure)
+        if failure is not None:
+            return self.drop_window(failure)
+        self.reduce_gradients("actor", "alpha")
         losses = {key: out[key] for key in ("loss_actor", "loss_alpha") if key in out.keys()}
         bad = self.nonfinite_report(losses, self.named_parameters("actor", "alpha"))
         if bad:
@@ -102,6 +110,7 @@ class FirstOrderTrainer(Trainer):
         for key in ("alpha", "entropy"):
             if key in out.keys():
                 scalars[f"sapo/{key}"] = out[key].item()
+        scalars = distributed.mean_scalars(scalars, ("loss/actor", "train/window_reward", "sapo/entropy"))
         return self.advance(self.steps_per_iter, scalars)
 
     def drop_window(self, what: str) -> dict[str, float]:
@@ -112,30 +121,42 @@ class FirstOrderTrainer(Trainer):
         return {"train/skipped": float(self.skips)}
 
     def train_critic(self, batch: TensorDictBase) -> float:
-        """``critic_iterations`` mini-epochs of ``loss.critic_loss`` over the window's batch; returns the last loss."""
-        size = batch.shape[0]
+        """``critic_iterations`` mini-epochs of ``loss.critic_loss`` over the window's batch; returns the last loss.
+
+        ``batch`` holds this rank's envs' rows (env-major, H per env); minibatches are drawn over the global rows and each
+        rank takes the rows it holds, its mean loss weighted by its share of the minibatch (``rl.distributed``).
+        """
+        per_env = batch.shape[0] // self.local_envs
+        size = self.num_envs * per_env
+        first, end = self.env_shard.rows(per_env)
         per = math.ceil(size / self.cfg.critic_minibatches)
         params = self.parameter_groups["critic"]
         last = float("nan")
         for _ in range(self.cfg.critic_iterations):
             order = torch.randperm(size, generator=self.generator)
             for start in range(0, size, per):
-                mb = batch[order[start:start + per]]
+                rows = order[start:start + per]
+                mine = local_rows(rows, first, end)
                 self.zero_grad("critic")
-                loss = self.loss.critic_loss(mb)["loss_critic"]
+                local = self.loss.critic_loss(batch[mine])["loss_critic"] * (mine.numel() / rows.numel()) if mine.numel() else None
+                loss = distributed.all_reduce_sum(local.detach().clone() if local is not None else torch.zeros((), dtype=params[0].dtype))
                 if not torch.isfinite(loss):
                     self.nonfinite(f"critic loss {loss.item()}", "critic update skipped")
                     self.zero_grad("critic")
                     return float("nan")
-                loss.backward()
+                if local is not None:
+                    local.backward()
+                self.reduce_gradients("critic")
                 self.clip(params)
                 self.optimizer_step("critic")
                 last = loss.item()
         return last
 
     def extra_state(self) -> dict:
-        return {"env_state": None if self.state is None else self.state.to_dict()}
+        """The state the next window starts from, of all the global envs (every rank's gathered)."""
+        return {"env_state": None if self.state is None else gather_tree(self.env, self.state.to_dict())}
 
     def load_extra_state(self, state: dict) -> None:
         if state["env_state"] is not None:
-            self.state = TensorDict(state["env_state"], batch_size=self.env.batch_size, device=self.env.device)
+            mine = slice_tree(state["env_state"], self.env_shard)
+            self.state = TensorDict(mine, batch_size=self.env.batch_size, device=self.env.device)

@@ -14,7 +14,12 @@ collector batch) -> its scalars. ``Trainer`` holds everything around it:
 * checkpoints: networks, optimizers, counters, every random generator (torch's, the trainer's, the
   envs'), episode-return tracking and the stall monitor; a subclass adds its own state through
   ``extra_state`` / ``load_extra_state``, so a resumed run computes what the uninterrupted run
-  computes, bit for bit on CPU.
+  computes, bit for bit on CPU;
+* data parallelism (``rl.distributed``, under ``torchrun``): the env is this rank's shard of the global envs
+  (``num_envs`` and ``steps_per_iter`` count all of them); ``reduce_gradients`` sums a group's gradients over ranks,
+  ``fail_together`` turns one rank's failure into every rank's; episode returns and evaluation episodes are gathered;
+  rank 0 alone logs, shows progress and writes checkpoints (the envs' state gathered from every rank, so a checkpoint
+  is the one a single process would write, and resumes at any world size that divides ``num_envs``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from rl import distributed
+from rl.distributed import env_shard
 from rl.modules.normalizer import ObservationNormalizer
 from rl.trainers.checkpoint import env_generator_state, load_checkpoint, restore_env_generator, save_checkpoint
 from rl.trainers.episodes import track_episode_returns
@@ -166,11 +173,15 @@ class Trainer:
                  eval_env=None, normalizer: ObservationNormalizer | None = None, logger: str = "csv"):
         self.loss, self.cfg = loss, config
         self.env, self.eval_env, self.normalizer = env, eval_env, normalizer
-        self.num_envs = int(env.batch_size.numel())
-        self.steps_per_iter = int(steps_per_iter)
+        self.local_envs = int(env.batch_size.numel())
+        self.env_shard = env_shard(env)  # this rank's envs of the global envs (all of them in one process)
+        self.num_envs = self.env_shard.total
+        self.local_steps_per_iter = int(steps_per_iter)  # the env steps of this rank's envs
+        self.steps_per_iter = self.local_steps_per_iter * self.num_envs // self.local_envs
         self.iterations = math.ceil(config.total_steps / self.steps_per_iter)
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.logger = RunLogger(self.run_dir, logger) if self.run_dir is not None else None
+        self.writes = distributed.is_main()  # the one rank that writes logs and checkpoints
+        self.logger = RunLogger(self.run_dir, logger) if self.run_dir is not None and self.writes else None
         self.parameter_groups = loss.parameter_groups()
         unknown = set(self.parameter_groups) - set(GROUPS)
         if unknown:
@@ -248,6 +259,20 @@ class Trainer:
             if group in self.optimizers:
                 self.optimizers[group].step()
 
+    def reduce_gradients(self, *groups: str) -> None:
+        """Sum the gradients of ``groups`` over ranks (each rank's loss weighted by its share: the global loss's gradient)."""
+        distributed.reduce_gradients([p for g in groups for p in self.parameter_groups.get(g, ())])
+
+    def fail_together(self, message: str | None) -> str | None:
+        """Every rank's failure message joined (None when no rank failed); a collective under data parallelism, so every
+        rank drops or stops together. One process: ``message``."""
+        failed = distributed.failures(message)
+        if not failed:
+            return None
+        if not distributed.is_distributed():
+            return failed[0][1]
+        return "; ".join(f"rank {r}: {m}" for r, m in failed)
+
     def clip(self, params: list[Tensor]) -> float:
         """``clip_grad_norm`` at the config's ``grad_clip``; returns the norm before clipping."""
         return clip_grad_norm(params, self.cfg.grad_clip)
@@ -288,7 +313,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ bookkeeping of one iteration
     def track_returns(self, reward: Tensor, done: Tensor) -> None:
-        """Fold ``reward [N, T]`` into the running episode returns; episodes that end (``done``) are recorded."""
+        """Fold ``reward [n, T]`` of this rank's envs into the running episode returns of all the envs; episodes that end
+        (``done``) are recorded, in global env order."""
+        reward, done = distributed.all_gather(reward), distributed.all_gather(done)
         self.recent_returns = track_episode_returns(self.running_return, self.recent_returns, reward, done)
 
     def advance(self, env_steps: int, scalars: dict[str, float]) -> dict[str, float]:
@@ -319,7 +346,7 @@ class Trainer:
         cfg = self.cfg
         stop = self.iterations if iterations is None else min(self.iterations, self.iteration + iterations)
         bar = tqdm(total=self.iterations * self.steps_per_iter, initial=self.env_steps, unit="step", unit_scale=True,
-                   disable=not cfg.progress, dynamic_ncols=True, desc=self.name.upper(),
+                   disable=not (cfg.progress and self.writes), dynamic_ncols=True, desc=self.name.upper(),
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
         start = time.perf_counter() - self.wall_time
         steps_at, time_at = self.env_steps, time.perf_counter()
@@ -389,7 +416,12 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def save(self, path: str | Path) -> Path:
-        return save_checkpoint(self.state_dict(), path)
+        """Write a checkpoint (rank 0; under data parallelism every rank calls this: the envs' state is gathered)."""
+        distributed.check_in_sync(self.loss, f"{self.name} at {self.where()}")
+        state = self.state_dict()
+        if self.writes:
+            save_checkpoint(state, path)
+        return Path(path)
 
     def resume(self, path: str | Path) -> None:
         """Load a checkpoint and drop log records written after it (they will be re-logged)."""

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torchrl.envs import EnvBase
 
+from rl import distributed
 from rl.trainers.checkpoint import atomic_write_text
 from rl.trainers.evaluation import evaluate
 from rl.trainers.logging import plot_curves
@@ -29,16 +30,18 @@ def git_commit() -> str:
 
 class UniformRandomPolicy(torch.nn.Module):
     """Writes ``action`` uniform in the env's action box, drawn from its own generator seeded with ``seed`` (the same
-    actions whatever ran before)."""
+    actions whatever ran before; for a data-parallel shard of the envs, drawn for all the global envs and sliced)."""
 
     def __init__(self, env: EnvBase, seed: int):
         super().__init__()
         self.low, self.high = env.action_spec.space.low, env.action_spec.space.high
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.shard = distributed.env_shard(env)
 
     def forward(self, td):
-        u = torch.rand(self.low.shape, generator=self.generator, dtype=torch.float64).to(self.low.dtype)
-        return td.set("action", self.low + (self.high - self.low) * u)
+        s = self.shard
+        u = torch.rand((s.total, *self.low.shape[1:]), generator=self.generator, dtype=torch.float64)[s.start:s.stop]
+        return td.set("action", self.low + (self.high - self.low) * u.to(self.low.dtype))
 
 
 @torch.no_grad()
@@ -51,7 +54,10 @@ def random_policy_return(env: EnvBase, episodes: int, seed: int = 0):
 def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_steps: int, wall_time: float,
                algo_name: str | None = None, stochastic: bool = True) -> dict:
     """Write ``eval.json`` (final policy: deterministic, stochastic unless the policy has no noise,
-    random policy, and the env's episode metrics), ``curve.png`` and the video."""
+    random policy, and the env's episode metrics), ``curve.png`` and the video.
+
+    Under data parallelism every rank evaluates its share of the episodes (collectives); rank 0 writes and prints.
+    """
     episodes = int(cfg.eval.episodes)
     t0 = time.perf_counter()
     seed = int(cfg.seed) + 10_000
@@ -75,6 +81,8 @@ def finish_run(cfg: DictConfig, run_dir: Path, eval_env: EnvBase, policy, env_st
         summary["metrics"] = {"deterministic": episode_metrics(eval_env, policy, episodes),
                               "random_policy": episode_metrics(eval_env, None, episodes, seed)}
     summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 2)
+    if not distributed.is_main():
+        return summary
     atomic_write_text(run_dir / "eval.json", json.dumps(summary, indent=2))
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curve.png",
                 title=f"{summary['algo']} on {cfg.env.name} ({cfg.env.goal}), seed {cfg.seed}")
@@ -97,12 +105,12 @@ def episode_metrics(env: EnvBase, policy, episodes: int, seed: int = 0) -> dict[
 
     values: dict[str, list[torch.Tensor]] = {}
     count = 0
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
+    with set_exploration_type(ExplorationType.DETERMINISTIC), distributed.sharded_noise(distributed.env_shard(env)):
         while count < episodes:
             traj = env.rollout(int(env.horizon), policy, break_when_any_done=False)
             for name, value in env.episode_metrics(traj).items():
-                values.setdefault(name, []).append(value.double())
-            count += int(env.batch_size.numel())
+                values.setdefault(name, []).append(distributed.gather_envs(env, value.double()))
+            count += distributed.env_shard(env).total
     out = {}
     for name, chunks in values.items():
         v = torch.cat(chunks)[:episodes]

@@ -12,6 +12,10 @@ One epoch = k fresh initial states (``rollouts_per_epoch``; default num_envs), o
 3. ``regression_steps`` optimizer steps on Eq. 7 over all k·T (observation, improved action)
    pairs, in ``minibatches`` minibatches per step (1: full batch, as the paper).
 
+Data parallel (``rl.distributed``): each rank improves its share of the k initial states (its slice of the one
+draw, ``TphysEnv.set_shard``) with no communication; the regression's minibatches are drawn over the global
+k·T rows, each rank's mean loss weighted by its share and the gradients summed over ranks.
+
 Env steps count the k·T steps of the policy episodes; ``sim_steps`` (logged) also counts the
 rollouts of the line search and, for the second order, of the Gauss-Newton products (padding included).
 Everything else (evaluation, logging, checkpoints, resume, the non-finite guard) is ``Trainer``'s.
@@ -26,6 +30,8 @@ from typing import ClassVar
 import torch
 from tensordict import TensorDict
 
+from rl import distributed
+from rl.distributed import env_shard, local_rows
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.pods import PODSLoss
 from rl.trainers.guard import describe
@@ -66,15 +72,16 @@ class PODSTrainer(Trainer):
 
     def __init__(self, loss: PODSLoss, config: PODSConfig, run_dir=None, eval_env=None,
                  normalizer: ObservationNormalizer | None = None, logger: str = "csv", start_env=None):
-        num_envs = int(loss.env.batch_size.numel())
-        rollouts = num_envs if config.rollouts_per_epoch is None else int(config.rollouts_per_epoch)
+        num_envs = int(loss.env.batch_size.numel())  # this rank's envs (a chunk)
         start_env = loss.env if start_env is None else start_env
-        if int(start_env.batch_size.numel()) != rollouts:
+        rollouts = env_shard(loss.env).total if config.rollouts_per_epoch is None else int(config.rollouts_per_epoch)
+        if env_shard(start_env).total != rollouts:
             raise ValueError(f"rollouts_per_epoch={rollouts} needs a start_env of {rollouts} envs to draw the initial states "
-                             f"(got {int(start_env.batch_size.numel())}; the training env has {num_envs})")
-        super().__init__(loss, config, start_env, rollouts * loss.horizon, run_dir=run_dir, eval_env=eval_env,
+                             f"(got {env_shard(start_env).total}; the training env has {env_shard(loss.env).total})")
+        local = int(start_env.batch_size.numel())  # this rank's share of the k rollouts
+        super().__init__(loss, config, start_env, local * loss.horizon, run_dir=run_dir, eval_env=eval_env,
                          normalizer=normalizer, logger=logger)
-        self.rollouts, self.chunk = rollouts, num_envs
+        self.rollouts, self.chunk = local, num_envs
         self.sim_steps = 0
 
     @property
@@ -84,14 +91,18 @@ class PODSTrainer(Trainer):
     def step(self) -> dict[str, float]:
         lrs = self.set_learning_rates()
         snapshot = self.snapshot() if self.cfg.on_nonfinite == "skip" else None
-        start = self.env.reset()  # the k initial states of this epoch, in one draw
+        start = self.env.reset()  # the k initial states of this epoch, in one draw (this rank's share)
+        failure = None
         try:
             improved, chunks = self.improve(start)
+            stats = improved["stats"]
+            if not (torch.isfinite(stats["value_policy"]).all() and torch.isfinite(improved["batch", "target_action"]).all()):
+                failure = "non-finite return or improved actions"
         except FloatingPointError as err:  # the env's NaN/inf state or action check
-            return self.drop_epoch(f"simulator: {err}")
-        stats = improved["stats"]
-        if not (torch.isfinite(stats["value_policy"]).all() and torch.isfinite(improved["batch", "target_action"]).all()):
-            return self.drop_epoch("non-finite return or improved actions")
+            failure = f"simulator: {err}"
+        failure = self.fail_together(failure)
+        if failure is not None:
+            return self.drop_epoch(failure)
         batch = improved["batch"].reshape(-1)
         if self.normalizer is not None:
             self.normalizer.update(batch["observation"])
@@ -105,14 +116,15 @@ class PODSTrainer(Trainer):
             if snapshot is not None:
                 snapshot.restore()
             return self.drop_epoch(f"non-finite parameters or optimizer state after the regression: {describe(bad)}")
-        self.sim_steps += sum(self.simulated_steps(chunk) for chunk in chunks)
-        policy_return = stats["value_policy"].mean().item()
-        self.recent_returns = [policy_return]
-        scalars = {
-            "loss/actor": last, "loss/actor_first": first, "grad_norm/actor": grad_norm, "lr/actor": lrs["actor"],
-            "train/episode_return": policy_return, **self.improvement_scalars(improved, chunks),
-            "time/sim_steps": float(self.sim_steps),
-        }
+        simulated = torch.tensor(float(sum(self.simulated_steps(chunk) for chunk in chunks)), dtype=torch.float64)
+        self.sim_steps += int(distributed.all_reduce_sum(simulated).item())
+        scalars = distributed.mean_scalars({"train/episode_return": stats["value_policy"].mean().item(),
+                                            **self.improvement_scalars(improved, chunks)},
+                                           ("train/episode_return", "pods/improved_return", "pods/accepted", "pods/step_size",
+                                            "pods/line_search_trials", "pods/cg_iterations", "pods/gradient_fallback"))
+        self.recent_returns = [scalars["train/episode_return"]]
+        scalars.update({"loss/actor": last, "loss/actor_first": first, "grad_norm/actor": grad_norm, "lr/actor": lrs["actor"],
+                        "time/sim_steps": float(self.sim_steps)})
         return self.advance(self.steps_per_iter, scalars)
 
     def improve(self, start) -> tuple[TensorDict, list[TensorDict]]:
@@ -156,8 +168,12 @@ class PODSTrainer(Trainer):
         return {"train/skipped": float(self.skips)}
 
     def regress(self, batch) -> tuple[float, float, float]:
-        """Eq. 7 for ``regression_steps`` steps; returns (first loss, last loss, last gradient norm)."""
-        size = batch.shape[0]
+        """Eq. 7 for ``regression_steps`` steps; returns (first loss, last loss, last gradient norm).
+
+        ``batch``: this rank's rollouts' rows, env-major (T per rollout); minibatches are drawn over the global rows."""
+        per_env = batch.shape[0] // self.rollouts
+        size = self.num_envs * per_env
+        first_row, end_row = self.env_shard.rows(per_env)
         minibatches = self.cfg.minibatches
         per = math.ceil(size / minibatches)
         first = last = float("nan")
@@ -165,11 +181,17 @@ class PODSTrainer(Trainer):
         for step in range(self.cfg.regression_steps):
             order = torch.randperm(size, generator=self.generator) if minibatches > 1 else torch.arange(size)
             for begin in range(0, size, per):
+                picked = order[begin:begin + per]
+                mine = local_rows(picked, first_row, end_row)
                 self.zero_grad("actor")
-                loss = self.loss(batch[order[begin:begin + per]])["loss_actor"]
+                local = self.loss(batch[mine])["loss_actor"] * (mine.numel() / picked.numel()) if mine.numel() else None
+                dtype = self.parameter_groups["actor"][0].dtype
+                loss = distributed.all_reduce_sum(local.detach().clone() if local is not None else torch.zeros((), dtype=dtype))
                 if not torch.isfinite(loss):
                     return first, float("nan"), grad_norm
-                loss.backward()
+                if local is not None:
+                    local.backward()
+                self.reduce_gradients("actor")
                 grad_norm = self.clip(self.parameter_groups["actor"])
                 self.optimizer_step("actor")
                 last = loss.item()

@@ -3,7 +3,8 @@ expected shape or dtype, and the env indices at fault).
 
 The template, written here once:
 
-    reset   every env gets a fresh state from ``initial_state`` (drawn with the env's ``generator``), ``step_count`` 0,
+    reset   every env gets a fresh state from ``initial_state`` (drawn with the env's ``generator``; for all the global
+            envs and sliced under ``set_shard``), ``step_count`` 0,
             the observation of that state (``observe`` with a zero action) and False flags. Under a partial reset (a
             ``_reset`` [N, 1] bool mask in the tensordict) the envs not flagged keep every entry from the tensordict, and
             its autograd graph; the flagged ones start fresh, cut from the graph.
@@ -80,10 +81,33 @@ class TphysEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self.generator.manual_seed(torch.seed() if seed is None else int(seed))
 
+    shard: tuple[int, int] | None = None  # (start, total): this env steps the global envs start:start+num_envs of total
+
+    def set_shard(self, start: int, total: int) -> None:
+        """Make this env the global envs ``start:start+num_envs`` of ``total`` (data-parallel training, ``rl.distributed``):
+        every reset draws the initial states of all ``total`` envs, exactly as one env of ``total`` would from the same
+        generator state, and keeps this slice. Each env thus starts where it would in a single process, whatever the
+        number of processes, and every process's generator stays in step."""
+        if not (0 <= start and start + self.num_envs <= total):
+            raise ValueError(f"{self.name}: shard start={start} with {self.num_envs} envs does not fit in {total} envs")
+        self.shard = None if total == self.num_envs else (int(start), int(total))
+
+    def sharded_initial_state(self) -> dict[str, Tensor]:
+        """``initial_state`` of this env's slice of the global envs (``set_shard``; without a shard: ``initial_state``)."""
+        if self.shard is None:
+            return self.initial_state()
+        (start, total), local = self.shard, self.num_envs
+        self.num_envs = total
+        try:
+            full = self.initial_state()
+        finally:
+            self.num_envs = local
+        return {key: value[start:start + local] for key, value in full.items()}
+
     # ------------------------------------------------------------------ the template
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         n = self.num_envs
-        state = TensorDict({**self.initial_state(), "step_count": torch.zeros(n, 1, dtype=torch.int64, device=self.device)},
+        state = TensorDict({**self.sharded_initial_state(), "step_count": torch.zeros(n, 1, dtype=torch.int64, device=self.device)},
                            batch_size=self.batch_size, device=self.device)
         for key, value in self.observe(state, torch.zeros(n, self.action_dim, dtype=self.dtype, device=self.device)).items():
             state.set(key, value)
@@ -100,8 +124,13 @@ class TphysEnv(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action")
         if self.validate:
-            check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)
-            check_finite_inputs(self.name, tensordict, self.finite_input_keys)
+            try:
+                check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)
+                check_finite_inputs(self.name, tensordict, self.finite_input_keys)
+            except (ValueError, TypeError, FloatingPointError) as err:
+                if self.shard is None:
+                    raise
+                raise type(err)(f"{err} (indices within this shard: global env index = {self.shard[0]} + index)") from None
         action = action.clamp(-1.0, 1.0)
         state = self.physics_step(tensordict, action)
         if self.validate and self.finite_output_keys:
@@ -129,10 +158,14 @@ class TphysEnv(EnvBase):
         """Raise FloatingPointError naming the envs where an entry ``finite_output_keys`` of ``state`` holds NaN/inf."""
         bad = ~torch.stack([torch.isfinite(state.get(key)).flatten(1).all(-1) for key in self.finite_output_keys], -1).all(-1)
         if bad.any():
+            if self.shard is not None:  # name the global envs
+                start, total = self.shard
+                bad = torch.zeros(total, dtype=torch.bool, device=bad.device).index_copy(
+                    0, torch.arange(start, start + self.num_envs, device=bad.device), bad)
             raise FloatingPointError(self.nonfinite_state_message(bad))
 
     def nonfinite_state_message(self, bad: Tensor) -> str:
-        """The message of ``check_finite_outputs`` for the envs ``bad`` [N] bool."""
+        """The message of ``check_finite_outputs`` for the envs ``bad`` [N] bool (the global envs' [total] under a shard)."""
         return f"{self.name}: non-finite state after the step in env indices {env_indices(bad)}"
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
