@@ -148,6 +148,7 @@ def mutmut_config(mod: Module, root: Path) -> str:
         f"only_mutate = {arr([mod.source])}\n"
         f"pytest_add_cli_args_test_selection = {arr(tests)}\n"
         f"pytest_add_cli_args = {arr(['-p', 'no:cacheprovider', '-p', 'no:xdist', '-p', 'no:randomly'] + mod.extra)}\n"
+        'also_copy = ["recipes"]\n'
         'process_isolation = "forkserver"\n'
         "use_git_change_detection = false\n"
     )
@@ -160,7 +161,7 @@ def prepare_workdir(key: str, mod: Module, source: Path, workdir: Path) -> Path:
         shutil.rmtree(wd)
     wd.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    for name in ("tphys", "rl", "tests"):
+    for name in ("tphys", "rl", "tests", "recipes"):  # recipes: the Hydra configs some tests compose
         shutil.copytree(source / name, wd / name, ignore=ignore)
     text = (source / "pyproject.toml").read_text()
     if "[tool.mutmut]" in text:

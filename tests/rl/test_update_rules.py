@@ -54,6 +54,31 @@ def test_target_critic_is_a_frozen_copy_sharing_the_normalizer():
     assert {id(p) for p in groups["critic"]} == {id(p) for p in critic.parameters()}
 
 
+def test_target_critic_reads_the_live_normalizer():
+    """The target critic normalizes with the online critic's running statistics (one object), so a statistics update
+    moves both critics' inputs alike; its own copy would keep the statistics of the moment it was made."""
+    from rl.modules import ObservationNormalizer, SquashedGaussianActor, ValueEnsemble
+
+    torch.manual_seed(0)
+    norm = ObservationNormalizer(2).double()
+    critic = ValueEnsemble(2, (8,), "silu", num_critics=1, normalizer=norm).double()
+    actor = SquashedGaussianActor(2, 1, (8,), "silu", state_dependent_std=False).double()
+    loss = SHACLoss(PointMass1D(num_envs=2, horizon=50), actor, critic, horizon=4, target_tau=0.8)
+    assert loss.critic_target.normalizer is norm
+    norm.update(3.0 + 2.0 * torch.randn(64, 2, dtype=torch.float64))
+    obs = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(loss.critic_target(obs), critic(obs))  # same weights (no update yet), same statistics
+
+
+def test_gamma_is_validated():
+    env = PointMass1D(num_envs=2, horizon=50)
+    actor, critic = make_nets(state_dependent_std=False, critics=1)
+    for gamma in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\]"):
+            SHACLoss(env, actor, critic, horizon=4, gamma=gamma)
+    assert SHACLoss(env, actor, critic, horizon=4, gamma=1.0).gamma == 1.0
+
+
 def test_without_target_the_critic_bootstraps_itself():
     _, _, _, critic, loss = shac(None)
     assert loss.critic_target is None and loss.bootstrap_net() is critic
