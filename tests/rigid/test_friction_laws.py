@@ -141,3 +141,20 @@ def test_contact_forces_follow_the_callers_device():
     point, _ = contact_points(model, kin.poses)
     f = ground_forces(model, kin.poses, kin.velocities)
     assert point.device.type == "meta" and f.device.type == "meta" and f.shape == (1, model.num_links, 6)
+
+
+def test_batched_envs_equal_one_at_a_time():
+    """Three envs at once (a batch of 3: the cross products must run over xyz, not over the env axis) equal each
+    env alone."""
+    model = sphere_model()
+    q = model.q0[None].repeat(3, 1)
+    q[:, :3] = torch.tensor([[0.3, -0.2, R - 0.004], [0.0, 0.1, R - 0.002], [-0.4, 0.2, R - 0.006]], dtype=torch.float64)
+    qd = torch.tensor([[0.2, 0.1, -0.3, 0.5, -1.0, 2.0], [1.5, -2.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.4, 3.0, 0.0, 0.0]],
+                      dtype=torch.float64)
+    kin = kinematics(model, q, qd)
+    batched = ground_forces(model, kin.poses, kin.velocities)
+    for i in range(3):
+        ki = kinematics(model, q[i:i + 1], qd[i:i + 1])
+        torch.testing.assert_close(batched[i:i + 1], ground_forces(model, ki.poses, ki.velocities), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(batched[i].sum(0), expected(q[i, :3].tolist(), qd[i, :3].tolist(), qd[i, 3:].tolist()),
+                                   rtol=1e-9, atol=1e-9)
