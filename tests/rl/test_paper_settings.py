@@ -10,7 +10,8 @@ stated reason.
 
 TrajOpt is not a column of table 2: its settings are appendix E's paragraph above the table. PODS is from
 another paper (Zamora et al. 2021): its appendix A.3 and section 3.3 are pinned here too. Network sizes
-are not in table 2 (tables 3 and 4 give them per task family). PPO's and SAC's rows already pinned in
+are not in table 2: tables 3 (DFlex) and 4 (Rewarped) give them per task, with table 4's N and batch size,
+for every algorithm (``recipes/config/task/<env>.yaml``, pinned at the end of this file). PPO's and SAC's rows already pinned in
 ``tests/rl/test_baselines.py::test_configs_hold_table_2_and_pass_check_config`` (H, gamma, K, GAE lambda,
 the learning rates, KL(0.008), AdamW, betas, grad clip, LayerNorm, SiLU, log sigma, tau, replay buffer,
 init temperature, hidden sizes) are not repeated here.
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from rl.experiment import check_config, load_recipe, make_env
@@ -30,10 +32,12 @@ from rl.modules import MLP
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "config"
 
 
-def composed(name, overrides=()):
+def composed(name, overrides=(), check=True):
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=name, overrides=list(overrides))
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     return cfg
 
 
@@ -110,8 +114,8 @@ def test_sapo_column():
     # Norm type | LayerNorm | . | . | . | . | .
     # Act type | SiLU | . | . | ELU | ELU | .
     # Actor σ(s) | yes | . | . | no | no | .   (the head outputs mean and log σ: 2 dim(A))
-    # (hidden sizes are not in table 2; table 4, Rewarped tasks: actor (512, 256), critic (256, 128) at N = 32;
-    # ours: (256, 128) for both, as PPO's and SAC's, at N = 64, no reason stated)
+    # (hidden sizes are not in table 2: tables 3 and 4 give them per task, pinned below; on a task of neither table,
+    # as rope here, ours: (256, 128) for both)
     assert algo.activation == "silu" and algo.state_dependent_std and loss.actor.state_dependent_std
     assert layout(loss.actor.net) == ([(256, "LayerNorm", "SiLU"), (128, "LayerNorm", "SiLU")], 2 * action_dim)
     # Actor log(σ) | . | log(0.1, 1.0) | (-5, 2) | . | . | (-5, 2)
@@ -255,6 +259,84 @@ def test_pods_appendix_a3():
     big = torch.full((3, env.observation_dim), 1e4)
     action = loss.actor.action(big)
     assert torch.equal(action, torch.tanh(loss.actor.net(loss.actor.normalizer(big)))) and action.abs().max() <= 1
-    # Section 3.3: k = 4000 rollouts per epoch; ours k = num_envs = 64 (no reason stated in the yaml or README;
-    # benchmarks/pods_table.py runs k = 64 on the 2-core CPU).
-    assert cfg.num_envs == 64
+    # Section 3.3: k = 4000 rollouts per epoch: algo.rollouts_per_epoch=4000 runs them in chunks of num_envs; the
+    # default, null, is k = num_envs = 64 (a CPU-sized epoch; benchmarks/pods_table.py runs k = 64 on the 2-core CPU)
+    assert cfg.num_envs == 64 and algo.rollouts_per_epoch is None
+    assert composed("pods", ["algo.rollouts_per_epoch=4000"]).algo.rollouts_per_epoch == 4000
+
+
+# ---------------------------------------------------------------------- tables 3 and 4 (per task, every algorithm)
+PAPER_RECIPES = ("apg", "shac", "sapo", "ppo", "sac")  # the columns of table 2; TrajOpt keeps appendix E's N = 16, no networks
+# Table 3, DFlex task-specific hyperparameters: "All algorithms use the same actor and critic network architecture."
+#        | Hopper        | Ant           | Humanoid   | SNUHumanoid
+# Actor  | (128, 64, 32) | (128, 64, 32) | (256, 128) | (512, 256)
+# Critic | (64, 64)      | (64, 64)      | (128, 128) | (256, 256)
+TABLE_3 = {"hopper": ([128, 64, 32], [64, 64]), "ant": ([128, 64, 32], [64, 64]), "humanoid": ([256, 128], [128, 128]),
+           "snu_humanoid": ([512, 256], [256, 256])}
+# Table 4, Rewarped task-specific hyperparameters (shared column; every algorithm):
+# Num envs N | 32;  Batch size | 1024;  Actor MLP | (512, 256);  Critic MLP | (256, 128)
+REWARPED = ("soft_jumper", "hand_flip", "rolling_flat", "fluid_move")
+TABLE_4 = ([512, 256], [256, 128])
+
+
+def assert_task_row(recipe, cfg, actor, critic, num_envs, batch):
+    algo = cfg.algo
+    assert list(algo.actor_hidden) == actor, (recipe, cfg.env.name)
+    if recipe == "apg":  # no critic
+        assert "critic_hidden" not in algo
+    else:
+        assert list(algo.critic_hidden) == critic, (recipe, cfg.env.name)
+    assert cfg.num_envs == num_envs
+    # Batch size: SAC samples it per update; the others' iteration is one N x H batch (PPO's collector batch,
+    # the first-order methods' window): 64 x 32 = 2048 (table 2), 32 x 32 = 1024 (table 4)
+    if recipe == "sac":
+        assert algo.batch_size == batch
+    assert cfg.num_envs * algo.horizon == batch
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES)
+def test_tables_3_and_4_per_task_for_every_algorithm(recipe):
+    for env, (actor, critic) in TABLE_3.items():
+        assert_task_row(recipe, composed(recipe, [f"env={env}"], check=False), actor, critic, 64, 2048)
+    for env in REWARPED:
+        assert_task_row(recipe, composed(recipe, [f"env={env}"], check=False), *TABLE_4, 32, 1024)
+    # a task of neither table keeps our defaults: (256, 128) for both, table 2's N = 64
+    assert_task_row(recipe, composed(recipe, ["env=cheetah"], check=False), [256, 128], [256, 128], 64, 2048)
+    # the command line still wins over the task's row
+    cfg = composed(recipe, ["env=soft_jumper", "num_envs=4", "algo.actor_hidden=[64,64]"]
+                   + ([] if recipe == "apg" else ["algo.critic_hidden=[16]"]) + (["algo.batch_size=8"] if recipe == "sac" else []))
+    assert (cfg.num_envs, list(cfg.algo.actor_hidden)) == (4, [64, 64])
+    assert recipe == "apg" or list(cfg.algo.critic_hidden) == [16]
+    assert recipe != "sac" or cfg.algo.batch_size == 8
+
+
+def hidden_widths(module):
+    """The hidden widths of every ``rl.modules.MLP`` inside ``module``."""
+    return [[w for w, _, _ in layout(m)[0]] for m in module.modules() if isinstance(m, MLP)]
+
+
+@pytest.mark.parametrize("env_name", ["hopper", "rolling_flat"])
+def test_the_recipes_build_the_task_networks(env_name):
+    from rl import builders
+    from rl.baselines.networks import q_values, state_value, tanh_normal_actor
+
+    actor, critic = TABLE_3[env_name] if env_name in TABLE_3 else TABLE_4
+    for recipe in PAPER_RECIPES:
+        cfg = composed(recipe, [f"env={env_name}"])
+        env = make_env(cfg, num_envs=1)
+        if recipe in ("ppo", "sac"):
+            actors = [tanh_normal_actor(cfg, env, None)]
+            critics = [state_value(cfg, env, None)] if recipe == "ppo" else q_values(cfg, env, None)
+        else:
+            actors = [builders.gaussian_actor(cfg, env, None)]
+            critics = [] if recipe == "apg" else [builders.value_ensemble(cfg, env, None)]
+        assert [w for a in actors for w in hidden_widths(a)] == [actor], recipe
+        widths = [w for c in critics for w in hidden_widths(c)]
+        assert widths == [critic] * len(widths) and len(widths) == {"apg": 0, "shac": 1, "sapo": 2, "ppo": 1, "sac": 2}[recipe], recipe
+
+
+def test_trajopt_and_pods_keep_their_own_settings_on_the_table_tasks():
+    # TrajOpt: appendix E's N = 16 on every task (no networks); PODS: its own paper's 2 x 256 policy and N = 64
+    assert composed("trajopt", ["env=soft_jumper"]).num_envs == 16
+    pods = composed("pods", ["env=hopper", "~env.options.integrator"])
+    assert (pods.num_envs, list(pods.algo.actor_hidden)) == (64, [256, 256]) and "task" not in pods
