@@ -13,7 +13,7 @@ from torchrl.envs import EnvBase
 
 from rl.builders import deterministic_actor, observation_normalizer
 from rl.cli import recipe_main
-from rl.experiment import make_env, recipe_run
+from rl.experiment import recipe_run, start_env_of
 from rl.objectives import GPSLoss
 from rl.trainers import GPSTrainer, PODSConfig
 
@@ -25,13 +25,13 @@ def make_trainer(cfg: DictConfig, env: EnvBase, **outputs) -> GPSTrainer:
     actor = deterministic_actor(cfg, env, normalizer)
     # loss: c-step, time-varying linear-Gaussian controllers by LQR on the simulator's linearization under a KL
     # bound to the linearized policy; s-step, the policy regressed onto their mean actions, weighted by precision
-    loss = GPSLoss(env, actor, kl_step=algo.kl_step, policy_std=algo.policy_std, iterations=algo.iterations)
+    loss = GPSLoss(env, actor, kl_step=algo.kl_step, policy_std=algo.policy_std, iterations=algo.iterations,
+                   backtracks=algo.backtracks)
     # trainer: per iteration, one c-step from k fresh initial states, then regression_steps optimizer steps
     # the k = algo.rollouts_per_epoch initial states of an epoch come from one env of k envs (the training env when
     # k = num_envs), then run in chunks of num_envs
     config = PODSConfig.from_config(cfg)
-    rollouts = config.rollouts_per_epoch or int(env.batch_size.numel())
-    start_env = env if rollouts == int(env.batch_size.numel()) else make_env(cfg, num_envs=rollouts)
+    start_env = start_env_of(cfg, env, config.rollouts_per_epoch)
     return GPSTrainer(loss, config, normalizer=normalizer, start_env=start_env, **outputs)
 
 

@@ -17,6 +17,13 @@ The KL bound adapts as in MDGPS: after each c-step the multiplier of ``kl_step``
 predicted / (2 (predicted - actual)) of the improvement (predicted by the linear model, actual on
 the simulator), clipped to [0.5, 2] per iteration and kept in [0.1, 10].
 
+The c-step never lowers an initial state's return (ours; MDGPS relies on the step-size rule alone): an
+initial state whose new controller, rolled out on the simulator, returns less than the nominal
+trajectory re-solves with half its KL bound, up to ``backtracks`` times, and otherwise keeps the nominal
+trajectory (the policy's actions, weighted by the linearized policy's precision), as PODS's line search
+keeps an episode's actions. On pendulum2d/stop a bound doubled by the rule made the policy's return drop
+from -21 to -353 in one iteration without it (tests/rl/test_gps.py).
+
 The state x is every float entry of the env's state that its step reads (found by autograd: the
 env's ``state_keys`` whose gradient is connected), flattened; the observation of a state comes
 from the env's ``observe``. Shapes: N envs, T steps, X state, A action, E residual entries.
@@ -35,7 +42,14 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.objectives import LossModule
 
 from rl.objectives.common import Trainable
-from rl.objectives.lqr import LinearDynamics, LinearGaussian, QuadraticCost, expected_cost, kl_constrained_lqr
+from rl.objectives.lqr import (
+    ConstrainedSolution,
+    LinearDynamics,
+    LinearGaussian,
+    QuadraticCost,
+    expected_cost,
+    kl_constrained_lqr,
+)
 
 
 class Linearization(NamedTuple):
@@ -81,19 +95,22 @@ class GPSLoss(Trainable, LossModule):
         kl_step: KL allowed per time step between a controller and the linearized policy (×T per initial state).
         policy_std: σ of the linearized policy's Gaussian (action units).
         iterations: linearize / solve / roll-out passes per c-step (iLQG iterations).
+        backtracks: halvings of an initial state's KL bound while its controller lowers its return (0: none).
     """
 
     def __init__(self, env: EnvBase, actor: TensorDictModuleBase, kl_step: float = 0.2, policy_std: float = 0.1,
-                 iterations: int = 1):
+                 iterations: int = 1, backtracks: int = 4):
         super().__init__()
         for needed in ("reward_residual", "state_keys", "observe"):
             if not hasattr(env, needed):
                 raise TypeError(f"GPS needs an env with {needed} (the tphys PODS envs); {type(env).__name__} has none")
-        if kl_step <= 0 or policy_std <= 0 or iterations < 1:
-            raise ValueError(f"GPS needs kl_step > 0, policy_std > 0 and iterations >= 1, got {kl_step}, {policy_std}, {iterations}")
+        if kl_step <= 0 or policy_std <= 0 or iterations < 1 or backtracks < 0:
+            raise ValueError(f"GPS needs kl_step > 0, policy_std > 0, iterations >= 1 and backtracks >= 0, got {kl_step}, "
+                             f"{policy_std}, {iterations}, {backtracks}")
         self.env, self.actor = env, actor
         self.horizon = int(env.horizon)
         self.kl_step, self.policy_std, self.iterations = float(kl_step), float(policy_std), int(iterations)
+        self.backtracks = int(backtracks)
         self.register_buffer("kl_multiplier", torch.ones((), dtype=torch.float64))
 
     # ------------------------------------------------------------------ the simulator's linearization
@@ -190,13 +207,31 @@ class GPSLoss(Trainable, LossModule):
             prior = LinearGaussian(nominal.gain, nominal.policy_action - nominal.actions,
                                    (self.policy_std ** 2) * eye.expand(n, t_len, a_dim, a_dim).clone())
             mean0, cov0 = nominal.states.new_zeros(n, x_dim), nominal.states.new_zeros(n, x_dim, x_dim)
-            epsilon = self.kl_step * self.kl_multiplier.item() * t_len
+            epsilon = nominal.value.new_full((n,), self.kl_step * self.kl_multiplier.item() * t_len)
             solution = kl_constrained_lqr(nominal.dynamics, nominal.cost, prior, epsilon, mean0, cov0)
             actions, observations, value = self.rollout(start, nominal, solution.controller)
             # the linear model's prediction of the mean trajectory's cost decrease, against the simulator's
             def mean_cost(policy: LinearGaussian) -> Tensor:
                 return expected_cost(nominal.dynamics, nominal.cost, policy._replace(cov=torch.zeros_like(policy.cov)), mean0, cov0)
             self._adapt(mean_cost(prior) - mean_cost(solution.controller), value - nominal.value)
+            # backtracking: an initial state whose controller lowers its return re-solves with half its bound
+            for _ in range(self.backtracks):
+                worse = value < nominal.value
+                if not worse.any():
+                    break
+                epsilon = torch.where(worse, 0.5 * epsilon, epsilon)
+                retry = kl_constrained_lqr(nominal.dynamics, nominal.cost, prior, epsilon, mean0, cov0)
+                retry_actions, retry_observations, retry_value = self.rollout(start, nominal, retry.controller)
+                solution = _where(worse, retry, solution)
+                actions, observations, value = _where(worse, (retry_actions, retry_observations, retry_value),
+                                                      (actions, observations, value))
+            # the rest keep the nominal trajectory: the policy's own actions, the linearized policy's covariance
+            worse = value < nominal.value
+            if worse.any():
+                kept = ConstrainedSolution(prior, torch.full_like(solution.eta, 1e16), torch.zeros_like(solution.kl))  # eta -> inf
+                solution = _where(worse, kept, solution)
+                actions, observations, value = _where(worse, (nominal.actions, nominal.observations, nominal.value),
+                                                      (actions, observations, value))
         precision = torch.cholesky_inverse(torch.linalg.cholesky(solution.controller.cov))
         precision = precision / (torch.diagonal(precision, dim1=-2, dim2=-1).sum(-1).mean() / a_dim)
         batch = TensorDict({"observation": observations, "target_action": actions, "weight": precision}, batch_size=[n, t_len])
@@ -220,3 +255,11 @@ class GPSLoss(Trainable, LossModule):
         weight = batch["weight"] if "weight" in batch.keys() else None
         quadratic = error.square().sum((-2, -1)) if weight is None else (error.transpose(-1, -2) @ weight @ error).flatten(-3).squeeze(-1)
         return TensorDict({"loss_actor": 0.5 * quadratic.mean()}, batch_size=[])
+
+
+def _where(mask: Tensor, new, old):
+    """Per initial state (``mask`` [N]), ``new`` where set, else ``old``: tensors [N, ...] or tuples of them, nested."""
+    if isinstance(new, Tensor):
+        return torch.where(mask.reshape(mask.shape + (1,) * (new.dim() - 1)), new, old)
+    return type(new)(*(_where(mask, a, b) for a, b in zip(new, old))) if hasattr(new, "_fields") else \
+        tuple(_where(mask, a, b) for a, b in zip(new, old))
