@@ -1,0 +1,289 @@
+"""Roofline per engine family: how close one env step comes to what this CPU can do.
+
+For one env of each family (rope3d: particles and cables; soft_jumper: FEM tetrahedra with muscles; ant: articulated
+rigid bodies; rolling_flat: MLS-MPM) the script
+
+1. counts, from the model's sizes, the useful floating-point operations and bytes of one env step (``counts``);
+2. measures this machine's memory bandwidth (a STREAM-like triad ``a = b + s·c`` over float32 arrays, 3 arrays
+   counted, no write-allocate) and its flop rate (a GEMM ``C = A·B``, 1024², float32, 2n³ flops), each with one
+   thread and with every core (``torch.set_num_threads``);
+3. times the env's forward (``physics_step`` under no_grad, the core loop of ``benchmarks/throughput.py``, no TorchRL)
+   at N envs, and reports the fraction of the bound it reaches.
+
+The bound. Per env step, t* = max(flops / F, bytes / B) with F the GEMM rate and B the DRAM triad bandwidth of the
+same thread count; bound env-steps/s = 1 / t*; achieved fraction = measured env-steps/s / bound env-steps/s.
+"bytes" are the useful bytes: each env's state read once and written once per env step, its action read, its reward
+and observation written (what a step fused over all its substeps must move; the model's constants are shared by the
+N envs and not counted). A second column, "bytes per substep", counts the state read and written once per substep
+(and, for MPM, the grid), what an implementation that keeps each substep's state in memory moves; it is shown, not
+used in the bound. Intermediate values (spring forces, stresses, grid nodes in a fused step) are not useful bytes.
+
+The flop counts (per env; an add, multiply, divide, sqrt or exp is one flop, a fused multiply-add two; gathers,
+scatters-as-copies, clamps and comparisons none). Constants are the module's ``*_FLOPS`` names:
+
+    particles (rope3d), per substep:
+        each spring (cables and bending springs alike)                      SPRING_FLOPS = 40
+            d = x_j - x_i (3), relative velocity (3), length: dot + sqrt (6), unit vector (3), stretch (1),
+            rate = u·Δv (5), magnitude k·s + c·rate (3), the cable's smooth slack ramp (6), f·u (3), the ± scatter (6)
+        each particle                                                        PARTICLE_FLOPS = 21
+            gravity m·g (3), drag (6), v += h·f/m (6), x += h·v (6)
+    FEM (soft_jumper), per substep:
+        each tetrahedron                                                    TET_FLOPS = 320
+            edge matrix Ds (9), F = Ds·Dm⁻¹ (45), det F (14), F⁻ᵀ by cofactors (30), neo-Hookean
+            P = μ(F - F⁻ᵀ) + λ·log J·F⁻ᵀ (40), damping Ḟ = Dv·Dm⁻¹ and η·Ḟ (72), the muscle fibre term
+            a·σ·(F f)⊗f with its stretch (41), corner forces -V·P·Dm⁻ᵀ (54), the fourth corner (6), scatter (12)
+        each particle                                                        PARTICLE_FLOPS + GROUND_FLOPS (21 + 25)
+            the integrator as above, penalty ground contact with friction (25)
+    rigid (ant), per substep, L links, nv dofs, nq coordinates, C contact spheres:
+        forward kinematics, per link                                        FK_FLOPS = 90
+            joint rotation (30), R_parent·R (45), R·p + t (15)
+        contact, per sphere                                                 CONTACT_FLOPS = 110
+            world position (15), penetration (3), penalty normal force (10), point velocity (15), friction (20),
+            Jᵀf onto its ancestor dofs (~3 dofs x 14 = 42, rounded)
+        bias forces (RNEA), per link                                        RNEA_FLOPS = 250
+            spatial velocity and acceleration propagation (100), I·a + v ×* I·v (100), force transform back (50)
+        mass matrix (CRBA)                                                  CRBA_LINK_FLOPS·L + 12·nv²  (150 per link)
+        Cholesky factor and two triangular solves                           nv³/3 + 2·nv²
+        integration                                                         2·nv + 2·nq + 30 (quaternion normalisation)
+    MPM (rolling_flat), per substep, P particles, W grid nodes (the window of one env's particles):
+        each particle                                                       MPM_PARTICLE_FLOPS = 2340
+            stress: signed 3x3 SVD (500), plastic return mapping (50), stress products (100);
+            P2G: quadratic B-spline weights (30), 27 nodes x (weight 2, mass 2, affine·Δx 15, momentum 9) = 756;
+            G2P: weights (30), 27 nodes x (weight 2, velocity 6, affine outer product 22) = 810;
+            F_trial = (I + dt·C)·F (54), x += dt·v (6)
+        each grid node                                                      GRID_NODE_FLOPS = 100
+            v = mv/m (4), gravity (3), the collider SDF and its influence exp (50), normal removal and friction
+            (33), walls and floor (10)
+        the tool's joint interpolation and pose: negligible (< 1 %)
+
+Bytes (float32 = 4 B a number) per env step, fused: 2·(state numbers) + action + observation + 1 (reward).
+Per substep: substeps · 2·(state numbers) (+ MPM: 14 numbers a grid node: m and mv written by P2G and read by the
+grid update, v written and read by G2P) + action + observation + 1.
+
+These are estimates of the arithmetic a straightforward implementation needs (within perhaps ±30 % per stage); the
+point is the order of magnitude of the gap. Run on an otherwise idle machine:
+
+    python benchmarks/roofline.py                               # the four engines at their default N, threads 1 and all
+    python benchmarks/roofline.py --envs rope3d:4096 --threads 1 --seconds 3 --out /tmp/r.md
+    python benchmarks/roofline.py --no-write                    # print the table only
+
+The table goes into ``--out`` (default benchmarks/RESULTS.md), section ``roofline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import run_header, write_section  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPRING_FLOPS, PARTICLE_FLOPS, GROUND_FLOPS = 40, 21, 25
+TET_FLOPS = 320
+FK_FLOPS, CONTACT_FLOPS, RNEA_FLOPS, CRBA_LINK_FLOPS = 90, 110, 250, 150
+MPM_PARTICLE_FLOPS, GRID_NODE_FLOPS, GRID_NODE_NUMBERS = 2340, 100, 14
+
+DEFAULT_ENVS = ("rope3d:4096", "soft_jumper:64", "ant:64", "rolling_flat:1")
+FAMILY = {"rope3d": "particles", "rope": "particles", "soft_jumper": "FEM", "ant": "rigid", "rolling_flat": "MPM"}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Useful work of one env step of one env: flops, bytes (fused: state once a step) and bytes per substep."""
+
+    flops: float
+    bytes_step: float
+    bytes_substep: float
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes_step
+
+
+def counts(family: str, sizes: dict, itemsize: int = 4) -> Counts:
+    """Flops and bytes of one env step (see the module docstring) from ``sizes``: ``substeps``, ``state`` (numbers of
+    one env's state), ``action``, ``observation`` and per family: particles ``particles``, ``free``, ``springs``; FEM
+    ``particles``, ``tets``; rigid ``links``, ``nv``, ``nq``, ``contacts``; MPM ``particles``, ``nodes``."""
+    s = sizes["substeps"]
+    if family == "particles":
+        per_substep = SPRING_FLOPS * sizes["springs"] + PARTICLE_FLOPS * sizes["free"]
+        grid_numbers = 0
+    elif family == "FEM":
+        per_substep = TET_FLOPS * sizes["tets"] + (PARTICLE_FLOPS + GROUND_FLOPS) * sizes["particles"]
+        grid_numbers = 0
+    elif family == "rigid":
+        links, nv, nq = sizes["links"], sizes["nv"], sizes["nq"]
+        per_substep = ((FK_FLOPS + RNEA_FLOPS + CRBA_LINK_FLOPS) * links + CONTACT_FLOPS * sizes["contacts"] + 12 * nv**2
+                       + nv**3 / 3 + 2 * nv**2 + 2 * nv + 2 * nq + 30)
+        grid_numbers = 0
+    elif family == "MPM":
+        per_substep = MPM_PARTICLE_FLOPS * sizes["particles"] + GRID_NODE_FLOPS * sizes["nodes"]
+        grid_numbers = GRID_NODE_NUMBERS * sizes["nodes"]
+    else:
+        raise ValueError(f"unknown family {family!r}; valid: particles, FEM, rigid, MPM")
+    io = sizes["action"] + sizes["observation"] + 1
+    return Counts(flops=float(s * per_substep), bytes_step=float(itemsize * (2 * sizes["state"] + io)),
+                  bytes_substep=float(itemsize * (s * (2 * sizes["state"] + grid_numbers) + io)))
+
+
+def model_sizes(env) -> dict:
+    """``counts``'s sizes of a built tphys env (any N; sizes are per env)."""
+    import math
+
+    td = env.reset()
+    state = sum(math.prod(td.get(k).shape[1:]) for k in env.state_keys)
+    observation = math.prod(td.get("observation").shape[1:])
+    sizes = dict(substeps=int(env.substeps), state=int(state), action=int(env.action_dim), observation=int(observation))
+    m = env.model
+    family = family_of(env)
+    if family == "particles":
+        sizes.update(particles=int(m.mass.shape[0]), free=int(m.free_mask.sum()), springs=int(m.springs.rest_length.shape[0]))
+    elif family == "FEM":
+        sizes.update(particles=int(m.mass.shape[0]), tets=int(m.tetrahedra.corners.shape[0]))
+    elif family == "rigid":
+        sizes.update(links=int(m.links.parent.shape[0]), nv=int(td.get("qd").shape[-1]), nq=int(td.get("q").shape[-1]),
+                     contacts=int(m.contacts.link.shape[0]))
+    else:
+        from tphys.mpm.grid import window
+
+        x = td.get("x")[:1]
+        _, shape = window(m, x)
+        sizes.update(particles=int(x.shape[1]), nodes=int(math.prod(shape)))
+    return sizes
+
+
+def family_of(env) -> str:
+    name = type(env.model).__name__
+    if name == "RigidModel":
+        return "rigid"
+    if name == "MPMModel":
+        return "MPM"
+    return "FEM" if getattr(env.model, "tetrahedra", None) is not None else "particles"
+
+
+# ---------------------------------------------------------------------------- machine probes
+def triad_bandwidth(numbers: int, threads: int, seconds: float = 0.5) -> float:
+    """Bytes/s of ``a = b + 3·c`` over float32 arrays of ``numbers`` elements (3 arrays counted, STREAM's convention)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    b, c = torch.rand(numbers), torch.rand(numbers)
+    a = torch.empty(numbers)
+    torch.add(b, c, alpha=3.0, out=a)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == float("inf"):
+        t0 = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * 4 * numbers / best
+
+
+def gemm_rate(n: int, threads: int, seconds: float = 0.5) -> float:
+    """Flop/s of a float32 n x n matrix product (2n³ flops; the best of repeated runs)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == float("inf"):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def probes(threads: int, dram_numbers: int, gemm_n: int, seconds: float) -> dict:
+    return dict(threads=threads, dram=triad_bandwidth(dram_numbers, threads, seconds),
+                cache=triad_bandwidth(32 * 1024, threads, seconds), gemm=gemm_rate(gemm_n, threads, seconds))
+
+
+# ---------------------------------------------------------------------------- the env's forward
+def measure_fwd(name: str, n: int, threads: int, seconds: float) -> tuple[float, dict]:
+    """(env-steps/s of ``physics_step`` under no_grad at N = n with ``threads`` threads, the env's sizes)."""
+    import torch
+
+    import tphys.envs as E
+
+    torch.set_num_threads(threads)
+    env = E.make(name, num_envs=n, seed=0, dtype=torch.float32, validate=False)
+    sizes = model_sizes(env)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        state = env.reset()
+        for _ in range(2):  # warm-up
+            state = env.physics_step(state, torch.rand(n, env.action_dim, generator=generator) * 2 - 1)
+        steps, t0 = 0, time.perf_counter()
+        while steps == 0 or time.perf_counter() - t0 < seconds:
+            state = env.physics_step(state, torch.rand(n, env.action_dim, generator=generator) * 2 - 1)
+            steps += 1
+        elapsed = time.perf_counter() - t0
+    return n * steps / elapsed, sizes
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.2g} %"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), help="NAME:N entries (default: %(default)s)")
+    parser.add_argument("--threads", nargs="+", default=["1", "all"], help="thread counts ('all' = every usable core)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per env and thread count")
+    parser.add_argument("--probe-seconds", type=float, default=1.0, help="seconds per probe")
+    parser.add_argument("--dram-mb", type=float, default=64.0, help="MB per triad array for the DRAM bandwidth")
+    parser.add_argument("--gemm-n", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    thread_counts = sorted({cores if t == "all" else int(t) for t in args.threads})
+    load_before, started = os.getloadavg(), time.perf_counter()
+    machine_rows, rows = [], []
+    for threads in thread_counts:
+        p = probes(threads, int(args.dram_mb * 2**20 / 4), args.gemm_n, args.probe_seconds)
+        machine_rows.append(f"| {threads} | {p['dram'] / 1e9:.1f} | {p['cache'] / 1e9:.1f} | {p['gemm'] / 1e9:.1f} | "
+                            f"{p['gemm'] / p['dram']:.1f} |")
+        print(machine_rows[-1], flush=True)
+        for entry in args.envs:
+            name, n = entry.split(":") if ":" in entry else (entry, "64")
+            rate, sizes = measure_fwd(name, int(n), threads, args.seconds)
+            family = FAMILY.get(name) or "?"
+            c = counts(family, sizes)
+            t_bound = max(c.flops / p["gemm"], c.bytes_step / p["dram"])
+            bound, cached = 1.0 / t_bound, 1.0 / max(c.flops / p["gemm"], c.bytes_step / p["cache"])
+            limit = "flops" if c.flops / p["gemm"] >= c.bytes_step / p["dram"] else "bytes"
+            rows.append(f"| {family} | {name} | {n} | {threads} | {c.flops / 1e3:,.1f} | {c.bytes_step:,.0f} | "
+                        f"{c.bytes_substep:,.0f} | {c.intensity:.1f} | {bound:,.0f} ({limit}) | {rate:,.0f} | "
+                        f"{percent(rate / bound)} | {percent(rate / cached)} | {c.flops * rate / 1e9:.3g} |")
+            print(rows[-1], f"sizes {sizes}", flush=True)
+    lines = run_header("Roofline: one env step against this machine's bandwidth and flop rate", __file__, load_before, started,
+                       threads=", ".join(map(str, thread_counts)) + f" (torch.set_num_threads; {cores} usable cores)")
+    lines += [
+        "Counting and probes: `benchmarks/roofline.py` docstring. Bound = 1 / max(flops / GEMM rate, bytes / DRAM triad "
+        "bandwidth) of the same thread count (the in-cache bound: the triad over 3 x 128 KB arrays instead); bytes = "
+        "each env's state read and written once per env step plus action, "
+        "observation and reward (fused); 'bytes/substep' = the state (and MPM grid) read and written every substep, for "
+        "comparison. Measured = `physics_step` under no_grad, float32, eager (the envs' defaults, validate off).", "",
+        "| threads | triad DRAM GB/s | triad in cache GB/s | GEMM GFLOP/s | balance flop/B |", "|---:|---:|---:|---:|---:|",
+        *machine_rows, "",
+        "| family | env | N | threads | kflop/env-step | bytes/env-step | bytes/env-step per substep | flop/B | bound env-steps/s "
+        "| measured env-steps/s | fraction | fraction of the in-cache bound | achieved GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows,
+    ]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if not args.no_write:
+        write_section(args.out, "roofline", section)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

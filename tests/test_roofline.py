@@ -1,0 +1,53 @@
+"""benchmarks/roofline.py's counting (no timing): the flops and bytes of one env step from a model's sizes."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import roofline  # noqa: E402
+
+import tphys.envs as E  # noqa: E402
+
+
+def test_rope_counts_follow_the_documented_formula_on_a_two_mass_rope():
+    env = E.make("rope3d", num_envs=1, seed=0, dtype=torch.float32, masses=2, substeps=3, validate=False)
+    sizes = roofline.model_sizes(env)
+    assert roofline.family_of(env) == "particles"
+    # handle + 2 masses: 2 cables + 1 bending spring, 2 free particles; state x, v, x_prev, v_prev of 3 particles in 3-D
+    assert (sizes["particles"], sizes["free"], sizes["springs"], sizes["substeps"]) == (3, 2, 3, 3)
+    assert sizes["state"] == 4 * 3 * 3 and sizes["action"] == 2
+    c = roofline.counts("particles", sizes)
+    assert c.flops == 3 * (roofline.SPRING_FLOPS * 3 + roofline.PARTICLE_FLOPS * 2)
+    io = sizes["action"] + sizes["observation"] + 1
+    assert c.bytes_step == 4 * (2 * 36 + io)
+    assert c.bytes_substep == 4 * (3 * 2 * 36 + io)
+    assert c.intensity == c.flops / c.bytes_step
+
+
+def test_every_family_counts_from_hand_written_sizes():
+    base = dict(substeps=2, state=10, action=1, observation=4)
+    fem = roofline.counts("FEM", dict(base, particles=4, tets=1))
+    assert fem.flops == 2 * (roofline.TET_FLOPS + 4 * (roofline.PARTICLE_FLOPS + roofline.GROUND_FLOPS))
+    rigid = roofline.counts("rigid", dict(base, links=2, nv=3, nq=4, contacts=1))
+    per_substep = ((roofline.FK_FLOPS + roofline.RNEA_FLOPS + roofline.CRBA_LINK_FLOPS) * 2 + roofline.CONTACT_FLOPS
+                   + 12 * 9 + 27 / 3 + 2 * 9 + 2 * 3 + 2 * 4 + 30)
+    assert rigid.flops == pytest.approx(2 * per_substep)
+    mpm = roofline.counts("MPM", dict(base, particles=5, nodes=7))
+    assert mpm.flops == 2 * (roofline.MPM_PARTICLE_FLOPS * 5 + roofline.GRID_NODE_FLOPS * 7)
+    assert mpm.bytes_substep == 4 * (2 * (2 * 10 + roofline.GRID_NODE_NUMBERS * 7) + 6)
+    assert mpm.bytes_step == fem.bytes_step == rigid.bytes_step == 4 * (2 * 10 + 6)
+    with pytest.raises(ValueError, match="unknown family"):
+        roofline.counts("fluid", base)
+
+
+def test_mpm_sizes_of_a_small_rolling_flat():
+    env = E.make("rolling_flat", num_envs=1, seed=0, dtype=torch.float32, lattice=(4, 2, 4), grid_size=16, samples=8, substeps=2,
+                 validate=False)
+    sizes = roofline.model_sizes(env)
+    assert roofline.family_of(env) == "MPM"
+    assert sizes["particles"] == 32 and 0 < sizes["nodes"] <= 16**3
+    assert sizes["state"] == 32 * (3 + 3 + 9 + 9) + 3  # x, v, c, f and the tool's joint_q
+    assert roofline.counts("MPM", sizes).flops > 0
