@@ -1,33 +1,55 @@
-"""tphys side by side with Rewarped 1.3.3 (NVIDIA Warp, CPU backend) on the same task, one command.
+"""tphys side by side with Rewarped 1.3.3 (NVIDIA Warp, CPU backend) on every shared task, one command.
 
---task ant (default): DFlex's Ant in both (16 substeps of a 1/60 s frame, penalty ground contact,
-joint limits, DFlex's density / armature / damping / contact / strength), random actions in
-[-1, 1], DFlex's 37-dim observation and reward every frame.
---task rollingpin: Rewarped's ``plasticinelab.RollingPin`` against our ``rolling_flat`` (MPM, H = 2).
---task jumper: SoftJumper: Rewarped's ``gradsim.Jumper`` (444 tetrahedra, 80 substeps) against our
-``soft_jumper`` (432 tetrahedra, 80 substeps), random actions, observation and reward every frame.
+Tasks (``--task``; ``all`` runs every one of them in turn and writes one table):
 
-    fwd       frames under no_grad;
-    fwd+bwd   H frames with a leaf action tensor per frame, then (sum of rewards).backward()
-              (Rewarped: ``shared/tools/rewarped/bench.py``, the same protocol).
+    ant          DFlex's Ant in both (16 substeps of a 1/60 s frame, penalty ground contact, joint limits, DFlex's
+                 density / armature / damping / contact / strength), DFlex's 37-dim observation and reward every frame.
+    jumper       SoftJumper: Rewarped's ``gradsim.Jumper`` (444 tetrahedra, 80 substeps) against our ``soft_jumper``
+                 (432 tetrahedra, 80 substeps).
+    rollingpin   Rewarped's ``plasticinelab.RollingPin`` against our ``rolling_flat`` (MPM, H = 2).
+    handflip     Rewarped's ``dexdeform.Flip`` against our ``hand_flip`` (MPM plasticine, kinematic Shadow hand, H = 2).
+    fluidmove    Rewarped's ``softgym.Transport`` against our ``fluid_move`` (MPM water, kinematic container, H = 2).
+    cartpole     Rewarped's ``dflex.Cartpole`` (DFlex port, 4 substeps) against our ``cartpole_swingup``.
+    hopper       Rewarped's ``dflex.Hopper`` (DFlex port, 16 substeps) against our ``hopper``.
 
-Every cell (system, N, mode) runs in a fresh subprocess with 1 thread (``OMP_NUM_THREADS=1``)
-for at least --seconds after a warm-up; env-steps/s = N · frames / s. Peak memory is the
-process's peak resident set size (``ru_maxrss``, imports included, the same measure for
-both). tphys runs eager float32; ``recompute`` keeps only frame inputs for backward
-(``tphys.rigid.step(recompute=True)``, ``soft_jumper(recompute=True)``); compiled runs each
-substep under ``torch.compile``. Rewarped needs its own venv (see ``../shared/tools/rewarped/README.md``),
-by default ``.venv-rewarped`` in the repository root.
+Random actions in [-1, 1] in both systems; observation and reward every frame.
+
+    fwd       frames under no_grad (the state carried from frame to frame);
+    fwd+bwd   H frames with a leaf action tensor per frame, then the gradient of (sum of rewards) with respect to every
+              action (Rewarped: ``shared/tools/rewarped/bench.py``, the same protocol). Where the rewards of the H frames
+              do not depend on the actions (e.g. RollingPin at N = 1: the roller starts above the dough), the gradient
+              is zero, as Rewarped returns it, and nothing raises (``torch.autograd.grad(..., allow_unused=True)``).
+
+tphys variants (each a column of rows):
+
+    recipe    the env exactly as the recipes build it: ``tphys.envs.make(name, **options)`` with the ``options`` of
+              ``recipes/config/env/<name>.yaml`` (``validate`` left at its default), stepped through TorchRL's
+              ``env.step`` + ``step_mdp`` as the training losses do. This is the row the 5x target is about.
+    eager, compiled, compiled+recompute, recompute=...
+              the rows kept from the first runs of this script (ant: ``tphys.rigid.step`` directly; jumper:
+              ``physics_step``; rollingpin: ``env.step``) and, for the other tasks, ``env.step`` with
+              ``validate=False`` and the named option (compiled = ``compile_substep=True``).
+
+Every cell (system, N, mode, variant) runs in a fresh subprocess with 1 thread (``OMP_NUM_THREADS=1``) for at
+least --seconds after a warm-up; env-steps/s = N · frames / s. Peak memory is the process's peak resident set size
+(``ru_maxrss``, imports included, the same measure for both). tphys runs float32. Rewarped needs its own venv (see
+``../shared/tools/rewarped/README.md``), by default ``.venv-rewarped`` in the repository root.
 
     python benchmarks/vs_rewarped.py                             # Ant, N = 1 16 64, H = 32, both systems
     python benchmarks/vs_rewarped.py --task jumper               # SoftJumper, N = 1 16 64, H = 8
     python benchmarks/vs_rewarped.py --task rollingpin --sizes 1 16 --seconds 20   # the MPM run in RESULTS.md
+    python benchmarks/vs_rewarped.py --task all                  # every task at its default sizes: one table
+    python benchmarks/vs_rewarped.py --task all --sizes 1 --seconds 1 --variants recipe --out /tmp/r.md   # smoke
     python benchmarks/vs_rewarped.py --sizes 16 --seconds 5 --out /tmp/r.md
+
+A single task writes its own section of --out (``rigid-vs-rewarped``, ``soft-vs-rewarped``, ``mpm-vs-rewarped``,
+``handflip-vs-rewarped``, ...); ``--task all`` writes the section ``all-vs-rewarped``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -35,6 +57,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +110,7 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
             _, reward = observe_reward(state, action)
             total = total + reward.sum()
         if grad:
-            total.backward()
-            assert all(torch.isfinite(a.grad).all() for a in actions)
+            action_gradients(total, actions)
 
     return _timed(frames, n, mode, horizon, seconds, variant)
 
@@ -114,8 +136,7 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
             state = env.physics_step(state, action)
             total = total + env.reward(state, action, env.observe(state, action)).sum()
         if grad:
-            total.backward()
-            assert all(torch.isfinite(a.grad).all() for a in actions)
+            action_gradients(total, actions)
 
     return _timed(frames, n, mode, horizon, seconds, variant)
 
@@ -123,29 +144,96 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
 def rolling_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
     """One tphys RollingFlat cell (through the TorchRL env API), run inside the subprocess. variant: eager, or
     recompute=<mode> for ``rolling_flat(recompute=...)`` (fwd+bwd)."""
+    recompute = variant.split("=")[1] if "=" in variant else "step"
+    return _env_cell("rolling_flat", dict(recompute=recompute, validate=False), n, mode, horizon, seconds, variant)
+
+
+def env_cell(task: str):
+    """The cell of a task's ``variant`` through the TorchRL env API: ``recipe`` (the recipe's env options), ``eager``
+    (validate=False), ``compiled`` (+ compile_substep=True), ``KEY=VALUE`` (+ that option, a Python literal or a
+    string)."""
+    def cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
+        return _env_cell(TASKS[task].env, variant_options(TASKS[task].env, variant), n, mode, horizon, seconds, variant)
+
+    return cell
+
+
+def recipe_options(env: str) -> dict:
+    """The ``options`` of ``recipes/config/env/<env>.yaml`` (what ``rl.experiment.make_env`` passes to ``make``)."""
+    from omegaconf import OmegaConf
+
+    path = REPO / "recipes" / "config" / "env" / f"{env}.yaml"
+    options = OmegaConf.load(path).get("options") if path.exists() else None
+    return {} if options is None else dict(OmegaConf.to_container(options, resolve=True))
+
+
+def variant_options(env: str, variant: str) -> dict:
+    import ast
+
+    if variant == "recipe":
+        return recipe_options(env)
+    options = dict(validate=False)
+    for part in variant.split("+"):
+        if part == "compiled":
+            options["compile_substep"] = True
+        elif "=" in part:
+            key, value = part.split("=", 1)
+            try:
+                options[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                options[key] = value
+        elif part == "recompute":
+            options["recompute"] = True
+        elif part != "eager":
+            raise ValueError(f"unknown variant part {part!r} in {variant!r}")
+    return options
+
+
+def _env_cell(env_name: str, options: dict, n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
+    """tphys.envs.make(env_name, **options) stepped through ``env.step`` + ``step_mdp`` (as the training losses do):
+    fwd carries the state from frame to frame (a fresh reset once any env is done); fwd+bwd runs ``horizon`` frames from
+    the current state, takes the action gradients and carries the (detached) last state on."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/tphys-inductor"))
     import torch
 
     import tphys.envs
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    recompute = variant.split("=")[1] if "=" in variant else "step"
-    env = tphys.envs.make("rolling_flat", num_envs=n, seed=0, recompute=recompute, validate=False)
-    start = env.reset()
+    env = tphys.envs.make(env_name, num_envs=n, seed=0, dtype=torch.float32, **options)
+    current = {"td": env.reset()}
 
     def frames(count: int, grad: bool) -> None:
-        td, total, actions = start, 0.0, []
+        td, total, actions = current["td"], 0.0, []
         for _ in range(count):
-            action = (torch.rand(n, 3) * 2 - 1).requires_grad_(grad)
+            action = (torch.rand(n, env.action_dim) * 2 - 1).requires_grad_(grad)
             actions.append(action)
             out = env.step(td.set("action", action))
             total = total + out["next", "reward"].sum()
             td = env.step_mdp(out)
         if grad:
-            total.backward()
-            assert all(torch.isfinite(a.grad).all() for a in actions)
+            action_gradients(total, actions)
+        td = td.detach() if grad else td
+        current["td"] = env.reset() if bool(td["done"].any()) else td
 
-    return _timed(frames, n, mode, horizon, seconds, variant)
+    result = _timed(frames, n, mode, horizon, seconds, variant)
+    result["options"] = {k: repr(v) for k, v in options.items()}
+    return result
+
+
+def action_gradients(total, actions: list) -> list:
+    """d total / d action for every action: zeros where total does not depend on an action (or on none of them), as
+    Rewarped returns them; checked finite."""
+    import torch
+
+    if total is None or not isinstance(total, torch.Tensor) or not total.requires_grad:
+        grads = [None] * len(actions)
+    else:
+        grads = torch.autograd.grad(total, actions, allow_unused=True)
+    grads = [torch.zeros_like(a) if g is None else g for a, g in zip(actions, grads)]
+    if not all(bool(torch.isfinite(g).all()) for g in grads):
+        raise FloatingPointError("non-finite action gradient")
+    return grads
 
 
 def _timed(frames, n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
@@ -166,88 +254,172 @@ def _timed(frames, n: int, mode: str, horizon: int, seconds: float, variant: str
                 torch_threads=torch.get_num_threads())
 
 
-TASKS = {  # task: (tphys cell, Rewarped module, class, default horizon, tphys variants (fwd, fwd+bwd), section, title)
-    "ant": (ant_cell, "rewarped.envs.dflex.ant", "Ant", 32, (["eager", "compiled"], ["eager", "compiled", "compiled+recompute"]),
-            "rigid-vs-rewarped", "DFlex Ant: tphys.rigid vs Rewarped 1.3.3 (CPU)"),
-    "jumper": (jumper_cell, "rewarped.envs.gradsim.jumper", "Jumper", 8,
-               (["eager", "compiled"], ["eager", "compiled", "compiled+recompute"]),
-               "soft-vs-rewarped", "SoftJumper: tphys FEM vs Rewarped 1.3.3 (CPU)"),
-    "rollingpin": (rolling_cell, "rewarped.envs.plasticinelab.rolling_pin", "RollingPin", 2,
-                   (["eager"], ["recompute=step", "recompute=substep"]), "mpm-vs-rewarped",
-                   "RollingPin / RollingFlat: tphys MPM vs Rewarped 1.3.3 (CPU)"),
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One shared task: our env, Rewarped's class, the default horizon and sizes, the tphys variants per mode, the
+    section of a single-task run, its title and the description printed above its table."""
+
+    env: str
+    module: str
+    cls: str
+    horizon: int
+    sizes: tuple[int, ...]
+    fwd: tuple[str, ...]
+    fwdbwd: tuple[str, ...]
+    section: str
+    title: str
+    description: str
+    cell: Callable | None = None  # None: env_cell(task)
+
+
+TASKS = {
+    "ant": Task("ant", "rewarped.envs.dflex.ant", "Ant", 32, (1, 16, 64), ("recipe", "eager", "compiled"),
+                ("recipe", "eager", "compiled", "compiled+recompute"), "rigid-vs-rewarped",
+                "DFlex Ant: tphys.rigid vs Rewarped 1.3.3 (CPU)",
+                "Ant with DFlex's parameters, 16 substeps per 1/60 s frame, random actions, observation + reward per frame. "
+                "tphys float32: recipe = `tphys.envs.make('ant', ...)` through `env.step`; eager = `tphys.rigid.step` "
+                "directly; compiled = `step(substep_fn=compiled_substep(...))` (the substep under torch.compile, Inductor "
+                "cache in TORCHINDUCTOR_CACHE_DIR; warm-up includes compilation unless cached); +recompute = "
+                "`step(recompute=True)` (substeps recomputed in backward).", ant_cell),
+    "jumper": Task("soft_jumper", "rewarped.envs.gradsim.jumper", "Jumper", 8, (1, 16, 64), ("recipe", "eager", "compiled"),
+                   ("recipe", "eager", "compiled", "compiled+recompute"), "soft-vs-rewarped",
+                   "SoftJumper: tphys FEM vs Rewarped 1.3.3 (CPU)",
+                   "SoftJumper, 80 substeps per 1/60 s frame, random actions in [-1, 1], observation + reward per frame. "
+                   "Rewarped: 444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32; "
+                   "recipe = the recipe's env through `env.step`; eager / compiled = `physics_step` + observe + reward, "
+                   "compiled = `compile_substep=True` (each substep under torch.compile; warm-up includes compilation unless "
+                   "cached); +recompute = `recompute=True` (the frame's substeps recomputed in backward).", jumper_cell),
+    "rollingpin": Task("rolling_flat", "rewarped.envs.plasticinelab.rolling_pin", "RollingPin", 2, (1, 16), ("recipe", "eager"),
+                       ("recipe", "recompute=step", "recompute=substep"), "mpm-vs-rewarped",
+                       "RollingPin / RollingFlat: tphys MPM vs Rewarped 1.3.3 (CPU)",
+                       "Rewarped's RollingPin against our `rolling_flat`: MLS-MPM plasticine, 2592 particles, 48³ domain, 40 "
+                       "substeps of 5e-5 s per step, capsule roller, random actions in [-1, 1], observations and reward per "
+                       "step through each env's own step API. tphys float32, with the C transfer kernels and the grid window "
+                       "(the nodes the particles reach); recipe = the recipe's env (validate on); recompute=step: each env "
+                       "step keeps only its input and reruns its substeps in backward, each recomputed again (memory grows "
+                       "with env steps); recompute=substep: keeps every substep's input. Where the H steps' rewards do not "
+                       "depend on the actions (the roller above the dough) the gradient is zero in both systems.",
+                       rolling_cell),
+    "handflip": Task("hand_flip", "rewarped.envs.dexdeform.flip", "Flip", 2, (1, 16), ("recipe", "eager"),
+                     ("recipe", "recompute=step", "recompute=substep"), "handflip-vs-rewarped",
+                     "HandFlip: tphys MPM vs Rewarped 1.3.3 dexdeform.Flip (CPU)",
+                     "Rewarped's `dexdeform.Flip` against our `hand_flip`: MLS-MPM plasticine (E 4e3, yield 130), 2500 "
+                     "particles, 48³ domain, 40 substeps of 5e-5 s per step, a kinematic 24-DoF Shadow hand (fixed base, joint "
+                     "deltas as actions), random actions in [-1, 1], observations and reward per step through each env's own "
+                     "step API. tphys float32; recipe = the recipe's env (validate on); the others validate=False with the "
+                     "named recompute."),
+    "fluidmove": Task("fluid_move", "rewarped.envs.softgym.transport", "Transport", 2, (1, 16), ("recipe", "eager"),
+                      ("recipe", "recompute=step", "recompute=substep"), "fluidmove-vs-rewarped",
+                      "FluidMove: tphys MPM vs Rewarped 1.3.3 softgym.Transport (CPU)",
+                      "Rewarped's `softgym.Transport` against our `fluid_move`: MLS-MPM water (E 1e5, ν 0.3, ρ 1e3), 48³ "
+                      "domain, 40 substeps of 5e-4 s per step, a kinematic 5-box container on 3 prismatic DoF, random actions "
+                      "in [-1, 1], observations and reward per step through each env's own step API. tphys float32 (2880 "
+                      "particles); recipe = the recipe's env (validate on); the others validate=False with the named "
+                      "recompute."),
+    "cartpole": Task("cartpole_swingup", "rewarped.envs.dflex.cartpole", "Cartpole", 32, (16, 64), ("recipe", "eager", "compiled"),
+                     ("recipe", "eager", "compiled"), "cartpole-vs-rewarped",
+                     "CartPole: tphys.rigid vs Rewarped 1.3.3 dflex.Cartpole (CPU)",
+                     "DFlex's cart-pole in both (Rewarped's `dflex.Cartpole`, our `cartpole_swingup`): 4 substeps per 1/60 s "
+                     "frame, random actions in [-1, 1], observation + reward per frame through each env's step API. tphys "
+                     "float32; recipe = the recipe's env (validate on); eager = validate=False; compiled = + "
+                     "`compile_substep=True`."),
+    "hopper": Task("hopper", "rewarped.envs.dflex.hopper", "Hopper", 32, (16, 64), ("recipe", "eager", "compiled"),
+                   ("recipe", "eager", "compiled"), "hopper-vs-rewarped", "Hopper: tphys.rigid vs Rewarped 1.3.3 dflex.Hopper (CPU)",
+                   "DFlex's hopper in both (Rewarped's `dflex.Hopper`, our `hopper`): 16 substeps per 1/60 s frame, penalty "
+                   "ground contact, random actions in [-1, 1], observation + reward per frame through each env's step API "
+                   "(episodes reset when any env is done). tphys float32; recipe = the recipe's env (validate on); eager = "
+                   "validate=False; compiled = + `compile_substep=True`."),
 }
+ALL_SECTION = ("all-vs-rewarped", "Every shared task: tphys vs Rewarped 1.3.3 (CPU), forward and forward+backward")
 
 
-def run_cell(args, system: str, n: int, mode: str) -> dict:
+def cell_function(task: str, variant: str) -> Callable:
+    """The function that measures one tphys cell: the task's own cell, or the env cell for ``recipe`` (every task)."""
+    return env_cell(task) if variant == "recipe" or TASKS[task].cell is None else TASKS[task].cell
+
+
+def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if system != "rewarped":
-        cmd = [sys.executable, __file__, "--task", args.task, "--cell", f"{n},{mode},{system}", "--horizon", str(args.horizon),
+        cmd = [sys.executable, __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]
     else:
-        _, module, cls, *_ = TASKS[args.task]
-        cmd = [str(args.rewarped_python), str(REWARPED_BENCH), module, cls, str(n), mode, str(args.horizon), str(args.seconds)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+        cmd = [str(args.rewarped_python), str(REWARPED_BENCH), TASKS[task].module, TASKS[task].cls, str(n), mode, str(horizon),
+               str(args.seconds)]
+    failed = dict(task=task, system=system if system == "rewarped" else f"tphys {system}", num_envs=n, mode=mode)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=args.cell_timeout)
+    except subprocess.TimeoutExpired:
+        return {**failed, "error": f"timed out after {args.cell_timeout:.0f} s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        return dict(system=system, num_envs=n, mode=mode, error=(proc.stderr.strip().splitlines() or ["no output"])[-1])
+        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**failed, "error": reason}
     result = json.loads(lines[-1][7:])
-    result["system"] = system if system == "rewarped" else f"tphys {system}"
+    result.update(task=task, system=failed["system"])
     return result
 
 
-DESCRIPTIONS = {
-    "ant": "Ant with DFlex's parameters, 16 substeps per 1/60 s frame, random actions, observation + reward per frame. "
-           "tphys float32: eager; compiled = `step(substep_fn=compiled_substep(...))` (the substep under torch.compile, "
-           "Inductor cache in TORCHINDUCTOR_CACHE_DIR; warm-up includes compilation unless cached); +recompute = "
-           "`step(recompute=True)` (substeps recomputed in backward).",
-    "jumper": "SoftJumper, 80 substeps per 1/60 s frame, random actions in [-1, 1], observation + reward per frame. Rewarped: "
-              "444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32; compiled = "
-              "`compile_substep=True` (each substep under torch.compile; warm-up includes compilation unless cached); +recompute = "
-              "`recompute=True` (the frame's substeps recomputed in backward).",
-    "rollingpin": "Rewarped's RollingPin against our `rolling_flat`: MLS-MPM plasticine, 2592 particles, 48³ domain, 40 substeps "
-                  "of 5e-5 s per step, capsule roller, random actions in [-1, 1], observations and reward per step through each "
-                  "env's own step API. tphys float32, eager, with the C transfer kernels and the grid window (the nodes the "
-                  "particles reach); recompute=step: each env step keeps only its input and reruns its substeps in backward, each "
-                  "recomputed again (memory grows with env steps); recompute=substep: keeps every substep's input.",
-}
+def _rate(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.2f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), default="ant")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[1, 16, 64])
-    parser.add_argument("--horizon", type=int, default=None, help="fwd+bwd frames (default: ant 32, jumper 8, rollingpin 2)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="minimum measured seconds per cell")
-    parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    cell_fn, _, _, default_horizon, tphys_variants, section_name, title = TASKS[args.task]
-    args.horizon = args.horizon or default_horizon
-    if args.cell:
-        n, mode, variant = args.cell.split(",")
-        print("RESULT " + json.dumps(cell_fn(int(n), mode, args.horizon, args.seconds, variant)), flush=True)
-        return
-    if not args.rewarped_python.exists():
-        sys.exit(f"no Rewarped python at {args.rewarped_python}; set it up as ../shared/tools/rewarped/README.md says")
-    load_before, t0 = os.getloadavg(), time.perf_counter()
-    table = ["| N | mode | system | env-steps/s | vs Rewarped | peak RSS GB | warm-up s |", "|---:|---|---|---:|---:|---:|---:|"]
-    for n in args.sizes:
+def measure(args, task: str, rows: list, results: list, with_task: bool) -> None:
+    """Run every cell of ``task`` and append its table rows (and raw results)."""
+    spec = TASKS[task]
+    horizon = args.horizon or spec.horizon
+    for n in args.sizes or spec.sizes:
         for mode in ("fwd", "fwdbwd"):
-            variants = ["rewarped", *tphys_variants[mode == "fwdbwd"]]
-            cells = [run_cell(args, v, n, mode) for v in variants]
-            label = f"fwd+bwd H={args.horizon}" if mode == "fwdbwd" else "fwd"
+            variants = [v for v in (spec.fwdbwd if mode == "fwdbwd" else spec.fwd) if not args.variants or v in args.variants]
+            cells = [run_cell(args, task, horizon, v, n, mode) for v in ["rewarped", *variants]]
+            label = f"fwd+bwd H={horizon}" if mode == "fwdbwd" else "fwd"
+            lead = f"| {task} " if with_task else ""
             for cell in cells:
                 print(json.dumps(cell), flush=True)
+                results.append(cell)
                 if "error" in cell:
-                    table.append(f"| {n} | {label} | {cell['system']} | failed: {cell['error'][:80]} | | | |")
+                    rows.append(f"{lead}| {n} | {label} | {cell['system']} | failed: {cell['error'][:80].replace('|', '/')} | | | |")
                     continue
                 ref = cells[0]
                 ratio = "-" if "error" in ref else f"{cell['steps_per_s'] / ref['steps_per_s']:.2f}x"
                 warm = cell.get("warmup_s", "-")
-                rate = f"{cell['steps_per_s']:.0f}" if cell["steps_per_s"] >= 100 else f"{cell['steps_per_s']:.2f}"
-                table.append(f"| {n} | {label} | {cell['system']} | {rate} | {ratio} | "
-                             f"{cell['max_rss_MB'] / 1024:.2f} | {warm if isinstance(warm, str) else f'{warm:.0f}'} |")
+                rows.append(f"{lead}| {n} | {label} | {cell['system']} | {_rate(cell['steps_per_s'])} | {ratio} | "
+                            f"{cell['max_rss_MB'] / 1024:.2f} | {warm if isinstance(warm, str) else f'{warm:.0f}'} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="ant")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None,
+                        help="num_envs (default per task: ant, jumper 1 16 64; MPM 1 16; cartpole, hopper 16 64)")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="fwd+bwd frames (default per task: ant, cartpole, hopper 32, jumper 8, MPM 2)")
+    parser.add_argument("--variants", nargs="+", default=None, help="only these tphys variants (e.g. recipe eager); Rewarped always")
+    parser.add_argument("--seconds", type=float, default=10.0, help="minimum measured seconds per cell")
+    parser.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is abandoned")
+    parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        n, mode, variant = args.cell.split(",")
+        horizon = args.horizon or TASKS[args.task].horizon
+        print("RESULT " + json.dumps(cell_function(args.task, variant)(int(n), mode, horizon, args.seconds, variant)), flush=True)
+        return
+    if not args.rewarped_python.exists():
+        sys.exit(f"no Rewarped python at {args.rewarped_python}; set it up as ../shared/tools/rewarped/README.md says")
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    with_task = args.task == "all"
+    rows, results = [], []
+    for task in tasks:
+        measure(args, task, rows, results, with_task)
+    head = "| task " if with_task else ""
+    table = [f"{head}| N | mode | system | env-steps/s | vs Rewarped | peak RSS GB | warm-up s |",
+             ("|---" if with_task else "") + "|---:|---|---|---:|---:|---:|---:|", *rows]
+    section_name, title = ALL_SECTION if with_task else (TASKS[args.task].section, TASKS[args.task].title)
+    descriptions = [f"- {t}: {TASKS[t].description}" for t in tasks] if with_task else [TASKS[args.task].description]
     lines = [
         f"### {title}", "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
@@ -257,14 +429,17 @@ def main() -> None:
         f"{fmt_load(os.getloadavg())} after (1/5/15 min)",
         f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
         f"- duration: {time.perf_counter() - t0:.0f} s", "",
-        DESCRIPTIONS[args.task] + f" At least {args.seconds:g} s measured per cell after a warm-up. Peak RSS includes the "
-        "imports (same measure for both).", "",
+        *descriptions, "",
+        f"At least {args.seconds:g} s measured per cell after a warm-up; 'vs Rewarped' divides by the Rewarped row of the "
+        "same task, N and mode. fwd+bwd: H frames then the gradient of the summed reward to every action (zero where the "
+        "rewards do not depend on the actions, in both systems). Peak RSS includes the imports (same measure for both).", "",
         *table,
     ]
     section = "\n".join(lines) + "\n"
     print(section)
-    write_section(args.out, section_name, section)
-    print(f"wrote {args.out}")
+    if not args.no_write:
+        write_section(args.out, section_name, section)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
