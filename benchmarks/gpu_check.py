@@ -27,8 +27,8 @@ overrun. Prints one markdown table (and writes it to ``--out`` if given).
 
     python benchmarks/gpu_check.py                       # on a CUDA machine
     python benchmarks/gpu_check.py --out gpu.md          # and write the table
-    python benchmarks/gpu_check.py --smoke               # CPU smoke test: N = 2, 2 substeps (MPM: a 4x2x4 lattice on
-                                                         # a 16³ grid), Triton under TRITON_INTERPRET=1, the compiled
+    python benchmarks/gpu_check.py --smoke               # CPU smoke test: N = 2, 2 substeps (soft_jumper 16; MPM: a
+                                                         # 4x2x4 lattice on a 16³ grid), Triton under TRITON_INTERPRET=1, the compiled
                                                          # modes not compiled (--smoke-compile: torch.compile's "eager"
                                                          # backend), graphs emulated (the same autograd.Function, each
                                                          # replay a plain call); its gradients must equal eager's

@@ -1,0 +1,32 @@
+"""benchmarks/vs_rewarped.py's pieces that need no Rewarped (no timing): the action gradients of Rewarped's protocol
+(zeros where the rewards do not depend on an action, nothing raised) and the variants' env options."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import vs_rewarped  # noqa: E402
+
+
+def test_action_gradients_are_zero_where_the_rewards_do_not_depend_on_the_actions():
+    actions = [torch.rand(2, 3, requires_grad=True) for _ in range(2)]
+    constant = torch.tensor(1.5)  # e.g. RollingPin at N = 1: the roller above the dough for both steps
+    for grads in (vs_rewarped.action_gradients(constant, actions), vs_rewarped.action_gradients(0.0, actions)):
+        assert all(torch.equal(g, torch.zeros(2, 3)) for g in grads)
+    grads = vs_rewarped.action_gradients((2 * actions[1]).sum(), actions)  # the first action unused
+    assert torch.equal(grads[0], torch.zeros(2, 3)) and torch.equal(grads[1], torch.full((2, 3), 2.0))
+    with pytest.raises(FloatingPointError):
+        vs_rewarped.action_gradients((actions[0] * float("nan")).sum(), actions)
+
+
+def test_variant_options_and_every_task_has_a_recipe_row():
+    assert vs_rewarped.variant_options("hopper", "eager") == {"validate": False}
+    assert vs_rewarped.variant_options("hopper", "compiled") == {"validate": False, "compile_substep": True}
+    assert vs_rewarped.variant_options("hand_flip", "recompute=substep") == {"validate": False, "recompute": "substep"}
+    assert vs_rewarped.variant_options("soft_jumper", "recipe") == vs_rewarped.recipe_options("soft_jumper")
+    for name, task in vs_rewarped.TASKS.items():
+        assert "recipe" in task.fwd and "recipe" in task.fwdbwd, name
+        assert vs_rewarped.cell_function(name, "recipe").__name__ == "cell"
