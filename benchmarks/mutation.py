@@ -76,15 +76,15 @@ def in_scope(mod: Module, mutant: str) -> bool:
 
 
 # module -> the tests that cover it. Fast, targeted files: a mutant runs only these (and of these only the
-# tests mutmut saw reach the mutated function).
+# tests mutmut saw reach the mutated function). Hypothesis tests are left out where a fast test covers the same
+# law: a mutant that fails one makes Hypothesis shrink the failing example, minutes per mutant on 2 cores.
 MODULES: dict[str, Module] = {
     "rigid_contact": Module("tphys/rigid/contact.py",
                             ["tests/rigid/test_friction_laws.py",
                              "tests/rigid/test_invariants.py::test_dropped_shape_comes_to_rest_at_the_analytic_penetration"],
                             "rigid ground contact: penalty normal force, viscous-Coulomb friction"),
     "particle_ground": Module("tphys/particles/forces.py",
-                              ["tests/particles/test_ground_contact_laws.py",
-                               "tests/particles/test_forces.py::test_conservative_forces_are_minus_energy_gradient"],
+                              ["tests/particles/test_ground_contact_laws.py"],
                               "particles' ground contact: penalty normal force with C1 ramps, smooth Coulomb friction",
                               functions=["ground_forces"]),
     "returns": Module("rl/objectives/returns.py", ["tests/rl/test_returns.py", "tests/rl/test_returns_closed_form.py"],
@@ -93,15 +93,13 @@ MODULES: dict[str, Module] = {
                    "SHAC loss: actor / critic losses, target-network update rule"),
     "pods_line_search": Module("rl/objectives/trajectory.py",
                                ["tests/rl/test_acceptance_rules.py",
-                                "tests/rl/test_pods.py::test_line_search_never_accepts_a_step_that_lowers_the_value",
                                 "tests/rl/test_pods.py::test_first_order_line_search_starts_where_configured_and_halves"],
                                "PODS acceptance rule: backtracking line search (strict improvement, Armijo, halving)",
                                functions=["backtracking_line_search"]),
     "kernel_twins": Module("tphys/kernels/stencil.py",
                            ["tests/kernels/test_c_transfer_twins.py",
                             "tests/kernels/test_transfer.py::test_p2g_then_g2p_reproduces_an_affine_velocity_field_exactly[torch]",
-                            "tests/kernels/test_transfer.py::test_p2g_conserves_mass_and_momentum[torch]",
-                            "tests/kernels/test_transfer.py::test_twin_gradients_match_central_finite_differences"],
+                            "tests/kernels/test_transfer.py::test_p2g_conserves_mass_and_momentum[torch]"],
                            "MPM transfers' torch twins (P2G, G2P), held equal to the C loops", functions=["p2g_torch", "g2p_torch"]),
     "evaluation": Module("rl/trainers/evaluation.py",
                          ["tests/rl/test_trainer.py::test_confidence_interval_matches_student_t",

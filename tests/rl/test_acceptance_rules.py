@@ -37,11 +37,54 @@ def test_pods_line_search_refuses_a_step_that_only_equals_the_value():
 
 
 def test_pods_line_search_defaults():
+    """Called without them: 10 trials, bounds [-1, 1], armijo 1e-4 (checked by what they do, not by the signature)."""
     import inspect
 
     params = inspect.signature(backtracking_line_search).parameters
     assert {k: params[k].default for k in ("max_trials", "armijo", "low", "high")} == {
         "max_trials": 10, "armijo": 1e-4, "low": -1.0, "high": 1.0}
+    env = PointMass1D(num_envs=2, horizon=4)
+    start = env.reset()
+    start["observation"] = torch.tensor([[-10.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
+    # from just inside the bounds, pushing out: the first trial is clipped at exactly +-1 and pays (accepted, alpha 1)
+    actions = torch.cat([torch.full((4, 1, 1), 0.5), -torch.full((4, 1, 1), 0.5)], 1).double()
+    rollout = play(env, start, actions)
+    value = rollout.rewards.sum(0)
+    _, gradient = value_and_gradient(env, start, actions)
+    result = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, 10 * actions.sign(),
+                                      torch.ones(2, dtype=torch.float64))
+    assert torch.equal(result.actions, actions.sign()) and result.trials == 1
+    # a step that only equals V: all default trials are spent
+    at_bound = actions.sign()
+    rollout = play(env, start, at_bound)
+    _, gradient = value_and_gradient(env, start, at_bound)
+    none = backtracking_line_search(env, start, at_bound, rollout.rewards.sum(0), rollout.observations, gradient,
+                                    at_bound.clone(), torch.ones(2, dtype=torch.float64))
+    assert none.trials == 10 and torch.equal(none.step_size, torch.zeros(2, dtype=torch.float64))
+
+
+def test_pods_line_search_default_armijo_refuses_a_step_below_its_prediction():
+    """armijo 1e-4 by default: a trial that improves V by less than 1e-4 of the first-order prediction is refused,
+    one that improves it by more is accepted (a long step on the concave return falls short of its prediction)."""
+    env = PointMass1D(num_envs=1, horizon=5)
+    start = env.reset()
+    start["observation"] = torch.tensor([[0.8, 0.0]], dtype=torch.float64)
+    actions = torch.zeros(5, 1, 1, dtype=torch.float64)
+    rollout = play(env, start, actions)
+    value = rollout.rewards.sum(0)
+    _, gradient = value_and_gradient(env, start, actions)
+    direction = gradient / gradient.abs().max()
+    gains = []
+    for scale in torch.linspace(0.05, 3.0, 60, dtype=torch.float64):
+        trial = (actions + scale * direction).clamp(-1, 1)
+        v = play(env, start, trial).rewards.sum(0)
+        predicted = (gradient * (trial - actions)).sum()
+        gain = ((v - value) / predicted).item()
+        res = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, scale * direction,
+                                       torch.ones(1, dtype=torch.float64), max_trials=1)
+        assert (res.step_size.item() == 1.0) == (v.item() > value.item() and gain >= 1e-4), (scale, gain)
+        gains.append(gain)
+    assert min(gains) < 0 < max(gains) < 1  # both verdicts occur, and accepted steps fall short of the prediction
 
 
 def test_pods_line_search_armijo_condition():
