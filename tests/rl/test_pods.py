@@ -239,6 +239,11 @@ def test_a_non_finite_gauss_newton_step_falls_back_to_the_gradient(monkeypatch):
 
 def _one_epoch(num_envs, rollouts, order, integrator="semi_implicit"):
     """A PODSTrainer's first epoch of ``rollouts`` initial states on ``num_envs`` envs: (trainer, scalars)."""
+    trainer = _trainer(num_envs, rollouts, order, integrator)
+    return trainer, trainer.step()
+
+
+def _trainer(num_envs, rollouts, order, integrator="semi_implicit"):
     from rl.modules import ObservationNormalizer
     from rl.trainers import PODSConfig, PODSTrainer
 
@@ -253,8 +258,7 @@ def _one_epoch(num_envs, rollouts, order, integrator="semi_implicit"):
     loss = PODSLoss(env, actor, order=order, cg_iterations=3)
     config = PODSConfig(total_steps=10**6, actor_lr=1e-3, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
                         grad_clip=None, regression_steps=4, rollouts_per_epoch=rollouts, progress=False)
-    trainer = PODSTrainer(loss, config, normalizer=normalizer, start_env=start_env)
-    return trainer, trainer.step()
+    return PODSTrainer(loss, config, normalizer=normalizer, start_env=start_env)
 
 
 @pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])  # order 2: 13 s
@@ -284,3 +288,19 @@ def test_rollouts_per_epoch_needs_a_start_env_of_k_envs():
         PODSTrainer(PODSLoss(env, actor, order=1), PODSConfig(rollouts_per_epoch=5, progress=False))
     with pytest.raises(ValueError, match="rollouts_per_epoch must be >= 1"):
         PODSConfig(rollouts_per_epoch=0)
+
+
+def test_a_chunked_epoch_resumes_exactly(tmp_path):
+    """rollouts_per_epoch above num_envs: the start env's generator is the one the checkpoint saves (the training env
+    never resets), so two epochs equal one epoch, a checkpoint, a fresh trainer resumed from it and the second epoch."""
+    straight, _ = _one_epoch(2, 3, 1)
+    straight.step()
+    first, _ = _one_epoch(2, 3, 1)
+    path = first.save(tmp_path / "last.pt")
+    resumed = _trainer(2, 3, 1)
+    resumed.resume(path)
+    resumed.step()
+    assert resumed.env_steps == straight.env_steps == 2 * 3 * 8
+    for a, b in zip(resumed.loss.actor.parameters(), straight.loss.actor.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(resumed.env.generator.get_state(), straight.env.generator.get_state())
