@@ -22,7 +22,7 @@
 4. SAPO for 30 s (``rl.experiment.load_recipe('sapo').make_trainer`` on the composed recipe config, rope3d, N = 64) on
    the device: iterations, env-steps/s, the last actor loss.
 
-A global time budget (``--budget``, 420 s for the env cells) skips the remaining env cells (marked so) rather than
+A global time budget (``--budget``, 360 s for the env cells) skips the remaining env cells (marked so) rather than
 overrun. Prints one markdown table (and writes it to ``--out`` if given).
 
     python benchmarks/gpu_check.py                       # on a CUDA machine
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help="num_envs (default 64 1024 4096; smoke 2)")
     parser.add_argument("--horizon", type=int, default=None, help="fwd+bwd steps (default 4, MPM 2; smoke 2)")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per cell and mode (default 1; smoke 0)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for all env cells (default 420; smoke 300)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all env cells (default 360; smoke 300)")
     parser.add_argument("--sapo-seconds", type=float, default=None, help="default 30; smoke 2")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--smoke-compile", action="store_true",
@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     smoke = args.smoke
     args.sizes = args.sizes or ([2] if smoke else [64, 1024, 4096])
     args.seconds = args.seconds if args.seconds is not None else (0.0 if smoke else 1.0)
-    args.budget = args.budget if args.budget is not None else (300.0 if smoke else 420.0)
+    args.budget = args.budget if args.budget is not None else (300.0 if smoke else 360.0)
     args.sapo_seconds = args.sapo_seconds if args.sapo_seconds is not None else (2.0 if smoke else 30.0)
     return args
 

@@ -4,11 +4,16 @@ For one env of each family (rope3d: particles and cables; soft_jumper: FEM tetra
 rigid bodies; rolling_flat: MLS-MPM) the script
 
 1. counts, from the model's sizes, the useful floating-point operations and bytes of one env step (``counts``);
-2. measures this machine's memory bandwidth (a STREAM-like triad ``a = b + s·c`` over float32 arrays, 3 arrays
-   counted, no write-allocate) and its flop rate (a GEMM ``C = A·B``, 1024², float32, 2n³ flops), each with one
-   thread and with every core (``torch.set_num_threads``);
+2. measures this machine's memory bandwidth (a STREAM-like triad ``a = b + s·c`` over float32 arrays of 64 MB, 3
+   arrays counted, no write-allocate, timed chunk by chunk, the best time of each chunk kept) and its flop rate (a
+   GEMM ``C = A·B``, 512², float32, 2n³ flops, the best run), each with one thread and with every core
+   (``torch.set_num_threads``);
 3. times the env's forward (``physics_step`` under no_grad, the core loop of ``benchmarks/throughput.py``, no TorchRL)
    at N envs, and reports the fraction of the bound it reaches.
+
+Clocks: with one thread every time (probes and env steps) is the CPU time of the measuring thread
+(``time.thread_time``), so that other processes on a loaded machine change the figures little (they still share the
+caches and the memory bus); with more threads, wall time.
 
 The bound. Per env step, t* = max(flops / F, bytes / B) with F the GEMM rate and B the DRAM triad bandwidth of the
 same thread count; bound env-steps/s = 1 / t*; achieved fraction = measured env-steps/s / bound env-steps/s.
@@ -168,20 +173,35 @@ def family_of(env) -> str:
 
 
 # ---------------------------------------------------------------------------- machine probes
-def triad_bandwidth(numbers: int, threads: int, seconds: float = 0.5) -> float:
-    """Bytes/s of ``a = b + 3·c`` over float32 arrays of ``numbers`` elements (3 arrays counted, STREAM's convention)."""
+def clock(threads: int):
+    """The clock of a measurement: with one thread the CPU time of this thread (``time.thread_time``: a loaded machine
+    changes it little, time spent descheduled does not count), else wall time."""
+    return time.thread_time if threads == 1 else time.perf_counter
+
+
+def triad_bandwidth(numbers: int, threads: int, seconds: float = 0.5, chunk: int = 2**18, repeat: int = 1) -> float:
+    """Bytes/s of ``a = b + 3·c`` over float32 arrays of ``numbers`` elements (3 arrays counted, STREAM's convention),
+    swept in chunks of ``chunk`` elements, each chunk timed on its own and its best time over the sweeps kept (the
+    arrays are far larger than the caches, so each chunk streams from memory); ``repeat`` triads a chunk per timing
+    (for arrays that fit in cache: amortizes the clock's own cost)."""
     import torch
 
     torch.set_num_threads(threads)
+    now = clock(threads)
     b, c = torch.rand(numbers), torch.rand(numbers)
     a = torch.empty(numbers)
-    torch.add(b, c, alpha=3.0, out=a)
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < t_end or best == float("inf"):
-        t0 = time.perf_counter()
-        torch.add(b, c, alpha=3.0, out=a)
-        best = min(best, time.perf_counter() - t0)
-    return 3 * 4 * numbers / best
+    starts = range(0, numbers, chunk)
+    best = [float("inf")] * len(starts)
+    t_end = time.perf_counter() + seconds
+    sweeps = 0
+    while sweeps < 2 or time.perf_counter() < t_end:
+        for i, k in enumerate(starts):
+            t0 = now()
+            for _ in range(repeat):
+                torch.add(b[k:k + chunk], c[k:k + chunk], alpha=3.0, out=a[k:k + chunk])
+            best[i] = min(best[i], (now() - t0) / repeat)
+        sweeps += 1
+    return 3 * 4 * numbers / sum(best)
 
 
 def gemm_rate(n: int, threads: int, seconds: float = 0.5) -> float:
@@ -189,20 +209,25 @@ def gemm_rate(n: int, threads: int, seconds: float = 0.5) -> float:
     import torch
 
     torch.set_num_threads(threads)
+    now = clock(threads)
     a, b = torch.rand(n, n), torch.rand(n, n)
     c = torch.empty(n, n)
     torch.mm(a, b, out=c)
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end or best == float("inf"):
-        t0 = time.perf_counter()
+        t0 = now()
         torch.mm(a, b, out=c)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, now() - t0)
     return 2 * n**3 / best
 
 
 def probes(threads: int, dram_numbers: int, gemm_n: int, seconds: float) -> dict:
+    import torch
+
+    cache = 64 * 1024  # 3 x 256 KB
     return dict(threads=threads, dram=triad_bandwidth(dram_numbers, threads, seconds),
-                cache=triad_bandwidth(32 * 1024, threads, seconds), gemm=gemm_rate(gemm_n, threads, seconds))
+                cache=triad_bandwidth(cache, threads, seconds, chunk=cache, repeat=20), gemm=gemm_rate(gemm_n, threads, seconds),
+                torch_threads=torch.get_num_threads())
 
 
 # ---------------------------------------------------------------------------- the env's forward
@@ -220,11 +245,12 @@ def measure_fwd(name: str, n: int, threads: int, seconds: float) -> tuple[float,
         state = env.reset()
         for _ in range(2):  # warm-up
             state = env.physics_step(state, torch.rand(n, env.action_dim, generator=generator) * 2 - 1)
-        steps, t0 = 0, time.perf_counter()
-        while steps == 0 or time.perf_counter() - t0 < seconds:
+        now = clock(threads)
+        steps, t0, wall = 0, now(), time.perf_counter()
+        while steps == 0 or time.perf_counter() - wall < seconds:
             state = env.physics_step(state, torch.rand(n, env.action_dim, generator=generator) * 2 - 1)
             steps += 1
-        elapsed = time.perf_counter() - t0
+        elapsed = now() - t0
     return n * steps / elapsed, sizes
 
 
@@ -239,7 +265,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per env and thread count")
     parser.add_argument("--probe-seconds", type=float, default=1.0, help="seconds per probe")
     parser.add_argument("--dram-mb", type=float, default=64.0, help="MB per triad array for the DRAM bandwidth")
-    parser.add_argument("--gemm-n", type=int, default=1024)
+    parser.add_argument("--gemm-n", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
@@ -268,7 +294,7 @@ def main(argv=None) -> None:
                        threads=", ".join(map(str, thread_counts)) + f" (torch.set_num_threads; {cores} usable cores)")
     lines += [
         "Counting and probes: `benchmarks/roofline.py` docstring. Bound = 1 / max(flops / GEMM rate, bytes / DRAM triad "
-        "bandwidth) of the same thread count (the in-cache bound: the triad over 3 x 128 KB arrays instead); bytes = "
+        "bandwidth) of the same thread count (the in-cache bound: the triad over 3 x 256 KB arrays instead); bytes = "
         "each env's state read and written once per env step plus action, "
         "observation and reward (fused); 'bytes/substep' = the state (and MPM grid) read and written every substep, for "
         "comparison. Measured = `physics_step` under no_grad, float32, eager (the envs' defaults, validate off).", "",
