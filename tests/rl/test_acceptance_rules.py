@@ -68,7 +68,7 @@ def test_pods_line_search_default_armijo_refuses_a_step_below_its_prediction():
     one that improves it by more is accepted (a long step on the concave return falls short of its prediction)."""
     env = PointMass1D(num_envs=1, horizon=5)
     start = env.reset()
-    start["observation"] = torch.tensor([[0.8, 0.0]], dtype=torch.float64)
+    start["observation"] = torch.tensor([[0.05, 0.0]], dtype=torch.float64)  # a full push overshoots 0
     actions = torch.zeros(5, 1, 1, dtype=torch.float64)
     rollout = play(env, start, actions)
     value = rollout.rewards.sum(0)
