@@ -25,6 +25,8 @@ tphys variants (each a column of rows):
     recipe    the env exactly as the recipes build it: ``tphys.envs.make(name, **options)`` with the ``options`` of
               ``recipes/config/env/<name>.yaml`` (``validate`` left at its default), stepped through TorchRL's
               ``env.step`` + ``step_mdp`` as the training losses do. This is the row the 5x target is about.
+    recipe@threads=K   (--all-cores) the recipe's env with K = every usable core (torch threads and OMP_NUM_THREADS);
+              Warp's CPU backend runs one thread, so Rewarped has no such row.
     eager, compiled, compiled+recompute, recompute=...
               the rows kept from the first runs of this script (ant: ``tphys.rigid.step`` directly; jumper:
               ``physics_step``; rollingpin: ``env.step``) and, for the other tasks, ``env.step`` with
@@ -77,7 +79,7 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
     from tphys.rigid.integrator import compiled_substep
     from tphys.rigid.presets import DFLEX, dflex_model
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(cell_threads())
     torch.manual_seed(0)
     model = dflex_model("ant")
     substeps = DFLEX["ant"]["substeps"]
@@ -122,7 +124,7 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
 
     from tphys.envs.soft_jumper import SoftJumperEnv
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(cell_threads())
     torch.manual_seed(0)
     env = SoftJumperEnv(num_envs=n, seed=0, recompute=variant.endswith("recompute"), compile_substep=variant.startswith("compiled"),
                         validate=False)
@@ -167,9 +169,21 @@ def recipe_options(env: str) -> dict:
     return {} if options is None else dict(OmegaConf.to_container(options, resolve=True))
 
 
+def cell_threads() -> int:
+    """The torch threads of this cell's process: 1 unless its variant ends in ``@threads=K`` (``run_cell`` sets it)."""
+    return int(os.environ.get("VS_REWARPED_THREADS", "1"))
+
+
+def split_threads(variant: str) -> tuple[str, int]:
+    """("recipe", 2) from "recipe@threads=2"; (variant, 1) without the suffix."""
+    base, _, threads = variant.partition("@threads=")
+    return base, int(threads) if threads else 1
+
+
 def variant_options(env: str, variant: str) -> dict:
     import ast
 
+    variant, _ = split_threads(variant)
     if variant == "recipe":
         return recipe_options(env)
     options = dict(validate=False)
@@ -198,7 +212,7 @@ def _env_cell(env_name: str, options: dict, n: int, mode: str, horizon: int, sec
 
     import tphys.envs
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(cell_threads())
     torch.manual_seed(0)
     env = tphys.envs.make(env_name, num_envs=n, seed=0, dtype=torch.float32, **options)
     current = {"td": env.reset()}
@@ -335,11 +349,12 @@ ALL_SECTION = ("all-vs-rewarped", "Every shared task: tphys vs Rewarped 1.3.3 (C
 
 def cell_function(task: str, variant: str) -> Callable:
     """The function that measures one tphys cell: the task's own cell, or the env cell for ``recipe`` (every task)."""
-    return env_cell(task) if variant == "recipe" or TASKS[task].cell is None else TASKS[task].cell
+    return env_cell(task) if split_threads(variant)[0] == "recipe" or TASKS[task].cell is None else TASKS[task].cell
 
 
 def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    threads = str(split_threads(system)[1])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, VS_REWARPED_THREADS=threads)
     if system != "rewarped":
         cmd = [sys.executable, __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]
@@ -360,6 +375,10 @@ def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> d
     return result
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _rate(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.2f}"
 
@@ -371,6 +390,8 @@ def measure(args, task: str, rows: list, results: list, with_task: bool) -> None
     for n in args.sizes or spec.sizes:
         for mode in ("fwd", "fwdbwd"):
             variants = [v for v in (spec.fwdbwd if mode == "fwdbwd" else spec.fwd) if not args.variants or v in args.variants]
+            if args.all_cores:  # the recipe's env with every core (Warp's CPU backend runs one)
+                variants.append(f"recipe@threads={usable_cores()}")
             cells = [run_cell(args, task, horizon, v, n, mode) for v in ["rewarped", *variants]]
             label = f"fwd+bwd H={horizon}" if mode == "fwdbwd" else "fwd"
             lead = f"| {task} " if with_task else ""
@@ -395,6 +416,7 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=None,
                         help="fwd+bwd frames (default per task: ant, cartpole, hopper 32, jumper 8, MPM 2)")
     parser.add_argument("--variants", nargs="+", default=None, help="only these tphys variants (e.g. recipe eager); Rewarped always")
+    parser.add_argument("--all-cores", action="store_true", help="add a row per cell: the recipe variant with every usable core")
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum measured seconds per cell")
     parser.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is abandoned")
     parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
@@ -425,7 +447,8 @@ def main() -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
         f"- versions: {versions()}; Rewarped 1.3.3 / warp-lang 1.3.3 in {args.rewarped_python.parent.parent.name}",
-        f"- threads: 1 per process (OMP_NUM_THREADS=1), cells one at a time; load: {fmt_load(load_before)} before, "
+        "- threads: 1 per process (OMP_NUM_THREADS=1) except the rows `@threads=K`, cells one at a time; "
+        f"load: {fmt_load(load_before)} before, "
         f"{fmt_load(os.getloadavg())} after (1/5/15 min)",
         f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
         f"- duration: {time.perf_counter() - t0:.0f} s", "",

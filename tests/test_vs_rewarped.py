@@ -27,6 +27,8 @@ def test_variant_options_and_every_task_has_a_recipe_row():
     assert vs_rewarped.variant_options("hopper", "compiled") == {"validate": False, "compile_substep": True}
     assert vs_rewarped.variant_options("hand_flip", "recompute=substep") == {"validate": False, "recompute": "substep"}
     assert vs_rewarped.variant_options("soft_jumper", "recipe") == vs_rewarped.recipe_options("soft_jumper")
+    assert vs_rewarped.variant_options("soft_jumper", "recipe@threads=2") == vs_rewarped.recipe_options("soft_jumper")
+    assert vs_rewarped.split_threads("recipe@threads=2") == ("recipe", 2) and vs_rewarped.split_threads("eager") == ("eager", 1)
     for name, task in vs_rewarped.TASKS.items():
         assert "recipe" in task.fwd and "recipe" in task.fwdbwd, name
         assert vs_rewarped.cell_function(name, "recipe").__name__ == "cell"
