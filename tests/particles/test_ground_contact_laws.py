@@ -74,3 +74,10 @@ def test_batched_shapes_dtype_and_device_follow_the_caller():
     meta = ground_forces(ground(torch.float32)._replace(height=torch.tensor(HEIGHT, device="meta")), 2, x.to("meta"),
                          torch.ones_like(x, device="meta"))
     assert meta.device.type == "meta" and meta.shape == (4, 2, 3)
+
+
+def test_half_precision_stays_half():
+    """dtype follows the caller down to bfloat16 (no float32 helper tensor promotes the result)."""
+    x = torch.tensor([[0.0, 0.0, 0.24]], dtype=torch.bfloat16)
+    f = ground_forces(ground(torch.bfloat16), 2, x, torch.ones_like(x))
+    assert f.dtype == torch.bfloat16
