@@ -97,7 +97,7 @@ MODULES: dict[str, Module] = {
                                "PODS acceptance rule: backtracking line search (strict improvement, Armijo, halving)",
                                functions=["backtracking_line_search"]),
     "kernel_twins": Module("tphys/kernels/stencil.py",
-                           ["tests/kernels/test_c_transfer_twins.py",
+                           ["tests/kernels/test_c_transfer_twins.py", "tests/kernels/test_twin_input_checks.py",
                             "tests/kernels/test_transfer.py::test_p2g_then_g2p_reproduces_an_affine_velocity_field_exactly[torch]",
                             "tests/kernels/test_transfer.py::test_p2g_conserves_mass_and_momentum[torch]"],
                            "MPM transfers' torch twins (P2G, G2P), held equal to the C loops", functions=["p2g_torch", "g2p_torch"]),
