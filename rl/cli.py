@@ -32,6 +32,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -390,7 +391,9 @@ def read_record(run_dir: Path) -> dict:
 def write_record(run_dir: Path, config_name: str, choices: list[str] | None, overrides: list[str] | None,
                  resume_entry: dict | None = None, job: dict | None = None) -> None:
     """``recipe.json``: the recipe, its group choices and overrides, the sweep's job (``job_entry``) and one entry
-    per resume."""
+    per resume. Under ``torchrun`` only rank 0 writes it."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     record = read_record(run_dir)
     record.setdefault("recipe", config_name)
     if choices is not None:
@@ -593,6 +596,11 @@ def hydra_run(config_name: str, run: Callable, overrides: list[str], argv: list[
 
     if not any(a.startswith("hydra.job.name=") for a in argv):
         overrides = [*overrides, f"hydra.job.name={config_name}"]  # the job (and its .log file) is named after the recipe
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0's run directory is the run's; Hydra's own
+        # files of this rank go to a scratch directory instead of a second run directory
+        scratch = tempfile.mkdtemp(prefix=f"tphys-rank{os.environ['RANK']}-")
+        overrides = [*(o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))),
+                     f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     _, flags = split_argv(argv)
     sys.argv = [sys.argv[0], *overrides, *flags]  # one run of overrides: argparse takes no second one after the flags
     hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(task)()

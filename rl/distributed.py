@@ -246,6 +246,12 @@ def sharded_noise(env_shard: EnvShard | None):
         _NOISE_SHARD.reset(token)
 
 
+def noise_shard() -> EnvShard | None:
+    """The partial shard of the enclosing ``sharded_noise`` block (None outside one, or for a whole shard)."""
+    s = _NOISE_SHARD.get()
+    return None if s is None or s.size == s.total else s
+
+
 def randn_like(x: Tensor) -> Tensor:
     """Standard normal noise shaped like ``x [n, ...]``: ``torch.randn_like(x)``, or under ``sharded_noise`` with
     ``n`` this rank's env count, this rank's rows of a draw for all envs."""

@@ -12,9 +12,11 @@ import torch
 from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
+from torch.distributions.utils import _sum_rightmost
 from torchrl.envs import EnvBase
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 
+from rl import distributed
 from rl.builders import DTYPES, sizes
 from rl.modules import MLP, ObservationNormalizer
 
@@ -59,6 +61,34 @@ class BoundedNormalParams(nn.Module):
         return loc, log_scale.exp()
 
 
+class ShardedTanhNormal(TanhNormal):
+    """TorchRL's ``TanhNormal`` whose reparameterized samples take their noise from ``rl.distributed.randn_like``: inside a
+    data-parallel rollout (``sharded_noise``) the noise of all the global envs, sliced to this rank's, so a K-rank run
+    explores as one process does; elsewhere exactly ``TanhNormal``'s samples."""
+
+    def preimage(self, sample_shape) -> Tensor:
+        """The pre-tanh Gaussian sample ``loc + scale * eps`` (``eps`` through ``rl.distributed.randn_like``)."""
+        if tuple(sample_shape) or distributed.noise_shard() is None:
+            return self.base_dist.rsample(torch.Size(sample_shape))
+        normal = self.base_dist.base_dist  # Independent(Normal(loc, scale))
+        return normal.loc + distributed.randn_like(normal.loc) * normal.scale
+
+    def rsample(self, sample_shape=()):
+        x = self.preimage(sample_shape)
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
+        """``TanhNormal.rsample_and_log_prob`` (the sample and the score of its exact pre-tanh value), noise as above."""
+        preimage = self.preimage(sample_shape)
+        transform = self.transforms[0]
+        sample = transform(preimage)
+        log_prob = self.base_dist.log_prob(preimage) - _sum_rightmost(transform.log_abs_det_jacobian(preimage, sample),
+                                                                      len(self.event_shape))
+        return sample, log_prob
+
+
 def tanh_normal_actor(cfg: DictConfig, env: EnvBase, normalizer: ObservationNormalizer | None) -> ProbabilisticActor:
     """``ProbabilisticActor`` writing ``loc``, ``scale``, ``action`` in (-1, 1) and ``action_log_prob``.
 
@@ -72,7 +102,7 @@ def tanh_normal_actor(cfg: DictConfig, env: EnvBase, normalizer: ObservationNorm
         BoundedNormalParams(tuple(algo.log_std_bounds)),
     ).to(DTYPES[cfg.dtype])
     params = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
-    return ProbabilisticActor(params, in_keys=["loc", "scale"], distribution_class=TanhNormal,
+    return ProbabilisticActor(params, in_keys=["loc", "scale"], distribution_class=ShardedTanhNormal,
                               distribution_kwargs={"low": -1.0, "high": 1.0}, return_log_prob=True)
 
 

@@ -44,9 +44,10 @@ class CollectorTrainer(Trainer):
 
     def __init__(self, loss: nn.Module, env: EnvBase, config: CollectorConfig, init_random_frames: int = 0, **outputs):
         super().__init__(loss, config, env, int(env.batch_size.numel()) * config.horizon, **outputs)
-        self.collector = Collector(env, self.actor, frames_per_batch=self.local_steps_per_iter,
-                                   total_frames=self.iterations * self.local_steps_per_iter,
-                                   init_random_frames=int(init_random_frames) or None, auto_register_policy_transforms=False)
+        with sharded_noise(self.env_shard):  # the collector runs the policy once to learn its outputs
+            self.collector = Collector(env, self.actor, frames_per_batch=self.local_steps_per_iter,
+                                       total_frames=self.iterations * self.local_steps_per_iter,
+                                       init_random_frames=int(init_random_frames) or None, auto_register_policy_transforms=False)
         self.batches = None  # the collector's iterator, started by the first step
 
     @property

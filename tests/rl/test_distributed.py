@@ -186,8 +186,9 @@ def test_num_envs_that_does_not_split_is_refused_naming_the_key(tmp_path):
 # ---------------------------------------------------------------------- failures stop the whole job
 @pytest.mark.parametrize("scenario, message", [
     ("raise", "ValueError: injected fault on rank 1"),
-    ("nan", "rank 1: simulator: pendulum2d: non-finite state after the step (NaN/inf) in env indices [2, 3]"),
-    ("die", "Signal 9 (SIGKILL) received by PID"),
+    pytest.param("nan", "rank 1: simulator: pendulum2d: non-finite state after the step (NaN/inf) in env indices [2, 3]",
+                 marks=pytest.mark.slow),
+    pytest.param("die", "Signal 9 (SIGKILL) received by PID", marks=pytest.mark.slow),
 ])
 def test_a_failing_rank_stops_the_two_rank_job_with_its_message(scenario, message, tmp_path):
     worker = ROOT / "tests" / "rl" / "distributed_worker.py"
@@ -227,3 +228,35 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_run(tmp_path):
         assert torch.equal(a[key], b[key]), key
     ea, eb = (json.loads((d / "eval.json").read_text()) for d in (tmp_path / "straight", killed))
     assert ea["deterministic"]["returns"] == eb["deterministic"]["returns"]
+
+
+@pytest.mark.slow
+def test_an_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
+    """``torchrun --max-restarts=1``: rank 1 raises after the checkpoint of iteration 4 in the first attempt; the second
+    attempt continues the same run directory from that checkpoint and ends where the run without a fault ends."""
+    worker = ROOT / "tests" / "rl" / "distributed_worker.py"
+    for scenario, restarts in (("once", 1), ("none", 0)):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              f"--max-restarts={restarts}", str(worker), scenario, str(tmp_path / scenario)], cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-4000:]
+        if scenario == "once":
+            assert "injected fault on rank 1, first attempt" in out.stderr
+            assert "resumed from" in out.stdout
+    a, b = parameters(tmp_path / "once"), parameters(tmp_path / "none")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_in_one_process(tmp_path):
+    """A checkpoint holds the global envs' state, so a 2-rank run continued by one process (``resume=`` with a longer
+    ``total_steps``; constant learning rates, which do not depend on the run's length) ends where a 1-rank run of that
+    length ends (to reduction order)."""
+    overrides = [*(o for o in CONFIGS["sapo"] if not o.startswith("total_steps=")), "algo.lr_schedule=constant"]
+    run("sapo", 1, [*overrides, "total_steps=224"], tmp_path / "one")
+    run("sapo", 2, [*overrides, "total_steps=128"], tmp_path / "two")
+    resumed = subprocess.run(command("sapo", 1, [f"resume={tmp_path / 'two'}", "total_steps=224"], tmp_path / "two"), cwd=ROOT,
+                             env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_close_runs(tmp_path / "one", tmp_path / "two")
