@@ -162,25 +162,29 @@ def failures(message: str | None) -> list[tuple[int, str]]:
     return [(r, m) for r, m in enumerate(messages) if m is not None]
 
 
-def reduce_gradients(params: list[Tensor]) -> None:
-    """Sum the gradients of ``params`` over ranks, in place, in one flat float64 all-reduce.
+def reduce_gradients(params: list[Tensor], extra: Tensor | None = None) -> Tensor | None:
+    """Sum the gradients of ``params`` over ranks, in place, in one flat float64 all-reduce; returns ``extra`` (a few
+    numbers to sum in the same message, e.g. the weighted losses) summed over ranks (one process: ``extra`` itself).
 
     A gradient that is None on this rank counts as zero; one that is None on every rank stays None (an optimizer skips
     such a parameter, as it would in a 1-rank run).
     """
-    if not is_distributed() or not params:
-        return
+    if not is_distributed():
+        return extra
     flat = [p.grad.detach().reshape(-1).double() if p.grad is not None else torch.zeros(p.numel(), dtype=torch.float64)
             for p in params]
     present = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
-    buffer = all_reduce_sum(torch.cat([*flat, present]))
-    summed, anywhere = buffer[:-len(params)], buffer[-len(params):]
+    tail = torch.zeros(0, dtype=torch.float64) if extra is None else extra.detach().reshape(-1).double()
+    buffer = all_reduce_sum(torch.cat([*flat, present, tail]))
+    count = sum(p.numel() for p in params)
+    summed, anywhere = buffer[:count], buffer[count:count + len(params)]
     offset = 0
     for i, p in enumerate(params):
         n = p.numel()
         if anywhere[i] > 0:
             p.grad = summed[offset:offset + n].view_as(p).to(p.dtype).clone()
         offset += n
+    return None if extra is None else buffer[count + len(params):].view_as(extra).to(extra.dtype)
 
 
 def mean_scalars(scalars: dict[str, float], keys: tuple[str, ...]) -> dict[str, float]:

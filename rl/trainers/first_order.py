@@ -139,14 +139,14 @@ class FirstOrderTrainer(Trainer):
                 mine = local_rows(rows, first, end)
                 self.zero_grad("critic")
                 local = self.loss.critic_loss(batch[mine])["loss_critic"] * (mine.numel() / rows.numel()) if mine.numel() else None
-                loss = distributed.all_reduce_sum(local.detach().clone() if local is not None else torch.zeros((), dtype=params[0].dtype))
+                if local is not None:
+                    local.backward()
+                # the minibatch's loss, summed with the gradients in one message
+                loss = self.reduce_gradients("critic", extra=local.detach() if local is not None else params[0].new_zeros(()))
                 if not torch.isfinite(loss):
                     self.nonfinite(f"critic loss {loss.item()}", "critic update skipped")
                     self.zero_grad("critic")
                     return float("nan")
-                if local is not None:
-                    local.backward()
-                self.reduce_gradients("critic")
                 self.clip(params)
                 self.optimizer_step("critic")
                 last = loss.item()

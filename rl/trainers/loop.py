@@ -259,9 +259,10 @@ class Trainer:
             if group in self.optimizers:
                 self.optimizers[group].step()
 
-    def reduce_gradients(self, *groups: str) -> None:
-        """Sum the gradients of ``groups`` over ranks (each rank's loss weighted by its share: the global loss's gradient)."""
-        distributed.reduce_gradients([p for g in groups for p in self.parameter_groups.get(g, ())])
+    def reduce_gradients(self, *groups: str, extra: Tensor | None = None) -> Tensor | None:
+        """Sum the gradients of ``groups`` over ranks (each rank's loss weighted by its share: the global loss's gradient);
+        ``extra`` (a tensor of a few numbers, e.g. the weighted loss) is summed in the same message and returned."""
+        return distributed.reduce_gradients([p for g in groups for p in self.parameter_groups.get(g, ())], extra)
 
     def fail_together(self, message: str | None) -> str | None:
         """Every rank's failure message joined (None when no rank failed); a collective under data parallelism, so every

@@ -185,13 +185,12 @@ class PODSTrainer(Trainer):
                 mine = local_rows(picked, first_row, end_row)
                 self.zero_grad("actor")
                 local = self.loss(batch[mine])["loss_actor"] * (mine.numel() / picked.numel()) if mine.numel() else None
-                dtype = self.parameter_groups["actor"][0].dtype
-                loss = distributed.all_reduce_sum(local.detach().clone() if local is not None else torch.zeros((), dtype=dtype))
-                if not torch.isfinite(loss):
-                    return first, float("nan"), grad_norm
                 if local is not None:
                     local.backward()
-                self.reduce_gradients("actor")
+                zero = self.parameter_groups["actor"][0].new_zeros(())
+                loss = self.reduce_gradients("actor", extra=local.detach() if local is not None else zero)
+                if not torch.isfinite(loss):
+                    return first, float("nan"), grad_norm
                 grad_norm = self.clip(self.parameter_groups["actor"])
                 self.optimizer_step("actor")
                 last = loss.item()
