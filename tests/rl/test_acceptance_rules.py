@@ -93,7 +93,7 @@ def test_pods_line_search_armijo_condition():
     env = PointMass1D(num_envs=2, horizon=5)
     start = env.reset()
     start["observation"] = torch.tensor([[0.8, 0.0], [-0.6, 0.3]], dtype=torch.float64)
-    actions = torch.zeros(5, 2, 1, dtype=torch.float64)
+    actions = torch.full((5, 2, 1), 0.1, dtype=torch.float64)  # non-zero: the prediction uses trial - ā
     rollout = play(env, start, actions)
     value = rollout.rewards.sum(0)
     _, gradient = value_and_gradient(env, start, actions)
@@ -140,6 +140,32 @@ def test_pods_line_search_accepts_the_first_strict_improvement_and_halves_until_
     torch.testing.assert_close(result.value, replay.rewards.sum(0), rtol=1e-14, atol=0)
     torch.testing.assert_close(result.observations, replay.observations, rtol=0, atol=0)
     assert not torch.equal(result.observations, play(env, start, actions).observations)
+
+
+def test_pods_armijo_condition_holds_at_equality():
+    """V(trial) = V(ā) + armijo·<g, trial - ā> exactly is accepted (>=); a prediction a hair larger is refused. The
+    caller's gradient g is chosen so that the prediction equals the trial's gain (Sterbenz: the difference of two
+    values within a factor 2 is exact, so V(ā) + (V(trial) - V(ā)) == V(trial))."""
+    env = PointMass1D(num_envs=1, horizon=3)
+    start = env.reset()
+    start["observation"] = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
+    actions = torch.full((3, 1, 1), 0.2, dtype=torch.float64)  # non-zero: trial - ā is not trial + ā
+    direction = torch.zeros_like(actions)
+    direction[0, 0, 0] = -0.25
+    rollout = play(env, start, actions)
+    value = rollout.rewards.sum(0)
+    trial_value = play(env, start, actions + direction).rewards.sum(0)
+    gain = trial_value - value
+    assert gain.item() > 0 and (value + gain == trial_value).all()
+    gradient = torch.zeros_like(actions)
+    gradient[0, 0, 0] = gain.item() / -0.25  # <g, trial - ā> = gain
+    assert ((gradient * direction).sum() == gain).all()
+    one = torch.ones(1, dtype=torch.float64)
+    at_equality = backtracking_line_search(env, start, actions, value, rollout.observations, gradient, direction, one, 1, 1.0)
+    assert at_equality.step_size.item() == 1.0
+    above = gradient * (1 + 1e-9)  # a prediction a hair above the gain
+    refused = backtracking_line_search(env, start, actions, value, rollout.observations, above, direction, one, 1, 1.0)
+    assert refused.step_size.item() == 0.0
 
 
 def test_ppo_loss_settings_are_pinned(tmp_path):
