@@ -211,7 +211,8 @@ def test_ppo_and_sac_rows_not_pinned_in_test_baselines(tmp_path):
     sac_trainer = load_recipe("sac").make_trainer(sac, make_env(sac), run_dir=tmp_path / "sac")
     action_dim = int(make_env(sac).action_spec.shape[-1])
     for trainer in (ppo_trainer, sac_trainer):
-        # Optim type | AdamW | . | . | Adam | Adam | .   (weight decay not in table 2: ours 0.0, as SAPO's)
+        # Optim type | AdamW | . | . | Adam | Adam | .   (weight decay not in table 2: ours 0.0; the reference code's PPO and
+        # SAC build AdamW without a decay argument, torch's 0.01: a departure, README "The papers' settings")
         for opt in (trainer.actor_opt, trainer.critic_opt):
             assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.0
         # Actor σ(s) | yes | . | . | no | no | .   (the head outputs loc and the bounded log scale: 2 dim(A))
