@@ -261,7 +261,7 @@ def _trainer(num_envs, rollouts, order, integrator="semi_implicit"):
     return PODSTrainer(loss, config, normalizer=normalizer, start_env=start_env)
 
 
-@pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])  # order 2: 13 s
+@pytest.mark.parametrize("order", [1, 2])
 def test_rollouts_per_epoch_in_chunks_is_the_epoch_of_one_chunk(order):
     """k = 5 rollouts on 2 envs (chunks of 2, 2 and 1 padded) give the epoch of 5 envs in one chunk: the same k x T
     regression pairs, normalizer statistics, policy after the regression and logged returns, to float64 rounding."""
