@@ -8,15 +8,25 @@ new controller's rollout.
 With ``rollouts_per_epoch`` k above num_envs, the c-step runs chunk by chunk (``PODSTrainer.improve``); unlike
 PODS's, GPS's chunks are not independent: the KL multiplier adapts after each chunk and each chunk's
 precisions are normalized to a mean trace of A over that chunk. k = num_envs (the default) has one chunk.
+For the same reason GPS does not run data parallel (``torchrun``): its step-size rule and precision normalization
+average over the initial states a process holds, so ranks would drift apart; it refuses to start.
 """
 
 from __future__ import annotations
 
+from rl import distributed
 from rl.trainers.pods import PODSTrainer
 
 
 class GPSTrainer(PODSTrainer):
     """Trains ``loss.actor`` by mirror-descent GPS (``rl.objectives.GPSLoss``) with ``PODSConfig``'s regression."""
+
+    def __init__(self, *args, **kwargs):
+        if distributed.is_distributed():
+            raise NotImplementedError(f"GPS does not run data parallel ({distributed.world_size()} ranks): its KL step-size rule "
+                                      "and precision normalization average over one process's initial states; run it in one "
+                                      "process (several seeds: a Hydra sweep, -m seed=0,1,...)")
+        super().__init__(*args, **kwargs)
 
     @property
     def name(self) -> str:
