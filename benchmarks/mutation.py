@@ -465,6 +465,70 @@ def run_c(source: Path, workdir: Path, limit: int, deadline: float) -> None:
                                 "mutants": results}, indent=1) + "\n")
 
 
+# ----------------------------------------------------------------------------- decorated Python functions
+# mutmut skips every decorated function (its trampoline cannot wrap them): @torch.no_grad() hides SHAC's target update and
+# evaluate(). The same operator-swap mutator as for C covers their lines, each mutant run in a scratch copy.
+DECORATED = {  # key -> (file, function, tests)
+    "shac_update_target": ("rl/objectives/shac.py", "update_target", ["tests/rl/test_update_rules.py"]),
+    "evaluate": ("rl/trainers/evaluation.py", "evaluate", ["tests/rl/test_evaluation_per_episode.py"]),
+}
+PY_SWAPS = [(" + ", " - "), (" - ", " + "), (" * ", " / "), (" / ", " * "), (" < ", " <= "), (" > ", " >= "), (" >= ", " > "),
+            (" <= ", " < "), (" == ", " != "), ("1.0", "2.0"), ("(1)", "(2)"), ("dim=1", "dim=0"), ("True", "False"),
+            ("DETERMINISTIC", "RANDOM"), ("RANDOM", "DETERMINISTIC"), ("[:episodes]", "[:episodes - 1]"), (" or ", " and ")]
+
+
+def decorated_mutants(text: str, function: str) -> list[dict]:
+    import ast
+
+    node = next(n for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == function)
+    body_start = node.body[1].lineno if isinstance(node.body[0], ast.Expr) and len(node.body) > 1 else node.body[0].lineno
+    lines, out = text.splitlines(), []
+    for no in range(body_start, node.end_lineno + 1):
+        line = lines[no - 1]
+        code = line.split("#")[0]
+        if not code.strip() or code.strip().startswith(("raise ", '"', "f\"")):
+            continue
+        for old, new in PY_SWAPS:
+            start = code.find(old)
+            while start >= 0:
+                mutated = line[:start] + new + line[start + len(old):]
+                out.append({"id": f"{function}:{no}:{start}:{old.strip()}->{new.strip()}", "line": no, "original": line.strip(),
+                            "mutated": mutated.strip(), "text": mutated})
+                start = code.find(old, start + 1)
+    return out
+
+
+def run_decorated(source: Path, workdir: Path, deadline: float) -> None:
+    for key, (path, function, tests) in DECORATED.items():
+        out = RESULTS_DIR / f"decorated_{key}.json"
+        old = {m["id"]: m for m in (json.loads(out.read_text())["mutants"] if out.exists() else []) if m.get("status") == "killed"}
+        text = (source / path).read_text()
+        tree = workdir / "decorated"
+        if tree.exists():
+            shutil.rmtree(tree)
+        tree.mkdir(parents=True)
+        for d in ("tphys", "rl", "tests", "recipes"):
+            shutil.copytree(source / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+        results = []
+        for m in decorated_mutants(text, function):
+            prior = old.get(m["id"])
+            if prior and prior["original"] == m["original"]:
+                results.append(prior)
+                continue
+            if time.time() > deadline:
+                results.append({k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": None})
+                continue
+            lines = text.splitlines()
+            lines[m["line"] - 1] = m["text"]
+            (tree / path).write_text("\n".join(lines) + "\n")
+            status = "survived" if pytest_passes(tree, tests) else "killed"
+            results.append({k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": status})
+            print(f"[{key}] {m['id']}: {status}", flush=True)
+        out.write_text(json.dumps({"source": path, "function": function, "tests": tests, "commit": git_head(source),
+                                   "mutants": results}, indent=1) + "\n")
+
+
 def tally(key: str, data: dict, equivalent: dict) -> dict:
     t = {"mutants": 0, "killed": 0, "new_kills": 0, "survived": 0, "equivalent": 0, "not_checked": 0, "survivors": [], "equivalents": []}
     for name, m in data.get("mutants", {}).items():
@@ -541,6 +605,17 @@ def report() -> str:
                 lines.append(f"- C survivor `{m['id']}`: `{m['mutated']}`")
     else:
         lines += ["", "The C kernels (`tphys/kernels/cpu/kernels.c`) are not mutated (mutmut mutates Python only).", ""]
+    for key, (path, function, tests) in DECORATED.items():
+        dpath = RESULTS_DIR / f"decorated_{key}.json"
+        if dpath.exists():
+            dm = json.loads(dpath.read_text())["mutants"]
+            st = [m["status"] for m in dm]
+            lines += [f"`{path}::{function}` is decorated, so mutmut skips it; our operator-swap mutator (`--decorated`): "
+                      f"{len(dm)} mutants, {st.count('killed')} killed, {st.count('survived')} survived, {st.count(None)} not checked, "
+                      f"against {', '.join(f'`{t}`' for t in tests)}.", ""]
+            lines += [f"- survivor `{m['id']}`: `{m['mutated']}`" for m in dm if m["status"] == "survived"]
+            if any(m["status"] == "survived" for m in dm):
+                lines.append("")
     lines += ["### Surviving mutants", ""]
     any_surv = False
     for t in tallies.values():
@@ -593,6 +668,7 @@ def main() -> None:
     ap.add_argument("--survivors", action="store_true", help="print the surviving mutants' changes")
     ap.add_argument("--c", action="store_true", help="run the C operator-swap mutator on the transfer loops of kernels.c")
     ap.add_argument("--c-limit", type=int, default=40, help="C mutants sampled (evenly spaced over the candidates)")
+    ap.add_argument("--decorated", action="store_true", help="operator swaps in the decorated functions mutmut skips")
     ap.add_argument("--known", action="store_true", help="check the hand-found survivors (KNOWN) against old and new tests")
     ap.add_argument("--mark-equivalent", nargs=2, metavar=("MUTANT", "REASON"), action="append",
                     help="record a mutant as equivalent (its current changed line is stored with the reason)")
@@ -608,6 +684,9 @@ def main() -> None:
         return
     if args.c:
         run_c(args.source.resolve(), args.workdir.resolve(), args.c_limit, time.time() + 60 * args.minutes)
+        return
+    if args.decorated:
+        run_decorated(args.source.resolve(), args.workdir.resolve(), time.time() + 60 * args.minutes)
         return
     if args.known:
         run_known(args.source.resolve(), args.workdir.resolve())
