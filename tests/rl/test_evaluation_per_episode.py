@@ -94,6 +94,13 @@ def test_max_steps_cuts_the_episodes():
     assert res.returns == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
+def test_one_step_episodes_are_allowed():
+    env = RoundStarts(num_envs=3, horizon=8, terminate_at=0.5)
+    res = evaluate(env, policy(), episodes=3, max_steps=1)
+    expected, _ = direct_returns(3, 1, 1, 8, 0.5)
+    assert res.returns == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 def test_float32_rewards_are_summed_in_float64():
     """The float32 rewards of an episode are added in float64: no digits lost over a long episode."""
     env = RoundStarts(num_envs=2, horizon=300, terminate_at=None, dtype=torch.float32)
