@@ -603,6 +603,7 @@ def report() -> str:
         for m in c["mutants"]:
             if m["status"] == "survived":
                 lines.append(f"- C survivor `{m['id']}`: `{m['mutated']}`")
+        lines.append("")
     else:
         lines += ["", "The C kernels (`tphys/kernels/cpu/kernels.c`) are not mutated (mutmut mutates Python only).", ""]
     for key, (path, function, tests) in DECORATED.items():
