@@ -4,7 +4,9 @@ For each env, the recipe trains ``--iterations`` iterations at the global ``num_
 as K ranks of N/K envs each (``torchrun --standalone --nproc_per_node=K``), alternating 1 and K ranks ``--repeats``
 times so that drifts of the machine's speed hit both alike. Throughput is env steps per second of training (the
 ``time/steps_per_s`` the trainer logs each iteration; the median over the iterations after the first, which pays for
-warm-up), evaluation off. Every rank runs ``--threads`` torch threads. The per-run figures go to
+warm-up), evaluation off (the run is stopped once its last training iteration is logged). A third run, one process with
+one rank's share N/K of the envs, gives the ceiling of the K-rank run: K times that. Every rank runs ``--threads``
+torch threads. The per-run figures go to
 ``benchmarks/scaling.json`` (a later run of the same cells replaces them) and the table to ``benchmarks/RESULTS.md``.
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --envs rope ant soft_jumper --num-envs 64
@@ -14,8 +16,10 @@ warm-up), evaluation off. Every rank runs ``--threads`` torch threads. The per-r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +34,31 @@ REPO = Path(__file__).resolve().parents[1]
 SUMMARY = REPO / "benchmarks" / "scaling.json"
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (Linux ``/proc``), parents first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+        except OSError:
+            continue
+        ppid = int(rest.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(pid))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def logged(metrics: Path) -> int:
+    """Complete records in ``metrics.jsonl`` so far."""
+    if not metrics.exists():
+        return 0
+    return sum(1 for line in metrics.read_text().split("\n")[:-1] if line.strip())
+
+
 def train_rate(recipe: str, env: str, num_envs: int, ranks: int, iterations: int, threads: int, horizon: int,
                extra: list[str]) -> dict:
     """One training run; returns its median steps/s over iterations 2.. and its wall time."""
@@ -42,13 +71,21 @@ def train_rate(recipe: str, env: str, num_envs: int, ranks: int, iterations: int
         launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                        f"--nproc_per_node={ranks}"]
         env_vars = {**os.environ, "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg"}
+        metrics = run_dir / "metrics.jsonl"
         started = time.perf_counter()
-        out = subprocess.run([*launcher, script, *overrides], cwd=REPO, env=env_vars, capture_output=True, text=True)
+        proc = subprocess.Popen([*launcher, script, *overrides], cwd=REPO, env=env_vars, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        while logged(metrics) < iterations:  # the final evaluation (whole episodes) is not what is measured: stop there
+            if proc.poll() is not None:
+                raise RuntimeError(f"{recipe} {env} at {ranks} ranks failed:\n{proc.stderr.read()[-3000:]}")
+            time.sleep(0.2)
         wall = time.perf_counter() - started
-        if out.returncode != 0:
-            raise RuntimeError(f"{recipe} {env} at {ranks} ranks failed:\n{out.stderr[-3000:]}")
-        rates = [json.loads(line)["time/steps_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                 if "time/steps_per_s" in json.loads(line)]
+        for pid in process_tree(proc.pid):  # torchrun's ranks run in sessions of their own: kill each process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        rates = [json.loads(line)["time/steps_per_s"] for line in metrics.read_text().splitlines()
+                 if "time/steps_per_s" in json.loads(line)][:iterations]
     return {"steps_per_s": statistics.median(rates[1:] or rates), "iterations": len(rates), "wall_s": round(wall, 1)}
 
 
@@ -70,20 +107,23 @@ def main() -> None:
     summary = json.loads(args.summary.read_text()) if args.summary.exists() else {}
     rows = []
     for env in args.envs:
-        runs: dict[int, list[dict]] = {1: [], args.ranks: []}
+        part = args.num_envs // args.ranks
+        cells = {"one": (args.num_envs, 1), "part": (part, 1), "many": (args.num_envs, args.ranks)}
+        runs: dict[str, list[dict]] = {name: [] for name in cells}
         for _ in range(args.repeats):
-            for ranks in (1, args.ranks):
-                res = train_rate(args.recipe, env, args.num_envs, ranks, args.iterations, args.threads, args.horizon, args.extra)
-                runs[ranks].append(res)
-                print(f"{env} N={args.num_envs} ranks={ranks}: {res['steps_per_s']:.0f} steps/s ({res['wall_s']} s wall)",
-                      flush=True)
-        one = statistics.median(r["steps_per_s"] for r in runs[1])
-        many = statistics.median(r["steps_per_s"] for r in runs[args.ranks])
+            for name, (n, ranks) in cells.items():
+                res = train_rate(args.recipe, env, n, ranks, args.iterations, args.threads, args.horizon, args.extra)
+                runs[name].append(res)
+                print(f"{env} N={n} ranks={ranks}: {res['steps_per_s']:.0f} steps/s ({res['wall_s']} s wall)", flush=True)
+        one, alone, many = (statistics.median(r["steps_per_s"] for r in runs[name]) for name in cells)
         key = f"{args.recipe}/{env}/N{args.num_envs}/K{args.ranks}/T{args.threads}"
         summary[key] = {"recipe": args.recipe, "env": env, "num_envs": args.num_envs, "ranks": args.ranks, "threads": args.threads,
-                        "horizon": args.horizon, "one_rank": runs[1], "k_ranks": runs[args.ranks], "speedup": many / one,
+                        "horizon": args.horizon, "one_rank": runs["one"], "one_rank_of_share": runs["part"],
+                        "k_ranks": runs["many"], "speedup": many / one,
                         "load_before": [round(x, 2) for x in load]}
-        rows.append(f"| {env} | {args.num_envs} | {one:.0f} | {many:.0f} | {many / one:.2f}x |")
+        # ceiling: K ranks can at best do K times what one rank does with its share of the envs alone
+        rows.append(f"| {env} | {args.num_envs} | {one:.0f} | {alone:.0f} | {many:.0f} | {many / one:.2f}x | "
+                    f"{args.ranks * alone / one:.2f}x |")
     args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     lines = run_header(f"Data-parallel training throughput: {args.recipe}, 1 vs {args.ranks} ranks", __file__, load, started,
                        parallelism=f"torchrun --standalone --nproc_per_node={args.ranks}, gloo",
@@ -91,7 +131,10 @@ def main() -> None:
     lines += [f"Training env-steps/s (median over iterations 2-{args.iterations} of each run, median of {args.repeats} runs "
               f"alternating 1 and {args.ranks} ranks; H = {args.horizon}, evaluation off; N global, split across ranks). "
               f"Per-run figures: `benchmarks/{args.summary.name}`.", "",
-              f"| env | N | 1 rank | {args.ranks} ranks | speedup |", "|---|---:|---:|---:|---:|", *rows]
+              f"'1 rank, N/{args.ranks}' is one process with one rank's share of the envs; {args.ranks} times it is the "
+              f"ceiling of the {args.ranks}-rank run (no communication, no sharing of the machine).", "",
+              f"| env | N | 1 rank | 1 rank, N/{args.ranks} | {args.ranks} ranks | speedup | ceiling |",
+              "|---|---:|---:|---:|---:|---:|---:|", *rows]
     publish(args.out, f"scaling:{args.recipe}", lines)
 
 

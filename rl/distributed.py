@@ -163,7 +163,7 @@ def failures(message: str | None) -> list[tuple[int, str]]:
 
 
 def reduce_gradients(params: list[Tensor], extra: Tensor | None = None) -> Tensor | None:
-    """Sum the gradients of ``params`` over ranks, in place, in one flat float64 all-reduce; returns ``extra`` (a few
+    """Sum the gradients of ``params`` over ranks, in place, in one flat all-reduce; returns ``extra`` (a few
     numbers to sum in the same message, e.g. the weighted losses) summed over ranks (one process: ``extra`` itself).
 
     A gradient that is None on this rank counts as zero; one that is None on every rank stays None (an optimizer skips
@@ -171,10 +171,13 @@ def reduce_gradients(params: list[Tensor], extra: Tensor | None = None) -> Tenso
     """
     if not is_distributed():
         return extra
-    flat = [p.grad.detach().reshape(-1).double() if p.grad is not None else torch.zeros(p.numel(), dtype=torch.float64)
-            for p in params]
-    present = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
-    tail = torch.zeros(0, dtype=torch.float64) if extra is None else extra.detach().reshape(-1).double()
+    # the message in the parameters' own dtype when they share one (float32: half the bytes of float64); a sum of
+    # float32 values is then rounded once more per rank than a float64 sum would be
+    dtypes = {p.dtype for p in params} | ({extra.dtype} if extra is not None else set())
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float64
+    flat = [p.grad.detach().reshape(-1).to(dtype) if p.grad is not None else torch.zeros(p.numel(), dtype=dtype) for p in params]
+    present = torch.tensor([float(p.grad is not None) for p in params], dtype=dtype)
+    tail = torch.zeros(0, dtype=dtype) if extra is None else extra.detach().reshape(-1).to(dtype)
     buffer = all_reduce_sum(torch.cat([*flat, present, tail]))
     count = sum(p.numel() for p in params)
     summed, anywhere = buffer[:count], buffer[count:count + len(params)]
