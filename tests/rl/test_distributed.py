@@ -26,7 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": 
 SMALL = ["env=pendulum2d", "dtype=float64", "num_envs=4", "eval.episodes=4", "eval.num_envs=4", "progress=false",
          "video.enabled=false"]
 CONFIGS = {
-    "sapo": [*SMALL, "algo.horizon=8", "eval.every=3", "checkpoint_every=2", "total_steps=160"],
+    "sapo": [*SMALL, "algo.horizon=8", "eval.every=2", "checkpoint_every=2", "total_steps=96"],
     "pods": [*SMALL, "+env.options.horizon=12", "eval.every=1", "checkpoint_every=1", "total_steps=144",
              "algo.cg_iterations=3", "algo.regression_steps=5"],
     "ppo": [*SMALL, "algo.horizon=8", "eval.every=2", "checkpoint_every=2", "total_steps=256", "algo.minibatches=4"],
@@ -193,6 +193,15 @@ def test_two_rank_run_computes_what_one_rank_computes(recipe, tmp_path):
     assert_close_runs(tmp_path / "one", tmp_path / "two")
 
 
+def test_a_count_that_does_not_split_is_refused_naming_it(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.shard(6) == distributed.EnvShard(3, 6, 6)
+    with pytest.raises(ValueError, match="eval.num_envs=3 does not split evenly across 2 ranks; use a multiple of 2"):
+        distributed.shard(3, "eval.num_envs")
+
+
+@pytest.mark.slow
 def test_num_envs_that_does_not_split_is_refused_naming_the_key(tmp_path):
     out = subprocess.run(command("sapo", 2, [*CONFIGS["sapo"], "num_envs=3", "eval.num_envs=3"], tmp_path / "x"), cwd=ROOT,
                          env=ENV, capture_output=True, text=True, timeout=300)
@@ -201,11 +210,11 @@ def test_num_envs_that_does_not_split_is_refused_naming_the_key(tmp_path):
 
 
 # ---------------------------------------------------------------------- failures stop the whole job
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario, message", [
     ("raise", "ValueError: injected fault on rank 1"),
-    pytest.param("nan", "rank 1: simulator: pendulum2d: non-finite state after the step (NaN/inf) in env indices [2, 3]",
-                 marks=pytest.mark.slow),
-    pytest.param("die", "Signal 9 (SIGKILL) received by PID", marks=pytest.mark.slow),
+    ("nan", "rank 1: simulator: pendulum2d: non-finite state after the step (NaN/inf) in env indices [2, 3]"),
+    ("die", "Signal 9 (SIGKILL) received by PID"),
 ])
 def test_a_failing_rank_stops_the_two_rank_job_with_its_message(scenario, message, tmp_path):
     worker = ROOT / "tests" / "rl" / "distributed_worker.py"
