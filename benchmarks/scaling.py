@@ -16,10 +16,8 @@ torch threads. The per-run figures go to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,26 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import publish, run_header  # noqa: E402
 
+from rl.distributed import kill_job  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = REPO / "benchmarks" / "scaling.json"
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and every process below it (Linux ``/proc``), parents first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" ", 1)
-        except OSError:
-            continue
-        ppid = int(rest.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(pid))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
 
 
 def logged(metrics: Path) -> int:
@@ -80,9 +62,7 @@ def train_rate(recipe: str, env: str, num_envs: int, ranks: int, iterations: int
                 raise RuntimeError(f"{recipe} {env} at {ranks} ranks failed:\n{proc.stderr.read()[-3000:]}")
             time.sleep(0.2)
         wall = time.perf_counter() - started
-        for pid in process_tree(proc.pid):  # torchrun's ranks run in sessions of their own: kill each process
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_job(proc.pid)  # the launcher and every rank
         proc.communicate()
         rates = [json.loads(line)["time/steps_per_s"] for line in metrics.read_text().splitlines()
                  if "time/steps_per_s" in json.loads(line)][:iterations]

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -109,6 +111,24 @@ def init(device: str = "cpu") -> str:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def kill_job(pid: int) -> None:
+    """SIGKILL a ``torchrun`` job: the launcher ``pid`` and every process below it (Linux ``/proc``). Killing the
+    launcher's process group is not enough: ``torchrun`` starts its ranks in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child, rest = stat.read_text().split(" ", 1)
+        except OSError:
+            continue
+        children.setdefault(int(rest.rsplit(")", 1)[1].split()[1]), []).append(int(child))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(current, signal.SIGKILL)
 
 
 def shard(total: int, what: str = "num_envs") -> EnvShard:

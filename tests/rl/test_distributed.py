@@ -3,7 +3,6 @@ failure stops the job with its message, and a killed 2-rank run resumes exactly.
 
 Ranks run on ``gloo`` with one thread each (2-core machine)."""
 
-import contextlib
 import json
 import os
 import random
@@ -67,22 +66,6 @@ def assert_close_runs(one: Path, two: Path, rtol: float = 1e-9) -> None:
     assert ea["random_policy"]["returns"] == eb["random_policy"]["returns"]  # the same initial states, split across ranks
     torch.testing.assert_close(torch.tensor(ea["deterministic"]["returns"]), torch.tensor(eb["deterministic"]["returns"]),
                                rtol=1e-7, atol=1e-7)
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and every process below it (Linux ``/proc``)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" ", 1)
-        except OSError:
-            continue
-        children.setdefault(int(rest.rsplit(")", 1)[1].split()[1]), []).append(int(pid))
-    tree, todo = [], [root]
-    while todo:
-        tree.append(todo.pop())
-        todo.extend(children.get(tree[-1], []))
-    return tree
 
 
 # ---------------------------------------------------------------------- the collectives, in two gloo processes
@@ -243,9 +226,7 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_run(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(random.Random(0).uniform(0.0, 1.5))
-    for pid in process_tree(proc.pid):  # the launcher and both ranks at once (the ranks run in sessions of their own)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    distributed.kill_job(proc.pid)  # the launcher and both ranks at once
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill; make it longer"
     resumed = subprocess.run(command("sapo", 2, [f"resume={killed}"], killed), cwd=ROOT, env=ENV, capture_output=True,
