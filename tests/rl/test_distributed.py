@@ -63,7 +63,10 @@ def assert_close_runs(one: Path, two: Path, rtol: float = 1e-9) -> None:
         assert ((a[key] - b[key]).abs().max() / scale).item() <= rtol, key
     ea, eb = json.loads((one / "eval.json").read_text()), json.loads((two / "eval.json").read_text())
     assert ea["env_steps"] == eb["env_steps"]
-    assert ea["random_policy"]["returns"] == eb["random_policy"]["returns"]  # the same initial states, split across ranks
+    # the same initial states and actions, split across ranks; equal to rounding (an implicit integrator's Newton
+    # iterations stop on the largest residual of the envs a process holds: bdf2 in the PODS recipe)
+    torch.testing.assert_close(torch.tensor(ea["random_policy"]["returns"]), torch.tensor(eb["random_policy"]["returns"]),
+                               rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.tensor(ea["deterministic"]["returns"]), torch.tensor(eb["deterministic"]["returns"]),
                                rtol=1e-7, atol=1e-7)
 
