@@ -13,11 +13,25 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from rl import distributed
 
 
+_T975 = (  # dof 1..30: the 0.975 quantile of Student's t, inverted from its CDF (regularized incomplete beta) to 30 digits
+    12.706204736174705, 4.302652729749464, 3.1824463052837095, 2.7764451051977943, 2.5705818356363155,
+    2.44691185114497, 2.3646242515927853, 2.3060041352041667, 2.2621571627982053, 2.228138851986275,
+    2.2009851600916397, 2.178812829667229, 2.1603686564627926, 2.144786687917804, 2.1314495455597755,
+    2.1199052992212546, 2.109815577833317, 2.1009220402410387, 2.0930240544083096, 2.085963447265865,
+    2.0796138447276804, 2.0738730679040263, 2.0686576104190486, 2.063898561628026, 2.0595385527532977,
+    2.055529438642873, 2.0518305164802855, 2.048407141795245, 2.0452296421327043, 2.042272456301238,
+)
+
+
 def t_quantile_975(dof: int) -> float:
-    """Two-sided 95 % Student-t quantile (Cornish-Fisher expansion; error < 1e-3 for dof >= 5)."""
-    z = 1.959963984540054
+    """Two-sided 95 % Student-t quantile: exact (to 1e-15) from a table for dof <= 30, the Cornish-Fisher expansion
+    in 1/dof to third order (Abramowitz & Stegun 26.7.5) beyond, where its error is < 2e-6 (1.75e-6 at dof 31,
+    shrinking as dof⁻⁴)."""
     if dof <= 0:
         return float("nan")
+    if dof <= len(_T975):
+        return _T975[dof - 1]
+    z = 1.959963984540054
     n = float(dof)
     return z + (z**3 + z) / (4 * n) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * n**2) + (
         3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z

@@ -153,23 +153,26 @@ def cornish_fisher(dof):
     return z + g1 / dof + g2 / dof**2 + g3 / dof**3
 
 
-def test_t_quantile_is_the_cornish_fisher_expansion():
+def test_t_quantile_is_exact_up_to_dof_30_and_the_cornish_fisher_expansion_beyond():
     from scipy.stats import t as student_t
 
-    for dof in range(1, 12):
+    # closed forms: dof 1 is Cauchy, tan(pi (0.975 - 1/2)); dof 2: (2p - 1) / sqrt(2 p (1 - p))
+    assert t_quantile_975(1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-14)
+    assert t_quantile_975(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-14)
+    for dof in range(1, 31):  # the table: every entry
+        assert t_quantile_975(dof) == pytest.approx(student_t.ppf(0.975, dof), rel=1e-13), dof
+    for dof in (31, 32, 40, 63, 100, 1000):  # the expansion: its terms, and an error < 2e-6 from dof 31
         assert t_quantile_975(dof) == pytest.approx(cornish_fisher(dof), rel=1e-14)
-    for dof in (7, 10, 30, 63, 100):
-        assert t_quantile_975(dof) == pytest.approx(student_t.ppf(0.975, dof), abs=1e-3)
+        assert t_quantile_975(dof) == pytest.approx(student_t.ppf(0.975, dof), abs=2e-6)
     assert math.isnan(t_quantile_975(0)) and math.isnan(t_quantile_975(-1))
 
 
-@pytest.mark.xfail(strict=True, reason="t_quantile_975's docstring promises error < 1e-3 for dof >= 5; it is 2.8e-3 at dof 5 "
-                   "and 1.3e-3 at dof 6 (< 1e-3 from dof 7): a 95 % CI over 6 or 7 episodes is ~0.1 % too narrow")
 def test_t_quantile_error_bound_of_the_docstring():
+    """Failed (xfail strict) on the expansion alone: 2.8e-3 at dof 5, 1.3e-3 at dof 6; now exact up to dof 30."""
     from scipy.stats import t as student_t
 
-    for dof in (5, 6):
-        assert t_quantile_975(dof) == pytest.approx(student_t.ppf(0.975, dof), abs=1e-3)
+    for dof in range(1, 200):
+        assert t_quantile_975(dof) == pytest.approx(student_t.ppf(0.975, dof), abs=2e-6), dof
 
 
 def test_summary_statistics():
@@ -180,7 +183,7 @@ def test_summary_statistics():
     assert isinstance(res, EvalResult)
     assert (res.mean, res.episodes, res.deterministic, res.returns) == (pytest.approx(mean), 3, False, [1.0, 2.0, 4.0])
     assert res.std == pytest.approx(std, rel=1e-12)
-    assert res.ci95 == pytest.approx(cornish_fisher(2) * std / math.sqrt(3), rel=1e-12)
+    assert res.ci95 == pytest.approx(4.302652729749464 * std / math.sqrt(3), rel=1e-12)  # t_0.975 at dof 2
     assert res.to_dict() == {"mean": res.mean, "std": res.std, "ci95": res.ci95, "episodes": 3, "deterministic": False,
                              "returns": [1.0, 2.0, 4.0]}
     one = summarize(torch.tensor([5.0]), deterministic=True)
@@ -188,4 +191,4 @@ def test_summary_statistics():
     none = summarize(torch.tensor([]), deterministic=True)  # no episodes: no CI, and no ZeroDivisionError
     assert (none.std, none.episodes, none.returns) == (0.0, 0, []) and math.isnan(none.ci95) and math.isnan(none.mean)
     two = summarize(torch.tensor([[1.0], [3.0]]), deterministic=True)  # flattened
-    assert two.std == pytest.approx(math.sqrt(2)) and two.ci95 == pytest.approx(cornish_fisher(1) * 1.0)
+    assert two.std == pytest.approx(math.sqrt(2)) and two.ci95 == pytest.approx(math.tan(0.475 * math.pi) * 1.0)  # dof 1: Cauchy
