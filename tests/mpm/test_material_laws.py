@@ -1,0 +1,158 @@
+"""The MPM materials' closed forms by hand (issue 22: the mutation job's tests for ``tphys/mpm/materials.py``).
+
+F = U·diag(s)·Vᵀ is built from chosen rotations and stretches, so every return mapping and stress has a closed form
+in (U, s, V) written out here in numpy: Lamé parameters from (E, nu), plasticine's von Mises return on the deviatoric
+Hencky strain, sand's Drucker-Prager cone and tip, water's volume-only F, and the five Kirchhoff stresses.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tphys.mpm import Material, kirchhoff_stress, project
+from tphys.mpm.materials import elastic_stress
+
+E, NU, YIELD, PHI = 1e4, 0.3, 300.0, 25.0
+MU, LAM = E / (2 * (1 + NU)), E * NU / ((1 + NU) * (1 - 2 * NU))
+
+
+def rotation(axis, angle):
+    axis = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+U, V = rotation([1.0, 2.0, 0.5], 0.7), rotation([-0.3, 1.0, 2.0], 1.2)
+
+
+def compose(s):
+    return U @ np.diag(s) @ V.T
+
+
+def t(a):
+    return torch.tensor(np.asarray(a), dtype=torch.float64)
+
+
+def mat(kind):
+    return Material.from_young(kind, E, NU, yield_stress=YIELD, friction_angle=PHI)
+
+
+def test_lame_parameters_from_young_and_poisson_and_bad_inputs():
+    m = Material.from_young("corotated", 2e5, 0.25, yield_stress=7.0)
+    assert m.mu == pytest.approx(2e5 / 2.5, rel=1e-15) and m.lam == pytest.approx(2e5 * 0.25 / (1.25 * 0.5), rel=1e-15)
+    assert (m.kind, m.yield_stress, m.friction_angle) == ("corotated", 7.0, 30.0)
+    with pytest.raises(ValueError, match="unknown material kind 'jelly'; valid: corotated, neo_hookean, water, plasticine, sand"):
+        Material.from_young("jelly", 1.0, 0.3)
+    for young, poisson in ((0.0, 0.3), (-1.0, 0.3), (1.0, 0.5), (1.0, -1.0)):
+        with pytest.raises(ValueError, match=f"need young > 0 and -1 < poisson < 0.5, got {young}, {poisson}"):
+            Material.from_young("sand", young, poisson)
+    Material.from_young("sand", 1e-9, 0.4999)  # just inside
+    Material.from_young("sand", 1.0, -0.9999)
+
+
+def plasticine_flow(s):
+    eps = np.log(s)
+    dev = eps - eps.mean()
+    norm = np.linalg.norm(dev)
+    excess = max(norm - YIELD / (2 * MU), 0.0)
+    return np.exp(eps - excess * dev / norm)
+
+
+def sand_flow(s):
+    eps = np.log(s)
+    tr = eps.sum()
+    if tr >= 0:
+        return np.ones(3)
+    sine = math.sin(math.radians(PHI))
+    alpha = math.sqrt(2 / 3) * 2 * sine / (3 - sine)
+    dev = eps - tr / 3
+    norm = np.linalg.norm(dev)
+    excess = max(norm + (3 * LAM + 2 * MU) / (2 * MU) * tr * alpha, 0.0)
+    return np.exp(eps - excess * dev / norm)
+
+
+@pytest.mark.parametrize("kind, s, moves", [
+    ("plasticine", [1.3, 0.9, 0.85], True),  # beyond yield: onto the surface
+    ("plasticine", [1.01, 0.995, 0.996], False),  # inside: unchanged
+    ("sand", [0.7, 0.98, 1.1], True),  # compressed with shear beyond the cone
+    ("sand", [0.9, 0.9, 0.895], False),  # compressed, nearly hydrostatic: inside the cone
+    ("sand", [1.2, 0.95, 0.9], True),  # tr eps > 0: to the tip, F = I (U Vᵀ)
+])
+def test_return_mappings_by_hand(kind, s, moves):
+    s = np.array(s)
+    flow = plasticine_flow if kind == "plasticine" else sand_flow
+    expected = compose(flow(s))
+    assert moves == (not np.allclose(flow(s), s, rtol=1e-9, atol=0))
+    for backend in ("torch", "auto"):
+        out = project(mat(kind), t(compose(s))[None], backend=backend)[0]
+        torch.testing.assert_close(out, t(expected), rtol=1e-9, atol=1e-10)
+
+
+def test_water_projects_to_the_cube_root_of_the_volume_keeping_its_sign():
+    s = np.array([1.2, 0.9, 0.7])
+    f = compose(s)
+    j = np.prod(s)
+    torch.testing.assert_close(project(mat("water"), t(f)[None])[0], t(j ** (1 / 3) * np.eye(3)), rtol=1e-12, atol=1e-12)
+    flipped = f @ np.diag([1.0, 1.0, -1.0])  # J < 0: an inverted element keeps its sign
+    torch.testing.assert_close(project(mat("water"), t(flipped)[None])[0], t(-(j ** (1 / 3)) * np.eye(3)), rtol=1e-12, atol=1e-12)
+    for kind in ("corotated", "neo_hookean"):
+        assert project(mat(kind), t(f)[None]) is not None
+        torch.testing.assert_close(project(mat(kind), t(f)[None])[0], t(f), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown material kind 'gel'; valid: corotated, neo_hookean, water, plasticine, sand"):
+        project(Material("gel", 1.0, 1.0), t(f)[None])
+
+
+def stress_by_hand(kind, s):
+    f = compose(s)
+    j = np.prod(s)
+    r = U @ V.T
+    if kind in ("corotated", "plasticine"):
+        return 2 * MU * (f - r) @ f.T + LAM * (j - 1) * j * np.eye(3)
+    if kind == "neo_hookean":
+        return MU * (f @ f.T - np.eye(3)) + LAM * math.log(j) * np.eye(3)
+    if kind == "water":
+        return (LAM + 2 * MU / 3) * (j - 1) * j * np.eye(3)
+    eps = np.log(s)
+    return U @ np.diag(2 * MU * eps + LAM * eps.sum()) @ U.T
+
+
+@pytest.mark.parametrize("kind", ["corotated", "plasticine", "neo_hookean", "water", "sand"])
+def test_kirchhoff_stresses_by_hand(kind):
+    s = np.array([1.15, 0.92, 0.81])
+    for backend in ("torch", "auto"):
+        tau = kirchhoff_stress(mat(kind), t(compose(s))[None], backend=backend)[0]
+        torch.testing.assert_close(tau, t(stress_by_hand(kind, s)), rtol=1e-9, atol=1e-8)
+    with pytest.raises(ValueError, match="unknown material kind 'gel'; valid: corotated, neo_hookean, water, plasticine, sand"):
+        kirchhoff_stress(Material("gel", 1.0, 1.0), t(compose(s))[None])
+
+
+def test_neo_hookean_log_is_floored_for_inverted_elements():
+    """J <= 0 (an inverted element): log(J) is taken at the floor 1e-4, a finite stress."""
+    f = compose(np.array([1.0, 1.0, 1.0])) @ np.diag([1.0, 1.0, -1.0])
+    tau = kirchhoff_stress(mat("neo_hookean"), t(f)[None], backend="torch")[0]
+    torch.testing.assert_close(tau, t(MU * (f @ f.T - np.eye(3)) + LAM * math.log(1e-4) * np.eye(3)), rtol=1e-9, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["corotated", "neo_hookean", "water", "plasticine", "sand"])
+def test_elastic_stress_is_the_projection_and_its_stress_by_hand(kind):
+    """(F, tau) of the one-SVD path, torch ops (fused=False) and the default (C kernels where built)."""
+    s = np.array([1.3, 0.9, 0.85]) if kind != "sand" else np.array([0.7, 0.98, 1.1])
+    flow = {"plasticine": plasticine_flow, "sand": sand_flow, "water": None}.get(kind, lambda x: x)
+    if kind == "water":
+        j = np.prod(s)
+        f_expected, tau_expected = j ** (1 / 3) * np.eye(3), None
+    else:
+        f_expected = compose(flow(s))
+        tau_expected = stress_by_hand(kind, flow(s))
+    for options in (dict(fused=False, backend="torch"), dict()):
+        f, tau = elastic_stress(mat(kind), t(compose(s))[None], **options)
+        torch.testing.assert_close(f[0], t(f_expected), rtol=1e-9, atol=1e-10)
+        if tau_expected is not None:
+            torch.testing.assert_close(tau[0], t(tau_expected), rtol=1e-9, atol=1e-8)
+        else:
+            jj = np.prod(s)
+            torch.testing.assert_close(tau[0], t((LAM + 2 * MU / 3) * (jj - 1) * jj * np.eye(3)), rtol=1e-9, atol=1e-8)
+    with pytest.raises(ValueError, match="fused=True runs a C kernel, which backend='torch' rules out"):
+        elastic_stress(mat(kind), t(compose(s))[None], fused=True, backend="torch")
