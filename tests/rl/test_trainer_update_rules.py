@@ -1,0 +1,119 @@
+"""The first-order trainer's update rules by hand (issue 22: the mutation job's tests for ``rl/trainers/loop.py``'s
+learning-rate schedule and gradient clipping and ``rl/trainers/first_order.py``'s critic mini-epochs)."""
+
+import copy
+import math
+
+import pytest
+import torch
+from point_mass import PointMass1D
+
+from rl.modules import ObservationNormalizer, SquashedGaussianActor, ValueEnsemble
+from rl.objectives import SHACLoss
+from rl.trainers import FirstOrderTrainer, NonFiniteError, TrainerConfig
+from rl.trainers.loop import clip_grad_norm
+
+
+def params_with_grads(*grads):
+    out = []
+    for g in grads:
+        p = torch.nn.Parameter(torch.zeros(len(g), dtype=torch.float32))
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        out.append(p)
+    return out
+
+
+def test_clip_grad_norm_scales_to_the_bound_and_returns_the_norm_before():
+    ps = params_with_grads([3.0, 0.0], [4.0, 12.0])  # total norm 13
+    ps.append(torch.nn.Parameter(torch.ones(2)))  # no gradient: skipped
+    assert clip_grad_norm(ps, 6.5) == pytest.approx(13.0, rel=1e-12)
+    scale = 6.5 / (13.0 + 1e-6)
+    assert ps[0].grad.tolist() == pytest.approx([3.0 * scale, 0.0], rel=1e-6)
+    assert ps[1].grad.tolist() == pytest.approx([4.0 * scale, 12.0 * scale], rel=1e-6)
+    assert ps[2].grad is None
+    ps = params_with_grads([3.0], [4.0])
+    assert clip_grad_norm(ps, None) == pytest.approx(5.0) and [p.grad.item() for p in ps] == [3.0, 4.0]  # only measures
+    ps = params_with_grads([3.0], [4.0])
+    assert clip_grad_norm(ps, 5.0) == pytest.approx(5.0) and [p.grad.item() for p in ps] == [3.0, 4.0]  # at the bound: kept
+    ps = params_with_grads([3.0], [4.0])
+    assert clip_grad_norm(ps, 7.0) == pytest.approx(5.0) and [p.grad.item() for p in ps] == [3.0, 4.0]
+    assert clip_grad_norm([torch.nn.Parameter(torch.ones(2))], 1.0) == 0.0
+    big = params_with_grads([3e20, 4e20])  # float32 norm overflows; the float64 one does not
+    assert clip_grad_norm(big, 1.0) == pytest.approx(5e20, rel=1e-6)
+    assert big[0].grad.tolist() == pytest.approx([0.6, 0.8], rel=1e-5)
+
+
+def trainer(**kw):
+    torch.manual_seed(0)
+    env = PointMass1D(num_envs=4, horizon=12, dtype=torch.float32, seed=0)
+    norm = ObservationNormalizer(2)
+    actor = SquashedGaussianActor(2, 1, (16,), normalizer=norm)
+    loss = SHACLoss(env, actor, ValueEnsemble(2, (16,), normalizer=norm), horizon=5, target_tau=0.9)
+    config = dict(total_steps=200, critic_iterations=2, critic_minibatches=3, progress=False, eval_every=0, checkpoint_every=0)
+    return FirstOrderTrainer(loss, TrainerConfig(**{**config, **kw}), normalizer=norm, logger="none")
+
+
+def test_learning_rates_decay_linearly_from_each_groups_rate_to_lr_end():
+    """lr(i) = lr + min(i / iterations, 1)·(min(lr_end, lr) - lr); a rate already below lr_end stays; 200 steps of
+    4 envs x 5 steps: 10 iterations."""
+    t = trainer(actor_lr=2e-3, critic_lr=5e-5, alpha_lr=4e-3, lr_end=1e-4)
+    assert t.iterations == 10
+    for i, frac in ((0, 0.0), (3, 0.3), (10, 1.0), (15, 1.0)):
+        lrs = t.learning_rates(i)
+        assert lrs["actor"] == pytest.approx(2e-3 + frac * (1e-4 - 2e-3), rel=1e-12)
+        assert lrs["alpha"] == pytest.approx(4e-3 + frac * (1e-4 - 4e-3), rel=1e-12)
+        assert lrs["critic"] == pytest.approx(5e-5, rel=1e-12)
+    t.iteration = 4
+    lrs = t.set_learning_rates()
+    assert [g["lr"] for g in t.actor_opt.param_groups] == [pytest.approx(2e-3 + 0.4 * (1e-4 - 2e-3), rel=1e-12)]
+    assert [g["lr"] for g in t.critic_opt.param_groups] == [pytest.approx(5e-5, rel=1e-12)]
+    assert lrs["actor"] == t.actor_opt.param_groups[0]["lr"]
+    constant = trainer(actor_lr=2e-3, lr_schedule="constant", lr_end=1e-4)
+    assert constant.learning_rates(7)["actor"] == 2e-3
+
+
+def window_batch(t):
+    out = t.loss(t.env.reset())
+    return out["critic_batch"].detach()
+
+
+def test_critic_mini_epochs_replay_by_hand():
+    """K = 2 mini-epochs over 20 rows in 3 minibatches of ceil(20 / 3) = 7, 7, 6 rows of a fresh permutation each
+    (the trainer's generator); per minibatch: zero grad, ensemble MSE, backward, clip at grad_clip, AdamW step."""
+    a, b = trainer(grad_clip=0.05), trainer(grad_clip=0.05)
+    batch = window_batch(a)
+    assert batch.shape[0] == 20
+    last = a.train_critic(batch)
+    critic, opt, g = b.loss.critic, b.critic_opt, b.generator
+    params = list(critic.parameters())
+    sizes, expected = [], None
+    for _ in range(2):
+        order = torch.randperm(20, generator=g)
+        for start in range(0, 20, 7):
+            rows = order[start:start + 7]
+            sizes.append(rows.numel())
+            opt.zero_grad(set_to_none=True)
+            loss = b.loss.critic_loss(batch[rows])["loss_critic"]
+            loss.backward()
+            clip_grad_norm(params, 0.05)
+            opt.step()
+            expected = loss.item()
+    assert sizes == [7, 7, 6, 7, 7, 6]
+    assert last == expected
+    for p, q in zip(a.loss.critic.parameters(), params):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(a.loss.critic.parameters(), trainer().loss.critic.parameters()))
+
+
+def test_a_non_finite_critic_loss_skips_the_update_or_stops():
+    t = trainer(on_nonfinite="skip", max_skips=3)
+    batch = window_batch(t)
+    batch["value_target"][3] = float("nan")
+    before = copy.deepcopy(list(t.loss.critic.parameters()))
+    assert math.isnan(t.train_critic(batch)) and t.skips == 1
+    for p, q in zip(t.loss.critic.parameters(), before):
+        assert torch.equal(p, q)
+    assert all(p.grad is None for p in t.loss.critic.parameters())
+    stop = trainer()
+    with pytest.raises(NonFiniteError, match="critic loss nan"):
+        stop.train_critic(batch)
