@@ -210,13 +210,18 @@ def test_muscle_pulls_enter_the_substep_and_activations_are_checked():
     m = model.muscles.count
     q, qd = model.q0[None].clone(), torch.zeros(1, model.nv, dtype=torch.float64)
     a = torch.full((1, m), 0.6, dtype=torch.float64)
-    kin = kinematics(model, q, qd)
     from tphys.rigid.muscles import link_forces, tensions
 
+    low = q.clone()
+    low[0, 2] -= 0.1  # sunk into the ground: contact forces and muscle pulls together
+    kin_low = kinematics(model, low, qd)
+    ground = external_forces(model, kin_low, True, None)
+    assert ground.abs().max() > 1.0
+    pull_low = link_forces(model.muscles, kin_low.poses, tensions(model.muscles, a))
+    torch.testing.assert_close(external_forces(model, kin_low, True, a), ground + pull_low)
+    kin = kinematics(model, q, qd)
     pull = link_forces(model.muscles, kin.poses, tensions(model.muscles, a))
     torch.testing.assert_close(external_forces(model, kin, False, a), pull)
-    both = external_forces(model, kin, True, a)
-    torch.testing.assert_close(both, external_forces(model, kin, True, None) + pull)
     u = torch.zeros(1, 0, dtype=torch.float64)
     one = rigid_step(model, RigidState(q, qd), RigidControl(u, a), 0.002, substeps=1, contact=False)
     tau = generalized_forces(model, q, qd, u)
@@ -232,3 +237,55 @@ def test_actuator_forces_are_made_on_the_controls_device():
     u = torch.zeros(2, 3, dtype=torch.float64, device="meta")
     out = actuator_forces(model.to(device="meta"), u)
     assert out.device.type == "meta" and out.shape == (2, model.nv) and out.dtype == torch.float64
+
+
+def test_step_defaults_are_16_substeps_with_ground_contact():
+    """A hopper dropped onto the ground (contact matters): ``step``'s defaults are 16 substeps of dt/16 with contact."""
+    _, _, model = models("hopper")
+    q = model.q0[None].clone()
+    q[0, 1] -= 1.2  # rootz slide down: the feet below the ground
+    qd = torch.zeros(1, model.nv, dtype=torch.float64)
+    u = torch.zeros(1, 3, dtype=torch.float64)
+    out = rigid_step(model, RigidState(q, qd), RigidControl(u), 0.008)
+    x, v = q, qd
+    for _ in range(16):
+        x, v = substep(model, x, v, u, 0.008 / 16, True)
+    torch.testing.assert_close(out.qd, v, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(substep(model, q, qd, u, 0.0005)[1], substep(model, q, qd, u, 0.0005, True)[1], rtol=0, atol=0)
+    x2, v2 = q, qd
+    for _ in range(16):
+        x2, v2 = substep(model, x2, v2, u, 0.008 / 16, False)
+    assert (v - v2).abs().max() > 1e-3  # contact changed the result
+
+
+def test_step_hands_activations_to_a_substep_fn_only_when_given_and_recomputes_in_backward():
+    """``substep_fn(q, qd, u)`` without activations (a 3-argument function works); recompute="step" reruns the frame's
+    substeps in backward (the calls double)."""
+    _, _, model = models("hopper")
+    calls = []
+
+    def three(q, qd, u):
+        calls.append(1)
+        return substep(model, q, qd, u, 0.002, False)
+
+    q = model.q0[None].clone()
+    qd = torch.zeros(1, model.nv, dtype=torch.float64, requires_grad=True)
+    u = torch.zeros(1, 3, dtype=torch.float64)
+    out = rigid_step(model, RigidState(q, qd), RigidControl(u), 0.004, substeps=2, substep_fn=three, recompute="step")
+    assert len(calls) == 2
+    out.q.sum().backward()
+    assert len(calls) == 4 and qd.grad is not None
+    plain = rigid_step(model, RigidState(q, qd), RigidControl(u), 0.004, substeps=2, substep_fn=three)
+    plain.q.sum().backward()
+    assert len(calls) == 6
+
+
+@pytest.mark.parametrize("name", ["ant", "snu_humanoid"])
+def test_position_update_stays_on_the_states_device(name):
+    """Free and ball joints' index ranges are made on q's device (meta: shapes only, so a CPU-only run tells devices
+    apart)."""
+    model = load_mjcf(model_path(name)).to(device="meta")
+    q = torch.zeros(2, model.nq, dtype=torch.float64, device="meta")
+    qd = torch.zeros(2, model.nv, dtype=torch.float64, device="meta")
+    out = integrate_positions(model, q, qd, 0.01)
+    assert out.device.type == "meta" and out.shape == (2, model.nq)
