@@ -152,3 +152,64 @@ def test_bdf2_gradients_in_the_model_and_the_state_match_finite_differences():
     e[1, 2, 0] = eps
     fd = (loss(k.detach(), x + e) - loss(k.detach(), x - e)) / (2 * eps)
     assert gx[1, 2, 0].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-8)
+
+
+def test_bdf_kinematics_assembles_handles_and_free_particles():
+    """x: handles at x_n + dt·u, free particles at the unknowns; v: (c0 x + c1 x_n + c2 x_p)/dt on the free ones, u on
+    the handles."""
+    from tphys.particles.integrators import _bdf_kinematics
+
+    model, rest = chain()
+    x_n, v, u = start(model, rest)
+    x_p = x_n - 0.01
+    free = (x_n[:, 1:] + 0.02).reshape(2, -1)
+    coefficients = torch.tensor([[1.5, -2.0, 0.5], [1.0, -1.0, 0.0]], dtype=torch.float64)
+    dt = 0.05
+    x, vel = _bdf_kinematics(model, free, x_n, x_p, handle_velocity_field(model, u), coefficients, dt)
+    torch.testing.assert_close(x[:, 1:], x_n[:, 1:] + 0.02, rtol=0, atol=1e-15)
+    torch.testing.assert_close(x[:, 0], x_n[:, 0] + dt * u[:, 0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(vel[:, 0], u[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(vel[0, 1:], (1.5 * x[0, 1:] - 2.0 * x_n[0, 1:] + 0.5 * x_p[0, 1:]) / dt, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vel[1, 1:], (x[1, 1:] - x_n[1, 1:]) / dt, rtol=1e-12, atol=1e-12)
+
+
+def solid():
+    from tphys.particles import ParticleBuilder as B
+
+    b = B(dim=3)
+    corners = [b.add_particle(p, mass=0.1) for p in ([0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.1])]
+    b.add_tetrahedron(*corners, mu=300.0, lam=500.0, damping=0.5, fiber=(1.0, 0.0, 0.0), max_stress=400.0)
+    return b.build()
+
+
+def test_semi_implicit_euler_drives_the_fibers_with_the_activation():
+    model, rest = solid()
+    x = rest[None].clone()
+    v = torch.zeros_like(x)
+    u = torch.zeros(1, 0, 3, dtype=torch.float64)
+    a = torch.tensor([[0.8]], dtype=torch.float64)
+    out = semi_implicit_euler(model, ParticleState.without_history(x, v), ParticleControl(u, a), 0.001)
+    v1 = 0.001 * total_forces(model, x, v, activation=a) / model.mass[:, None]
+    torch.testing.assert_close(out.v, v1, rtol=1e-13, atol=1e-15)
+    passive = semi_implicit_euler(model, ParticleState.without_history(x, v), ParticleControl(u), 0.001)
+    assert (out.v - passive.v).abs().max() > 1e-3  # the fibers pull
+
+
+def test_recompute_step_reevaluates_the_forces_in_backward(monkeypatch):
+    import tphys.particles.integrators as integrators
+
+    calls = []
+    forces = integrators.total_forces
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return forces(*args, **kw)
+
+    monkeypatch.setattr(integrators, "total_forces", counted)
+    model, rest = chain(ground=False)
+    x, v, u = start(model, rest)
+    v = v.clone().requires_grad_(True)
+    out = semi_implicit_euler(model, ParticleState.without_history(x, v), ParticleControl(u), 0.01, substeps=3, recompute="step")
+    assert len(calls) == 3
+    out.x.sum().backward()
+    assert len(calls) == 6 and v.grad is not None

@@ -135,3 +135,20 @@ def test_solid_terms_enter_the_sums_with_the_activation():
     assert e.item() == pytest.approx((gravity + tet_energy(model.tetrahedra, x, a)[0]).item(), rel=1e-13)
     assert tet_energy(model.tetrahedra, x, a)[0] != tet_energy(model.tetrahedra, x)[0]
     assert math.isfinite(e.item())
+
+
+def test_energies_keep_any_leading_batch_dims():
+    """[..., P, d] -> [...]: one value per env for no, one and two leading dims (every env its own sum)."""
+    model, rest = full_model()
+    g = torch.Generator().manual_seed(2)
+    x = rest + 0.05 * torch.randn(2, 3, *rest.shape, generator=g, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    ke, se = kinetic_energy(model, v), spring_energy(model.springs, x)
+    assert ke.shape == se.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            assert ke[i, j].item() == pytest.approx(0.5 * (model.free_mask * model.mass * (v[i, j] ** 2).sum(-1)).sum().item(), rel=1e-14)
+            assert kinetic_energy(model, v[i, j]).item() == pytest.approx(ke[i, j].item(), rel=1e-14)
+            assert spring_energy(model.springs, x[i, j]).item() == pytest.approx(se[i, j].item(), rel=1e-14)
+    torch.testing.assert_close(kinetic_energy(model, v[0]), ke[0], rtol=1e-14, atol=0)
+    torch.testing.assert_close(spring_energy(model.springs, x[0]), se[0], rtol=1e-14, atol=0)
