@@ -102,3 +102,29 @@ def test_forces_on_a_batch_of_two_elements_sharing_a_face_add_up():
     xr = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(tet_energy(tets, xr).sum(), xr)
     torch.testing.assert_close(total, -grad, rtol=1e-10, atol=1e-9)
+
+
+def test_several_active_elements_with_any_leading_batch_dims():
+    """Forces [..., P, 3] for positions [..., P, 3] with no, one or two leading dims: the same per-env values; with
+    several elements and fibers active, forces are minus the energy gradient (each element its own fiber)."""
+    b = ParticleBuilder(dim=3)
+    pts = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]
+    idx = [b.add_particle(p, mass=0.1) for p in pts]
+    b.add_tetrahedron(idx[0], idx[1], idx[2], idx[3], mu=MU, lam=LAM, damping=DAMP, fiber=(1.0, 0.0, 0.0), max_stress=SIGMA)
+    b.add_tetrahedron(idx[1], idx[2], idx[3], idx[4], mu=MU, lam=LAM, damping=DAMP, fiber=(0.0, 1.0, 2.0), max_stress=SIGMA)
+    model, rest = b.build()
+    tets = model.tetrahedra
+    g = torch.Generator().manual_seed(4)
+    x = rest + 0.1 * torch.randn(2, 3, *rest.shape, generator=g, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    a = torch.rand(2, 3, 2, generator=g, dtype=torch.float64)
+    forces = tet_forces(tets, x, v, a)
+    assert forces.shape == x.shape
+    for i in range(2):
+        torch.testing.assert_close(tet_forces(tets, x[i], v[i], a[i]), forces[i], rtol=1e-13, atol=1e-12)
+        for j in range(3):
+            torch.testing.assert_close(tet_forces(tets, x[i, j], v[i, j], a[i, j]), forces[i, j], rtol=1e-13, atol=1e-12)
+            torch.testing.assert_close(deformation_gradient(tets, x[i, j]), deformation_gradient(tets, x)[i, j], rtol=0, atol=0)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(tet_energy(tets, xr, a).sum(), xr)
+    torch.testing.assert_close(tet_forces(tets, x, torch.zeros_like(v), a), -grad, rtol=1e-10, atol=1e-9)
