@@ -33,6 +33,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -163,6 +164,20 @@ def compact(values: dict[str, str]) -> str:
     return common + (f" ({', '.join(others)})" if others else "")
 
 
+def commit_span(commits: list[str]) -> str:
+    """The commits of a column's runs, oldest first, and whether the code (rl/, tphys/, recipes/) differs between them."""
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO)
+
+    known = [c for c in commits if git("cat-file", "-e", f"{c}^{{commit}}").returncode == 0]
+    if len(known) < 2 or len(known) < len(commits):
+        return ", ".join(commits)
+    known.sort(key=lambda c: int(git("log", "-1", "--format=%ct", c).stdout.strip() or 0))
+    same = git("diff", "--quiet", known[0], known[-1], "--", "rl", "tphys", "recipes").returncode == 0
+    code = "rl/, tphys/, recipes/ the same at the first and the last" if same else "rl/, tphys/ or recipes/ changed in between"
+    return ", ".join(known) + f" ({code})"
+
+
 def columns(args, results: dict) -> tuple[list[str], list[str]]:
     """The table of columns (cells filled, budget, integrator, commits of the runs) and the columns with no run."""
     lines = ["| column | cells | budget (env steps per run) | integrator | runs launched with | commit(s) of the runs |",
@@ -175,10 +190,10 @@ def columns(args, results: dict) -> tuple[list[str], list[str]]:
             empty.append(a)
         budgets = {e: f"{r['budget']['env_steps']:,}" for e, r in runs}
         integrators = sorted({str((r.get("settings") or {}).get("integrator")) for _, r in runs})
-        commits = sorted({str(r.get("commit")) for _, r in runs})
+        commits = commit_span(sorted({str(r.get("commit")) for _, r in runs}))
         launched = sorted({str((r.get("settings") or {}).get("parallelism")) for _, r in runs})
         lines.append(f"| {a} | {filled}/{len(args.envs) * len(args.goals)} | {compact(budgets)} | {', '.join(integrators) or '-'} "
-                     f"| {'; '.join(launched) or '-'} | {', '.join(commits) or 'not run'} |")
+                     f"| {'; '.join(launched) or '-'} | {commits or 'not run'} |")
     return lines, empty
 
 
