@@ -156,3 +156,27 @@ def test_elastic_stress_is_the_projection_and_its_stress_by_hand(kind):
             torch.testing.assert_close(tau[0], t((LAM + 2 * MU / 3) * (jj - 1) * jj * np.eye(3)), rtol=1e-9, atol=1e-8)
     with pytest.raises(ValueError, match="fused=True runs a C kernel, which backend='torch' rules out"):
         elastic_stress(mat(kind), t(compose(s))[None], fused=True, backend="torch")
+
+
+def test_default_backend_is_auto_and_torch_backend_runs_no_c_kernel(monkeypatch):
+    """No backend given: "auto" (the same stresses); backend="torch": torch ops only, no C kernel is entered (every C
+    entry point goes through ``c_kernels.call``, made to fail here), for every kind's projection and stress."""
+    from tphys.kernels import c_kernels
+
+    s = np.array([1.15, 0.92, 0.81])
+    f = t(compose(s))[None]
+    for kind in ("corotated", "plasticine", "neo_hookean", "water", "sand"):
+        torch.testing.assert_close(kirchhoff_stress(mat(kind), f), t(stress_by_hand(kind, s))[None], rtol=1e-9, atol=1e-8)
+
+    def no_c(name, *args):
+        raise AssertionError(f"C kernel {name} entered under backend='torch'")
+
+    monkeypatch.setattr(c_kernels, "call", no_c)
+    for kind in ("corotated", "plasticine", "neo_hookean", "water", "sand"):
+        tau = kirchhoff_stress(mat(kind), f, backend="torch")
+        torch.testing.assert_close(tau[0], t(stress_by_hand(kind, s)), rtol=1e-9, atol=1e-8)
+        project(mat(kind), f, backend="torch")
+        elastic_stress(mat(kind), f, backend="torch")
+    if c_kernels.available(torch.float64):  # the patch is live: "auto" on CPU enters the C kernels
+        with pytest.raises(AssertionError, match="C kernel"):
+            kirchhoff_stress(mat("corotated"), f, backend="auto")

@@ -90,3 +90,37 @@ def test_one_crossing_segment_pulls_its_ends_together_with_torques_about_the_ori
             expected[link] += torch.cat((torch.linalg.cross(p, force), force))
     torch.testing.assert_close(out[0], expected, rtol=1e-12, atol=1e-9)
     assert out.abs().max() > 1.0
+
+
+def test_segments_of_a_subset_and_forces_per_env_of_a_batch():
+    """``_segments(which)``: the chosen segments' start / end points; a batch of 3 envs (any of N = 3 and
+    3-vectors could be confused by an axis-less cross product) gives each env its own forces and lengths."""
+    from tphys.rigid.muscles import _segments
+
+    mj, _, model = snu()
+    qs = torch.stack([torch.tensor(pose(mj, s)[0]) for s in (5, 6, 7)])
+    kin = kinematics(model, qs, torch.zeros(3, model.nv, dtype=F64))
+    mus = model.muscles
+    points = via_points(mus, kin.poses)
+    which = torch.tensor([4, 0, 9])
+    a, b, d = _segments(mus, points, which)
+    torch.testing.assert_close(a, points[:, mus.seg_start[which]], rtol=0, atol=0)
+    torch.testing.assert_close(b, points[:, mus.seg_start[which] + 1], rtol=0, atol=0)
+    torch.testing.assert_close(d, b - a, rtol=0, atol=0)
+    tension = torch.rand(3, mus.count, generator=torch.Generator().manual_seed(0), dtype=F64) * 100
+    forces, lengths = link_forces(mus, kin.poses, tension), path_lengths(mus, kin.poses)
+    for i in range(3):
+        one = kinematics(model, qs[i:i + 1], torch.zeros(1, model.nv, dtype=F64))
+        torch.testing.assert_close(link_forces(mus, one.poses, tension[i:i + 1])[0], forces[i], rtol=1e-13, atol=1e-10)
+        torch.testing.assert_close(path_lengths(mus, one.poses)[0], lengths[i], rtol=1e-14, atol=0)
+
+
+def test_muscle_outputs_are_made_on_the_poses_device():
+    """The zero tensors lengths and forces are added into live on the input's device (meta: shapes only)."""
+    _, _, model = snu()
+    meta = model.to(device="meta")
+    q = torch.zeros(2, model.nq, dtype=F64, device="meta")
+    kin = kinematics(meta, q, torch.zeros(2, model.nv, dtype=F64, device="meta"))
+    assert path_lengths(meta.muscles, kin.poses).device.type == "meta"
+    tension = torch.zeros(2, model.muscles.count, dtype=F64, device="meta")
+    assert link_forces(meta.muscles, kin.poses, tension).device.type == "meta"
