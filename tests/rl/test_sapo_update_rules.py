@@ -52,6 +52,15 @@ def test_returned_entropy_alpha_and_window_are_the_rollouts():
     torch.testing.assert_close(out["window", "reward"], traj["next", "reward"].reshape(3, 4).detach())
     assert torch.equal(out["window", "done"], traj["next", "done"].reshape(3, 4))
     assert out["loss_alpha"].item() == pytest.approx(0.5 * (entropy.detach() - (-0.5)).mean().item(), rel=1e-12)
+    assert out.batch_size == torch.Size([]) and out["window"].batch_size == torch.Size([3, 4])
+    following = windows[0][1]
+    assert torch.equal(out["next_state", "observation"], following["observation"]) and "next" not in out["next_state"].keys()
+    assert not out["next_state", "observation"].requires_grad
+    torch.testing.assert_close(out["critic_batch", "observation"], traj["observation"].reshape(12, -1).detach())
+    (g_alpha,) = torch.autograd.grad(out["loss_alpha"], loss.log_alpha, retain_graph=True)  # d/d log_alpha of alpha·mean
+    assert g_alpha.item() == pytest.approx(out["loss_alpha"].item(), rel=1e-12)
+    (g_entropy,) = torch.autograd.grad(out["loss_alpha"], traj.get(loss.tensor_keys.log_prob), allow_unused=True)
+    assert g_entropy is None or g_entropy.abs().max() == 0  # the temperature loss moves alpha only
     # the same window without normalization: soft rewards differ by alpha·(h - hh) at every step
     raw, env2 = sapo(init_alpha=0.5, normalize_entropy=False)
     torch.manual_seed(3)
