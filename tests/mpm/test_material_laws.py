@@ -180,3 +180,20 @@ def test_default_backend_is_auto_and_torch_backend_runs_no_c_kernel(monkeypatch)
     if c_kernels.available(torch.float64):  # the patch is live: "auto" on CPU enters the C kernels
         with pytest.raises(AssertionError, match="C kernel"):
             kirchhoff_stress(mat("corotated"), f, backend="auto")
+
+
+@pytest.mark.parametrize("kind", ["corotated", "plasticine", "neo_hookean", "water", "sand"])
+def test_batches_of_any_leading_dims_give_each_matrix_its_own_stress(kind):
+    """[..., 3, 3] -> [..., 3, 3] with one and two leading dims of different F's (default backend): every entry is the
+    stress (and projection) of its own F."""
+    stretches = [np.array(s) for s in ([1.15, 0.92, 0.81], [0.7, 0.98, 1.1], [1.3, 0.9, 0.85], [0.95, 1.05, 1.0],
+                                         [1.2, 1.1, 0.6], [0.85, 0.9, 0.95])]
+    f = t(np.stack([compose(s) for s in stretches])).reshape(2, 3, 3, 3)
+    tau, projected = kirchhoff_stress(mat(kind), f), project(mat(kind), f)
+    flow = {"plasticine": plasticine_flow, "sand": sand_flow}.get(kind)
+    for k, s in enumerate(stretches):
+        i, j = divmod(k, 3)
+        torch.testing.assert_close(tau[i, j], t(stress_by_hand(kind, s)), rtol=1e-9, atol=1e-8)
+        if flow is not None:
+            torch.testing.assert_close(projected[i, j], t(compose(flow(s))), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(kirchhoff_stress(mat(kind), f[1]), tau[1], rtol=1e-12, atol=1e-9)
