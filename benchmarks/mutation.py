@@ -140,7 +140,7 @@ MODULES: dict[str, Module] = {
                    functions=["scaled_entropy", "forward"]),
     "first_order": Module("rl/trainers/first_order.py", ["tests/rl/test_trainer_update_rules.py"],
                           "first-order trainer's window: actor + temperature step, grad clip, critic mini-epochs",
-                          functions=["train_critic"]),
+                          functions=["step", "train_critic"]),
     "loop_updates": Module("rl/trainers/loop.py", ["tests/rl/test_trainer_update_rules.py"],
                            "trainer loop: learning-rate schedule, gradient-norm clipping",
                            functions=["learning_rates", "set_learning_rates", "clip_grad_norm"]),

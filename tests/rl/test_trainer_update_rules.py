@@ -117,3 +117,58 @@ def test_a_non_finite_critic_loss_skips_the_update_or_stops():
     stop = trainer()
     with pytest.raises(NonFiniteError, match="critic loss nan"):
         stop.train_critic(batch)
+
+
+def sapo_trainer(**kw):
+    from rl.objectives import SAPOLoss
+
+    torch.manual_seed(0)
+    env = PointMass1D(num_envs=4, horizon=5, dtype=torch.float32, seed=0)  # episodes of 5 steps end with the window
+    norm = ObservationNormalizer(2)
+    actor = SquashedGaussianActor(2, 1, (16,), normalizer=norm)
+    loss = SAPOLoss(env, actor, ValueEnsemble(2, (16,), normalizer=norm), horizon=5, init_alpha=0.8)
+    config = dict(total_steps=200, critic_iterations=2, critic_minibatches=3, progress=False, eval_every=0, checkpoint_every=0,
+                  grad_clip=0.01, actor_lr=3e-3, alpha_lr=2e-2, lr_end=1e-4)
+    return FirstOrderTrainer(loss, TrainerConfig(**{**config, **kw}), normalizer=norm, logger="none")
+
+
+def test_one_window_of_the_first_order_trainer_replays_by_hand():
+    """step(): reset, the iteration's learning rates, backward of loss_actor + loss_alpha, the actor's gradient clipped
+    at grad_clip (the temperature's never), AdamW steps of actor and temperature, the normalizer fed the window's
+    observations, the critic's mini-epochs, the next window's start; and the scalars it reports."""
+    a, b = sapo_trainer(), sapo_trainer()
+    a.iteration = b.iteration = 2  # lr = lr + 0.2·(lr_end - lr): 10 iterations
+    torch.manual_seed(11)
+    scalars = a.step()
+    torch.manual_seed(11)
+    b.state = b.env.reset()
+    lrs = b.set_learning_rates()
+    assert lrs["actor"] == pytest.approx(3e-3 + 0.2 * (1e-4 - 3e-3)) and lrs["alpha"] == pytest.approx(2e-2 + 0.2 * (1e-4 - 2e-2))
+    b.zero_grad("actor", "alpha")
+    out = b.loss(b.state)
+    (out["loss_actor"] + out["loss_alpha"]).backward()
+    actor_params = b.parameter_groups["actor"]
+    alpha_grad = b.loss.log_alpha.grad.clone()
+    norm = clip_grad_norm(actor_params, 0.01)
+    assert norm > 0.01  # the clip is active
+    assert torch.equal(b.loss.log_alpha.grad, alpha_grad)  # the temperature is not clipped
+    b.actor_opt.step()
+    b.alpha_opt.step()
+    b.normalizer.update(out["critic_batch", "observation"])
+    critic_loss = b.train_critic(out["critic_batch"])
+    b.loss.after_update()
+    for (name, p), q in zip(a.loss.named_parameters(), b.loss.parameters()):
+        assert torch.equal(p, q), name
+    assert a.normalizer.count.item() == 20 and torch.equal(a.normalizer.mean, b.normalizer.mean)
+    assert torch.equal(a.normalizer.var, b.normalizer.var)
+    assert torch.equal(a.state["observation"], out["next_state", "observation"])
+    assert scalars["grad_norm/actor"] == pytest.approx(norm, rel=1e-12)
+    assert scalars["loss/actor"] == pytest.approx(out["loss_actor"].item(), rel=1e-12)
+    assert scalars["loss/critic"] == pytest.approx(critic_loss, rel=1e-12)
+    assert scalars["lr/actor"] == pytest.approx(lrs["actor"], rel=1e-12)
+    assert scalars["train/window_reward"] == pytest.approx(out["window", "reward"].mean().item(), rel=1e-12)
+    assert scalars["sapo/alpha"] == pytest.approx(0.8, rel=1e-6)
+    assert scalars["sapo/entropy"] == pytest.approx(out["entropy"].item(), rel=1e-12)
+    assert (a.iteration, a.env_steps) == (3, 20)
+    assert "train/episode_return" in scalars  # the episodes ended with the window
+    assert [g["lr"] for g in a.alpha_opt.param_groups] == [pytest.approx(lrs["alpha"])]
