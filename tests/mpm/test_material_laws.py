@@ -197,3 +197,13 @@ def test_batches_of_any_leading_dims_give_each_matrix_its_own_stress(kind):
         if flow is not None:
             torch.testing.assert_close(projected[i, j], t(compose(flow(s))), rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(kirchhoff_stress(mat(kind), f[1]), tau[1], rtol=1e-12, atol=1e-9)
+
+
+def test_sand_at_rest_sits_on_the_tip_only_rotations_pass_the_gradient():
+    """tr eps = 0 (F = I, every particle's start) projects to the tip F = R: the projection's vector-Jacobian product at
+    F = I is that of the polar rotation, the skew part (W - Wᵀ)/2 of the incoming W (no volumetric part)."""
+    f = torch.eye(3, dtype=torch.float64)[None].clone().requires_grad_(True)
+    w = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for backend in ("torch", "auto"):
+        (grad,) = torch.autograd.grad((project(mat("sand"), f, backend=backend) * w).sum(), f)
+        torch.testing.assert_close(grad, (w - w.transpose(-1, -2)) / 2, rtol=1e-9, atol=1e-9)

@@ -71,3 +71,15 @@ def test_returned_entropy_alpha_and_window_are_the_rollouts():
     shift = -(0.5 * (h - hh) * discount).sum() / 12
     assert (out2["loss_actor"] - out["loss_actor"]).item() == pytest.approx(shift.item(), rel=1e-9, abs=1e-12)
     assert math.isfinite(out2["loss_actor"].item())
+
+
+def test_the_actor_loss_leaves_the_critics_without_gradients():
+    """The critics bootstrap the actor's window frozen: backward of loss_actor fills the actor's gradients only (their
+    own step is the critic loss's)."""
+    loss, env = sapo()
+    torch.manual_seed(3)
+    out = loss(env.reset())
+    out["loss_actor"].backward()
+    assert all(p.grad is None for p in loss.critic.parameters())
+    assert all(p.requires_grad for p in loss.critic.parameters())  # frozen only during the window
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in loss.actor.parameters())
