@@ -608,6 +608,8 @@ def report() -> str:
              "", "```bash",
              "python benchmarks/mutation.py --workdir /tmp/tphys-mutation                    # every module below",
              "python benchmarks/mutation.py --modules pods_line_search --minutes 30          # one module, time-boxed",
+             "python benchmarks/mutation.py --workdir /tmp/tphys-mutation --modules rigid_dynamics rigid_integrator \\",
+             "    particle_springs particle_integrators fem mpm_materials muscles sapo loop_updates first_order evaluation",
              "python benchmarks/mutation.py --c --c-limit 40                                 # C: operator swaps in kernels.c",
              "python benchmarks/mutation.py --known                                          # hand-found survivors: old vs new tests",
              "python benchmarks/mutation.py --report                                         # rewrite this section",
@@ -624,12 +626,15 @@ def report() -> str:
             total[k] += t[k]
         score = "-" if t["killed"] + t["survived"] == 0 else f"{100 * t['score']:.1f} %"
         tests = "<br>".join(f"`{x}`" for x in mod.tests)
-        lines.append(f"| {key} | `{mod.source}` | {tests} | {t['mutants']} | {t['killed']} | {t['new_kills']} | {t['survived']} | "
+        scope = f"`{mod.source}`" + (f"<br>only: {', '.join(f'`{f}`' for f in mod.functions)}" if mod.functions else "")
+        lines.append(f"| {key} | {scope} | {tests} | {t['mutants']} | {t['killed']} | {t['new_kills']} | {t['survived']} | "
                      f"{t['equivalent']} | {t['not_checked']} | {score} | {data.get('commit', '-')} |")
     checked = total["killed"] + total["survived"]
     lines.append(f"| **all** | | | {total['mutants']} | {total['killed']} | {total['new_kills']} | {total['survived']} | "
                  f"{total['equivalent']} | "
                  f"{total['not_checked']} | {100 * total['killed'] / max(checked, 1):.1f} % | |")
+    lines += ["", "What each module covers (and what its `only:` scope leaves out):", ""]
+    lines += [f"- {key}: {mod.note}" for key, mod in MODULES.items() if mod.note]
     cpath = RESULTS_DIR / "c_kernels.json"
     if cpath.exists():
         c = json.loads(cpath.read_text())
