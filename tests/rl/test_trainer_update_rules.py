@@ -172,3 +172,16 @@ def test_one_window_of_the_first_order_trainer_replays_by_hand():
     assert (a.iteration, a.env_steps) == (3, 20)
     assert "train/episode_return" in scalars  # the episodes ended with the window
     assert [g["lr"] for g in a.alpha_opt.param_groups] == [pytest.approx(lrs["alpha"])]
+
+
+def test_clip_factor_keeps_the_1e_6_guard_and_a_one_iteration_run_decays_fully():
+    """Clipping scales by max_norm / (norm + 1e-6) (the guard shows at a tiny norm: 5e-6 clipped at 1e-6 scales by 1/6);
+    a run of one iteration reaches lr_end at iteration 1."""
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad = torch.tensor([3e-6, 4e-6], dtype=torch.float64)
+    assert clip_grad_norm([p], 1e-6) == pytest.approx(5e-6, rel=1e-12)
+    torch.testing.assert_close(p.grad, torch.tensor([3e-6, 4e-6], dtype=torch.float64) / 6, rtol=1e-12, atol=0)
+    t = trainer(total_steps=20, actor_lr=2e-3, lr_end=1e-4)
+    assert t.iterations == 1
+    assert t.learning_rates(1)["actor"] == pytest.approx(1e-4, rel=1e-12)
+    assert t.learning_rates(0)["actor"] == pytest.approx(2e-3, rel=1e-12)
