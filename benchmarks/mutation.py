@@ -122,19 +122,20 @@ MODULES: dict[str, Module] = {
     "particle_springs": Module("tphys/particles/forces.py", ["tests/particles/test_spring_laws.py"],
                                "particle springs (Hooke, axial damping, C1 cables), smooth ramp / step, force and energy sums",
                                functions=["smooth_ramp", "smooth_step", "_smooth_ramp_integral", "spring_forces", "spring_energy",
-                                          "kinetic_energy"]),
+                                          "kinetic_energy", "total_forces", "potential_energy"]),
     "fem": Module("tphys/particles/fem.py", ["tests/particles/test_fem_laws.py"],
-                  "tetrahedral FEM: deformation gradient, stable neo-Hookean forces, damping, active fibers (tet_energy, "
-                  "_cofactor left out for time)",
-                  functions=["_matmul3", "deformation_gradient", "_alpha", "tet_forces"]),
+                  "tetrahedral FEM: deformation gradient, stable neo-Hookean energy and forces, damping, active fibers"),
     "mpm_materials": Module("tphys/mpm/materials.py", ["tests/mpm/test_material_laws.py"],
                             "MPM materials: Lame parameters, return mappings (plasticine von Mises, sand Drucker-Prager, water), "
-                            "Kirchhoff stresses (the fused C plasticine's autograd.Function is decorated: out of mutmut's reach)",
-                            functions=["_plastic_flow", "project", "kirchhoff_stress"]),
+                            "Kirchhoff stresses, one-SVD elastic stress (the fused C path's autograd.Function _PlasticineStress left out: "
+                            "its forward is a C call, its hand-written backward is held to the torch twin by test_materials.py)",
+                            functions=["from_young", "_hencky", "_safe_norm", "_plastic_flow", "project", "kirchhoff_stress",
+                                       "elastic_stress"]),
     "muscles": Module("tphys/rigid/muscles.py", ["tests/rigid/test_muscle_laws.py"],
-                      "rigid muscles: via points, path lengths, link forces, tensions (moment_arms, the tendon Jacobian the "
-                      "simulator does not use, and build_muscles left out for time)",
-                      functions=["via_points", "_segments", "path_lengths", "link_forces", "tensions"]),
+                      "rigid muscles: via points, path lengths, link forces, tensions, moment arms (the tendon Jacobian) and "
+                      "their joint forces (build_muscles, the model builder, left out for time)",
+                      functions=["via_points", "_segments", "path_lengths", "link_forces", "tensions", "moment_arms",
+                                 "generalized_forces"]),
     "sapo": Module("rl/objectives/sapo.py", ["tests/rl/test_losses.py", "tests/rl/test_sapo_update_rules.py"],
                    "SAPO loss: soft returns with the normalized entropy, temperature loss, critic targets",
                    functions=["scaled_entropy", "forward"]),
