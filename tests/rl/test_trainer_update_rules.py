@@ -2,6 +2,7 @@
 learning-rate schedule and gradient clipping and ``rl/trainers/first_order.py``'s critic mini-epochs)."""
 
 import copy
+import re
 import math
 
 import pytest
@@ -185,3 +186,120 @@ def test_clip_factor_keeps_the_1e_6_guard_and_a_one_iteration_run_decays_fully()
     assert t.iterations == 1
     assert t.learning_rates(1)["actor"] == pytest.approx(1e-4, rel=1e-12)
     assert t.learning_rates(0)["actor"] == pytest.approx(2e-3, rel=1e-12)
+
+
+def replay_window(b):
+    """One window of ``FirstOrderTrainer.step`` by hand on trainer ``b`` (one process, normalizer, SAPO loss)."""
+    if b.state is None:
+        b.state = b.env.reset()
+    b.set_learning_rates()
+    b.zero_grad("actor", "alpha")
+    out = b.loss(b.state)
+    (out["loss_actor"] + out["loss_alpha"]).backward()
+    clip_grad_norm(b.parameter_groups["actor"], b.cfg.grad_clip)
+    b.actor_opt.step()
+    b.alpha_opt.step()
+    b.normalizer.update(out["critic_batch", "observation"])
+    b.train_critic(out["critic_batch"])
+    b.loss.after_update()
+    b.state = out["next_state"]
+    b.iteration += 1
+
+
+def test_two_windows_zero_the_actor_and_temperature_gradients_between_them():
+    """Each window's actor and temperature gradients are its own (zeroed before its backward, not accumulated over
+    windows): two steps equal two hand windows."""
+    a, b = sapo_trainer(), sapo_trainer()
+    torch.manual_seed(5)
+    a.step()
+    a.step()
+    torch.manual_seed(5)
+    replay_window(b)
+    replay_window(b)
+    for (name, p), q in zip(a.loss.named_parameters(), b.loss.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_the_window_reduces_actor_and_temperature_gradients_over_this_ranks_noise(monkeypatch):
+    """The data-parallel wiring, observed in one process: the actor phase sums the gradients of the actor's parameters
+    and log_alpha over ranks (``rl.distributed.reduce_gradients``), under ``sharded_noise`` of this rank's env shard."""
+    import rl.trainers.first_order as first_order
+    from rl import distributed
+
+    t = sapo_trainer()
+    reduced, shards = [], []
+    reduce, noise = distributed.reduce_gradients, first_order.sharded_noise
+
+    def recording_reduce(params, extra=None):
+        reduced.append([id(p) for p in params])
+        return reduce(params, extra)
+
+    def recording_noise(shard):
+        shards.append(shard)
+        return noise(shard)
+
+    monkeypatch.setattr(distributed, "reduce_gradients", recording_reduce)
+    monkeypatch.setattr(first_order, "sharded_noise", recording_noise)
+    t.step()
+    actor_ids = [id(p) for p in t.parameter_groups["actor"]] + [id(t.loss.log_alpha)]
+    assert reduced[0] == actor_ids
+    assert all(r == [id(p) for p in t.parameter_groups["critic"]] for r in reduced[1:]) and len(reduced) == 1 + 2 * 3
+    assert shards == [t.env_shard]
+
+
+@pytest.mark.parametrize("where", ["loss_actor", "loss_alpha", "actor", "alpha"])
+def test_a_non_finite_window_names_the_loss_or_parameter(where):
+    """A NaN in either loss, or in the actor's or the temperature's gradient, stops the window naming it."""
+    t = sapo_trainer()
+    forward = t.loss.forward
+    if where in ("loss_actor", "loss_alpha"):
+        def nan_loss(td):
+            out = forward(td)
+            out[where] = out[where] * float("nan")
+            return out
+        t.loss.forward = nan_loss
+        message = f"{where} = nan"
+    elif where == "actor":
+        t.loss.actor.net.head.weight.register_hook(lambda g: g * float("nan"))
+        message = "non-finite gradient in ['actor.net.head.weight']"
+    else:
+        t.loss.log_alpha.register_hook(lambda g: g * float("nan"))
+        message = "non-finite gradient in ['log_alpha']"
+    with pytest.raises(NonFiniteError, match=re.escape(message)):
+        t.step()
+
+
+def test_stop_mode_takes_no_snapshot_and_skip_mode_one_per_window():
+    for policy, expected in (("stop", 0), ("skip", 1)):
+        t = sapo_trainer(on_nonfinite=policy)
+        calls, snapshot = [], t.snapshot
+        t.snapshot = lambda: calls.append(1) or snapshot()
+        t.step()
+        assert len(calls) == expected, policy
+
+
+def test_the_normalizer_sees_the_window_or_the_start_states():
+    """With a critic batch the normalizer is fed its observations (4 envs x 5 steps); an actor-only loss (APG) feeds it
+    the window's start states (4); no normalizer: nothing to feed."""
+    from rl.objectives import APGLoss
+
+    t = sapo_trainer()
+    t.step()
+    assert t.normalizer.count.item() == 20
+    torch.manual_seed(0)
+    env = PointMass1D(num_envs=4, horizon=12, dtype=torch.float32, seed=0)
+    norm = ObservationNormalizer(2)
+    actor = SquashedGaussianActor(2, 1, (16,), normalizer=norm)
+    config = dict(total_steps=200, progress=False, eval_every=0, checkpoint_every=0)
+    apg = FirstOrderTrainer(APGLoss(env, actor, horizon=5), TrainerConfig(**config), normalizer=norm, logger="none")
+    apg.reset_env()
+    start = apg.state["observation"].clone()
+    scalars = apg.step()
+    assert norm.count.item() == 4
+    torch.testing.assert_close(norm.mean, start.double().mean(0), rtol=1e-6, atol=1e-7)
+    assert math.isnan(scalars["loss/critic"])
+    torch.manual_seed(0)
+    env2 = PointMass1D(num_envs=4, horizon=12, dtype=torch.float32, seed=0)
+    loss = SHACLoss(env2, SquashedGaussianActor(2, 1, (16,)), ValueEnsemble(2, (16,)), horizon=5, target_tau=0.9)
+    bare = FirstOrderTrainer(loss, TrainerConfig(**config, critic_iterations=1, critic_minibatches=1), logger="none")
+    assert math.isfinite(bare.step()["loss/critic"])
