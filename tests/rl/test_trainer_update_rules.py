@@ -303,3 +303,48 @@ def test_the_normalizer_sees_the_window_or_the_start_states():
     loss = SHACLoss(env2, SquashedGaussianActor(2, 1, (16,)), ValueEnsemble(2, (16,)), horizon=5, target_tau=0.9)
     bare = FirstOrderTrainer(loss, TrainerConfig(**config, critic_iterations=1, critic_minibatches=1), logger="none")
     assert math.isfinite(bare.step()["loss/critic"])
+
+
+def test_a_ranks_share_of_each_critic_minibatch_by_hand():
+    """Rank 0 of 2 (envs 0-1 of 4, rows 0-9 of the global 20): each global minibatch of 2 rows contributes the loss of
+    the rows it holds weighted by their share (|mine| / |rows|), and nothing (no loss on an empty batch) where it holds
+    none; the parameters still step with the other ranks' gradients (here: none)."""
+    from rl.distributed import EnvShard
+
+    a, b = trainer(critic_minibatches=10), trainer(critic_minibatches=10)
+    batch = window_batch(a)[:10]
+    for t in (a, b):
+        t.env_shard, t.local_envs = EnvShard(0, 2, 4), 2
+    last = a.train_critic(batch)
+    params, g = b.parameter_groups["critic"], b.generator
+    empty, expected = 0, None
+    for _ in range(2):
+        order = torch.randperm(20, generator=g)
+        for start in range(0, 20, 2):
+            rows = order[start:start + 2]
+            mine = rows[rows < 10]
+            b.critic_opt.zero_grad(set_to_none=True)
+            if mine.numel():
+                loss = b.loss.critic_loss(batch[mine])["loss_critic"] * (mine.numel() / rows.numel())
+                loss.backward()
+                expected = loss.item()
+            else:
+                empty += 1
+                expected = 0.0
+            clip_grad_norm(params, b.cfg.grad_clip)
+            b.critic_opt.step()
+    assert empty > 0 and any(0 < (order[s:s + 2] < 10).sum() < 2 for s in range(0, 20, 2))
+    assert last == pytest.approx(expected, rel=1e-12, abs=0)
+    for p, q in zip(a.loss.critic.parameters(), params):
+        assert torch.equal(p, q)
+
+
+def test_no_critic_iterations_report_nan_and_the_scalars_averaged_over_ranks(monkeypatch):
+    from rl import distributed
+
+    t = trainer(critic_iterations=0)
+    assert math.isnan(t.train_critic(window_batch(t)))
+    keys, mean = [], distributed.mean_scalars
+    monkeypatch.setattr(distributed, "mean_scalars", lambda scalars, k: keys.append(k) or mean(scalars, k))
+    sapo_trainer().step()
+    assert keys == [("loss/actor", "train/window_reward", "sapo/entropy")]
