@@ -106,12 +106,13 @@ def test_critic_mini_epochs_replay_by_hand():
     assert any(not torch.equal(p, q) for p, q in zip(a.loss.critic.parameters(), trainer().loss.critic.parameters()))
 
 
-def test_a_non_finite_critic_loss_skips_the_update_or_stops():
+def test_a_non_finite_critic_loss_skips_the_update_or_stops(capsys):
     t = trainer(on_nonfinite="skip", max_skips=3)
     batch = window_batch(t)
     batch["value_target"][3] = float("nan")
     before = copy.deepcopy(list(t.loss.critic.parameters()))
     assert math.isnan(t.train_critic(batch)) and t.skips == 1
+    assert "non-finite values at iteration 0 (env steps 0): critic loss nan; critic update skipped" in capsys.readouterr().out
     for p, q in zip(t.loss.critic.parameters(), before):
         assert torch.equal(p, q)
     assert all(p.grad is None for p in t.loss.critic.parameters())
