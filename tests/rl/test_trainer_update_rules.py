@@ -349,3 +349,26 @@ def test_no_critic_iterations_report_nan_and_the_scalars_averaged_over_ranks(mon
     monkeypatch.setattr(distributed, "mean_scalars", lambda scalars, k: keys.append(k) or mean(scalars, k))
     sapo_trainer().step()
     assert keys == [("loss/actor", "train/window_reward", "sapo/entropy")]
+
+
+def test_a_ranks_actor_gradient_is_its_share_of_the_global_mean():
+    """Rank 0 of 2 (envs 0-3 of 8): the window's actor objective is weighted by the rank's share 4/8 before backward
+    (the ranks' gradients then sum to the global mean's); its exploration noise is drawn at the global size."""
+    from rl.distributed import EnvShard, sharded_noise
+
+    a, b = sapo_trainer(grad_clip=None), sapo_trainer(grad_clip=None)
+    for t in (a, b):
+        t.env_shard = EnvShard(0, 4, 8)
+    torch.manual_seed(5)
+    a.step()
+    torch.manual_seed(5)
+    b.state = b.env.reset()
+    b.set_learning_rates()
+    with sharded_noise(b.env_shard):
+        out = b.loss(b.state)
+    ((out["loss_actor"] + out["loss_alpha"]) * 0.5).backward()
+    b.actor_opt.step()
+    b.alpha_opt.step()
+    for (name, p), q in zip(a.loss.named_parameters(), b.loss.parameters()):
+        if not name.startswith("critic"):
+            assert torch.equal(p, q), name
