@@ -46,6 +46,7 @@ from rl.trainers.episodes import track_episode_returns
 from rl.trainers.evaluation import evaluate
 from rl.trainers.guard import Snapshot, StallMonitor, nonfinite_state
 from rl.trainers.logging import RunLogger, progress_postfix
+from tphys.compiling import cache_dir
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 NONFINITE_POLICIES = ("stop", "skip")
@@ -351,8 +352,16 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
         start = time.perf_counter() - self.wall_time
         steps_at, time_at = self.env_steps, time.perf_counter()
+        compiling = self.iteration < stop and bool(getattr(self.env, "compiled", False))
+        if compiling and self.writes:
+            tqdm.write(f"{self.name}: the first iteration compiles the env's substep (torch.compile; Inductor cache "
+                       f"{cache_dir()}, so later processes load it instead)")
         while self.iteration < stop:
             scalars = self.step()
+            if compiling:
+                compiling, scalars["time/warmup_s"] = False, time.perf_counter() - time_at
+                if self.writes:
+                    tqdm.write(f"{self.name}: warm-up {scalars['time/warmup_s']:.1f} s (the first iteration, compilation included)")
             self.wall_time = time.perf_counter() - start
             bar.update(self.env_steps - bar.n)
             now = time.perf_counter()

@@ -81,6 +81,7 @@ class TphysEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self.generator.manual_seed(torch.seed() if seed is None else int(seed))
 
+    compiled: bool = False  # whether stepping runs code under torch.compile (its first frames compile; tphys.compiling)
     shard: tuple[int, int] | None = None  # (start, total): this env steps the global envs start:start+num_envs of total
 
     def set_shard(self, start: int, total: int) -> None:

@@ -97,6 +97,7 @@ class RigidEnv(TphysEnv):
         # opt-in: each substep under torch.compile (``tphys.rigid.integrator.compiled_substep``); TorchRL's
         # EnvBase consumes a keyword named ``compile``, hence the name
         self._substep_fn = compiled_substep(self.model, self.dt, substeps, task.contact) if compile_substep else None
+        self.compiled = bool(compile_substep)
         self.observation_dim = task.observation_dim
         action_dim = self.model.num_muscles if task.muscles else self.model.num_actuators
         self._set_specs(action_dim, observation=(self.observation_dim,), q=(self.model.nq,), qd=(self.model.nv,))

@@ -101,6 +101,7 @@ class SoftJumperEnv(TphysEnv):
         # one autograd node per substep with a hand-written backward; opt-in: its forward and backward
         # each under torch.compile (frames and substeps stay a Python loop)
         self._substep = SolidSubstep(self.model, self.dt / substeps, compile=compile_substep)
+        self.compiled = bool(compile_substep)
         num_particles = rest.shape[0]
         if samples > num_particles:
             raise ValueError(f"soft_jumper: samples={samples} exceeds the {num_particles} particles")

@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils._pytree import tree_leaves
 
 from tphys.autodiff import twice_differentiable_requested
+from tphys.compiling import compile_fixed
 from tphys.particles.forces import smooth_ramp, total_forces
 from tphys.particles.model import ParticleModel, Tetrahedra
 
@@ -240,8 +241,8 @@ class SolidSubstep:
         def backward(x, v, activation, grad_x_next, grad_v_next):
             return substep_backward(model, self.h, x, v, activation, grad_x_next, grad_v_next)
 
-        self.forward_fn = torch.compile(forward, dynamic=False) if compile else forward
-        self.backward_fn = torch.compile(backward, dynamic=False) if compile else backward
+        self.forward_fn = compile_fixed(forward) if compile else forward
+        self.backward_fn = compile_fixed(backward) if compile else backward
 
     def twin(self, x: Tensor, v: Tensor, activation: Tensor) -> tuple[Tensor, Tensor]:
         """The same substep by ``forces.total_forces`` under plain autograd."""

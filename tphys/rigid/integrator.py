@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from tphys.autodiff import check_recompute, run_substeps
+from tphys.compiling import compile_fixed
 from tphys.math import quat_integrate
 from tphys.rigid.contact import ground_forces
 from tphys.rigid.dynamics import actuator_forces, joint_accelerations, kinematics, limit_forces, passive_forces
@@ -108,7 +109,7 @@ def compiled_substep(model: RigidModel, dt: float, substeps: int = 16, contact: 
 
     Only the substep is compiled; frames and substeps stay a Python loop (compiling an unrolled
     rollout makes Inductor's code generation explode). Shapes are static: one compilation per
-    batch size. Set ``TORCHINDUCTOR_CACHE_DIR`` to reuse compiled code across processes.
+    batch size. The compiled code is cached on disk across processes (``tphys.compiling.use_cache_dir``).
     """
     h = dt / substeps
-    return torch.compile(lambda q, qd, u, a=None: substep(model, q, qd, u, h, contact, a), dynamic=False)
+    return compile_fixed(lambda q, qd, u, a=None: substep(model, q, qd, u, h, contact, a))

@@ -1,0 +1,193 @@
+"""Training overhead: a recipe's training env-steps/s against its env's own forward+backward throughput (issue 21.5).
+
+For each (recipe, env), in a fresh subprocess with 1 torch thread, the env and trainer are built exactly as
+``recipes/<recipe>.py env=<env>`` builds them (the recipe's config, its N, its env options: compiled substeps where
+the env config says so), without run directory, evaluation env or logger. Then, on the same env object:
+
+    env fwd+bwd   H = the recipe's window (``algo.horizon``) frames through TorchRL's ``env.step`` + ``step_mdp`` with
+                  uniform random actions, one leaf tensor per frame, then the gradient of the summed reward to every
+                  action: what the simulator alone costs per env step of a first-order window.
+    training      ``trainer.step()`` (one window: rollout through the policy, actor and temperature backward and
+                  step, critic mini-epochs) repeated; env-steps/s = N·H per window.
+
+Both are warmed up first (one window each: compilation and allocator warm-up happen there and are reported
+as ``warm-up s``), then repeated for at least --seconds. ``training / env`` is the fraction of the env's own
+rate that training keeps; the issue's bar is >= 0.75 (within 25 %). The phase columns split a training
+window's wall time: the loss's forward (the differentiable rollout through policy and env, and the losses), the
+critic's mini-epochs, and the rest (the actor/temperature backward through the rollout, the optimizer step, the
+normalizer), each as a fraction of the window.
+
+    python benchmarks/training_overhead.py                                # sapo on rope, ant, soft_jumper, rolling_flat
+    python benchmarks/training_overhead.py --envs rope --recipes sapo shac --seconds 5 --out /tmp/o.md
+    python benchmarks/training_overhead.py --quick --out /tmp/o.md        # smoke test: N = 2, 1 s per cell
+
+Writes the section ``training-overhead`` of --out (default benchmarks/RESULTS.md) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import publish, run_header  # noqa: E402
+
+ENVS = ("rope", "ant", "soft_jumper", "rolling_flat")
+FIRST_ORDER = ("sapo", "shac", "apg")  # recipes whose training step is a differentiable window through the env
+
+
+def build(recipe: str, env: str, overrides: list[str]):
+    """(cfg, trainer) of ``recipes/<recipe>.py env=<env> <overrides>``, as ``rl.experiment.run_experiment`` builds them."""
+    from rl.cli import compose
+    from rl.experiment import load_recipe, make_env, setup
+
+    cfg = compose(recipe, [f"env={env}", "threads=1", *overrides])
+    setup(cfg)
+    trainer = load_recipe(recipe).make_trainer(cfg, make_env(cfg), run_dir=None, eval_env=None, logger=None)
+    return cfg, trainer
+
+
+def timed(fn, seconds: float) -> tuple[float, int, float]:
+    """(warm-up seconds, repetitions, seconds per repetition): ``fn`` once to warm up, then for >= ``seconds``."""
+    t0 = time.perf_counter()
+    fn()
+    warmup = time.perf_counter() - t0
+    count, t0 = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - t0 < seconds:
+        fn()
+        count += 1
+    return warmup, count, (time.perf_counter() - t0) / count
+
+
+def cell(recipe: str, env_name: str, seconds: float, overrides: list[str]) -> dict:
+    """One (recipe, env) row, measured in this process."""
+    import torch
+    from torchrl.envs.utils import step_mdp
+
+    cfg, trainer = build(recipe, env_name, overrides)
+    env, horizon, n = trainer.env, int(cfg.algo.horizon), trainer.env.batch_size[0]
+    low, high = env.action_spec.space.low, env.action_spec.space.high
+
+    def env_window() -> None:
+        td = env.reset()
+        actions, total = [], 0.0
+        for _ in range(horizon):
+            action = (low + (high - low) * torch.rand(low.shape, dtype=low.dtype)).requires_grad_(True)
+            actions.append(action)
+            td["action"] = action
+            td = env.step(td)
+            total = total + td["next", "reward"].sum()
+            td = step_mdp(td)
+        torch.autograd.grad(total, actions, allow_unused=True)
+
+    env_warmup, env_count, env_window_s = timed(env_window, seconds)
+
+    phases = {"forward": 0.0, "critic": 0.0}
+    loss_forward, train_critic = trainer.loss.forward, trainer.train_critic
+
+    def timed_phase(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] += time.perf_counter() - t0
+        return wrapper
+
+    trainer.loss.forward = timed_phase("forward", loss_forward)
+    trainer.train_critic = timed_phase("critic", train_critic)
+    steps_per_window = trainer.steps_per_iter
+    train_warmup = time.perf_counter()
+    trainer.step()
+    train_warmup = time.perf_counter() - train_warmup
+    phases.update(forward=0.0, critic=0.0)
+    count, t0 = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - t0 < seconds:
+        trainer.step()
+        count += 1
+    train_window_s = (time.perf_counter() - t0) / count
+    forward, critic = phases["forward"] / count, phases["critic"] / count
+    return {
+        "recipe": recipe, "env": env_name, "num_envs": n, "horizon": horizon, "compiled": bool(getattr(env, "compiled", False)),
+        "env_steps_per_s": n * horizon / env_window_s, "train_steps_per_s": steps_per_window / train_window_s,
+        "env_warmup_s": env_warmup, "train_warmup_s": train_warmup, "env_windows": env_count, "train_windows": count,
+        "window_s": train_window_s, "forward_fraction": forward / train_window_s, "critic_fraction": critic / train_window_s,
+        "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s,
+    }
+
+
+def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    except subprocess.TimeoutExpired:
+        return {"recipe": recipe, "env": env, "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"recipe": recipe, "env": env, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]}
+    return json.loads(lines[-1])
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = ["| recipe | env | N | H | compiled | env fwd+bwd steps/s | training steps/s | training / env | forward | critic | "
+           "backward + step | warm-up s (env, training) |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['recipe']} | {r['env']} | | | | failed: {r['error']} | | | | | | |")
+            continue
+        ratio = r["train_steps_per_s"] / r["env_steps_per_s"]
+        out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
+                   f"{r['env_steps_per_s']:.0f} | {r['train_steps_per_s']:.0f} | {ratio:.2f} | {r['forward_fraction']:.0%} | "
+                   f"{r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | {r['env_warmup_s']:.0f}, {r['train_warmup_s']:.0f} |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=list(ENVS))
+    parser.add_argument("--recipes", nargs="+", default=["sapo"], choices=FIRST_ORDER)
+    parser.add_argument("--seconds", type=float, default=20.0, help="minimum measured seconds per phase of a cell")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every cell")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--quick", action="store_true", help="smoke test: num_envs=2, 1 s per phase")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell is not None:
+        recipe, env, seconds, overrides = json.loads(args.cell)
+        print(json.dumps(cell(recipe, env, seconds, overrides)), flush=True)
+        return
+    overrides = list(args.override)
+    if args.quick:
+        args.seconds, overrides = 1.0, ["num_envs=2", *overrides]
+    load_before, t0 = os.getloadavg(), time.perf_counter()
+    rows = []
+    for recipe in args.recipes:
+        for env in args.envs:
+            row = run_cell(recipe, env, args.seconds, overrides, args.timeout)
+            rows.append(row)
+            print(table([row])[-1], flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    lines = [*run_header("Training overhead: training env-steps/s against the env's own fwd+bwd", __file__, load_before, t0,
+                         parallelism="1 cell at a time", threads="1 torch thread per cell"),
+             f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "
+             "windows (H random-action frames, then the gradient of the summed reward to every action) and at least as "
+             "long of training windows (`trainer.step()`), after one warm-up window each. training / env >= 0.75 is the "
+             "issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy and env, "
+             "losses), the critic's mini-epochs, and the rest (the backward through the rollout, optimizer steps).", "",
+             *table(rows)]
+    publish(args.out, "training-overhead", lines)  # failed cells are rows of the table
+
+
+if __name__ == "__main__":
+    main()
