@@ -71,3 +71,15 @@ def test_the_compiled_substep_steps_and_differentiates_as_the_eager_one(name):
         results.append((td["next", "q"].detach(), td["next", "qd"].detach(), grad))
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=2e-4, atol=2e-4)
+
+
+COMPILED_BY_DEFAULT = {"ant", "hopper", "cheetah", "soft_jumper"}  # where compiling paid (benchmarks/throughput.py --compile)
+
+
+@pytest.mark.parametrize("env", ["ant", "hopper", "cheetah", "soft_jumper", "humanoid", "snu_humanoid", "cartpole_swingup", "rope"])
+def test_the_recipes_compile_where_it_pays_and_the_envs_stay_eager_by_default(env):
+    from rl.cli import compose
+
+    options = compose("sapo", [f"env={env}"]).env.options or {}
+    assert bool(options.get("compile_substep", False)) == (env in COMPILED_BY_DEFAULT)
+    assert E.make(compose("sapo", [f"env={env}"]).env.name, num_envs=1).compiled is False  # tests and users' make(): eager
