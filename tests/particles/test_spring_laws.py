@@ -152,3 +152,40 @@ def test_energies_keep_any_leading_batch_dims():
             assert spring_energy(model.springs, x[i, j]).item() == pytest.approx(se[i, j].item(), rel=1e-14)
     torch.testing.assert_close(kinetic_energy(model, v[0]), ke[0], rtol=1e-14, atol=0)
     torch.testing.assert_close(spring_energy(model.springs, x[0]), se[0], rtol=1e-14, atol=0)
+
+
+def test_default_forces_run_under_torch_func_and_fused_ones_fall_back_under_forward_mode():
+    """total_forces' default (fused=False) works under torch.func transforms (jacrev = the autograd Jacobian); fused=True
+    hands springs to the twin whenever x or v carries a forward-mode tangent (the fused node is reverse-mode only)."""
+    import torch.autograd.forward_ad as fwAD
+
+    model, rest = full_model()
+    g = torch.Generator().manual_seed(3)
+    x = (rest + 0.05 * torch.randn(rest.shape, generator=g, dtype=torch.float64))[None]
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    jac = torch.func.jacrev(lambda y: total_forces(model, y, v))(x)
+    ref = torch.autograd.functional.jacobian(lambda y: total_forces(model, y, v), x)
+    torch.testing.assert_close(jac, ref, rtol=1e-12, atol=1e-12)
+    tangent = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for which in ("x", "v"):
+        tangents = {}
+        for fused in (False, True):
+            with fwAD.dual_level():
+                xd = fwAD.make_dual(x, tangent) if which == "x" else x
+                vd = fwAD.make_dual(v, tangent) if which == "v" else v
+                tangents[fused] = fwAD.unpack_dual(total_forces(model, xd, vd, fused=fused)).tangent
+        torch.testing.assert_close(tangents[True], tangents[False], rtol=1e-12, atol=1e-12)
+        assert tangents[True].abs().max() > 0
+
+
+def test_potential_energy_keeps_any_leading_batch_dims():
+    model, rest = full_model()
+    g = torch.Generator().manual_seed(4)
+    x = rest + 0.05 * torch.randn(2, 3, *rest.shape, generator=g, dtype=torch.float64)
+    x[..., 3, 1] = 0.02  # particle 3 below the ground in every env
+    e = potential_energy(model, x)
+    assert e.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            assert potential_energy(model, x[i, j]).item() == pytest.approx(e[i, j].item(), rel=1e-13)
+    torch.testing.assert_close(potential_energy(model, x[0]), e[0], rtol=1e-13, atol=0)
