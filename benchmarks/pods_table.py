@@ -110,6 +110,7 @@ def store(args, algo: str, env: str, goal: str, seed: int, summary: dict) -> dic
                      "integrator": options.get("integrator", "semi_implicit") if config else None,
                      "num_envs": config.get("num_envs"), "env_options": options, "algo": config.get("algo"),
                      "parallelism": parallelism(args)},
+        "load_when_stored": [round(x, 2) for x in os.getloadavg()],  # 1/5/15-min load of the machine as the run ended
         "stored": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path = summary_path(args.store, algo, env, goal, seed)
@@ -236,6 +237,7 @@ def section(args, results: dict, load_before, t0: float) -> list[str]:
         f"episodes per run; recipe defaults otherwise. A cell comes from the run's stored summary (`{store_dir}/"
         "<algo>-<env>-<goal>-seed<k>.json`) where it holds the budget, else from a run launched by this command; "
         "\"not run\": no summary with the budget. Budget, integrator and commit(s) per column:", "", *cols, "",
+        *([args.note, ""] if getattr(args, "note", "") else []),
     ]
     if empty:
         lines += [f"Not rerun at this commit: {', '.join(empty)} (\"not run\" below); their numbers (commit f23d640) are in "
@@ -266,6 +268,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rerun even where a stored summary or eval.json exists")
     parser.add_argument("--no-launch", action="store_true", help="launch nothing: the table from the stored summaries")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny budgets, 8 eval episodes")
+    parser.add_argument("--note", default="", help="a paragraph for the section, e.g. why a column has another budget")
     args = parser.parse_args()
     args.num_envs, args.goal = 64, args.goals[0]
     args.store = args.store or (args.runs / "summaries" if args.quick else STORE)
