@@ -128,3 +128,9 @@ def test_several_active_elements_with_any_leading_batch_dims():
     xr = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(tet_energy(tets, xr, a).sum(), xr)
     torch.testing.assert_close(tet_forces(tets, x, torch.zeros_like(v), a), -grad, rtol=1e-10, atol=1e-9)
+    energy = tet_energy(tets, x, a)
+    assert energy.shape == (2, 3)
+    for i in range(2):
+        torch.testing.assert_close(tet_energy(tets, x[i], a[i]), energy[i], rtol=1e-13, atol=0)
+        for j in range(3):
+            assert tet_energy(tets, x[i, j], a[i, j]).item() == pytest.approx(energy[i, j].item(), rel=1e-13)
