@@ -113,6 +113,11 @@ def test_segments_of_a_subset_and_forces_per_env_of_a_batch():
         one = kinematics(model, qs[i:i + 1], torch.zeros(1, model.nv, dtype=F64))
         torch.testing.assert_close(link_forces(mus, one.poses, tension[i:i + 1])[0], forces[i], rtol=1e-13, atol=1e-10)
         torch.testing.assert_close(path_lengths(mus, one.poses)[0], lengths[i], rtol=1e-14, atol=0)
+    arms = moment_arms(model, qs)
+    for i in range(3):
+        torch.testing.assert_close(moment_arms(model, qs[i:i + 1])[0], arms[i], rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(generalized_forces(model, qs[i:i + 1], tension[i:i + 1])[0],
+                                   -(tension[i, :, None] * arms[i]).sum(0), rtol=1e-12, atol=1e-10)
 
 
 def test_muscle_outputs_are_made_on_the_poses_device():
@@ -124,3 +129,4 @@ def test_muscle_outputs_are_made_on_the_poses_device():
     assert path_lengths(meta.muscles, kin.poses).device.type == "meta"
     tension = torch.zeros(2, model.muscles.count, dtype=F64, device="meta")
     assert link_forces(meta.muscles, kin.poses, tension).device.type == "meta"
+    assert moment_arms(meta, q).device.type == "meta"
