@@ -232,3 +232,12 @@ def test_plasticine_takes_the_fused_c_path_by_default_on_cpu_with_the_torch_twin
     names.clear()
     elastic_stress(mat("corotated"), f)
     assert "plasticine_stress" not in names
+
+
+def test_plasticine_at_rest_stays_put_with_a_finite_projection():
+    """F = I or a rotation (zero deviatoric strain, where the deviator's norm is 0 and only its floor keeps the flow
+    finite): the projection is F itself."""
+    for f in (np.eye(3), U):
+        out = project(mat("plasticine"), t(f)[None], backend="torch")[0]
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, t(f), rtol=1e-12, atol=1e-12)
