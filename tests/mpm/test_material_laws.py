@@ -241,3 +241,29 @@ def test_plasticine_at_rest_stays_put_with_a_finite_projection():
         out = project(mat("plasticine"), t(f)[None], backend="torch")[0]
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out, t(f), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["plasticine", "sand"])
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_the_return_mapping_materials_take_one_svd_for_the_projection_and_the_stress(kind, backend, monkeypatch):
+    """``elastic_stress``'s promise: plasticine and sand reuse the trial F's singular bases for the projected F and its
+    stress, one SVD per call (the project-then-stress path gives the same values with two)."""
+    import tphys.mpm.materials as materials
+    import tphys.mpm.svd as svd
+
+    calls = []
+    original = svd.signed_svd
+
+    def counted(f, backend="auto"):
+        calls.append(backend)
+        return original(f, backend)
+
+    monkeypatch.setattr(svd, "signed_svd", counted)
+    monkeypatch.setattr(materials, "signed_svd", counted)
+    s = np.array([1.3, 0.9, 0.85]) if kind != "sand" else np.array([0.7, 0.98, 1.1])
+    elastic_stress(mat(kind), t(compose(s))[None], fused=False, backend=backend)
+    assert len(calls) == 1
+    calls.clear()
+    f = project(mat(kind), t(compose(s))[None], backend=backend)
+    kirchhoff_stress(mat(kind), f, backend=backend)
+    assert len(calls) >= 2  # the count sees the SVDs of the two-step path (sand: 3)
