@@ -21,7 +21,10 @@ normalizer), each as a fraction of the window.
     python benchmarks/training_overhead.py --envs rope --recipes sapo shac --seconds 5 --out /tmp/o.md
     python benchmarks/training_overhead.py --quick --out /tmp/o.md        # smoke test: N = 2, 1 s per cell
 
-Writes the section ``training-overhead`` of --out (default benchmarks/RESULTS.md) and prints the table.
+Writes the section ``training-overhead`` of --out (default benchmarks/RESULTS.md) and prints the table. Each cell's
+row goes to --json (default ``benchmarks/training_overhead.json``, committed) as soon as it is measured; a later run
+reuses the rows measured with the same --seconds and overrides (``--fresh`` measures again), so an interrupted table
+continues where it stopped.
 """
 
 from __future__ import annotations
@@ -159,7 +162,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--quick", action="store_true", help="smoke test: num_envs=2, 1 s per phase")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "training_overhead.json",
+                        help="the rows, written after each cell; a cell already there is reused unless --fresh")
+    parser.add_argument("--fresh", action="store_true", help="measure every cell again")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell is not None:
@@ -170,14 +175,22 @@ def main() -> None:
     if args.quick:
         args.seconds, overrides = 1.0, ["num_envs=2", *overrides]
     load_before, t0 = os.getloadavg(), time.perf_counter()
+    stored = {} if args.fresh or args.quick or not args.json.exists() else {
+        (r["recipe"], r["env"]): r for r in json.loads(args.json.read_text()) if "error" not in r}
     rows = []
     for recipe in args.recipes:
         for env in args.envs:
-            row = run_cell(recipe, env, args.seconds, overrides, args.timeout)
+            row = stored.get((recipe, env))
+            if row is None or row.get("seconds") != args.seconds or row.get("overrides") != overrides:
+                row = {**run_cell(recipe, env, args.seconds, overrides, args.timeout), "seconds": args.seconds,
+                       "overrides": overrides, "load": list(os.getloadavg())}
+                stored[(recipe, env)] = row
+                if not args.quick:  # resumable: each cell as it ends
+                    args.json.write_text(json.dumps(list(stored.values()), indent=1) + "\n")
+            else:
+                print(f"{recipe} {env}: reusing the row in {args.json}", flush=True)
             rows.append(row)
             print(table([row])[-1], flush=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
     lines = [*run_header("Training overhead: training env-steps/s against the env's own fwd+bwd", __file__, load_before, t0,
                          parallelism="1 cell at a time", threads="1 torch thread per cell"),
              f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "

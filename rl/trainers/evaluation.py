@@ -12,7 +12,6 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rl import distributed
 
-
 _T975 = (  # dof 1..30: the 0.975 quantile of Student's t, inverted from its CDF (regularized incomplete beta) to 30 digits
     12.706204736174705, 4.302652729749464, 3.1824463052837095, 2.7764451051977943, 2.5705818356363155,
     2.44691185114497, 2.3646242515927853, 2.3060041352041667, 2.2621571627982053, 2.228138851986275,

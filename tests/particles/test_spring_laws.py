@@ -8,8 +8,16 @@ import torch
 
 from tphys.particles import ParticleBuilder, kinetic_energy, potential_energy, total_forces
 from tphys.particles.fem import tet_energy, tet_forces
-from tphys.particles.forces import (_smooth_ramp_integral, ground_forces, membrane_energy, membrane_forces, smooth_ramp,
-                                    smooth_step, spring_energy, spring_forces)
+from tphys.particles.forces import (
+    _smooth_ramp_integral,
+    ground_forces,
+    membrane_energy,
+    membrane_forces,
+    smooth_ramp,
+    smooth_step,
+    spring_energy,
+    spring_forces,
+)
 
 W = 0.02  # slack width of the cables here: big enough that the C1 rounding shows in the numbers
 

@@ -6,7 +6,6 @@ states (``test_mujoco.py`` does the same under Hypothesis, too slow to run per m
 external-force term of C and the semi-implicit substep are checked against hand computations.
 """
 
-import math
 
 import mujoco
 import numpy as np

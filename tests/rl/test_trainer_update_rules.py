@@ -2,8 +2,8 @@
 learning-rate schedule and gradient clipping and ``rl/trainers/first_order.py``'s critic mini-epochs)."""
 
 import copy
-import re
 import math
+import re
 
 import pytest
 import torch
