@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import typing
@@ -46,7 +47,6 @@ from rl.trainers.episodes import track_episode_returns
 from rl.trainers.evaluation import evaluate
 from rl.trainers.guard import Snapshot, StallMonitor, nonfinite_state
 from rl.trainers.logging import RunLogger, progress_postfix
-from tphys.compiling import cache_dir
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 NONFINITE_POLICIES = ("stop", "skip")
@@ -362,8 +362,9 @@ class Trainer:
         steps_at, time_at = self.env_steps, time.perf_counter()
         compiling = self.iteration < stop and bool(getattr(self.env, "compiled", False))
         if compiling and self.writes:
+            cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default")  # set by the env (tphys.compiling)
             tqdm.write(f"{self.name}: the first iteration compiles the env's substep (torch.compile; Inductor cache "
-                       f"{cache_dir()}, so later processes load it instead)")
+                       f"{cache}, so later processes load it instead)")
         while self.iteration < stop:
             scalars = self.step()
             if compiling:
