@@ -11,31 +11,16 @@ import mujoco
 import numpy as np
 import pytest
 import torch
+from mujoco_reference import models, random_state
 
 from tphys.rigid import RigidControl, RigidState, bias_forces, joint_accelerations, kinematics, load_mjcf, mass_matrix, model_path
 from tphys.rigid import step as rigid_step
 from tphys.rigid.dynamics import actuator_forces, limit_forces, passive_forces
 from tphys.rigid.integrator import external_forces, generalized_forces, integrate_positions, substep
 
-_CACHE = {}
-
-
-def models(name):
-    if name not in _CACHE:
-        mj = mujoco.MjModel.from_xml_path(str(model_path(name)))
-        mj.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT | mujoco.mjtDisableBit.mjDSBL_LIMIT
-        _CACHE[name] = (mj, mujoco.MjData(mj), load_mjcf(model_path(name)))
-    return _CACHE[name]
-
 
 def state(mj, seed, scale=0.7):
-    rng = np.random.default_rng(seed)
-    qpos = mj.qpos0 + scale * rng.normal(size=mj.nq)
-    for j in range(mj.njnt):
-        if mj.jnt_type[j] in (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_BALL):
-            a = mj.jnt_qposadr[j] + (3 if mj.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE else 0)
-            qpos[a:a + 4] /= np.linalg.norm(qpos[a:a + 4])
-    return qpos, 2 * scale * rng.normal(size=mj.nv), rng.uniform(-1.5, 1.5, size=mj.nu)
+    return random_state(mj, seed, scale)
 
 
 def rel(a, b):

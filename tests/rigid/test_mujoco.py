@@ -10,32 +10,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mujoco_reference import models, random_state
 
-from tphys.rigid import bias_forces, joint_accelerations, kinematics, load_mjcf, mass_matrix, model_path
+from tphys.rigid import bias_forces, joint_accelerations, kinematics, mass_matrix
 from tphys.rigid.dynamics import actuator_forces, passive_forces
 
 MODELS = ("cartpole", "hopper", "ant", "humanoid", "half_cheetah", "dflex_humanoid")
-_CACHE = {}
-
-
-def models(name):
-    if name not in _CACHE:
-        mj = mujoco.MjModel.from_xml_path(str(model_path(name)))
-        mj.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT | mujoco.mjtDisableBit.mjDSBL_LIMIT
-        _CACHE[name] = (mj, mujoco.MjData(mj), load_mjcf(model_path(name)))
-    return _CACHE[name]
-
-
-def random_state(mj, seed, scale):
-    rng = np.random.default_rng(seed)
-    qpos = mj.qpos0 + scale * rng.normal(size=mj.nq)
-    for j in range(mj.njnt):
-        if mj.jnt_type[j] in (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_BALL):
-            a = mj.jnt_qposadr[j] + (3 if mj.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE else 0)
-            qpos[a:a + 4] /= np.linalg.norm(qpos[a:a + 4])
-    return qpos, scale * rng.normal(size=mj.nv) * 2, rng.uniform(-1.5, 1.5, size=mj.nu)
-
-
 def rel(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
 

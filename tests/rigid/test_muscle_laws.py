@@ -10,29 +10,21 @@ import mujoco
 import numpy as np
 import pytest
 import torch
+from mujoco_reference import models, random_qpos
 
-from tphys.rigid import bias_forces, kinematics, load_mjcf, model_path
+from tphys.rigid import bias_forces, kinematics
 from tphys.rigid.muscles import generalized_forces, link_forces, moment_arms, path_lengths, tensions, via_points
 
 F64 = torch.float64
-_CACHE = {}
 
 
 def snu():
-    if "snu" not in _CACHE:
-        mj = mujoco.MjModel.from_xml_path(str(model_path("snu_humanoid")))
-        mj.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT | mujoco.mjtDisableBit.mjDSBL_LIMIT
-        _CACHE["snu"] = (mj, mujoco.MjData(mj), load_mjcf(model_path("snu_humanoid")))
-    return _CACHE["snu"]
+    return models("snu_humanoid")
 
 
 def pose(mj, seed, scale=0.5):
     rng = np.random.default_rng(seed)
-    qpos = mj.qpos0 + scale * rng.normal(size=mj.nq)
-    for j in range(mj.njnt):
-        if mj.jnt_type[j] in (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_BALL):
-            a = mj.jnt_qposadr[j] + (3 if mj.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE else 0)
-            qpos[a:a + 4] /= np.linalg.norm(qpos[a:a + 4])
+    qpos = random_qpos(mj, rng, scale)
     return qpos, rng.uniform(-0.3, 1.3, size=mj.nu)  # activations outside [0, 1] too: the clamp
 
 

@@ -17,21 +17,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mujoco_reference import models
 
-from tphys.rigid import Body, Joint, RigidBuilder, RigidControl, RigidState, bias_forces, kinematics, load_mjcf, model_path, step
+from tphys.rigid import Body, Joint, RigidBuilder, RigidControl, RigidState, bias_forces, kinematics, step
 from tphys.rigid.integrator import integrate_positions
 from tphys.rigid.muscles import build_muscles, generalized_forces, link_forces, moment_arms, path_lengths, tensions
 
 F64 = torch.float64
-_CACHE = {}
 
 
 def snu():
-    if "snu" not in _CACHE:
-        mj = mujoco.MjModel.from_xml_path(str(model_path("snu_humanoid")))
-        mj.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT | mujoco.mjtDisableBit.mjDSBL_LIMIT
-        _CACHE["snu"] = (mj, mujoco.MjData(mj), load_mjcf(model_path("snu_humanoid")))
-    return _CACHE["snu"]
+    return models("snu_humanoid")
 
 
 def random_qpos(mj, rng, scale):
