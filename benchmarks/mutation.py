@@ -198,15 +198,29 @@ def mutmut_config(mod: Module, root: Path) -> str:
     )
 
 
+TREE = ("tphys", "rl", "tests", "recipes")  # recipes: the Hydra configs some tests compose
+
+
+def fresh_tree(source: Path, tree: Path, dirs=TREE) -> Path:
+    """An emptied ``tree`` holding copies of ``source``'s ``dirs`` and its pyproject.toml (no caches): a scratch
+    tree a mutant is written into."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    for d in dirs:
+        shutil.copytree(source / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"))
+    shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+    return tree
+
+
+def unchecked(m: dict) -> dict:
+    """A mutant's record without a verdict (the time budget ran out before it)."""
+    return {k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": None}
+
+
 def prepare_workdir(key: str, mod: Module, source: Path, workdir: Path) -> Path:
     """Copy the tree into workdir/<key>, write mutmut's config there and seed its verdicts from our JSON."""
-    wd = workdir / key
-    if wd.exists():
-        shutil.rmtree(wd)
-    wd.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    for name in ("tphys", "rl", "tests", "recipes"):  # recipes: the Hydra configs some tests compose
-        shutil.copytree(source / name, wd / name, ignore=ignore)
+    wd = fresh_tree(source, workdir / key)  # its pyproject.toml is rewritten below with mutmut's config
     text = (source / "pyproject.toml").read_text()
     if "[tool.mutmut]" in text:
         text = text[: text.index("[tool.mutmut]")]
@@ -403,13 +417,7 @@ def run_known(source: Path, workdir: Path) -> None:
     ones must fail (they kill it). Writes benchmarks/mutation/known.json."""
     out = []
     for name, path, old, new, before, after in KNOWN:
-        tree = workdir / "known"
-        if tree.exists():
-            shutil.rmtree(tree)
-        tree.mkdir(parents=True)
-        for d in ("tphys", "rl", "tests", "recipes"):
-            shutil.copytree(source / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+        tree = fresh_tree(source, workdir / "known")
         text = (tree / path).read_text()
         if text.count(old) != 1:
             out.append({"mutant": name, "file": path, "error": f"{old!r} occurs {text.count(old)} times"})
@@ -468,13 +476,7 @@ def run_c(source: Path, workdir: Path, limit: int, deadline: float) -> None:
     candidates = c_mutants(text)
     step = max(1, len(candidates) / max(limit, 1))
     sample = [candidates[int(i * step)] for i in range(min(limit, len(candidates)))]
-    tree = workdir / "c"
-    if tree.exists():
-        shutil.rmtree(tree)
-    tree.mkdir(parents=True)
-    for d in ("tphys", "tests"):
-        shutil.copytree(source / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+    tree = fresh_tree(source, workdir / "c", ("tphys", "tests"))
     lines = text.splitlines()
     results = []
     for m in sample:
@@ -483,7 +485,7 @@ def run_c(source: Path, workdir: Path, limit: int, deadline: float) -> None:
             results.append(prior)
             continue
         if time.time() > deadline:
-            results.append({k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": None})
+            results.append(unchecked(m))
             continue
         mutated = lines.copy()
         mutated[m["line"] - 1] = m["text"]
@@ -544,13 +546,7 @@ def run_decorated(source: Path, workdir: Path, deadline: float) -> None:
         out = RESULTS_DIR / f"decorated_{key}.json"
         old = {m["id"]: m for m in (json.loads(out.read_text())["mutants"] if out.exists() else []) if m.get("status") == "killed"}
         text = (source / path).read_text()
-        tree = workdir / "decorated"
-        if tree.exists():
-            shutil.rmtree(tree)
-        tree.mkdir(parents=True)
-        for d in ("tphys", "rl", "tests", "recipes"):
-            shutil.copytree(source / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+        tree = fresh_tree(source, workdir / "decorated")
         results = []
         for m in decorated_mutants(text, function):
             prior = old.get(m["id"])
@@ -558,7 +554,7 @@ def run_decorated(source: Path, workdir: Path, deadline: float) -> None:
                 results.append(prior)
                 continue
             if time.time() > deadline:
-                results.append({k: m[k] for k in ("id", "line", "original", "mutated")} | {"status": None})
+                results.append(unchecked(m))
                 continue
             lines = text.splitlines()
             lines[m["line"] - 1] = m["text"]
