@@ -11,7 +11,9 @@ the env config says so), without run directory, evaluation env or logger. Then, 
                   step, critic mini-epochs) repeated; env-steps/s = N·H per window.
 
 Both are warmed up first (one window each: compilation and allocator warm-up happen there and are reported
-as ``warm-up s``), then repeated for at least --seconds. ``training / env`` is the fraction of the env's own
+as ``warm-up s``; ``--no-warmup`` skips it for cells whose window takes many minutes), then repeated for at least
+--seconds of the cell thread's CPU time (``timed``: one torch thread, so load from other processes changes little).
+``training / env`` is the fraction of the env's own
 rate that training keeps; the issue's bar is >= 0.75 (within 25 %). The phase columns split a training
 window's wall time: the loss's forward (the differentiable rollout through policy and env, and the losses), the
 critic's mini-epochs, and the rest (the actor/temperature backward through the rollout, the optimizer step, the
@@ -56,20 +58,27 @@ def build(recipe: str, env: str, overrides: list[str]):
     return cfg, trainer
 
 
-def timed(fn, seconds: float) -> tuple[float, int, float]:
-    """(warm-up seconds, repetitions, seconds per repetition): ``fn`` once to warm up, then for >= ``seconds``."""
-    t0 = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - t0
-    count, t0 = 0, time.perf_counter()
-    while count == 0 or time.perf_counter() - t0 < seconds:
+def timed(fn, seconds: float, warmup: bool = True) -> tuple[float | None, int, float]:
+    """(warm-up wall seconds or None, repetitions, CPU seconds per repetition): ``fn`` once to warm up (unless not
+    ``warmup``), then repeated until >= ``seconds`` of CPU time.
+
+    The clock is this thread's CPU time (``time.thread_time``): with one torch thread every op, forward and backward,
+    runs on the calling thread, so other processes on a shared machine change the figure little (they still share
+    the caches and the memory bus). The warm-up is wall time: compilation runs partly in worker processes."""
+    first = None
+    if warmup:
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+    count, t0 = 0, time.thread_time()
+    while count == 0 or time.thread_time() - t0 < seconds:
         fn()
         count += 1
-    return warmup, count, (time.perf_counter() - t0) / count
+    return first, count, (time.thread_time() - t0) / count
 
 
-def cell(recipe: str, env_name: str, seconds: float, overrides: list[str]) -> dict:
-    """One (recipe, env) row, measured in this process."""
+def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True) -> dict:
+    """One (recipe, env) row, measured in this process (``warmup``: one unmeasured window of each phase first)."""
     import torch
     from torchrl.envs.utils import step_mdp
 
@@ -89,44 +98,42 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str]) -> di
             td = step_mdp(td)
         torch.autograd.grad(total, actions, allow_unused=True)
 
-    env_warmup, env_count, env_window_s = timed(env_window, seconds)
+    env_warmup, env_count, env_window_s = timed(env_window, seconds, warmup)
 
     phases = {"forward": 0.0, "critic": 0.0}
     loss_forward, train_critic = trainer.loss.forward, trainer.train_critic
 
     def timed_phase(name, fn):
         def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                phases[name] += time.perf_counter() - t0
+                phases[name] += time.thread_time() - t0
         return wrapper
 
     trainer.loss.forward = timed_phase("forward", loss_forward)
     trainer.train_critic = timed_phase("critic", train_critic)
     steps_per_window = trainer.steps_per_iter
-    train_warmup = time.perf_counter()
-    trainer.step()
-    train_warmup = time.perf_counter() - train_warmup
-    phases.update(forward=0.0, critic=0.0)
-    count, t0 = 0, time.perf_counter()
-    while count == 0 or time.perf_counter() - t0 < seconds:
+    train_warmup = None
+    if warmup:
+        t0 = time.perf_counter()
         trainer.step()
-        count += 1
-    train_window_s = (time.perf_counter() - t0) / count
+        train_warmup = time.perf_counter() - t0
+        phases.update(forward=0.0, critic=0.0)
+    _, count, train_window_s = timed(trainer.step, seconds, warmup=False)
     forward, critic = phases["forward"] / count, phases["critic"] / count
     return {
         "recipe": recipe, "env": env_name, "num_envs": n, "horizon": horizon, "compiled": bool(getattr(env, "compiled", False)),
         "env_steps_per_s": n * horizon / env_window_s, "train_steps_per_s": steps_per_window / train_window_s,
         "env_warmup_s": env_warmup, "train_warmup_s": train_warmup, "env_windows": env_count, "train_windows": count,
         "window_s": train_window_s, "forward_fraction": forward / train_window_s, "critic_fraction": critic / train_window_s,
-        "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s,
+        "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s, "clock": "thread CPU time",
     }
 
 
-def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides])]
+def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float, warmup: bool = True) -> dict:
+    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides, warmup])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
@@ -136,6 +143,10 @@ def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeou
     if proc.returncode != 0 or not lines:
         return {"recipe": recipe, "env": env, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]}
     return json.loads(lines[-1])
+
+
+def _seconds(value: float | None) -> str:
+    return "none (measured from the first window)" if value is None else f"{value:.0f}"
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -149,7 +160,8 @@ def table(rows: list[dict]) -> list[str]:
         ratio = r["train_steps_per_s"] / r["env_steps_per_s"]
         out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
                    f"{r['env_steps_per_s']:.0f} | {r['train_steps_per_s']:.0f} | {ratio:.2f} | {r['forward_fraction']:.0%} | "
-                   f"{r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | {r['env_warmup_s']:.0f}, {r['train_warmup_s']:.0f} |")
+                   f"{r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | "
+                   f"{_seconds(r['env_warmup_s'])}, {_seconds(r['train_warmup_s'])} |")
     return out
 
 
@@ -165,11 +177,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "training_overhead.json",
                         help="the rows, written after each cell; a cell already there is reused unless --fresh")
     parser.add_argument("--fresh", action="store_true", help="measure every cell again")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="measure from the first window (for cells whose window takes many minutes: MPM; eager "
+                             "envs' first window differs from the next by allocator warm-up only)")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell is not None:
-        recipe, env, seconds, overrides = json.loads(args.cell)
-        print(json.dumps(cell(recipe, env, seconds, overrides)), flush=True)
+        recipe, env, seconds, overrides, warmup = json.loads(args.cell)
+        print(json.dumps(cell(recipe, env, seconds, overrides, warmup)), flush=True)
         return
     overrides = list(args.override)
     if args.quick:
@@ -181,9 +196,10 @@ def main() -> None:
     for recipe in args.recipes:
         for env in args.envs:
             row = stored.get((recipe, env))
-            if row is None or row.get("seconds") != args.seconds or row.get("overrides") != overrides:
-                row = {**run_cell(recipe, env, args.seconds, overrides, args.timeout), "seconds": args.seconds,
-                       "overrides": overrides, "load": list(os.getloadavg())}
+            if (row is None or row.get("seconds") != args.seconds or row.get("overrides") != overrides
+                    or row.get("clock") != "thread CPU time"):
+                row = {**run_cell(recipe, env, args.seconds, overrides, args.timeout, not args.no_warmup),
+                       "seconds": args.seconds, "overrides": overrides, "load": list(os.getloadavg())}
                 stored[(recipe, env)] = row
                 if not args.quick:  # resumable: each cell as it ends
                     args.json.write_text(json.dumps(list(stored.values()), indent=1) + "\n")
@@ -195,9 +211,10 @@ def main() -> None:
                          parallelism="1 cell at a time", threads="1 torch thread per cell"),
              f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "
              "windows (H random-action frames, then the gradient of the summed reward to every action) and at least as "
-             "long of training windows (`trainer.step()`), after one warm-up window each. training / env >= 0.75 is the "
-             "issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy and env, "
-             "losses), the critic's mini-epochs, and the rest (the backward through the rollout, optimizer steps).", "",
+             "long of training windows (`trainer.step()`), after one warm-up window each (cells run with --no-warmup: "
+             "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it). training / env >= 0.75 "
+             "is the issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy "
+             "and env, losses), the critic's mini-epochs, and the rest (the backward through the rollout, optimizer steps).", "",
              *table(rows)]
     publish(args.out, "training-overhead", lines)  # failed cells are rows of the table
 
