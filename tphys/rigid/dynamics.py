@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tphys.kernels.linalg import spd_solve
 from tphys.math import cross_force, spatial_inertia
 from tphys.rigid.kinematics import Poses, forward_kinematics, link_velocities, motion_subspaces, subspace_rates
 from tphys.rigid.model import RigidModel
@@ -84,12 +85,12 @@ def actuator_forces(model: RigidModel, control: Tensor) -> Tensor:
 
 
 def joint_accelerations(model: RigidModel, kin: Kinematics, qd: Tensor, tau: Tensor, external: Tensor | None = None) -> Tensor:
-    """qdd [N, D] = H⁻¹ (τ - C), H by Cholesky.
+    """qdd [N, D] = H⁻¹ (τ - C), H by Cholesky (``tphys.kernels.linalg.spd_solve``: one C loop over the batch on CPU,
+    LAPACK's per-matrix calls otherwise).
 
     A diverged env (non-finite state, so H is not positive definite) gets NaN accelerations instead of
     stopping the batch; ``RigidEnv`` detects and terminates such envs.
     """
     h = mass_matrix(model, kin)
     rhs = tau - bias_forces(model, kin, qd, external)
-    factor, _ = torch.linalg.cholesky_ex(h)
-    return torch.cholesky_solve(rhs[..., None], factor)[..., 0]
+    return spd_solve(h, rhs)
