@@ -12,7 +12,7 @@ the env config says so), without run directory, evaluation env or logger. Then, 
 
 Both are warmed up first (one window each: compilation and allocator warm-up happen there and are reported
 as ``warm-up s``; ``--no-warmup`` skips it for cells whose window takes many minutes), then repeated for at least
---seconds of the cell thread's CPU time (``timed``: one torch thread, so load from other processes changes little).
+--seconds of the cell thread's CPU time (``timed``).
 ``training / env`` is the fraction of the env's own
 rate that training keeps; the issue's bar is >= 0.75 (within 25 %). The phase columns split a training
 window's wall time: the loss's forward (the differentiable rollout through policy and env, and the losses), the
@@ -63,8 +63,10 @@ def timed(fn, seconds: float, warmup: bool = True) -> tuple[float | None, int, f
     ``warmup``), then repeated until >= ``seconds`` of CPU time.
 
     The clock is this thread's CPU time (``time.thread_time``): with one torch thread every op, forward and backward,
-    runs on the calling thread, so other processes on a shared machine change the figure little (they still share
-    the caches and the memory bus). The warm-up is wall time: compilation runs partly in worker processes."""
+    runs on the calling thread, so time the thread waits for the CPU is not counted. Other processes still slow it
+    through the shared caches, memory bus and, on this 2-logical-core machine, the sibling hyperthread (an eager Ant
+    substep's CPU time was 8 ms at load 1 and 14 ms at load 4-5), so record the load; the ratio's two phases run back to
+    back in one process. The warm-up is wall time: compilation runs partly in worker processes."""
     first = None
     if warmup:
         t0 = time.perf_counter()
