@@ -33,6 +33,16 @@ def test_building_a_compiled_env_points_inductor_at_the_cache(monkeypatch, tmp_p
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "tphys" / "inductor")
 
 
+def test_compiled_kernels_are_called_from_cpp(monkeypatch):
+    """``compile_fixed`` asks Inductor for its C++ wrapper (the Python call around each small kernel was most of a
+    compiled substep's time), and a caller can turn it off."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    compiling.compile_fixed(lambda x: x)
+    compiling.compile_fixed(lambda x: x, cpp_wrapper=False)
+    assert seen == [dict(dynamic=False, options={"cpp_wrapper": True}), dict(dynamic=False, options={"cpp_wrapper": False})]
+
+
 def trainer_on(compiled: bool, run_dir) -> FirstOrderTrainer:
     torch.manual_seed(0)
     env = PointMass1D(num_envs=4, horizon=12, dtype=torch.float32, seed=0)
