@@ -114,15 +114,21 @@ class GPSLoss(Trainable, LossModule):
         self.register_buffer("kl_multiplier", torch.ones((), dtype=torch.float64))
 
     # ------------------------------------------------------------------ the simulator's linearization
-    def policy_actions(self, start: TensorDictBase) -> Tensor:
-        """[N, T, A] actions of one deterministic episode of the policy from ``start``."""
-        td, actions = start, []
+    def policy_episode(self, start: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """``(actions [N, T, A], value [N])``: one deterministic episode of the policy from ``start``, its return Σ_t r_t."""
+        td, actions, value = start, [], 0.0
         with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
             for _ in range(self.horizon):
                 td = self.actor(td.clone(False))
                 actions.append(td["action"])
-                td = step_mdp(self.env.step(td))
-        return torch.stack(actions, 1)
+                out = self.env.step(td)
+                value = value + out["next", "reward"].squeeze(-1)
+                td = step_mdp(out)
+        return torch.stack(actions, 1), value
+
+    def policy_actions(self, start: TensorDictBase) -> Tensor:
+        """[N, T, A] actions of one deterministic episode of the policy from ``start``."""
+        return self.policy_episode(start)[0]
 
     def linearize(self, start: TensorDictBase, actions: Tensor) -> Linearization:
         """Play ``actions`` [N, T, A] from ``start`` and differentiate every step (see ``Linearization``).
@@ -193,10 +199,15 @@ class GPSLoss(Trainable, LossModule):
     def improve(self, start: TensorDictBase) -> TensorDict:
         """One c-step from the env states ``start`` [N]; returns, like ``PODSLoss.improve``, a TensorDict with
         ``batch`` [N, T] (``observation``, ``target_action``, ``weight`` [A, A] precision), ``stats`` [N]
-        (``value_policy``, ``value_improved``, ``kl``, ``eta``) and the scalars ``kl_multiplier`` (after this
-        c-step's update), ``linearizations`` and ``state_dim`` (X: backward passes through the physics per linearization)."""
+        (``value_policy``, ``value_improved``, ``kl``, ``eta``, the KL bound ``kl_bound`` it was solved under (after
+        backtracking), ``quu_min_eig``: the smallest eigenvalue of its Q_uu = Σ⁻¹ over the steps, positive) and the
+        scalars ``kl_multiplier`` (after this c-step's update), ``linearizations``, ``state_dim`` (X: backward passes
+        through the physics per linearization), the step-size rule's ``predicted_improvement`` (linear model) and
+        ``actual_improvement`` (simulator) of the mean return, per linearization, and ``weight_ess``
+        (``effective_sample_fraction`` of the regression's precision traces)."""
         actions = self.policy_actions(start)
         value_policy = None
+        predicted_total = actual_total = 0.0
         for _ in range(self.iterations):
             nominal = self.linearize(start, actions)
             if value_policy is None:
@@ -213,7 +224,9 @@ class GPSLoss(Trainable, LossModule):
             # the linear model's prediction of the mean trajectory's cost decrease, against the simulator's
             def mean_cost(policy: LinearGaussian) -> Tensor:
                 return expected_cost(nominal.dynamics, nominal.cost, policy._replace(cov=torch.zeros_like(policy.cov)), mean0, cov0)
-            self._adapt(mean_cost(prior) - mean_cost(solution.controller), value - nominal.value)
+            predicted, actual = mean_cost(prior) - mean_cost(solution.controller), value - nominal.value
+            self._adapt(predicted, actual)
+            predicted_total, actual_total = predicted_total + predicted.mean().item(), actual_total + actual.mean().item()
             # backtracking: an initial state whose controller lowers its return re-solves with half its bound
             for _ in range(self.backtracks):
                 worse = value < nominal.value
@@ -232,13 +245,20 @@ class GPSLoss(Trainable, LossModule):
                 solution = _where(worse, kept, solution)
                 actions, observations, value = _where(worse, (nominal.actions, nominal.observations, nominal.value),
                                                       (actions, observations, value))
-        precision = torch.cholesky_inverse(torch.linalg.cholesky(solution.controller.cov))
-        precision = precision / (torch.diagonal(precision, dim1=-2, dim2=-1).sum(-1).mean() / a_dim)
+        quu = torch.cholesky_inverse(torch.linalg.cholesky(solution.controller.cov))  # Q_uu of the solved (η-scaled) LQR
+        precision = quu / (torch.diagonal(quu, dim1=-2, dim2=-1).sum(-1).mean() / a_dim)
         batch = TensorDict({"observation": observations, "target_action": actions, "weight": precision}, batch_size=[n, t_len])
-        stats = TensorDict({"value_policy": value_policy, "value_improved": value, "kl": solution.kl, "eta": solution.eta},
+        stats = TensorDict({"value_policy": value_policy, "value_improved": value, "kl": solution.kl, "eta": solution.eta,
+                            "kl_bound": epsilon, "quu_min_eig": torch.linalg.eigvalsh(quu).min(-1).values.min(-1).values},
                            batch_size=[n])
-        scalars = {"kl_multiplier": self.kl_multiplier.item(), "linearizations": float(self.iterations), "state_dim": float(x_dim)}
+        scalars = {"kl_multiplier": self.kl_multiplier.item(), "linearizations": float(self.iterations), "state_dim": float(x_dim),
+                   "predicted_improvement": predicted_total / self.iterations, "actual_improvement": actual_total / self.iterations,
+                   "weight_ess": effective_sample_fraction(torch.diagonal(precision, dim1=-2, dim2=-1).sum(-1))}
         return TensorDict({"batch": batch, "stats": stats, **{k: torch.tensor(v) for k, v in scalars.items()}}, batch_size=[])
+
+    def shrink_step(self) -> None:
+        """The s-step could not follow this c-step (``GPSTrainer.regress``): halve the KL multiplier (kept in [0.1, 10])."""
+        self.kl_multiplier.fill_(max(0.5 * self.kl_multiplier.item(), 0.1))
 
     def _adapt(self, predicted: Tensor, actual: Tensor) -> None:
         """MDGPS's step-size rule on the mean over initial states (predicted and actual cost decreases)."""
@@ -255,6 +275,13 @@ class GPSLoss(Trainable, LossModule):
         weight = batch["weight"] if "weight" in batch.keys() else None
         quadratic = error.square().sum((-2, -1)) if weight is None else (error.transpose(-1, -2) @ weight @ error).flatten(-3).squeeze(-1)
         return TensorDict({"loss_actor": 0.5 * quadratic.mean()}, batch_size=[])
+
+
+def effective_sample_fraction(weights: Tensor) -> float:
+    """(Σw)² / (n Σw²) of the n = ``weights.numel()`` sample weights (any shape, ≥ 0): 1 when they are equal, 1/n when
+    one sample holds all the weight; the share of the regression's samples that effectively count."""
+    weights = weights.flatten().double()
+    return (weights.sum().square() / (weights.numel() * weights.square().sum())).item()
 
 
 def _where(mask: Tensor, new, old):

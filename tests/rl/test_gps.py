@@ -11,7 +11,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 import tphys.envs
-from rl.modules import DeterministicActor
+from rl.modules import DeterministicActor, ObservationNormalizer
 from rl.objectives.gps import GPSLoss
 from rl.objectives.trajectory import GaussNewton, env_major, time_major, value_and_gradient
 from rl.trainers import GPSTrainer, PODSConfig
@@ -157,6 +157,45 @@ def test_controller_rollout_follows_the_linear_model_with_feedback():
     feedback = (controller.K @ mean.unsqueeze(-1)).squeeze(-1)
     assert feedback.abs().max() > 1e-4  # the feedback term matters at this size
     torch.testing.assert_close(actions, nominal.actions + feedback + controller.k, rtol=0, atol=1e-3 * feedback.abs().max().item())
+
+
+def test_the_s_step_starts_from_the_policy_the_c_step_linearized():
+    """The c-step bounds the KL from the policy it linearized; the regression must start from that policy. The observation
+    normalizer, updated with every c-step's observations before the regression, changed the policy in between, outside
+    the bound (pendulum2d/stop, 64 envs: the evaluation return fell from -20.1 to -53.5 over iterations 2-4). It is fixed
+    after the first s-step: from the second iteration on, the policy's actions on the c-step's observations are the same
+    at the end of the c-step and at the start of the regression. The logged diagnostics come along."""
+    env = tphys.envs.make("pendulum2d", num_envs=4, dtype=D, goal="stop", seed=0, horizon=8)
+    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    torch.manual_seed(0)
+    normalizer = ObservationNormalizer(obs_dim)
+    actor = DeterministicActor(obs_dim, action_dim, (16, 16), "tanh", False, normalizer=normalizer).to(D)
+    config = PODSConfig(total_steps=10**9, actor_lr=1e-3, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
+                        grad_clip=None, regression_steps=5, progress=False)
+    trainer = GPSTrainer(GPSLoss(env, actor), config, normalizer=normalizer)
+    improve, regress, seen = trainer.improve, trainer.regress, []
+
+    def actions(batch):
+        with torch.no_grad():
+            return actor(batch.select("observation").reshape(-1).clone(False))["action"]
+
+    def noting_improve(start):
+        improved, chunks = improve(start)
+        seen.append([actions(improved["batch"])])
+        return improved, chunks
+
+    def noting_regress(batch):
+        seen[-1].append(actions(batch))
+        return regress(batch)
+
+    trainer.improve, trainer.regress = noting_improve, noting_regress
+    scalars = [trainer.step() for _ in range(3)]
+    for c_step, s_step in seen[1:]:
+        torch.testing.assert_close(s_step, c_step, rtol=0, atol=1e-12)
+    assert normalizer.count.item() == 4 * 8  # the first c-step's observations, then fixed
+    for s in scalars:
+        assert 0 <= s["gps/kl"] <= s["gps/kl_bound"] * (1 + 1e-6) and s["gps/quu_min_eig"] > 0 and 0 < s["gps/weight_ess"] <= 1
+        assert s["gps/target_rms_after"] < s["gps/target_rms_before"]
 
 
 # ---------------------------------------------------------------------- the LQ point mass: GPS against the LQR solution
