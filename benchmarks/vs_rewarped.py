@@ -33,7 +33,10 @@ tphys variants (each a column of rows):
               ``validate=False`` and the named option (compiled = ``compile_substep=True``).
 
 Every cell (system, N, mode, variant) runs in a fresh subprocess with 1 thread (``OMP_NUM_THREADS=1``) for at
-least --seconds after a warm-up; env-steps/s = N · frames / s. Peak memory is the process's peak resident set size
+least --seconds after a warm-up; env-steps/s = N · frames / s, seconds of the process's CPU time by default (``--clock
+cpu``, both systems: Rewarped's bench.py runs through ``benchmarks/cpu_clock.py``), so that a cell that ran while other
+processes held the cores is not charged for the wait (they still share caches and the sibling hyperthread: record the
+load). Peak memory is the process's peak resident set size
 (``ru_maxrss``, imports included, the same measure for both). tphys runs float32. Rewarped needs its own venv (see
 ``../shared/tools/rewarped/README.md``), by default ``.venv-rewarped`` in the repository root.
 
@@ -67,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
 
 REWARPED_BENCH = REPO.parent / "shared" / "tools" / "rewarped" / "bench.py"
+CPU_CLOCK = Path(__file__).resolve().with_name("cpu_clock.py")
 
 
 def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
@@ -251,18 +255,21 @@ def action_gradients(total, actions: list) -> list:
 
 
 def _timed(frames, n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
+    """Warm-up (wall time: compilation runs partly in worker processes), then frames for >= ``seconds`` on the clock
+    ``$VS_REWARPED_CLOCK`` names: "cpu" (this process's CPU time, default) or "wall"."""
     import torch
 
+    clock = time.process_time if os.environ.get("VS_REWARPED_CLOCK", "cpu") == "cpu" else time.perf_counter
     grad = mode == "fwdbwd"
     with torch.set_grad_enabled(grad):
         t_warm = time.perf_counter()
         frames(horizon if grad else 2, grad)  # warm-up (and compilation)
         t_warm = time.perf_counter() - t_warm
-        done, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or done == 0:
+        done, t0 = 0, clock()
+        while clock() - t0 < seconds or done == 0:
             frames(horizon if grad else 1, grad)
             done += horizon if grad else 1
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
     return dict(system="tphys", num_envs=n, mode=mode, H=horizon if grad else None, steps_per_s=done * n / elapsed,
                 max_rss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, variant=variant, warmup_s=t_warm,
                 torch_threads=torch.get_num_threads())
@@ -354,13 +361,16 @@ def cell_function(task: str, variant: str) -> Callable:
 
 def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
     threads = str(split_threads(system)[1])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, VS_REWARPED_THREADS=threads)
-    if system != "rewarped":
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, VS_REWARPED_THREADS=threads,
+               VS_REWARPED_CLOCK=args.clock)
+    if args.clock == "cpu" and threads != "1":
+        env["VS_REWARPED_CLOCK"] = "wall"  # K threads: CPU time would add the threads' times up
         cmd = [sys.executable, __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]
     else:
-        cmd = [str(args.rewarped_python), str(REWARPED_BENCH), TASKS[task].module, TASKS[task].cls, str(n), mode, str(horizon),
-               str(args.seconds)]
+        clock = [str(CPU_CLOCK)] if args.clock == "cpu" else []  # bench.py times with time.time: give it the CPU clock
+        cmd = [str(args.rewarped_python), *clock, str(REWARPED_BENCH), TASKS[task].module, TASKS[task].cls, str(n), mode,
+               str(horizon), str(args.seconds)]
     failed = dict(task=task, system=system if system == "rewarped" else f"tphys {system}", num_envs=n, mode=mode)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=args.cell_timeout)
@@ -418,6 +428,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="only these tphys variants (e.g. recipe eager); Rewarped always")
     parser.add_argument("--all-cores", action="store_true", help="add a row per cell: the recipe variant with every usable core")
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum measured seconds per cell")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu (default): each single-threaded cell's process CPU time, both systems (Rewarped's bench.py "
+                             "through benchmarks/cpu_clock.py), so time waiting for a core held by other processes is not "
+                             "counted; rows with K threads use wall time. wall: wall time (the runs before 2026-12-02)")
     parser.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is abandoned")
     parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
@@ -453,7 +467,9 @@ def main() -> None:
         f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
         f"- duration: {time.perf_counter() - t0:.0f} s", "",
         *descriptions, "",
-        f"At least {args.seconds:g} s measured per cell after a warm-up; 'vs Rewarped' divides by the Rewarped row of the "
+        f"At least {args.seconds:g} s measured per cell after a warm-up (clock: "
+        f"{'each process CPU time, both systems; wall time for rows with K threads' if args.clock == 'cpu' else 'wall time'}; "
+        "warm-up: wall time); 'vs Rewarped' divides by the Rewarped row of the "
         "same task, N and mode. fwd+bwd: H frames then the gradient of the summed reward to every action (zero where the "
         "rewards do not depend on the actions, in both systems). Peak RSS includes the imports (same measure for both).", "",
         *table,

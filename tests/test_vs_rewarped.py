@@ -32,3 +32,34 @@ def test_variant_options_and_every_task_has_a_recipe_row():
     for name, task in vs_rewarped.TASKS.items():
         assert "recipe" in task.fwd and "recipe" in task.fwdbwd, name
         assert vs_rewarped.cell_function(name, "recipe").__name__ == "cell"
+
+
+def test_the_cpu_clock_wrapper_does_not_count_sleep(tmp_path):
+    """``benchmarks/cpu_clock.py`` gives the wrapped script the process CPU clock in place of ``time.time``: a 0.3 s
+    sleep (what a cell waiting for a busy core looks like) adds next to nothing, its arguments reach the script."""
+    import subprocess
+
+    script = tmp_path / "timing.py"
+    script.write_text("import sys, time\nt0 = time.time()\ntime.sleep(0.3)\nprint(time.time() - t0, sys.argv[1:])\n")
+    out = subprocess.run([sys.executable, str(vs_rewarped.CPU_CLOCK), str(script), "a", "b"], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=1)
+    assert float(out[0]) < 0.1 and out[1].strip() == "['a', 'b']"
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert float(plain) >= 0.3
+
+
+def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monkeypatch):
+    import argparse
+    import subprocess
+
+    seen = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw["env"]["VS_REWARPED_CLOCK"])) or
+                        subprocess.CompletedProcess(cmd, 1, "", "x"))
+    for clock in ("cpu", "wall"):
+        args = argparse.Namespace(clock=clock, seconds=1.0, cell_timeout=10.0, rewarped_python=Path("/r/python"))
+        vs_rewarped.run_cell(args, "ant", 32, "rewarped", 16, "fwd")
+        vs_rewarped.run_cell(args, "ant", 32, "recipe", 16, "fwd")
+        vs_rewarped.run_cell(args, "ant", 32, "recipe@threads=2", 16, "fwd")
+    (rew_cpu, c1), (ours_cpu, c2), (_, c3), (rew_wall, c4), (_, c5), (_, c6) = seen
+    assert rew_cpu[1] == str(vs_rewarped.CPU_CLOCK) and str(vs_rewarped.CPU_CLOCK) not in rew_wall
+    assert (c1, c2, c3, c4, c5, c6) == ("cpu", "cpu", "wall", "wall", "wall", "wall")
