@@ -31,6 +31,7 @@ from tphys.particles import ParticleControl, ParticleModel, ParticleState, bdf2,
 
 GOALS = ("stop", "stop_at_origin")
 INTEGRATORS = ("bdf2", "semi_implicit")
+BACKENDS = ("auto", "triton", "cpu", "torch")  # semi_implicit_euler's (tphys.kernels' vocabulary): "auto" fuses on CPU
 # valid ranges of the env's numeric options and of the task's step (the physical parameters' are in tphys.envs.payload_tasks)
 OPTION_RANGES = dict(substeps=int_at_least(1), horizon=int_at_least(1), newton_max_iter=int_at_least(1), newton_tol=POSITIVE.or_none(),
                      dt=POSITIVE)
@@ -79,19 +80,22 @@ class PayloadEnv(TphysEnv):
 
     def __init__(self, task: PayloadTask, num_envs: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  goal: str = "stop", integrator: str | None = None, substeps: int | None = None, newton_tol: float | None = None,
-                 newton_max_iter: int = 30, validate: bool = True, seed: int | None = None, horizon: int | None = None):
+                 newton_max_iter: int = 30, validate: bool = True, seed: int | None = None, horizon: int | None = None,
+                 backend: str = "auto"):
         if goal not in GOALS:
             raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {', '.join(GOALS)}")
         integrator = task.integrator if integrator is None else integrator
         if integrator not in INTEGRATORS:
             raise ValueError(f"{task.name}: unknown integrator {integrator!r}; valid: {', '.join(INTEGRATORS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"{task.name}: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         substeps = task.substeps if substeps is None else substeps
         horizon = task.horizon if horizon is None else horizon
         check_ranges(task.name, dict(substeps=substeps, horizon=horizon, newton_max_iter=newton_max_iter, newton_tol=newton_tol,
                                      dt=task.dt), OPTION_RANGES)
         super().__init__(num_envs, device, dtype, horizon, task.dt, validate, seed)
         self.name, self.task, self.goal, self.integrator = task.name, task, goal, integrator
-        self.substeps, self.newton_tol, self.newton_max_iter = substeps, newton_tol, newton_max_iter
+        self.substeps, self.newton_tol, self.newton_max_iter, self.backend = substeps, newton_tol, newton_max_iter, backend
         self.weights = task.weights[goal]
         self.model = task.model.to(device=self.device, dtype=dtype)
         self.reference = task.reference.to(device=self.device, dtype=dtype)
@@ -118,7 +122,8 @@ class PayloadEnv(TphysEnv):
             particles = bdf2(self.model, particles, ParticleControl(handle_velocity), self.dt, tol=self.newton_tol,
                              max_iter=self.newton_max_iter)
         else:
-            particles = semi_implicit_euler(self.model, particles, ParticleControl(handle_velocity), self.dt, self.substeps)
+            particles = semi_implicit_euler(self.model, particles, ParticleControl(handle_velocity), self.dt, self.substeps,
+                                            backend=self.backend)
         return self.next_state(state, x=particles.x, v=particles.v, x_prev=particles.x_prev, v_prev=particles.v_prev)
 
     def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
@@ -141,7 +146,8 @@ class PayloadEnv(TphysEnv):
     # ------------------------------------------------------------------ views
     def handle_velocity(self, action: Tensor) -> Tensor:
         """[N, H, d] handle velocities (m/s) commanded by ``action`` [N, A] in [-1, 1]."""
-        return self.task.max_handle_speed * torch.einsum("ahd,na->nhd", self.action_basis, action)
+        basis = self.action_basis
+        return self.task.max_handle_speed * (action @ basis.flatten(1)).view(action.shape[0], *basis.shape[1:])
 
     def residual(self, observation: Tensor, handle_velocity: Tensor) -> Tensor:
         """[N, E] weighted errors e with reward = -|e|² (Eq. 15 as a sum of squares).

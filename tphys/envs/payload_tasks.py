@@ -11,6 +11,9 @@ gradients). BDF2 is about 10x slower here because its dense Newton Jacobians com
 autograd. On the cloth, violent random corner motions buckle the sheet (a bifurcation where
 Newton on |G| can stall between roots); the solver then restarts from a minimiser of the
 step's incremental potential (see ``tphys.particles.implicit``) and converges.
+``backend`` ("auto" | "triton" | "cpu" | "torch", default "auto"): the semi-implicit step runs as one fused C kernel
+on CPU when no gradient is needed and the model is springs and cables only (every task but the cloth;
+``tphys.particles.fused_step``), the torch ops otherwise; "torch" forces the torch ops.
 
 State sizes against the paper's table 2 (observation = handle coordinates + payload
 positions + payload velocities):
@@ -48,7 +51,7 @@ WEIGHTS = {
 SLACK_WIDTH = 1e-3  # m, ParticleBuilder's default cable slack width
 G = 9.81  # m/s²
 
-ENV_OPTIONS = ("goal", "integrator", "substeps", "newton_tol", "newton_max_iter", "validate", "seed", "horizon")
+ENV_OPTIONS = ("goal", "integrator", "substeps", "newton_tol", "newton_max_iter", "validate", "seed", "horizon", "backend")
 
 # Valid range of every physical parameter of the suite (the *_DEFAULTS below, SI units) and of the env's numeric
 # options (tphys.envs.payload.OPTION_RANGES); make() checks them before building anything. Zero turns off the

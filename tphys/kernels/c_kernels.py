@@ -42,24 +42,31 @@ def _cache_dir() -> Path:
 
 
 @cache
-def _library(real: str) -> ctypes.CDLL:
-    """The compiled library for one float type (built on first use; raises RuntimeError without a compiler)."""
+def build(source: Path, real: str, flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
+    """The library compiled from the C file ``source`` with ``-DREAL=real`` and ``flags`` (built on first use into the
+    cache, keyed by a hash of the source, compiler, flags and float type; raises RuntimeError without a compiler or
+    when the build fails). Other C sources of tphys (``particle_kernels``) load through it."""
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (set $CC)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS, real)).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"kernels_{real}_{key}.so"
+    text = source.read_bytes()
+    key = hashlib.sha256(text + " ".join((compiler, *flags, real)).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{source.stem}_{real}_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: safe across processes
             built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
+            result = subprocess.run([compiler, *flags, f"-DREAL={real}", str(source), "-o", str(built), "-lm"], capture_output=True,
                                     text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"building {SOURCE.name} failed:\n{result.stderr[-2000:]}")
+                raise RuntimeError(f"building {source.name} failed:\n{result.stderr[-2000:]}")
             os.replace(built, target)
     return ctypes.CDLL(str(target))
+
+
+def _library(real: str) -> ctypes.CDLL:
+    """The compiled ``kernels.c`` for one float type (built on first use; raises RuntimeError without a compiler)."""
+    return build(SOURCE, real)
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
@@ -73,20 +80,22 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return True
 
 
-def call(name: str, *args) -> None:
-    """Call ``name`` with tensors (contiguous CPU, one float type) as pointers and ints/floats as int64/double."""
-    real = next(_REAL[a.dtype] for a in args if isinstance(a, Tensor))
+def call(name: str, *args, library=_library) -> None:
+    """Call ``name`` of ``library(real)`` (default: ``kernels.c``) with tensors (contiguous CPU, one float type, int64
+    index tensors allowed) as pointers and ints/floats as int64/double."""
+    real = next(_REAL[a.dtype] for a in args if isinstance(a, Tensor) and a.dtype in _REAL)
     converted = []
     for a in args:
         if isinstance(a, Tensor):
-            if not a.is_contiguous() or a.device.type != "cpu" or _REAL.get(a.dtype) != real:
-                raise TypeError(f"{name}: tensors must be contiguous CPU {real}, got {a.dtype} on {a.device}")
+            kind = "int64_t" if a.dtype == torch.int64 else _REAL.get(a.dtype)
+            if not a.is_contiguous() or a.device.type != "cpu" or kind not in (real, "int64_t"):
+                raise TypeError(f"{name}: tensors must be contiguous CPU {real} (or int64), got {a.dtype} on {a.device}")
             converted.append(ctypes.c_void_p(a.data_ptr()))
         elif isinstance(a, float):
             converted.append(ctypes.c_double(a))
         else:
             converted.append(_I64(a))
-    getattr(_library(real), name)(*converted)
+    getattr(library(real), name)(*converted)
 
 
 LAUNCHERS = Launchers(

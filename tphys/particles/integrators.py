@@ -12,6 +12,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from tphys.autodiff import check_recompute, run_substeps
 from tphys.particles.forces import potential_energy, total_forces
+from tphys.particles.fused_step import fused_semi_implicit_euler, reason_not_fused
 from tphys.particles.implicit import implicit_solve, warn_if_unconverged
 from tphys.particles.model import ParticleControl, ParticleModel, ParticleState
 
@@ -26,14 +27,20 @@ def handle_velocity_field(model: ParticleModel, handle_velocity: Tensor) -> Tens
 
 
 def semi_implicit_euler(model: ParticleModel, state: ParticleState, control: ParticleControl, dt: float, substeps: int = 1,
-                        recompute="none") -> ParticleState:
+                        recompute="none", backend: str = "auto") -> ParticleState:
     """Symplectic Euler (v += h·a, then x += h·v) over ``substeps`` equal substeps of ``dt``, holding ``control``
     (handle velocities [N, H, d] m/s; muscle activations [N, T] or None).
 
     ``recompute`` ("none" | "step" | "substep", or True/False): what backward keeps, see ``tphys.autodiff``.
+    ``backend`` ("auto" | "triton" | "cpu" | "torch", ``tphys.kernels``' vocabulary): "auto" runs the whole step as one
+    fused C kernel where it serves the call (CPU float32/float64, no autograd needed, springs/cables/gravity/drag
+    only: ``fused_step.reason_not_fused``), the torch ops below otherwise; "torch" forces the torch ops, "cpu" the
+    kernel (an error where it cannot serve the call).
     """
     recompute = check_recompute(recompute)
     h = dt / substeps
+    if reason_not_fused(model, state, control, backend, h) is None:
+        return fused_semi_implicit_euler(model, state, control, dt, substeps)
     free = model.free_mask.unsqueeze(-1)
     impulse_per_force = h * free / model.mass.unsqueeze(-1)  # [P, 1] s/kg, zero on handles
     activation = control.activation

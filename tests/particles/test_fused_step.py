@@ -1,0 +1,230 @@
+"""The fused C particle step (``tphys/kernels/cpu/particles.c``) equals the torch path of ``semi_implicit_euler`` on
+every payload env that has only springs and cables, in float64 and float32, from random initial states under random
+actions, for batch sizes that are not multiples of its block of envs; and the dispatch takes it only where it may.
+
+Tolerances (relative to each env's largest |x| or |v|): float64, one env step from the same state, 1e-12, and whole
+50-step trajectories 1e-9 (the stiff cables amplify a round-off difference by ~1e3 per step: the stretch is ~1e-3 of
+the length); float32, one env step 2e-4, and within 3x of torch's own float32 error against float64 (the kernel's
+float32 is as accurate as torch's; whole float32 trajectories of either path drift 1e-2 from float64, so they are not
+compared).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tphys.envs as E
+from tphys.kernels import c_kernels, particle_kernels
+from tphys.particles import ParticleControl, ParticleState, fused_step, semi_implicit_euler
+
+pytestmark = pytest.mark.skipif(not particle_kernels.available(torch.float64), reason="no C compiler")
+
+FUSED_ENVS = ("pendulum2d", "pendulum3d", "double_pendulum3d", "cable_payload2d", "rope3d")
+STEPS = 50
+
+
+def relative_error(a: ParticleState, b: ParticleState) -> float:
+    """max over envs of |a - b| / max |b| (per env, positions and velocities apart)."""
+    return max(((p - q).abs().amax((1, 2)) / q.abs().amax((1, 2)).clamp_min(1e-30)).max().item() for p, q in ((a.x, b.x), (a.v, b.v)))
+
+
+def as_dtype(state: ParticleState, dtype) -> ParticleState:
+    return ParticleState(*[t.to(dtype) if t.is_floating_point() else t for t in state])
+
+
+def compare(name: str, n: int, seed: int, dtype=torch.float64, steps: int = STEPS) -> dict:
+    """Errors of the C step against the torch path along a torch trajectory of ``steps`` env steps: ``one_step`` (each
+    step from the torch state), ``trajectory`` (the C path run on its own), and in float32 ``one_step_64`` /
+    ``torch_one_step_64`` (the C and torch float32 steps against the float64 step)."""
+    env = E.make(name, num_envs=n, seed=seed, dtype=torch.float64, validate=False)
+    model = env.model.to(dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    errors = dict(one_step=0.0, trajectory=0.0, one_step_64=0.0, torch_one_step_64=0.0)
+    with torch.no_grad():
+        reference = env.read_state(env.reset())
+        fused = as_dtype(reference, dtype)
+        for _ in range(steps):
+            action = torch.rand(n, env.action_dim, generator=generator, dtype=torch.float64) * 2 - 1
+            control64 = ParticleControl(env.handle_velocity(action))
+            control = ParticleControl(control64.handle_velocity.to(dtype))
+            start = as_dtype(reference, dtype)
+            torch_step = semi_implicit_euler(model, start, control, env.dt, env.substeps, backend="torch")
+            c_step = semi_implicit_euler(model, start, control, env.dt, env.substeps, backend="cpu")
+            fused = semi_implicit_euler(model, fused, control, env.dt, env.substeps, backend="cpu")
+            errors["one_step"] = max(errors["one_step"], relative_error(c_step, torch_step))
+            if dtype == torch.float64:
+                reference = torch_step
+            else:
+                exact = semi_implicit_euler(env.model, reference, control64, env.dt, env.substeps, backend="torch")
+                errors["one_step_64"] = max(errors["one_step_64"], relative_error(as_dtype(c_step, torch.float64), exact))
+                errors["torch_one_step_64"] = max(errors["torch_one_step_64"], relative_error(as_dtype(torch_step, torch.float64), exact))
+                reference = exact
+            drift = relative_error(as_dtype(fused, torch.float64), as_dtype(reference, torch.float64))
+            errors["trajectory"] = max(errors["trajectory"], drift)
+    return errors
+
+
+@pytest.mark.parametrize("name", FUSED_ENVS)
+@settings(max_examples=4, deadline=None)
+@given(n=st.sampled_from([1, 7, 33, 50]), seed=st.integers(0, 2**16))
+def test_the_c_step_equals_the_torch_path_in_float64(name, n, seed):
+    errors = compare(name, n, seed)
+    assert errors["one_step"] < 1e-12, errors
+    assert errors["trajectory"] < 1e-9, errors
+
+
+@pytest.mark.parametrize("name", FUSED_ENVS)
+@settings(max_examples=3, deadline=None)
+@given(n=st.sampled_from([5, 31, 45]), seed=st.integers(0, 2**16))
+def test_the_c_step_is_as_accurate_as_the_torch_path_in_float32(name, n, seed):
+    errors = compare(name, n, seed, torch.float32)
+    assert errors["one_step"] < 2e-4, errors
+    assert errors["one_step_64"] < 3 * errors["torch_one_step_64"] + 1e-6, errors
+
+
+# ---------------------------------------------------------------------------- dispatch
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The number of calls of the C step (counted, then run)."""
+    calls = []
+    original = particle_kernels.particle_step
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(particle_kernels, "particle_step", counted)
+    return calls
+
+
+def rope(n=5, dtype=torch.float64, **options):
+    env = E.make("rope3d", num_envs=n, seed=0, dtype=dtype, validate=False, **options)
+    state = env.reset()
+    return env, state, torch.rand(n, env.action_dim, dtype=dtype, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_auto_takes_the_c_step_without_grad_and_torch_with_grad(kernel_calls):
+    env, state, action = rope()
+    with torch.no_grad():
+        env.physics_step(state, action)
+    assert len(kernel_calls) == 1
+    env.physics_step(state, action)  # grad mode on, nothing requires grad
+    assert len(kernel_calls) == 2
+    action = action.clone().requires_grad_()
+    out = env.physics_step(state, action)
+    assert len(kernel_calls) == 2 and out["x"].grad_fn is not None
+    out["x"].sum().backward()
+    assert action.grad is not None and action.grad.abs().sum() > 0
+
+
+def test_a_model_tensor_that_requires_grad_takes_the_torch_path(kernel_calls):
+    env, state, action = rope()
+    model = env.model._replace(drag=env.model.drag.clone().requires_grad_())
+    particles = env.read_state(state)
+    out = semi_implicit_euler(model, particles, ParticleControl(env.handle_velocity(action)), env.dt, env.substeps)
+    assert not kernel_calls and out.v.requires_grad
+
+
+def test_backend_torch_forces_the_torch_path(kernel_calls):
+    env, state, action = rope(backend="torch")
+    with torch.no_grad():
+        env.physics_step(state, action)
+    assert not kernel_calls
+    env, state, action = rope(backend="triton")  # no Triton particle kernel: the torch ops
+    with torch.no_grad():
+        env.physics_step(state, action)
+    assert not kernel_calls
+
+
+def test_backend_cpu_refuses_what_the_kernel_cannot_do():
+    env, state, action = rope(backend="cpu")
+    with pytest.raises(ValueError, match="autograd"):
+        env.physics_step(state, action.requires_grad_())
+    cloth = E.make("cloth", num_envs=2, seed=0, dtype=torch.float64, validate=False, backend="cpu")
+    with torch.no_grad(), pytest.raises(ValueError, match="membrane"):
+        cloth.physics_step(cloth.reset(), torch.zeros(2, cloth.action_dim, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown backend"):
+        E.make("rope3d", num_envs=1, backend="gpu")
+
+
+def test_unsupported_features_take_the_torch_path_under_auto(kernel_calls):
+    cloth = E.make("cloth", num_envs=2, seed=0, dtype=torch.float64, validate=False)
+    with torch.no_grad():
+        out = cloth.physics_step(cloth.reset(), torch.zeros(2, cloth.action_dim, dtype=torch.float64))
+    assert not kernel_calls and torch.isfinite(out["x"]).all()
+    env, state, action = rope()
+    particles = env.read_state(state)
+    control = ParticleControl(env.handle_velocity(action))
+    model = env.model._replace(springs=env.model.springs._replace(incidence=env.model.springs.incidence * 2))
+    assert fused_step.reason_not_fused(model, particles, control, h=env.dt / env.substeps) is not None
+    with pytest.raises(RuntimeError, match="float32/float64"):
+        fused_step.reason_not_fused(env.model, as_dtype(particles, torch.float16), control, "cpu")
+
+
+def test_forward_mode_tangents_take_the_torch_path(kernel_calls):
+    import torch.autograd.forward_ad as fwAD
+
+    env, state, action = rope()
+    particles = env.read_state(state)
+    with torch.no_grad(), fwAD.dual_level():
+        x = fwAD.make_dual(particles.x, torch.ones_like(particles.x))
+        out = semi_implicit_euler(env.model, particles._replace(x=x), ParticleControl(env.handle_velocity(action)), env.dt, env.substeps)
+        tangent = fwAD.unpack_dual(out.x).tangent
+    assert not kernel_calls and tangent is not None and torch.isfinite(tangent).all()
+
+
+def test_an_in_place_edit_of_the_model_reaches_the_kernel():
+    env, state, action = rope()
+    particles, control = env.read_state(state), ParticleControl(env.handle_velocity(action))
+    with torch.no_grad():
+        before = semi_implicit_euler(env.model, particles, control, env.dt, env.substeps)
+        env.model.springs.stiffness.mul_(2.0)
+        after = semi_implicit_euler(env.model, particles, control, env.dt, env.substeps)
+        twin = semi_implicit_euler(env.model, particles, control, env.dt, env.substeps, backend="torch")
+    assert relative_error(after, before) > 1e-6 and relative_error(after, twin) < 1e-12
+
+
+# ---------------------------------------------------------------------------- other builds, and the comparison has teeth
+def use_build(monkeypatch, tmp_path, source=None, defines=()):
+    """Route the C step to a build of ``source`` (default: the C file) with extra ``defines``, in a scratch cache."""
+    source = source or particle_kernels.SOURCE
+    monkeypatch.setenv("TPHYS_KERNEL_CACHE", str(tmp_path / "cache"))
+
+    def library(real):
+        return c_kernels.build(source, real, (*particle_kernels.FLAGS, f"-DLANES={particle_kernels.LANES[real]}", *defines))
+
+    monkeypatch.setattr(particle_kernels, "_library", library)
+
+
+def test_the_portable_build_equals_the_torch_path_in_float32(tmp_path, monkeypatch):
+    """-DTPHYS_GENERIC: the plain loops the compiler vectorises, which CPUs without AVX-512 run for float too."""
+    use_build(monkeypatch, tmp_path, defines=("-DTPHYS_GENERIC",))
+    errors = compare("rope3d", 45, 3, torch.float32, steps=10)
+    assert errors["one_step"] < 2e-4 and errors["one_step_64"] < 3 * errors["torch_one_step_64"] + 1e-6, errors
+
+
+def avx512() -> bool:
+    """Whether this CPU has AVX-512 (the C file is built with -march=native: its float blocks then take that path)."""
+    try:
+        return " avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("dtype, defect, replacement", [
+    (torch.float64, "(damping * taut) * (dot * inverse)", "(REAL)0 * (dot * inverse)"),  # the portable loops
+    pytest.param(torch.float32, "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)", "tension",
+                 marks=pytest.mark.skipif(not avx512(), reason="no AVX-512: float runs the portable loops")),
+])
+def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, dtype, defect, replacement):
+    """A mutant of the C file that drops the damping term of the spring tension fails the comparison."""
+    source = particle_kernels.SOURCE.read_text()
+    assert source.count(defect) == 1
+    mutant = tmp_path / "particles.c"
+    mutant.write_text(source.replace(defect, replacement))
+    use_build(monkeypatch, tmp_path, mutant)
+    errors = compare("pendulum2d", 3, 0, dtype, steps=2)
+    assert errors["one_step"] > 1e-3, errors

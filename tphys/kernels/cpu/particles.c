@@ -1,0 +1,275 @@
+/* The fused forward of tphys.particles.semi_implicit_euler for CPU: every substep of one step in one call.
+ *
+ * The C twin of the torch path (tphys/particles/integrators.py with forces.total_forces and the fused spring
+ * node spring_vjp._SpringForce), forward only, for models of point masses, kinematic handles, springs and cables
+ * with axial damping, gravity and linear drag (no membrane, tetrahedra or ground: the caller checks). Built by
+ * tphys/kernels/particle_kernels.py with the system C compiler once per REAL type (-DREAL=float or double) and
+ * called through ctypes on contiguous tensors. Single-threaded.
+ *
+ * Layout. Inputs and outputs are the torch layout, x, v [N, P, D] (row-major). Envs are taken LANES at a time:
+ * a block's positions, velocities and forces are transposed into arrays [P][D][LANES] on the stack (env index
+ * innermost, a few KB: L1), all substeps run there, and the block is transposed back. Every arithmetic loop runs
+ * over the LANES envs of a block with the same (particle, spring) indices, so the compiler turns each into
+ * vector instructions, one element per env. A partial last block repeats its last env in the spare lanes (their
+ * results are not stored).
+ *
+ * Per substep of length h (the torch path's order of operations, so that results agree to round-off):
+ *     f_p  = (m_p·g - drag·v_p) + sum over springs of their force on p
+ *     v_p += impulse_p · (free_p · f_p)       impulse_p = h·free_p / m_p (0 on handles: they keep v = u)
+ *     x_p += h · v_p
+ * A spring s from particle i to j (d = x_j - x_i, l = max(|d|, 1e-12), stretch e = l - rest):
+ *     tau = clamp(e / w, 0, 1), ramp = tau·(e - w·tau/2)                  (forces.smooth_ramp, slack width w)
+ *     elastic = e + cable·(ramp - e), taut = 1 + cable·(tau²(3 - 2 tau) - 1)
+ *     T = k·elastic + (c·taut)·(d/l · (v_j - v_i))       f_i += T·d/l, f_j -= T·d/l
+ * Before the substeps, v_p = free_p·v_p + u_h on each handle p = handle h (the commanded velocity), else free_p·v_p.
+ */
+#include <stdint.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+#ifndef LANES
+#define LANES 32 /* envs per block (the loader passes two 64-byte vectors' worth: 32 floats, 16 doubles) */
+#endif
+
+#define SQRT(x) (sizeof(REAL) == sizeof(float) ? __builtin_sqrtf(x) : __builtin_sqrt(x))
+#define INLINE static inline __attribute__((always_inline))
+/* A loop over the lanes of a block, left rolled for the vectorizer (complete unrolling first would leave it
+ * straight-line code that it packs across the wrong dimension). */
+#define FOR_LANES(e) _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (int e = 0; e < LANES; e++)
+#define AT(p, a) (((p) * D + (a)) * LANES) /* offset of particle p, axis a in a block array [P][D][LANES] */
+
+
+typedef struct {
+    const int64_t *first, *second;                 /* [S] particle i (incidence -1) and j (+1) of each spring */
+    const REAL *rest, *stiffness, *damping, *cable; /* [S] m, N/m, N·s/m, 0 or 1 (tension only) */
+    REAL width;                                     /* m, cables' slack width */
+    int64_t count;
+} Springs;
+
+typedef struct {
+    const int64_t *handle;  /* [P] index of the handle particle p is, or -1 */
+    const REAL *free;       /* [P] 1 on free particles, 0 on handles */
+    const REAL *impulse;    /* [P] h·free/m, s/kg */
+    const REAL *weight;     /* [P, D] m·g, N */
+    REAL drag;              /* N·s/m */
+    int64_t particles, handles;
+} Particles;
+
+/* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). */
+INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64_t last, int64_t p_count) {
+    FOR_LANES(e) {
+        int64_t env = first + e < last ? first + e : last;
+        const REAL *row = src + env * p_count * D;
+        for (int64_t p = 0; p < p_count; p++)
+            for (int a = 0; a < D; a++) dst[AT(p, a) + e] = row[p * D + a];
+    }
+}
+
+INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count) {
+    for (int e = 0; e < lanes; e++) {
+        REAL *row = dst + (first + e) * p_count * D;
+        for (int64_t p = 0; p < p_count; p++)
+            for (int a = 0; a < D; a++) row[p * D + a] = src[AT(p, a) + e];
+    }
+}
+
+/* Spring kinds: the cable value and whether it is damped, known at compile time in each instance of one_spring (a
+ * cable value of exactly 0 or 1, or a damping of exactly 0, drops terms that would add or multiply an exact 0 or 1:
+ * the same result, fewer instructions). */
+enum { SPRING = 0, CABLE = 1, BLEND = 2 };
+
+/* Adds spring k's force to F (block arrays [P][D][LANES]); oi, oj: offsets AT(i, 0), AT(j, 0) of its particles. */
+INLINE void one_spring(const int D, const int kind, const int damped, const Springs *s, int64_t k, int64_t oi, int64_t oj,
+                       const REAL *restrict X, const REAL *restrict V, REAL *restrict F) {
+    const REAL half_width = (REAL)0.5 * s->width, inv_width = (REAL)1 / s->width;
+    const REAL *xi = X + oi, *xj = X + oj, *vi = V + oi, *vj = V + oj;
+    REAL *restrict fi = F + oi;
+    REAL *restrict fj = F + oj;
+    const REAL rest = s->rest[k], stiffness = s->stiffness[k], damping = s->damping[k], cable = s->cable[k];
+    FOR_LANES(e) {
+        REAL d[3], length2 = 0, dot = 0;
+        for (int a = 0; a < D; a++) {
+            d[a] = xj[a * LANES + e] - xi[a * LANES + e];
+            length2 += d[a] * d[a];
+        }
+        if (damped)
+            for (int a = 0; a < D; a++) dot += (vj[a * LANES + e] - vi[a * LANES + e]) * d[a];
+        REAL length = SQRT(length2);
+        length = length < (REAL)1e-12 ? (REAL)1e-12 : length;
+        const REAL inverse = (REAL)1 / length;
+        const REAL stretch = length - rest;
+        REAL elastic = stretch, taut = 1;
+        if (kind != SPRING) {
+            REAL tau = stretch * inv_width;
+            tau = tau < 0 ? 0 : tau;
+            tau = tau > 1 ? 1 : tau;
+            const REAL ramp = tau * (stretch - half_width * tau);
+            const REAL step = tau * tau * (3 - 2 * tau);
+            elastic = kind == CABLE ? ramp : stretch + cable * (ramp - stretch);
+            taut = kind == CABLE ? step : 1 + cable * (step - 1);
+        }
+        const REAL tension = damped ? stiffness * elastic + (damping * taut) * (dot * inverse) : stiffness * elastic;
+        const REAL g = tension * inverse;
+        for (int a = 0; a < D; a++) {
+            fi[a * LANES + e] += g * d[a];
+            fj[a * LANES + e] -= g * d[a];
+        }
+    }
+}
+
+/* one_spring for float blocks with AVX-512 (16 envs a vector): the same formula in intrinsics, with 1/|d| from the
+ * hardware approximation (relative error < 2^-14) refined by one Newton step y <- y·(3/2 - |d|²·y²/2), within a few
+ * ulps of the rounded 1/sqrt; it replaces a square root and a division, the slowest vector instructions, and gives
+ * results as close to the torch path as float32 round-off already allows (tests/particles/test_fused_step.py). The
+ * compiler's own vectorisation of one_spring runs about 1.5x the instructions (masked clamps, spills). */
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+#include <immintrin.h>
+#define FAST_FLOAT (sizeof(REAL) == sizeof(float) && LANES % 16 == 0)
+
+INLINE void one_spring_avx512(const int D, const int kind, const int damped, const Springs *s, int64_t k, int64_t oi, int64_t oj,
+                              const float *restrict X, const float *restrict V, float *restrict F) {
+    const __m512 one = _mm512_set1_ps(1.0f), rest = _mm512_set1_ps((float)s->rest[k]);
+    const __m512 stiffness = _mm512_set1_ps((float)s->stiffness[k]), damping = _mm512_set1_ps((float)s->damping[k]);
+    const __m512 cable = _mm512_set1_ps((float)s->cable[k]), inv_width = _mm512_set1_ps(1.0f / (float)s->width);
+    const __m512 half_width = _mm512_set1_ps(0.5f * (float)s->width);
+    _Pragma("GCC unroll 4") for (int e = 0; e < LANES; e += 16) {
+        __m512 d[3], length2;
+        for (int a = 0; a < D; a++)
+            d[a] = _mm512_sub_ps(_mm512_load_ps(X + oj + a * LANES + e), _mm512_load_ps(X + oi + a * LANES + e));
+        length2 = _mm512_mul_ps(d[0], d[0]);
+        for (int a = 1; a < D; a++) length2 = _mm512_fmadd_ps(d[a], d[a], length2);
+        length2 = _mm512_max_ps(_mm512_set1_ps(1e-24f), length2); /* |d| >= 1e-12; a NaN passes */
+        __m512 inverse = _mm512_rsqrt14_ps(length2);
+        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), length2), inverse);
+        inverse = _mm512_mul_ps(inverse, _mm512_fnmadd_ps(half_xy, inverse, _mm512_set1_ps(1.5f)));
+        const __m512 stretch = _mm512_sub_ps(_mm512_mul_ps(length2, inverse), rest);
+        __m512 elastic = stretch, taut = one;
+        if (kind != SPRING) {
+            __m512 tau = _mm512_mul_ps(stretch, inv_width);
+            tau = _mm512_min_ps(one, _mm512_max_ps(_mm512_setzero_ps(), tau)); /* clamp to [0, 1]; a NaN passes */
+            const __m512 ramp = _mm512_mul_ps(tau, _mm512_fnmadd_ps(half_width, tau, stretch));
+            const __m512 step = _mm512_mul_ps(_mm512_mul_ps(tau, tau), _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), tau, _mm512_set1_ps(3.0f)));
+            elastic = kind == CABLE ? ramp : _mm512_fmadd_ps(cable, _mm512_sub_ps(ramp, stretch), stretch);
+            taut = kind == CABLE ? step : _mm512_fmadd_ps(cable, _mm512_sub_ps(step, one), one);
+        }
+        __m512 tension = _mm512_mul_ps(stiffness, elastic);
+        if (damped) {
+            __m512 dot = _mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(V + oj + e), _mm512_load_ps(V + oi + e)), d[0]);
+            for (int a = 1; a < D; a++)
+                dot = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_load_ps(V + oj + a * LANES + e), _mm512_load_ps(V + oi + a * LANES + e)), d[a], dot);
+            tension = _mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension);
+        }
+        const __m512 g = _mm512_mul_ps(tension, inverse);
+        for (int a = 0; a < D; a++) {
+            float *fi = F + oi + a * LANES + e, *fj = F + oj + a * LANES + e;
+            _mm512_store_ps(fi, _mm512_fmadd_ps(g, d[a], _mm512_load_ps(fi)));
+            _mm512_store_ps(fj, _mm512_fnmadd_ps(g, d[a], _mm512_load_ps(fj)));
+        }
+    }
+}
+#else
+#define FAST_FLOAT 0
+#define one_spring_avx512(D, kind, damped, s, k, oi, oj, X, V, F) ((void)0)
+#endif
+
+/* The fastest one_spring for this build. */
+INLINE void spring(const int D, const int kind, const int damped, const Springs *s, int64_t k, int64_t oi, int64_t oj,
+                   const REAL *restrict X, const REAL *restrict V, REAL *restrict F) {
+    if (FAST_FLOAT)
+        one_spring_avx512(D, kind, damped, s, k, oi, oj, (const float *)X, (const float *)V, (float *)F);
+    else
+        one_spring(D, kind, damped, s, k, oi, oj, X, V, F);
+}
+
+/* Adds every spring's force to F; kind[k] = 2·(cable: SPRING, CABLE or BLEND) + damped. */
+INLINE void spring_forces(const int D, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const REAL *restrict X,
+                          const REAL *restrict V, REAL *restrict F) {
+    for (int64_t k = 0; k < s->count; k++) {
+        switch (kind[k]) {
+        case 2 * SPRING: spring(D, SPRING, 0, s, k, oi[k], oj[k], X, V, F); break;
+        case 2 * SPRING + 1: spring(D, SPRING, 1, s, k, oi[k], oj[k], X, V, F); break;
+        case 2 * CABLE: spring(D, CABLE, 0, s, k, oi[k], oj[k], X, V, F); break;
+        case 2 * CABLE + 1: spring(D, CABLE, 1, s, k, oi[k], oj[k], X, V, F); break;
+        case 2 * BLEND: spring(D, BLEND, 0, s, k, oi[k], oj[k], X, V, F); break;
+        default: spring(D, BLEND, 1, s, k, oi[k], oj[k], X, V, F); break;
+        }
+    }
+}
+
+/* One particle axis of a block through a substep: v += impulse·(free·f), x += h·v with f = (m·g - drag·v) + springs;
+ * the spring sum f is read and reset to 0 for the next substep. */
+INLINE void update(REAL *restrict x, REAL *restrict v, REAL *restrict f, REAL weight, REAL drag, REAL impulse, REAL free, REAL h) {
+    FOR_LANES(e) {
+        const REAL force = (weight - drag * v[e]) + f[e];
+        const REAL velocity = v[e] + impulse * (force * free);
+        f[e] = 0;
+        v[e] = velocity;
+        x[e] = x[e] + h * velocity;
+    }
+}
+
+/* One block of LANES envs through every substep. */
+INLINE void block(const int D, const Particles *q, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
+                  int64_t first, int64_t n, int64_t substeps, REAL h) {
+    const int64_t P = q->particles, lanes = n - first < LANES ? n - first : LANES;
+    REAL X[P * D * LANES] __attribute__((aligned(64)));
+    REAL V[P * D * LANES] __attribute__((aligned(64)));
+    REAL F[P * D * LANES] __attribute__((aligned(64)));
+    gather(D, x0, X, first, n - 1, P);
+    gather(D, v0, V, first, n - 1, P);
+    for (int64_t p = 0; p < P; p++) {
+        const REAL free = q->free[p];
+        const int64_t hd = q->handle[p];
+        for (int a = 0; a < D; a++) {
+            REAL *vp = V + AT(p, a);
+            FOR_LANES(e) {
+                int64_t env = first + e < n ? first + e : n - 1;
+                vp[e] = free * vp[e] + (hd >= 0 ? u[(env * q->handles + hd) * D + a] : (REAL)0);
+            }
+        }
+    }
+    const REAL drag = q->drag;
+    for (int64_t i = 0; i < P * D; i++)
+        FOR_LANES(e) F[i * LANES + e] = 0;
+    for (int64_t step = 0; step < substeps; step++) {
+        spring_forces(D, s, kind, oi, oj, X, V, F);
+        for (int64_t p = 0; p < P; p++) {
+            const REAL impulse = q->impulse[p], free = q->free[p];
+            for (int a = 0; a < D; a++) {
+                const REAL weight = q->weight[p * D + a];
+                update(X + AT(p, a), V + AT(p, a), F + AT(p, a), weight, drag, impulse, free, h);
+            }
+        }
+    }
+    scatter(D, X, x1, first, lanes, P);
+    scatter(D, V, v1, first, lanes, P);
+}
+
+INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
+                int64_t n, int64_t substeps, REAL h) {
+    const int64_t count = s->count > 0 ? s->count : 1;
+    int kind[count];
+    int64_t oi[count], oj[count];
+    for (int64_t k = 0; k < s->count; k++) {
+        const REAL cable = s->cable[k];
+        kind[k] = 2 * (cable == 0 ? SPRING : cable == 1 ? CABLE : BLEND) + (s->damping[k] != 0);
+        oi[k] = AT(s->first[k], 0);
+        oj[k] = AT(s->second[k], 0);
+    }
+    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
+}
+
+/* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] with handle velocities u [N, H, D]
+ * (see the header comment for the other arguments). dim is 2 or 3. */
+void particle_step(const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1, const int64_t *handle, const REAL *free,
+                   const REAL *impulse, const REAL *weight, double drag, const int64_t *first, const int64_t *second, const REAL *rest,
+                   const REAL *stiffness, const REAL *damping, const REAL *cable, double width, int64_t n, int64_t particles,
+                   int64_t dim, int64_t handles, int64_t springs, int64_t substeps, double h) {
+    const Particles q = {handle, free, impulse, weight, (REAL)drag, particles, handles};
+    const Springs s = {first, second, rest, stiffness, damping, cable, (REAL)width, springs};
+    if (dim == 2)
+        run(2, &q, &s, x0, v0, u, x1, v1, n, substeps, (REAL)h);
+    else if (dim == 3)
+        run(3, &q, &s, x0, v0, u, x1, v1, n, substeps, (REAL)h);
+}
