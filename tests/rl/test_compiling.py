@@ -83,7 +83,8 @@ def test_the_compiled_substep_steps_and_differentiates_as_the_eager_one(name):
         torch.testing.assert_close(compiled, eager, rtol=2e-4, atol=2e-4)
 
 
-COMPILED_BY_DEFAULT = {"ant", "hopper", "cheetah", "soft_jumper"}  # where compiling paid (benchmarks/throughput.py --compile)
+# where compiling paid (benchmarks/throughput.py --compile, benchmarks/vs_rewarped.py)
+COMPILED_BY_DEFAULT = {"ant", "hopper", "cheetah", "soft_jumper", "cartpole_swingup"}
 
 
 @pytest.mark.parametrize("env", ["ant", "hopper", "cheetah", "soft_jumper", "humanoid", "snu_humanoid", "cartpole_swingup", "rope"])
