@@ -14,8 +14,10 @@ sqrt, division and comparisons keep their IEEE semantics.
 
 from __future__ import annotations
 
+import ctypes
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -63,21 +65,58 @@ def resolve_backend(x: Tensor, backend: str) -> str:
     return "cpu" if runs else "torch"
 
 
-def particle_step(x: Tensor, v: Tensor, u: Tensor, handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag: float,
-                  first: Tensor, second: Tensor, rest: Tensor, stiffness: Tensor, damping: Tensor, cable: Tensor, width: float,
-                  substeps: int, h: float) -> tuple[Tensor, Tensor]:
-    """(x, v) [N, P, d] after ``substeps`` substeps of ``h`` s (see ``cpu/particles.c``), no autograd.
+class Model(NamedTuple):
+    """A model's constants in the kernel's form (``prepare``): the tensors (kept alive here) and their addresses."""
 
-    Args (contiguous CPU tensors of one float type; index tensors int64):
-        x, v: [N, P, d] m, m/s; u: [N, H, d] handle velocities, m/s.
+    tensors: tuple
+    pointers: tuple
+    particles: int
+    dim: int
+    springs: int
+    dtype: torch.dtype
+
+
+def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag: float, first: Tensor, second: Tensor, rest: Tensor,
+            stiffness: Tensor, damping: Tensor, cable: Tensor, width: float) -> Model:
+    """The constants of ``particle_step`` (CPU tensors of one float type, index tensors int64), checked once.
+
+    Args:
         handle: [P] int64, the handle index of each particle or -1; free: [P] 1 free / 0 handle.
         impulse: [P] h·free/m, s/kg; weight: [P, d] m·g, N; drag: N·s/m.
-        first, second: [S] int64 particles i, j of each spring (force along x_j - x_i); rest [S] m, stiffness [S] N/m,
-            damping [S] N·s/m, cable [S] 1 tension-only / 0 spring; width: m, the cables' slack width.
+        first, second: [S] int64 particles i, j of each spring (force along x_j - x_i), i != j; rest [S] m, stiffness [S]
+            N/m, damping [S] N·s/m, cable [S] 1 tension-only / 0 spring; width: m, the cables' slack width.
     """
-    n, p, d = x.shape
-    x1, v1 = torch.empty_like(x), torch.empty_like(x)
-    c_kernels.call("particle_step", x, v, u, x1, v1, handle, free, impulse, weight, float(drag), first, second, rest, stiffness, damping,
-                   cable, float(width), n, p, d, u.shape[1], first.shape[0], int(substeps), float(h), library=_library)
-    return x1, v1
+    reals = (free, impulse, weight, rest, stiffness, damping, cable)
+    tensors = tuple(t.contiguous() for t in (handle, free, impulse, weight, first, second, rest, stiffness, damping, cable))
+    if any(t.device.type != "cpu" for t in tensors) or any(t.dtype != free.dtype for t in reals) or free.dtype not in _REAL:
+        raise TypeError(f"particle_step: constants must be CPU tensors of one float type, got {[t.dtype for t in reals]}")
+    if any(t.dtype != torch.int64 for t in (handle, first, second)):
+        raise TypeError("particle_step: handle, first and second must be int64")
+    ptr = [t.data_ptr() for t in tensors]
+    pointers = (*ptr[:4], float(drag), *ptr[4:], float(width))
+    return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype)
 
+
+def _function(real: str):
+    function = _library(real).particle_step
+    if function.argtypes is None:
+        address, real_t, integer = ctypes.c_void_p, ctypes.c_double, ctypes.c_int64
+        function.argtypes = [address] * 9 + [real_t] + [address] * 6 + [real_t] + [integer] * 6 + [real_t]
+        function.restype = None
+    return function
+
+
+def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor, substeps: int, h: float) -> tuple[Tensor, Tensor]:
+    """(x, v) [N, P, d] after ``substeps`` substeps of ``h`` s (see ``cpu/particles.c``) from x, v [N, P, d] (m, m/s)
+    under handle velocities u [N, H, d] (m/s): contiguous CPU tensors of the model's dtype. No autograd."""
+    n = x.shape[0]
+    for t in (x, v, u):
+        if not t.is_contiguous() or t.device.type != "cpu" or t.dtype != model.dtype:
+            raise TypeError(f"particle_step: x, v, u must be contiguous CPU {model.dtype}, got {t.dtype} on {t.device}")
+    if tuple(x.shape) != (n, model.particles, model.dim) or v.shape != x.shape or u.shape[0] != n or u.shape[-1] != model.dim:
+        raise ValueError(f"particle_step: x {tuple(x.shape)}, v {tuple(v.shape)}, u {tuple(u.shape)} do not fit a model of "
+                         f"{model.particles} particles in {model.dim}-D")
+    x1, v1 = torch.empty_like(x), torch.empty_like(x)
+    _function(_REAL[model.dtype])(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n,
+                                  model.particles, model.dim, u.shape[1], model.springs, int(substeps), float(h))
+    return x1, v1

@@ -42,7 +42,8 @@ def _transforms_active() -> bool:
 
 def _needs_autograd(model: ParticleModel, state: ParticleState, control: ParticleControl) -> bool:
     inputs = [state.x, state.v, control.handle_velocity]
-    if _transforms_active() or any(fwAD.unpack_dual(t).tangent is not None for t in inputs):
+    dual = getattr(fwAD, "_current_level", 0) >= 0  # inside fwAD.dual_level() (-1 outside; unknown: check the tensors)
+    if _transforms_active() or dual and any(fwAD.unpack_dual(t).tangent is not None for t in inputs):
         return True
     return torch.is_grad_enabled() and any(t.requires_grad for t in inputs + _model_tensors(model))
 
@@ -69,10 +70,10 @@ def _unsupported_feature(model: ParticleModel) -> str | None:
 
 class _Plan(NamedTuple):
     """What the kernel needs from a model, derived once (``_plan``): the unsupported feature (None: none) and the
-    kernel's arguments after x, v, u (see ``particle_kernels.particle_step``) but for substeps and h."""
+    kernel's form of the model (``particle_kernels.prepare``; None with a reason)."""
 
     reason: str | None
-    arguments: tuple
+    model: particle_kernels.Model | None
 
 
 _PLANS: OrderedDict = OrderedDict()  # id(model.mass) -> (the model's tensors and their versions, h, _Plan); a few models
@@ -82,20 +83,19 @@ _PLAN_CACHE_SIZE = 16
 def _derive(model: ParticleModel, h: float) -> _Plan:
     reason = _unsupported_feature(model)
     if reason is not None:
-        return _Plan(reason, ())
+        return _Plan(reason, None)
     handle = torch.full((model.num_particles,), -1, dtype=torch.int64)
     handle[model.handle_index.cpu()] = torch.arange(model.handle_index.shape[0])
-    impulse = (h * model.free_mask / model.mass).contiguous()  # the torch path's expressions, same rounding
-    weight = (model.mass.unsqueeze(-1) * model.gravity).contiguous()
+    impulse = h * model.free_mask / model.mass  # the torch path's expressions, same rounding
+    weight = model.mass.unsqueeze(-1) * model.gravity
     springs = model.springs
     if springs is None:
         empty, index = model.mass.new_empty(0), torch.empty(0, dtype=torch.int64)
         spring_args = (index, index, empty, empty, empty, empty, 1.0)
     else:
-        spring_args = (springs.incidence.argmin(-1), springs.incidence.argmax(-1), springs.rest_length.contiguous(),
-                       springs.stiffness.contiguous(), springs.damping.contiguous(), springs.tension_only.contiguous(),
-                       float(springs.slack_width))
-    return _Plan(None, (handle, model.free_mask.contiguous(), impulse, weight, float(model.drag), *spring_args))
+        spring_args = (springs.incidence.argmin(-1), springs.incidence.argmax(-1), springs.rest_length, springs.stiffness,
+                       springs.damping, springs.tension_only, float(springs.slack_width))
+    return _Plan(None, particle_kernels.prepare(handle, model.free_mask, impulse, weight, float(model.drag), *spring_args))
 
 
 def _plan(model: ParticleModel, h: float) -> _Plan:
@@ -116,32 +116,39 @@ def _plan(model: ParticleModel, h: float) -> _Plan:
     return plan
 
 
+def _check(model: ParticleModel, state: ParticleState, control: ParticleControl, backend: str, h: float) -> _Plan:
+    """The plan of this call; its reason (None: the kernel serves the call) covers the backend and autograd too."""
+    if particle_kernels.resolve_backend(state.x, backend) != "cpu":
+        return _Plan(f"backend {backend!r} resolves to torch", None)
+    if _needs_autograd(model, state, control):
+        plan = _Plan("autograd", None)
+    elif control.activation is not None:
+        plan = _Plan("muscle activations", None)
+    elif any(t.dtype != state.x.dtype or t.device != state.x.device for t in (state.v, control.handle_velocity, model.mass)):
+        plan = _Plan("inputs of another dtype or device than the state's", None)
+    else:
+        plan = _plan(model, h)
+    if plan.reason is not None and backend == "cpu":
+        raise ValueError(f"backend='cpu': the fused C particle step does not take {plan.reason}; use backend='auto' or 'torch'")
+    return plan
+
+
 def reason_not_fused(model: ParticleModel, state: ParticleState, control: ParticleControl, backend: str = "auto",
                      h: float = 1.0) -> str | None:
     """Why the fused C step does not serve this call (see the module docstring), or None when it does; with
     ``backend="cpu"`` raises ValueError instead of returning a reason (RuntimeError where C cannot run at all).
     ``h``: the substep, s (the plan this check derives and caches is per substep length)."""
-    if particle_kernels.resolve_backend(state.x, backend) != "cpu":
-        return f"backend {backend!r} resolves to torch"
-    if _needs_autograd(model, state, control):
-        reason = "autograd"
-    elif control.activation is not None:
-        reason = "muscle activations"
-    elif any(t.dtype != state.x.dtype or t.device != state.x.device for t in (state.v, control.handle_velocity, model.mass)):
-        reason = "inputs of another dtype or device than the state's"
-    else:
-        reason = _plan(model, h).reason
-    if reason is not None and backend == "cpu":
-        raise ValueError(f"backend='cpu': the fused C particle step does not take {reason}; use backend='auto' or 'torch'")
-    return reason
+    return _check(model, state, control, backend, h).reason
 
 
-def fused_semi_implicit_euler(model: ParticleModel, state: ParticleState, control: ParticleControl, dt: float,
-                              substeps: int) -> ParticleState:
-    """``semi_implicit_euler``'s step by the C kernel, for a call ``reason_not_fused`` accepts: the same per-particle
-    constants as the torch path (impulse h·free/m [P] s/kg, weight m·g [P, d] N) and each spring's two particles."""
+def fused_semi_implicit_euler(model: ParticleModel, state: ParticleState, control: ParticleControl, dt: float, substeps: int,
+                              backend: str = "auto") -> ParticleState | None:
+    """``semi_implicit_euler``'s step by the C kernel where it serves the call (``reason_not_fused``), else None:
+    the same per-particle constants as the torch path (impulse h·free/m [P] s/kg, weight m·g [P, d] N)."""
     h = dt / substeps
-    plan = _plan(model, h)
-    x, v = particle_kernels.particle_step(state.x.contiguous(), state.v.contiguous(), control.handle_velocity.contiguous(),
-                                          *plan.arguments, substeps, h)
+    plan = _check(model, state, control, backend, h)
+    if plan.reason is not None:
+        return None
+    x, v = particle_kernels.particle_step(plan.model, state.x.contiguous(), state.v.contiguous(), control.handle_velocity.contiguous(),
+                                          substeps, h)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))

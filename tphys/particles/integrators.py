@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from tphys.autodiff import check_recompute, run_substeps
 from tphys.particles.forces import potential_energy, total_forces
-from tphys.particles.fused_step import fused_semi_implicit_euler, reason_not_fused
+from tphys.particles.fused_step import fused_semi_implicit_euler
 from tphys.particles.implicit import implicit_solve, warn_if_unconverged
 from tphys.particles.model import ParticleControl, ParticleModel, ParticleState
 
@@ -38,9 +38,10 @@ def semi_implicit_euler(model: ParticleModel, state: ParticleState, control: Par
     kernel (an error where it cannot serve the call).
     """
     recompute = check_recompute(recompute)
+    fused = fused_semi_implicit_euler(model, state, control, dt, substeps, backend)
+    if fused is not None:
+        return fused
     h = dt / substeps
-    if reason_not_fused(model, state, control, backend, h) is None:
-        return fused_semi_implicit_euler(model, state, control, dt, substeps)
     free = model.free_mask.unsqueeze(-1)
     impulse_per_force = h * free / model.mass.unsqueeze(-1)  # [P, 1] s/kg, zero on handles
     activation = control.activation

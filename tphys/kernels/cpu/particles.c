@@ -39,6 +39,14 @@
 #define FOR_LANES(e) _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (int e = 0; e < LANES; e++)
 #define AT(p, a) (((p) * D + (a)) * LANES) /* offset of particle p, axis a in a block array [P][D][LANES] */
 
+/* FAST_FLOAT: float blocks run AVX-512 intrinsics (TPHYS_GENERIC: the portable loops everywhere, for tests). */
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+#include <immintrin.h>
+#define FAST_FLOAT (sizeof(REAL) == sizeof(float) && LANES % 16 == 0)
+#else
+#define FAST_FLOAT 0
+#endif
+
 
 typedef struct {
     const int64_t *first, *second;                 /* [S] particle i (incidence -1) and j (+1) of each spring */
@@ -56,21 +64,41 @@ typedef struct {
     int64_t particles, handles;
 } Particles;
 
-/* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). */
+/* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). A full float block with
+ * AVX-512 moves 16 envs' values of one (particle, axis) with one gather (scatter) instruction. */
 INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64_t last, int64_t p_count) {
+    const int64_t width = p_count * D;
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+    if (FAST_FLOAT && first + LANES - 1 <= last) {
+        const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32((int)width));
+        for (int64_t r = 0; r < width; r++)
+            for (int e = 0; e < LANES; e += 16)
+                _mm512_store_ps((float *)dst + r * LANES + e, _mm512_i32gather_ps(rows, (const float *)src + (first + e) * width + r, 4));
+        return;
+    }
+#endif
     FOR_LANES(e) {
-        int64_t env = first + e < last ? first + e : last;
-        const REAL *row = src + env * p_count * D;
-        for (int64_t p = 0; p < p_count; p++)
-            for (int a = 0; a < D; a++) dst[AT(p, a) + e] = row[p * D + a];
+        const REAL *row = src + (first + e < last ? first + e : last) * width;
+        for (int64_t r = 0; r < width; r++) dst[r * LANES + e] = row[r];
     }
 }
 
 INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count) {
+    const int64_t width = p_count * D;
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+    if (FAST_FLOAT && lanes == LANES) {
+        const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32((int)width));
+        for (int64_t r = 0; r < width; r++)
+            for (int e = 0; e < LANES; e += 16)
+                _mm512_i32scatter_ps((float *)dst + (first + e) * width + r, rows, _mm512_load_ps((const float *)src + r * LANES + e), 4);
+        return;
+    }
+#endif
     for (int e = 0; e < lanes; e++) {
-        REAL *row = dst + (first + e) * p_count * D;
-        for (int64_t p = 0; p < p_count; p++)
-            for (int a = 0; a < D; a++) row[p * D + a] = src[AT(p, a) + e];
+        REAL *row = dst + (first + e) * width;
+        for (int64_t r = 0; r < width; r++) row[r] = src[r * LANES + e];
     }
 }
 
@@ -124,9 +152,6 @@ INLINE void one_spring(const int D, const int kind, const int damped, const Spri
  * results as close to the torch path as float32 round-off already allows (tests/particles/test_fused_step.py). The
  * compiler's own vectorisation of one_spring runs about 1.5x the instructions (masked clamps, spills). */
 #if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-#include <immintrin.h>
-#define FAST_FLOAT (sizeof(REAL) == sizeof(float) && LANES % 16 == 0)
-
 INLINE void one_spring_avx512(const int D, const int kind, const int damped, const Springs *s, int64_t k, int64_t oi, int64_t oj,
                               const float *restrict X, const float *restrict V, float *restrict F) {
     const __m512 one = _mm512_set1_ps(1.0f), rest = _mm512_set1_ps((float)s->rest[k]);
@@ -169,7 +194,6 @@ INLINE void one_spring_avx512(const int D, const int kind, const int damped, con
     }
 }
 #else
-#define FAST_FLOAT 0
 #define one_spring_avx512(D, kind, damped, s, k, oi, oj, X, V, F) ((void)0)
 #endif
 
@@ -198,14 +222,35 @@ INLINE void spring_forces(const int D, const Springs *s, const int *kind, const 
 }
 
 /* One particle axis of a block through a substep: v += impulse·(free·f), x += h·v with f = (m·g - drag·v) + springs;
- * the spring sum f is read and reset to 0 for the next substep. */
-INLINE void update(REAL *restrict x, REAL *restrict v, REAL *restrict f, REAL weight, REAL drag, REAL impulse, REAL free, REAL h) {
+ * the spring sum f is read and reset to 0 for the next substep. Like the spring kinds, `kind` drops terms that are exact
+ * no-ops: FREE (free = 1) multiplies by 1, STILL (free = 0 and impulse = 0: a handle) adds 0·f to v, and `dragged`
+ * = 0 (drag = 0) subtracts 0·v (for finite f and v: the same result). */
+enum { FREE = 0, STILL = 1, ANY = 2 };
+
+INLINE void update(const int kind, const int dragged, REAL *restrict x, REAL *restrict v, REAL *restrict f, REAL weight, REAL drag,
+                   REAL impulse, REAL free, REAL h) {
     FOR_LANES(e) {
-        const REAL force = (weight - drag * v[e]) + f[e];
-        const REAL velocity = v[e] + impulse * (force * free);
+        REAL velocity = v[e];
+        if (kind != STILL) {
+            const REAL force = (dragged ? weight - drag * velocity : weight) + f[e];
+            velocity = velocity + impulse * (kind == FREE ? force : force * free);
+        }
         f[e] = 0;
         v[e] = velocity;
         x[e] = x[e] + h * velocity;
+    }
+}
+
+INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REAL weight, REAL drag, REAL impulse, REAL free, REAL h) {
+    const int kind = free == 1 ? FREE : free == 0 && impulse == 0 ? STILL : ANY;
+    if (drag == 0) {
+        if (kind == FREE) update(FREE, 0, x, v, f, weight, drag, impulse, free, h);
+        else if (kind == STILL) update(STILL, 0, x, v, f, weight, drag, impulse, free, h);
+        else update(ANY, 0, x, v, f, weight, drag, impulse, free, h);
+    } else {
+        if (kind == FREE) update(FREE, 1, x, v, f, weight, drag, impulse, free, h);
+        else if (kind == STILL) update(STILL, 1, x, v, f, weight, drag, impulse, free, h);
+        else update(ANY, 1, x, v, f, weight, drag, impulse, free, h);
     }
 }
 
@@ -238,7 +283,7 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const int *
             const REAL impulse = q->impulse[p], free = q->free[p];
             for (int a = 0; a < D; a++) {
                 const REAL weight = q->weight[p * D + a];
-                update(X + AT(p, a), V + AT(p, a), F + AT(p, a), weight, drag, impulse, free, h);
+                update_any(X + AT(p, a), V + AT(p, a), F + AT(p, a), weight, drag, impulse, free, h);
             }
         }
     }
