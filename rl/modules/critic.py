@@ -29,11 +29,18 @@ class ValueEnsemble(nn.Module):
         self.normalizer = normalizer
 
     def forward(self, obs: Tensor) -> Tensor:
+        return self.values(self.inputs(obs))
+
+    def inputs(self, obs: Tensor) -> Tensor:
+        """``obs [..., D]`` -> the critics' inputs ``[..., D]`` (normalized). Row by row, so the inputs of a batch can be
+        computed once and indexed: ``values(inputs(obs)[rows]) == forward(obs[rows])`` exactly."""
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(f"critic expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
-        if self.normalizer is not None:
-            obs = self.normalizer(obs)
-        return torch.cat([critic(obs) for critic in self.critics], dim=-1)
+        return obs if self.normalizer is None else self.normalizer(obs)
+
+    def values(self, inputs: Tensor) -> Tensor:
+        """``inputs [..., D]`` (from ``inputs``) -> values ``[..., C]``."""
+        return torch.cat([critic(inputs) for critic in self.critics], dim=-1)
 
 
 def _critic(obs_dim: int, hidden: Sequence[int], act: str, layer_norm: bool, encoder: Callable[[], nn.Module] | None) -> nn.Module:

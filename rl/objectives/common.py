@@ -160,4 +160,14 @@ class FirstOrderLoss(Trainable, LossModule):
         return td.exclude("next").detach()
 
     def critic_loss(self, batch: TensorDictBase) -> TensorDict:
+        """``loss_critic`` of a critic batch: ``critic_fit_loss(*critic_data(batch))``."""
+        return TensorDict(loss_critic=self.critic_fit_loss(*self.critic_data(batch)), batch_size=[])
+
+    def critic_data(self, batch: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """``(inputs [B, ...], targets [B])`` of a critic batch, computed once per window; the trainer's minibatches
+        index their rows."""
+        raise NotImplementedError(f"{type(self).__name__} has no critic")
+
+    def critic_fit_loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """The critic's scalar loss on rows of ``critic_data``."""
         raise NotImplementedError(f"{type(self).__name__} has no critic")

@@ -77,12 +77,16 @@ class SHACLoss(FirstOrderLoss):
         batch = TensorDict({keys.observation: obs, keys.value_target: targets.detach()}, batch_size=targets.shape)
         return batch.reshape(-1)
 
-    def critic_loss(self, batch: TensorDictBase) -> TensorDict:
-        """``loss_critic``: MSE of every critic of the ensemble to the targets, averaged (Eq. 18)."""
+    def critic_data(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs [B, D], targets [B])`` of a critic batch: the observations as the critics take them (normalized),
+        computed once for the window's mini-epochs (the normalizer does not move during them)."""
         keys = self.tensor_keys
-        values = self.critic(batch.get(keys.observation))
-        target = batch.get(keys.value_target).unsqueeze(-1)
-        return TensorDict(loss_critic=(values - target).square().mean(), batch_size=[])
+        return self.critic.inputs(batch.get(keys.observation)), batch.get(keys.value_target)
+
+    def critic_fit_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``loss_critic``: MSE of every critic of the ensemble to ``targets [B]`` on ``inputs [B, D]`` (rows of
+        ``critic_data``), averaged (Eq. 18): a scalar."""
+        return (self.critic.values(inputs) - targets.unsqueeze(-1)).square().mean()
 
     @torch.no_grad()
     def update_target(self) -> None:

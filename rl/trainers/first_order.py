@@ -124,22 +124,30 @@ class FirstOrderTrainer(Trainer):
         """``critic_iterations`` mini-epochs of ``loss.critic_loss`` over the window's batch; returns the last loss.
 
         ``batch`` holds this rank's envs' rows (env-major, H per env); minibatches are drawn over the global rows and each
-        rank takes the rows it holds, its mean loss weighted by its share of the minibatch (``rl.distributed``).
+        rank takes the rows it holds, its mean loss weighted by its share of the minibatch (``rl.distributed``). The
+        critics' inputs are computed once (``loss.critic_data``: the normalizer does not move during the mini-epochs) and
+        each minibatch indexes its rows: ``loss.critic_fit_loss(inputs[rows], targets[rows])`` is
+        ``loss.critic_loss(batch[rows])`` exactly.
         """
         per_env = batch.shape[0] // self.local_envs
         size = self.num_envs * per_env
         first, end = self.env_shard.rows(per_env)
+        whole = first == 0 and end == size  # this rank holds every row (one process): the global rows are its own
         per = math.ceil(size / self.cfg.critic_minibatches)
         params = self.parameter_groups["critic"]
-        last = float("nan")
+        inputs, targets = self.loss.critic_data(batch)
+        last = None
         for _ in range(self.cfg.critic_iterations):
             order = torch.randperm(size, generator=self.generator)
             for start in range(0, size, per):
                 rows = order[start:start + per]
-                mine = local_rows(rows, first, end)
+                mine = rows if whole else local_rows(rows, first, end)
                 self.zero_grad("critic")
-                local = self.loss.critic_loss(batch[mine])["loss_critic"] * (mine.numel() / rows.numel()) if mine.numel() else None
-                if local is not None:
+                local = None
+                if mine.numel():
+                    local = self.loss.critic_fit_loss(inputs[mine], targets[mine])
+                    if mine.numel() != rows.numel():
+                        local = local * (mine.numel() / rows.numel())
                     local.backward()
                 # the minibatch's loss, summed with the gradients in one message
                 loss = self.reduce_gradients("critic", extra=local.detach() if local is not None else params[0].new_zeros(()))
@@ -149,8 +157,8 @@ class FirstOrderTrainer(Trainer):
                     return float("nan")
                 self.clip(params)
                 self.optimizer_step("critic")
-                last = loss.item()
-        return last
+                last = loss
+        return float("nan") if last is None else last.item()
 
     def extra_state(self) -> dict:
         """The state the next window starts from, of all the global envs (every rank's gathered)."""

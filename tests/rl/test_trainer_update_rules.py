@@ -44,6 +44,22 @@ def test_clip_grad_norm_scales_to_the_bound_and_returns_the_norm_before():
     assert big[0].grad.tolist() == pytest.approx([0.6, 0.8], rel=1e-5)
 
 
+def test_clip_grad_norm_is_the_float64_norm_of_every_tensors_float64_norm():
+    """The norm is ``||(||g_i||_2 in float64)_i||_2`` to the last bit, and clipping scales every gradient by
+    ``max_norm / (norm + 1e-6)`` exactly (a float32 norm, or a norm of the concatenation, differs in the last bits)."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        shapes = [(int(torch.randint(1, 300, (1,), generator=gen)),) for _ in range(7)] + [(17, 33)]
+        grads = [torch.randn(shape, generator=gen) * 10.0 ** float(torch.randint(-3, 4, (1,), generator=gen)) for shape in shapes]
+        ps = params_with_grads(*[g.reshape(-1).tolist() for g in grads])
+        expected = torch.stack([g.double().norm() for g in grads]).norm().item()
+        assert clip_grad_norm(ps, None) == expected
+        bound = expected / 3.0
+        assert clip_grad_norm(ps, bound) == expected
+        for p, g in zip(ps, grads):
+            assert torch.equal(p.grad, g.reshape(-1).mul(bound / (expected + 1e-6)))
+
+
 def trainer(**kw):
     torch.manual_seed(0)
     env = PointMass1D(num_envs=4, horizon=12, dtype=torch.float32, seed=0)
@@ -80,7 +96,8 @@ def window_batch(t):
 
 def test_critic_mini_epochs_replay_by_hand():
     """K = 2 mini-epochs over 20 rows in 3 minibatches of ceil(20 / 3) = 7, 7, 6 rows of a fresh permutation each
-    (the trainer's generator); per minibatch: zero grad, ensemble MSE, backward, clip at grad_clip, AdamW step."""
+    (the trainer's generator); per minibatch: zero grad, ensemble MSE, backward, clip at grad_clip, AdamW step. The trainer
+    normalizes the window's observations once and indexes them; the replay normalizes each minibatch's rows."""
     a, b = trainer(grad_clip=0.05), trainer(grad_clip=0.05)
     batch = window_batch(a)
     assert batch.shape[0] == 20
@@ -104,6 +121,23 @@ def test_critic_mini_epochs_replay_by_hand():
     for p, q in zip(a.loss.critic.parameters(), params):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, q) for p, q in zip(a.loss.critic.parameters(), trainer().loss.critic.parameters()))
+
+
+def test_the_critics_inputs_are_normalized_once_per_window_as_each_minibatch_would_be():
+    """``loss.critic_data`` normalizes the window's observations once (the normalizer holds still through the
+    mini-epochs): a minibatch's rows of it give ``critic_loss`` of the same rows to the last bit, and the raw
+    observations would not."""
+    t = trainer()
+    batch = window_batch(t)
+    t.normalizer.update(batch["observation"] * 3.0 + 1.0)  # statistics away from mean 0, variance 1
+    inputs, targets = t.loss.critic_data(batch)
+    assert torch.equal(inputs, t.normalizer(batch["observation"])) and torch.equal(targets, batch["value_target"])
+    rows = torch.randperm(20, generator=torch.Generator().manual_seed(1))[:7]
+    fit = t.loss.critic_fit_loss(inputs[rows], targets[rows])
+    assert torch.equal(fit, t.loss.critic_loss(batch[rows])["loss_critic"])
+    values = t.loss.critic(batch["observation"][rows])
+    assert torch.equal(fit, (values - batch["value_target"][rows].unsqueeze(-1)).square().mean())
+    assert not torch.isclose(t.loss.critic_fit_loss(batch["observation"][rows], targets[rows]), fit)
 
 
 def test_a_non_finite_critic_loss_skips_the_update_or_stops(capsys):
