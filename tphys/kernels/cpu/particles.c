@@ -65,7 +65,7 @@ typedef struct {
 } Particles;
 
 /* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). A full float block with
- * AVX-512 moves 16 envs' values of one (particle, axis) with one gather (scatter) instruction. */
+ * AVX-512 loads 16 envs' values of one (particle, axis) with one gather instruction. */
 INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64_t last, int64_t p_count) {
     const int64_t width = p_count * D;
 #if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
@@ -85,17 +85,7 @@ INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64
 }
 
 INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count) {
-    const int64_t width = p_count * D;
-#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-    if (FAST_FLOAT && lanes == LANES) {
-        const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                _mm512_set1_epi32((int)width));
-        for (int64_t r = 0; r < width; r++)
-            for (int e = 0; e < LANES; e += 16)
-                _mm512_i32scatter_ps((float *)dst + (first + e) * width + r, rows, _mm512_load_ps((const float *)src + r * LANES + e), 4);
-        return;
-    }
-#endif
+    const int64_t width = p_count * D; /* plain stores: faster here than AVX-512 scatter instructions */
     for (int e = 0; e < lanes; e++) {
         REAL *row = dst + (first + e) * width;
         for (int64_t r = 0; r < width; r++) row[r] = src[r * LANES + e];
