@@ -3,7 +3,9 @@ kernels and their torch twins (``stencil``) with the same signatures; on CPU, C 
 backwards (``c_kernels``, compiled by the system C compiler on first use) stand in for the Triton kernels,
 which run there only in Triton's interpreter. The C file also holds kernels without a Triton version:
 the signed 3x3 SVD (``tphys.mpm.svd``), batched 3x3 products (``matmul3``) and plasticine's stress
-(``tphys.mpm.materials``); their torch twins are plain torch ops.
+(``tphys.mpm.materials``); their torch twins are plain torch ops. ``particle_kernels`` (``cpu/particles.c``) holds the
+fused forward of the particles' semi-implicit step, which ``tphys.particles.semi_implicit_euler`` dispatches to with
+the same ``backend`` vocabulary.
 
 ``backend`` reaches every kernel: ``"auto"`` (default) runs Triton on CUDA tensors when Triton imports, the
 C loops on float32/float64 CPU tensors when a C compiler works, the torch twin otherwise; ``"triton"``,

@@ -1,15 +1,18 @@
 """The fused semi-implicit particle step in C (``cpu/particles.c``): its loader, its backend choice and its launcher.
 
 ``cpu/particles.c`` runs every substep of one ``tphys.particles.semi_implicit_euler`` step in one call, forward only,
-for springs, cables, gravity, drag and kinematic handles; envs are vectorised LANES at a time (structure of arrays,
-env index innermost, each block's state kept in L1 across the substeps). It is compiled by the system C compiler on
-first use, once per float type, through ``c_kernels.build`` (same cache, same hash keying). Which models and calls it
-serves is ``tphys.particles.fused_step``'s decision; nothing here runs unless called.
+for springs, cables, gravity, drag and kinematic handles; envs are vectorised in blocks of 32 (float) or 16 (double)
+(structure of arrays, env index innermost, each block's state kept in L1 across the substeps). It is compiled by the
+system C compiler on first use, once per float type, through ``c_kernels.build`` (same cache, same hash keying).
+Which models and calls it serves is ``tphys.particles.fused_step``'s decision; nothing here runs unless called.
+``prepare`` checks and keeps a model's constants once; ``particle_step`` runs a step.
 
 Flags: ``c_kernels.FLAGS`` plus ``-ffp-contract=fast`` (multiply-adds fused into FMA instructions: each changes a
-result by at most one rounding, the order of operations stays the torch path's) and ``-mprefer-vector-width=512``
-(one AVX-512 register holds a block of 16 float envs where the CPU has them; ignored elsewhere). No -ffast-math:
-sqrt, division and comparisons keep their IEEE semantics.
+result by at most one rounding, the order of operations stays the torch path's) and ``-mprefer-vector-width=512``.
+No -ffast-math: sqrt, division and comparisons keep their IEEE semantics. The one approximation is explicit: float
+blocks with AVX-512 take 1/|d| of each spring from the hardware's 14-bit estimate refined by a Newton step (a few ulps;
+see ``one_spring_avx512``); float32 results then differ from the torch path's by less than float32 rounding already
+makes the torch path differ from float64 (``tests/particles/test_fused_step.py``).
 """
 
 from __future__ import annotations

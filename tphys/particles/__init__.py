@@ -2,7 +2,8 @@
 
 Engine steps, each ``step(model, state, control, dt, ...) -> ParticleState``: ``semi_implicit_euler`` and ``bdf2``
 (``ParticleControl``: handle velocities, muscle activations) and the FEM solid's fused frame ``solid.step``
-(``SolidControl``: muscle activations).
+(``SolidControl``: muscle activations). Without autograd, ``semi_implicit_euler`` on CPU runs a model of springs and
+cables as one fused C kernel (``fused_step``; ``backend="torch"`` keeps the torch ops).
 """
 
 from tphys.particles.builder import ParticleBuilder

@@ -6,12 +6,14 @@
  * tphys/kernels/particle_kernels.py with the system C compiler once per REAL type (-DREAL=float or double) and
  * called through ctypes on contiguous tensors. Single-threaded.
  *
- * Layout. Inputs and outputs are the torch layout, x, v [N, P, D] (row-major). Envs are taken LANES at a time:
- * a block's positions, velocities and forces are transposed into arrays [P][D][LANES] on the stack (env index
- * innermost, a few KB: L1), all substeps run there, and the block is transposed back. Every arithmetic loop runs
- * over the LANES envs of a block with the same (particle, spring) indices, so the compiler turns each into
- * vector instructions, one element per env. A partial last block repeats its last env in the spare lanes (their
- * results are not stored).
+ * Layout. Inputs and outputs are the torch layout, x, v [N, P, D] (row-major). Envs are taken LANES at a time
+ * (the loader passes 32 for float, 16 for double: two 64-byte vectors): a block's positions, velocities and forces
+ * are transposed into arrays [P][D][LANES] on the stack (env index innermost, a few KB: L1), all substeps run there,
+ * and the block is transposed back. Every arithmetic loop runs over the LANES envs of a block with the same
+ * (particle, spring) indices: one vector element per env. A partial last block repeats its last env in the spare
+ * lanes (their results are not stored). Float blocks on CPUs with AVX-512 run the springs as intrinsics
+ * (one_spring_avx512, with a refined approximate 1/|d|, see there) and gather a block with gather instructions;
+ * double, and any CPU without AVX-512 (or -DTPHYS_GENERIC), run plain loops the compiler vectorises.
  *
  * Per substep of length h (the torch path's order of operations, so that results agree to round-off):
  *     f_p  = (m_p·g - drag·v_p) + sum over springs of their force on p
@@ -22,6 +24,8 @@
  *     elastic = e + cable·(ramp - e), taut = 1 + cable·(tau²(3 - 2 tau) - 1)
  *     T = k·elastic + (c·taut)·(d/l · (v_j - v_i))       f_i += T·d/l, f_j -= T·d/l
  * Before the substeps, v_p = free_p·v_p + u_h on each handle p = handle h (the commanded velocity), else free_p·v_p.
+ * Terms that add or multiply an exact 0 or 1 (a cable value of 0 or 1, no damping, no drag, free = 1, a handle's
+ * zero impulse) are left out where the data says so: the same results for finite values, fewer instructions.
  */
 #include <stdint.h>
 
