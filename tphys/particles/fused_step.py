@@ -116,6 +116,12 @@ def _plan(model: ParticleModel, h: float) -> _Plan:
     return plan
 
 
+def _mixed(x: Tensor, others) -> bool:
+    """Whether a tensor of ``others`` has another dtype or device than ``x``."""
+    dtype, device = x.dtype, x.device
+    return any(t.dtype is not dtype or t.device != device for t in others)
+
+
 def _check(model: ParticleModel, state: ParticleState, control: ParticleControl, backend: str, h: float) -> _Plan:
     """The plan of this call; its reason (None: the kernel serves the call) covers the backend and autograd too."""
     if particle_kernels.resolve_backend(state.x, backend) != "cpu":
@@ -124,7 +130,7 @@ def _check(model: ParticleModel, state: ParticleState, control: ParticleControl,
         plan = _Plan("autograd", None)
     elif control.activation is not None:
         plan = _Plan("muscle activations", None)
-    elif any(t.dtype != state.x.dtype or t.device != state.x.device for t in (state.v, control.handle_velocity, model.mass)):
+    elif _mixed(state.x, (state.v, control.handle_velocity, model.mass)):
         plan = _Plan("inputs of another dtype or device than the state's", None)
     else:
         plan = _plan(model, h)
