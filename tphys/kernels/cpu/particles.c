@@ -88,8 +88,19 @@ INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64
     }
 }
 
-INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count) {
-    const int64_t width = p_count * D; /* plain stores: faster here than AVX-512 scatter instructions */
+/* The way out. A full float block with AVX-512 writes whole vectors of the output rows, each gathered from the block
+ * arrays in L1 at `order` (order[o] = offset in the block arrays of output number o of the block, [LANES·P·D]). */
+INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count, const int32_t *order) {
+    const int64_t width = p_count * D;
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+    if (FAST_FLOAT && lanes == LANES) {
+        float *out = (float *)dst + first * width;
+        for (int64_t o = 0; o < LANES * width; o += 16)
+            _mm512_storeu_ps(out + o, _mm512_i32gather_ps(_mm512_loadu_si512(order + o), (const float *)src, 4));
+        return;
+    }
+#endif
+    (void)order;
     for (int e = 0; e < lanes; e++) {
         REAL *row = dst + (first + e) * width;
         for (int64_t r = 0; r < width; r++) row[r] = src[r * LANES + e];
@@ -249,7 +260,7 @@ INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REA
 }
 
 /* One block of LANES envs through every substep. */
-INLINE void block(const int D, const Particles *q, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
+INLINE void block(const int D, const Particles *q, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const int32_t *order, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
                   int64_t first, int64_t n, int64_t substeps, REAL h) {
     const int64_t P = q->particles, lanes = n - first < LANES ? n - first : LANES;
     REAL X[P * D * LANES] __attribute__((aligned(64)));
@@ -281,8 +292,8 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const int *
             }
         }
     }
-    scatter(D, X, x1, first, lanes, P);
-    scatter(D, V, v1, first, lanes, P);
+    scatter(D, X, x1, first, lanes, P, order);
+    scatter(D, V, v1, first, lanes, P, order);
 }
 
 INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
@@ -296,7 +307,11 @@ INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x
         oi[k] = AT(s->first[k], 0);
         oj[k] = AT(s->second[k], 0);
     }
-    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
+    const int64_t width = q->particles * D;
+    int32_t order[FAST_FLOAT ? LANES * width : 1];
+    if (FAST_FLOAT)
+        for (int64_t o = 0; o < LANES * width; o++) order[o] = (int32_t)((o % width) * LANES + o / width);
+    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, kind, oi, oj, order, x0, v0, u, x1, v1, first, n, substeps, h);
 }
 
 /* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] with handle velocities u [N, H, D]
