@@ -3,6 +3,8 @@ finite differences, the c-step's improvement under its KL bound, the s-step's re
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from point_mass import step_point_mass
@@ -198,6 +200,37 @@ def test_the_s_step_starts_from_the_policy_the_c_step_linearized():
         assert s["gps/target_rms_after"] < s["gps/target_rms_before"]
 
 
+def test_an_s_step_that_lowers_the_return_is_undone_and_shrinks_the_kl_step():
+    """The s-step's acceptance test: where the regressed policy's mean return from the iteration's initial states is below
+    the policy's before (here: a bar raised to +inf), the actor and its optimizer are as before the regression and the KL
+    multiplier the c-step left is halved; otherwise the regression stands."""
+    env, actor, loss = make(horizon=6, num_envs=3)
+    config = PODSConfig(total_steps=10**9, actor_lr=1e-3, optimizer="adam", betas=(0.9, 0.999), lr_schedule="constant",
+                        grad_clip=None, regression_steps=3, progress=False)
+    trainer = GPSTrainer(loss, config)
+    improve, multipliers = trainer.improve, []
+
+    def impossible_bar(start):
+        improved, chunks = improve(start)
+        multipliers.append(loss.kl_multiplier.item())
+        trainer.value_before = torch.full_like(trainer.value_before, float("inf"))
+        return improved, chunks
+
+    def parameters():
+        return [p.detach().clone() for p in actor.parameters()]
+
+    before = parameters()
+    accepted = trainer.step()
+    assert accepted["gps/accepted"] == 1.0 and any(not torch.equal(a, b) for a, b in zip(before, parameters()))
+    before, moments = parameters(), copy.deepcopy(trainer.optimizers["actor"].state_dict())
+    trainer.improve = impossible_bar
+    rejected = trainer.step()
+    assert rejected["gps/accepted"] == 0.0 and rejected["gps/policy_return_after"] < float("inf")
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters()))
+    torch.testing.assert_close(trainer.optimizers["actor"].state_dict(), moments, rtol=0, atol=0)
+    assert loss.kl_multiplier.item() == max(0.5 * multipliers[-1], 0.1) == rejected["gps/kl_multiplier"]
+
+
 # ---------------------------------------------------------------------- the LQ point mass: GPS against the LQR solution
 class TimedPointMass(EnvBase):
     """``tests/rl/point_mass.py``'s LQ problem (v' = v + dt a, x' = x + dt v', r = -x'² - 0.1 a² = -|e|²) with the hooks
@@ -302,8 +335,9 @@ def test_gps_converges_to_the_lqr_solution_on_the_point_mass():
 @pytest.mark.slow
 def test_gps_improves_the_policy_monotonically_on_pendulum2d_stop():
     """The gps recipe's defaults on pendulum2d/stop (16 envs, float64): over 5 iterations the deterministic policy's mean
-    return on 32 fixed initial states it never trained on rises at every iteration (measured: -123.3, -66.5, -21.2, -18.5,
-    -16.3, -15.4). Without the c-step's backtracking (algo.backtracks=0) the third iteration drops to -352.7. ~8 min."""
+    return on 32 fixed initial states it never trained on never falls (measured: -123.3, -66.5, -20.1, -12.1, -12.1, -12.1:
+    the s-steps of the last two iterations lowered the return from their training states and were undone). Without the
+    c-step's backtracking (algo.backtracks=0) the third iteration dropped to -352.7. ~3-8 min."""
     from rl.cli import compose
     from rl.experiment import load_recipe, make_env, setup
     from rl.objectives.trajectory import play
@@ -322,5 +356,34 @@ def test_gps_improves_the_policy_monotonically_on_pendulum2d_stop():
     for _ in range(5):
         trainer.step()
         returns.append(test_return())
-    assert all(after > before for before, after in zip(returns, returns[1:])), returns
-    assert returns[-1] > 0.5 * returns[0]  # and by a margin: -123 -> -15 measured
+    assert all(after >= before for before, after in zip(returns, returns[1:])), returns
+    assert returns[-1] > 0.5 * returns[0]  # and by a margin: -123 -> -12 measured
+
+
+@pytest.mark.slow
+def test_gps_does_not_fall_at_the_table_settings_on_pendulum2d_stop():
+    """The gps recipe's defaults as the PODS table runs them (pendulum2d/stop, 64 envs, float32): over 6 iterations the
+    deterministic policy's mean return on the 64 initial states of the table's evaluation falls by less than 2 at any
+    iteration (the 95 % CI of that evaluation is about ±2) and ends above a fifth of where it began. Measured: -120.5,
+    -59.3, -19.3, -19.3, -9.9, -10.9, -10.9 (the third and sixth s-steps undone, the fifth accepted on its training states
+    and 1.0 lower here). With the observation normalizer running through every iteration it fell by 13.7 and 19.7 at the
+    third and fourth (-120.5, -59.3, -20.1, -33.8, -53.5). ~5 min."""
+    from rl.cli import compose
+    from rl.experiment import load_recipe, make_env, make_eval_env, setup
+
+    cfg = compose("gps", ["env=pendulum2d", "env.goal=stop", "progress=false"])
+    setup(cfg)
+    trainer = load_recipe("gps").make_trainer(cfg, make_env(cfg))
+    test_env = make_eval_env(cfg)
+    test = test_env.reset()
+
+    def test_return():
+        return GPSLoss(test_env, trainer.loss.actor).policy_episode(test)[1].mean().item()
+
+    returns = [test_return()]
+    for _ in range(6):
+        trainer.step()
+        returns.append(test_return())
+    print("fixed-state returns", returns)
+    assert all(after > before - 2.0 for before, after in zip(returns, returns[1:])), returns
+    assert returns[-1] > 0.2 * returns[0], returns
