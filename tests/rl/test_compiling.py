@@ -66,7 +66,7 @@ def test_the_trainer_states_the_warm_up_of_a_compiled_env_once(compiled, capsys,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ant", "hopper"])
+@pytest.mark.parametrize("name", ["ant", "hopper", "cartpole_swingup"])
 def test_the_compiled_substep_steps_and_differentiates_as_the_eager_one(name):
     """One frame (DFlex's 16 substeps) from a random initial state: state and the gradient of the reward to the action
     agree with the eager substeps to float32 round-off (compilation fuses ops, so not bitwise)."""
