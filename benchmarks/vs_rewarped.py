@@ -365,6 +365,7 @@ def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> d
                VS_REWARPED_CLOCK=args.clock)
     if args.clock == "cpu" and threads != "1":
         env["VS_REWARPED_CLOCK"] = "wall"  # K threads: CPU time would add the threads' times up
+    if system != "rewarped":
         cmd = [sys.executable, __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]
     else:

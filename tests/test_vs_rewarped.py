@@ -60,6 +60,9 @@ def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monke
         vs_rewarped.run_cell(args, "ant", 32, "rewarped", 16, "fwd")
         vs_rewarped.run_cell(args, "ant", 32, "recipe", 16, "fwd")
         vs_rewarped.run_cell(args, "ant", 32, "recipe@threads=2", 16, "fwd")
-    (rew_cpu, c1), (ours_cpu, c2), (_, c3), (rew_wall, c4), (_, c5), (_, c6) = seen
-    assert rew_cpu[1] == str(vs_rewarped.CPU_CLOCK) and str(vs_rewarped.CPU_CLOCK) not in rew_wall
+    (rew_cpu, c1), (ours_cpu, c2), (ours_k, c3), (rew_wall, c4), (ours_wall, c5), (_, c6) = seen
+    assert rew_cpu[:3] == ["/r/python", str(vs_rewarped.CPU_CLOCK), str(vs_rewarped.REWARPED_BENCH)]
+    assert rew_wall[:2] == ["/r/python", str(vs_rewarped.REWARPED_BENCH)]
+    for ours, variant in ((ours_cpu, "recipe"), (ours_k, "recipe@threads=2"), (ours_wall, "recipe")):  # tphys runs tphys
+        assert ours[0] == sys.executable and ours[ours.index("--cell") + 1] == f"16,fwd,{variant}"
     assert (c1, c2, c3, c4, c5, c6) == ("cpu", "cpu", "wall", "wall", "wall", "wall")
