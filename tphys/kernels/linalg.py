@@ -18,43 +18,21 @@ positive definite gives NaN in its row, as the torch path does.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from tphys.kernels.c_kernels import build
+
 SOURCE = Path(__file__).with_name("cpu") / "linalg.c"
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c99")
 _REAL = {torch.float32: "float", torch.float64: "double"}
 BACKENDS = ("auto", "cpu", "torch")
 
 
-@cache
 def _library(real: str) -> ctypes.CDLL:
-    """The compiled ``linalg.c`` for one float type, built on first use into $TPHYS_KERNEL_CACHE (as ``c_kernels``)."""
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler {compiler!r} on PATH (set $CC)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS, real)).encode()).hexdigest()[:16]
-    cache_dir = Path(os.environ.get("TPHYS_KERNEL_CACHE", os.path.expanduser("~/.cache/tphys-kernels")))
-    target = cache_dir / f"linalg_{real}_{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *FLAGS, f"-DREAL={real}", str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
-                                    text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"building {SOURCE.name} failed:\n{result.stderr[-2000:]}")
-            os.replace(built, target)
-    return ctypes.CDLL(str(target))
+    """The compiled ``linalg.c`` for one float type (``c_kernels.build``: built on first use, cached on disk)."""
+    return build(SOURCE, real)
 
 
 @torch.compiler.assume_constant_result
