@@ -19,26 +19,35 @@ The bound. Per env step, t* = max(flops / F, bytes / B) with F the GEMM rate and
 same thread count; bound env-steps/s = 1 / t*; achieved fraction = measured env-steps/s / bound env-steps/s.
 "bytes" are the useful bytes: each env's state read once and written once per env step, its action read, its reward
 and observation written (what a step fused over all its substeps must move; the model's constants are shared by the
-N envs and not counted). A second column, "bytes per substep", counts the state read and written once per substep
+N envs and not counted; a semi-implicit particle step's ``x_prev``, ``v_prev`` are its input ``x``, ``v``, not new
+data, and are not counted). A second column, "bytes per substep", counts the state read and written once per substep
 (and, for MPM, the grid), what an implementation that keeps each substep's state in memory moves; it is shown, not
 used in the bound. Intermediate values (spring forces, stresses, grid nodes in a fused step) are not useful bytes.
 
 The flop counts (per env; an add, multiply, divide, sqrt or exp is one flop, a fused multiply-add two; gathers,
 scatters-as-copies, clamps and comparisons none). Constants are the module's ``*_FLOPS`` names:
 
-    particles (rope3d), per substep:
-        each spring (cables and bending springs alike)                      SPRING_FLOPS = 40
-            d = x_j - x_i (3), relative velocity (3), length: dot + sqrt (6), unit vector (3), stretch (1),
-            rate = u·Δv (5), magnitude k·s + c·rate (3), the cable's smooth slack ramp (6), f·u (3), the ± scatter (6)
-        each particle                                                        PARTICLE_FLOPS = 21
-            gravity m·g (3), drag (6), v += h·f/m (6), x += h·v (6)
+    particles (rope3d), per substep, each term only where the model has it (rope3d: 5 damped cables, 4 undamped
+    bending springs, no drag):
+        each spring                                                         SPRING_FLOPS = 23
+            d = x_j - x_i (3), length: dot + sqrt (6), unit vector (3), stretch (1), magnitude k·s (1), f·u (3),
+            the ± scatter (6)
+        + each damped spring (damping > 0)                                  DAMPING_FLOPS = 10
+            relative velocity (3), rate = u·Δv (5), + c·rate (2)
+        + each cable (tension only)                                         SLACK_FLOPS = 6
+            the smooth slack ramp
+        each free particle                                                  PARTICLE_BASE_FLOPS = 15
+            gravity m·g (3), v += h·f/m (6), x += h·v (6)
+        + drag, when the model's drag is not 0                              DRAG_FLOPS = 6
+    (Until 2026-12-02 every spring was charged 40 and every particle 21 whatever the model had: 18 % more flops than
+    rope3d needs, which inflated the fraction.)
     FEM (soft_jumper), per substep:
         each tetrahedron                                                    TET_FLOPS = 320
             edge matrix Ds (9), F = Ds·Dm⁻¹ (45), det F (14), F⁻ᵀ by cofactors (30), neo-Hookean
             P = μ(F - F⁻ᵀ) + λ·log J·F⁻ᵀ (40), damping Ḟ = Dv·Dm⁻¹ and η·Ḟ (72), the muscle fibre term
             a·σ·(F f)⊗f with its stretch (41), corner forces -V·P·Dm⁻ᵀ (54), the fourth corner (6), scatter (12)
         each particle                                                        PARTICLE_FLOPS + GROUND_FLOPS (21 + 25)
-            the integrator as above, penalty ground contact with friction (25)
+            the integrator as above with drag (PARTICLE_FLOPS = 15 + 6), penalty ground contact with friction (25)
     rigid (ant), per substep, L links, nv dofs, nq coordinates, C contact spheres:
         forward kinematics, per link                                        FK_FLOPS = 90
             joint rotation (30), R_parent·R (45), R·p + t (15)
@@ -89,7 +98,9 @@ from report import run_header, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-SPRING_FLOPS, PARTICLE_FLOPS, GROUND_FLOPS = 40, 21, 25
+SPRING_FLOPS, DAMPING_FLOPS, SLACK_FLOPS = 23, 10, 6
+PARTICLE_BASE_FLOPS, DRAG_FLOPS, GROUND_FLOPS = 15, 6, 25
+PARTICLE_FLOPS = PARTICLE_BASE_FLOPS + DRAG_FLOPS
 TET_FLOPS = 320
 FK_FLOPS, CONTACT_FLOPS, RNEA_FLOPS, CRBA_LINK_FLOPS = 90, 110, 250, 150
 MPM_PARTICLE_FLOPS, GRID_NODE_FLOPS, GRID_NODE_NUMBERS = 2340, 100, 14
@@ -113,11 +124,13 @@ class Counts:
 
 def counts(family: str, sizes: dict, itemsize: int = 4) -> Counts:
     """Flops and bytes of one env step (see the module docstring) from ``sizes``: ``substeps``, ``state`` (numbers of
-    one env's state), ``action``, ``observation`` and per family: particles ``particles``, ``free``, ``springs``; FEM
+    one env's state), ``action``, ``observation`` and per family: particles ``particles``, ``free``, ``springs``,
+    ``damped`` and ``cables`` (how many of the springs), ``drag`` (1 or 0); FEM
     ``particles``, ``tets``; rigid ``links``, ``nv``, ``nq``, ``contacts``; MPM ``particles``, ``nodes``."""
     s = sizes["substeps"]
     if family == "particles":
-        per_substep = SPRING_FLOPS * sizes["springs"] + PARTICLE_FLOPS * sizes["free"]
+        per_substep = (SPRING_FLOPS * sizes["springs"] + DAMPING_FLOPS * sizes["damped"] + SLACK_FLOPS * sizes["cables"]
+                       + (PARTICLE_BASE_FLOPS + DRAG_FLOPS * sizes["drag"]) * sizes["free"])
         grid_numbers = 0
     elif family == "FEM":
         per_substep = TET_FLOPS * sizes["tets"] + (PARTICLE_FLOPS + GROUND_FLOPS) * sizes["particles"]
@@ -142,13 +155,19 @@ def model_sizes(env) -> dict:
     import math
 
     td = env.reset()
-    state = sum(math.prod(td.get(k).shape[1:]) for k in env.state_keys)
+    keys = env.state_keys
+    if getattr(env, "integrator", None) == "semi_implicit":
+        keys = [k for k in keys if k not in ("x_prev", "v_prev")]  # the step's input x, v: no new data (BDF2's history)
+    state = sum(math.prod(td.get(k).shape[1:]) for k in keys)
     observation = math.prod(td.get("observation").shape[1:])
     sizes = dict(substeps=int(env.substeps), state=int(state), action=int(env.action_dim), observation=int(observation))
     m = env.model
     family = family_of(env)
     if family == "particles":
-        sizes.update(particles=int(m.mass.shape[0]), free=int(m.free_mask.sum()), springs=int(m.springs.rest_length.shape[0]))
+        springs = m.springs
+        sizes.update(particles=int(m.mass.shape[0]), free=int(m.free_mask.sum()), springs=int(springs.rest_length.shape[0]),
+                     damped=int((springs.damping > 0).sum()), cables=int((springs.tension_only > 0).sum()),
+                     drag=int(bool((m.drag != 0).any())))
     elif family == "FEM":
         sizes.update(particles=int(m.mass.shape[0]), tets=int(m.tetrahedra.corners.shape[0]))
     elif family == "rigid":

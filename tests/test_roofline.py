@@ -16,14 +16,20 @@ def test_rope_counts_follow_the_documented_formula_on_a_two_mass_rope():
     env = E.make("rope3d", num_envs=1, seed=0, dtype=torch.float32, masses=2, substeps=3, validate=False)
     sizes = roofline.model_sizes(env)
     assert roofline.family_of(env) == "particles"
-    # handle + 2 masses: 2 cables + 1 bending spring, 2 free particles; state x, v, x_prev, v_prev of 3 particles in 3-D
+    # handle + 2 masses: 2 damped cables + 1 undamped bending spring, 2 free particles, no drag; semi-implicit, so the
+    # state is x, v of 3 particles in 3-D (x_prev, v_prev are the input's x, v)
     assert (sizes["particles"], sizes["free"], sizes["springs"], sizes["substeps"]) == (3, 2, 3, 3)
-    assert sizes["state"] == 4 * 3 * 3 and sizes["action"] == 2
+    assert (sizes["damped"], sizes["cables"], sizes["drag"]) == (2, 2, 0)
+    assert sizes["state"] == 2 * 3 * 3 and sizes["action"] == 2
     c = roofline.counts("particles", sizes)
-    assert c.flops == 3 * (roofline.SPRING_FLOPS * 3 + roofline.PARTICLE_FLOPS * 2)
+    assert c.flops == 3 * (roofline.SPRING_FLOPS * 3 + (roofline.DAMPING_FLOPS + roofline.SLACK_FLOPS) * 2
+                           + roofline.PARTICLE_BASE_FLOPS * 2)
     io = sizes["action"] + sizes["observation"] + 1
-    assert c.bytes_step == 4 * (2 * 36 + io)
-    assert c.bytes_substep == 4 * (3 * 2 * 36 + io)
+    assert c.bytes_step == 4 * (2 * 18 + io)
+    assert c.bytes_substep == 4 * (3 * 2 * 18 + io)
+    dragged = E.make("rope3d", num_envs=1, seed=0, masses=2, substeps=3, drag=0.5, integrator="bdf2", validate=False)
+    sizes = roofline.model_sizes(dragged)  # drag counted; BDF2 carries x_prev, v_prev as state
+    assert sizes["drag"] == 1 and sizes["state"] == 4 * 3 * 3
     assert c.intensity == c.flops / c.bytes_step
 
 
