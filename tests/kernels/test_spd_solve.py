@@ -87,7 +87,9 @@ def test_backend_choice_and_bad_input(monkeypatch):
         spd_solve(h, rhs[:, :2])
 
 
-def test_runs_inside_a_compiled_function():
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_runs_inside_a_compiled_function(backend):
+    """Traced without a graph break: "auto" takes LAPACK there (called from Inductor's C++), "cpu" the custom op."""
     h, rhs = spd_batch((4,), 6, seed=7)
-    compiled = torch.compile(lambda m, r: spd_solve(m, r) * 2.0, backend="eager", fullgraph=True)
+    compiled = torch.compile(lambda m, r: spd_solve(m, r, backend) * 2.0, backend="eager", fullgraph=True)
     assert torch.allclose(compiled(h, rhs), 2.0 * spd_solve_torch(h, rhs), rtol=1e-10)
