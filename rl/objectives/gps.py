@@ -203,7 +203,7 @@ class GPSLoss(Trainable, LossModule):
         backtracking), ``quu_min_eig``: the smallest eigenvalue of its Q_uu = Σ⁻¹ over the steps, positive) and the
         scalars ``kl_multiplier`` (after this c-step's update), ``linearizations``, ``state_dim`` (X: backward passes
         through the physics per linearization), the step-size rule's ``predicted_improvement`` (linear model) and
-        ``actual_improvement`` (simulator) of the mean return, per linearization, and ``weight_ess``
+        ``actual_improvement`` (simulator, before backtracking) of the mean return, per linearization, and ``weight_ess``
         (``effective_sample_fraction`` of the regression's precision traces)."""
         actions = self.policy_actions(start)
         value_policy = None
