@@ -35,12 +35,13 @@ def test_building_a_compiled_env_points_inductor_at_the_cache(monkeypatch, tmp_p
 
 def test_compiled_kernels_are_called_from_cpp(monkeypatch):
     """``compile_fixed`` asks Inductor for its C++ wrapper (the Python call around each small kernel was most of a
-    compiled substep's time), and a caller can turn it off."""
+    compiled substep's time) and aggressive fusion (fewer kernels), and a caller can turn either off."""
     seen = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
     compiling.compile_fixed(lambda x: x)
-    compiling.compile_fixed(lambda x: x, cpp_wrapper=False)
-    assert seen == [dict(dynamic=False, options={"cpp_wrapper": True}), dict(dynamic=False, options={"cpp_wrapper": False})]
+    compiling.compile_fixed(lambda x: x, cpp_wrapper=False, aggressive_fusion=False)
+    assert seen == [dict(dynamic=False, options={"cpp_wrapper": True, "aggressive_fusion": True}),
+                    dict(dynamic=False, options={"cpp_wrapper": False, "aggressive_fusion": False})]
 
 
 def trainer_on(compiled: bool, run_dir) -> FirstOrderTrainer:
