@@ -69,15 +69,20 @@ def _library(real: str) -> ctypes.CDLL:
     return build(SOURCE, real)
 
 
-def available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the C kernels can run for ``dtype`` (float32/float64) on this machine (compiles on first call)."""
+def builds(library, dtype: torch.dtype) -> bool:
+    """Whether ``library(real)`` (a C source's loader) builds and loads for ``dtype`` (float32/float64) here."""
     if dtype not in _REAL:
         return False
     try:
-        _library(_REAL[dtype])
+        library(_REAL[dtype])
     except (RuntimeError, OSError):
         return False
     return True
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the C kernels can run for ``dtype`` (float32/float64) on this machine (compiles on first call)."""
+    return builds(_library, dtype)
 
 
 def call(name: str, *args, library=_library) -> None:

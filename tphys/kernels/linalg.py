@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tphys.kernels.c_kernels import build
+from tphys.kernels.c_kernels import build, builds
 
 SOURCE = Path(__file__).with_name("cpu") / "linalg.c"
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -40,13 +40,7 @@ def _library(real: str) -> ctypes.CDLL:
 @torch.compiler.assume_constant_result
 def c_available(dtype: torch.dtype) -> bool:
     """Whether the C loop runs for ``dtype`` here (float32/float64 and a working C compiler; builds on first call)."""
-    if dtype not in _REAL:
-        return False
-    try:
-        _library(_REAL[dtype])
-    except (RuntimeError, OSError):
-        return False
-    return True
+    return builds(_library, dtype)
 
 
 @torch.library.custom_op("tphys::spd_solve", mutates_args=())

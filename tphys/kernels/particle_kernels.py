@@ -43,13 +43,7 @@ def _library(real: str):
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether the fused step can run for ``dtype`` (float32/float64) on this machine (compiles on first call)."""
-    if dtype not in _REAL:
-        return False
-    try:
-        _library(_REAL[dtype])
-    except (RuntimeError, OSError):
-        return False
-    return True
+    return c_kernels.builds(_library, dtype)
 
 
 def resolve_backend(x: Tensor, backend: str) -> str:
