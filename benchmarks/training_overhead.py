@@ -147,23 +147,38 @@ def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeou
     return json.loads(lines[-1])
 
 
+def stored_rows(path: Path) -> dict:
+    """{(recipe, env): row} of the measured rows in ``path`` (failed cells left out)."""
+    return {(r["recipe"], r["env"]): r for r in json.loads(path.read_text()) if "error" not in r}
+
+
+def store_row(path: Path, row: dict) -> None:
+    """Put ``row`` into ``path`` in place of the row of its (recipe, env), reading the file again first, so that two
+    runs measuring different cells at once keep each other's rows."""
+    rows = json.loads(path.read_text()) if path.exists() else []
+    rows = [r for r in rows if (r["recipe"], r["env"]) != (row["recipe"], row["env"])] + [row]
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def _seconds(value: float | None) -> str:
     return "none (measured from the first window)" if value is None else f"{value:.0f}"
 
 
 def table(rows: list[dict]) -> list[str]:
     out = ["| recipe | env | N | H | compiled | env fwd+bwd steps/s | training steps/s | training / env | forward | critic | "
-           "backward + step | warm-up s (env, training) |",
-           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "backward + step | warm-up s (env, training) | measured s, load |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['recipe']} | {r['env']} | | | | failed: {r['error']} | | | | | | |")
+            out.append(f"| {r['recipe']} | {r['env']} | | | | failed: {r['error']} | | | | | | | |")
             continue
         ratio = r["train_steps_per_s"] / r["env_steps_per_s"]
+        clock = r.get("clock", "wall time")
+        measured = f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}" if "load" in r else ""
         out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
                    f"{r['env_steps_per_s']:.0f} | {r['train_steps_per_s']:.0f} | {ratio:.2f} | {r['forward_fraction']:.0%} | "
                    f"{r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | "
-                   f"{_seconds(r['env_warmup_s'])}, {_seconds(r['train_warmup_s'])} |")
+                   f"{_seconds(r['env_warmup_s'])}, {_seconds(r['train_warmup_s'])} | {measured} |")
     return out
 
 
@@ -179,6 +194,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "training_overhead.json",
                         help="the rows, written after each cell; a cell already there is reused unless --fresh")
     parser.add_argument("--fresh", action="store_true", help="measure every cell again")
+    parser.add_argument("--no-launch", action="store_true",
+                        help="measure nothing: the table of the stored rows as they are (each row says its seconds and load)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="measure from the first window (for cells whose window takes many minutes: MPM; eager "
                              "envs' first window differs from the next by allocator warm-up only)")
@@ -192,19 +209,22 @@ def main() -> None:
     if args.quick:
         args.seconds, overrides = 1.0, ["num_envs=2", *overrides]
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    stored = {} if args.fresh or args.quick or not args.json.exists() else {
-        (r["recipe"], r["env"]): r for r in json.loads(args.json.read_text()) if "error" not in r}
+    stored = {} if args.fresh or args.quick or not args.json.exists() else stored_rows(args.json)
     rows = []
     for recipe in args.recipes:
         for env in args.envs:
             row = stored.get((recipe, env))
+            if args.no_launch:
+                rows.append(row or {"recipe": recipe, "env": env, "error": "not measured (no stored row)"})
+                print(table([rows[-1]])[-1], flush=True)
+                continue
             if (row is None or row.get("seconds") != args.seconds or row.get("overrides") != overrides
                     or row.get("clock") != "thread CPU time"):
                 row = {**run_cell(recipe, env, args.seconds, overrides, args.timeout, not args.no_warmup),
                        "seconds": args.seconds, "overrides": overrides, "load": list(os.getloadavg())}
                 stored[(recipe, env)] = row
                 if not args.quick:  # resumable: each cell as it ends
-                    args.json.write_text(json.dumps(list(stored.values()), indent=1) + "\n")
+                    store_row(args.json, row)
             else:
                 print(f"{recipe} {env}: reusing the row in {args.json}", flush=True)
             rows.append(row)
@@ -214,7 +234,8 @@ def main() -> None:
              f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "
              "windows (H random-action frames, then the gradient of the summed reward to every action) and at least as "
              "long of training windows (`trainer.step()`), after one warm-up window each (cells run with --no-warmup: "
-             "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it). training / env >= 0.75 "
+             "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it) unless its row says wall time. "
+             "training / env >= 0.75 "
              "is the issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy "
              "and env, losses), the critic's mini-epochs, and the rest (the backward through the rollout, optimizer steps).", "",
              *table(rows)]
