@@ -219,7 +219,7 @@ class GPSLoss(Trainable, LossModule):
                                    (self.policy_std ** 2) * eye.expand(n, t_len, a_dim, a_dim).clone())
             mean0, cov0 = nominal.states.new_zeros(n, x_dim), nominal.states.new_zeros(n, x_dim, x_dim)
             epsilon = nominal.value.new_full((n,), self.kl_step * self.kl_multiplier.item() * t_len)
-            solution = kl_constrained_lqr(nominal.dynamics, nominal.cost, prior, epsilon, mean0, cov0)
+            solution = solved_or_prior(kl_constrained_lqr(nominal.dynamics, nominal.cost, prior, epsilon, mean0, cov0), prior)
             actions, observations, value = self.rollout(start, nominal, solution.controller)
             # the linear model's prediction of the mean trajectory's cost decrease, against the simulator's
             def mean_cost(policy: LinearGaussian) -> Tensor:
@@ -233,7 +233,7 @@ class GPSLoss(Trainable, LossModule):
                 if not worse.any():
                     break
                 epsilon = torch.where(worse, 0.5 * epsilon, epsilon)
-                retry = kl_constrained_lqr(nominal.dynamics, nominal.cost, prior, epsilon, mean0, cov0)
+                retry = solved_or_prior(kl_constrained_lqr(nominal.dynamics, nominal.cost, prior, epsilon, mean0, cov0), prior)
                 retry_actions, retry_observations, retry_value = self.rollout(start, nominal, retry.controller)
                 solution = _where(worse, retry, solution)
                 actions, observations, value = _where(worse, (retry_actions, retry_observations, retry_value),
@@ -275,6 +275,19 @@ class GPSLoss(Trainable, LossModule):
         weight = batch["weight"] if "weight" in batch.keys() else None
         quadratic = error.square().sum((-2, -1)) if weight is None else (error.transpose(-1, -2) @ weight @ error).flatten(-3).squeeze(-1)
         return TensorDict({"loss_actor": 0.5 * quadratic.mean()}, batch_size=[])
+
+
+def solved_or_prior(solution: ConstrainedSolution, prior: LinearGaussian) -> ConstrainedSolution:
+    """``solution`` [N], except where its KL is not finite: there the dual search found no η whose backward pass had a
+    positive definite Q_uu at every step (seen in float32 on cable_payload2d/stop, a high-gain policy's prior whose
+    Riccati recursion loses V_xx's positive semidefiniteness to round-off, at every η up to 1e16), and its controller
+    is the failed pass's stand-in (gains of 1e33, then NaN actions); those initial states get the linearized policy
+    itself, the η → ∞ end of the search (KL 0)."""
+    failed = ~torch.isfinite(solution.kl)
+    if not failed.any():
+        return solution
+    kept = ConstrainedSolution(prior, torch.full_like(solution.eta, 1e16), torch.zeros_like(solution.kl))
+    return _where(failed, kept, solution)
 
 
 def effective_sample_fraction(weights: Tensor) -> float:

@@ -133,6 +133,26 @@ def test_regression_loss_is_the_precision_weighted_error():
     torch.testing.assert_close(loss(unweighted)["loss_actor"], 0.5 * error.square().sum(-1).mean())
 
 
+def test_a_failed_dual_search_keeps_the_linearized_policy():
+    """Where ``kl_constrained_lqr`` found no η with a positive definite Q_uu (KL inf, a stand-in controller), the c-step
+    uses the linearized policy (η = 1e16, KL 0) for that initial state and keeps the others' controllers."""
+    from rl.objectives.gps import solved_or_prior
+    from rl.objectives.lqr import ConstrainedSolution, LinearGaussian
+
+    g = torch.Generator().manual_seed(0)
+    shapes = ((3, 4, 1, 2), (3, 4, 1), (3, 4, 1, 1))
+    prior = LinearGaussian(*(torch.randn(*shape, generator=g, dtype=D) for shape in shapes))
+    controller = LinearGaussian(*(1e33 * torch.randn(*shape, generator=g, dtype=D) for shape in shapes))
+    solution = ConstrainedSolution(controller, torch.tensor([0.1, 1e16, 0.2], dtype=D), torch.tensor([1.0, float("inf"), 2.0], dtype=D))
+    out = solved_or_prior(solution, prior)
+    for got, failed, kept in zip(out.controller, prior, controller):
+        torch.testing.assert_close(got[1], failed[1])
+        torch.testing.assert_close(got[[0, 2]], kept[[0, 2]])
+    assert out.eta.tolist() == [0.1, 1e16, 0.2] and out.kl.tolist() == [1.0, 0.0, 2.0]
+    solved = solution._replace(kl=torch.ones(3, dtype=D))
+    assert solved_or_prior(solved, prior) is solved
+
+
 def test_bad_settings_and_envs_are_refused():
     env, actor, _ = make()
     with pytest.raises(ValueError, match="kl_step > 0"):
