@@ -160,6 +160,10 @@ def store_row(path: Path, row: dict) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _seconds(value: float | None) -> str:
     return "none (measured from the first window)" if value is None else f"{value:.0f}"
 
@@ -176,7 +180,7 @@ def table(rows: list[dict]) -> list[str]:
         clock = r.get("clock", "wall time")
         measured = f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}" if "load" in r else ""
         out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
-                   f"{r['env_steps_per_s']:.0f} | {r['train_steps_per_s']:.0f} | {ratio:.2f} | {r['forward_fraction']:.0%} | "
+                   f"{_rate(r['env_steps_per_s'])} | {_rate(r['train_steps_per_s'])} | {ratio:.2f} | {r['forward_fraction']:.0%} | "
                    f"{r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | "
                    f"{_seconds(r['env_warmup_s'])}, {_seconds(r['train_warmup_s'])} | {measured} |")
     return out
