@@ -29,6 +29,11 @@ def test_gpu_check_smoke_runs_every_part_and_matches_the_twins(tmp_path):
             assert row, (env_name, mode, text)
             cells = [c.strip() for c in row.group(1).split("|")]
             assert cells[0] and cells[1] and cells[-2] == "", (env_name, mode, row.group(0))  # timed, no note
-            if mode != "eager":
+            if mode == "compiled+graphs" and env_name == "rope3d":
+                # the emulated capture's forward runs under no_grad, so on CPU it takes the fused C particle step
+                # (tphys.particles.fused_step), whose float32 round-off differs from the torch ops the eager rollout
+                # and the backward replay run; the states it carries on differ at round-off, so do the gradients
+                assert float(cells[3]) < 1e-3, row.group(0)
+            elif mode != "eager":
                 assert float(cells[3]) == 0.0, row.group(0)  # the same gradients as eager (CPU, no compilation)
     assert "SAPO (" in text and "NOT FINITE" not in text and "SAPO failed" not in text
