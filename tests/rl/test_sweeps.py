@@ -23,8 +23,10 @@ TINY = ["env=pendulum2d", "env.goal=stop", "num_envs=2", "total_steps=32", "algo
 
 
 def test_a_sweep_runs_two_seeds_in_parallel_through_joblib_each_in_its_own_run_directory(tmp_path):
+    # runs long enough (30 windows) that the two workers' runs overlap despite the workers' start-up jitter: with 2
+    # windows a run took less time than one worker's imports took longer than the other's (seen under load 4)
     cmd = [sys.executable, str(ROOT / "recipes" / "sapo.py"), "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-           *TINY, f"hydra.sweep.dir={tmp_path}"]
+           *[o for o in TINY if not o.startswith("total_steps=")], "total_steps=480", f"hydra.sweep.dir={tmp_path}"]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # joblib sizes the workers' threads itself
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**env, "MPLBACKEND": "Agg"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -33,6 +35,7 @@ def test_a_sweep_runs_two_seeds_in_parallel_through_joblib_each_in_its_own_run_d
     for seed, run in enumerate(runs):
         assert (run / "eval.json").is_file() and (run / "config.yaml").is_file()
         assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == seed
+        assert yaml.safe_load((run / "config.yaml").read_text())["total_steps"] == 480
         job = json.loads((run / "recipe.json").read_text())["job"]
         assert job["launcher"] == "joblib" and job["num"] == seed and job["OMP_NUM_THREADS"] == "1"
         jobs.append((job["pid"], job["started"], (run / "eval.json").stat().st_mtime))
