@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mujoco_reference import models
+from mujoco_reference import models, random_qpos
 
 from tphys.rigid import Body, Joint, RigidBuilder, RigidControl, RigidState, bias_forces, kinematics, step
 from tphys.rigid.integrator import integrate_positions
@@ -28,15 +28,6 @@ F64 = torch.float64
 
 def snu():
     return models("snu_humanoid")
-
-
-def random_qpos(mj, rng, scale):
-    qpos = mj.qpos0 + scale * rng.normal(size=mj.nq)
-    for j in range(mj.njnt):
-        if mj.jnt_type[j] in (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_BALL):
-            a = mj.jnt_qposadr[j] + (3 if mj.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE else 0)
-            qpos[a:a + 4] /= np.linalg.norm(qpos[a:a + 4])
-    return qpos
 
 
 def muscle_joint_forces(model, q, tension):
