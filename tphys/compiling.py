@@ -49,9 +49,9 @@ def compile_fixed(fn: Callable, cpp_wrapper: bool = True, aggressive_fusion: boo
     ``cpp_wrapper`` (Inductor's option, default on): the compiled graph's kernels are called from generated C++
     instead of a generated Python function. A substep's graph is hundreds of small kernels at the envs' batch
     sizes, and the Python call around each one was most of its time: a compiled Ant substep, N = 16, fwd+bwd, took
-    2.07 ms with it against 3.83 ms without (1 thread, same load; ``benchmarks/RESULTS.md``, issue 21).
+    2.07 ms with it against 3.83 ms without (1 thread, same load; ``benchmarks/substep_ab.py``, issue 21).
     ``aggressive_fusion`` (Inductor's option, default on): fuse nodes that share no memory too, so fewer and larger
     kernels: the same substep took 2.12 ms against 2.69 ms with the C++ wrapper alone (process CPU time, load 4, cold
-    compile 268 vs 280 s)."""
+    compile 268 vs 280 s; ``benchmarks/substep_ab.py``)."""
     use_cache_dir()
     return torch.compile(fn, dynamic=False, options={"cpp_wrapper": cpp_wrapper, "aggressive_fusion": aggressive_fusion})

@@ -9,7 +9,7 @@ fwd+bwd; RESULTS.md, issue 21's profile). ``cpu/linalg.c`` factors and solves th
 [..., D] -> x [..., D], same dtype. Backend as ``tphys.kernels``: "auto" takes the C loop for float32/float64 CPU
 tensors when a C compiler works, else torch's Cholesky, and torch's also while torch.compile traces (a compiled Ant
 substep, N = 16, fwd+bwd: 2.69 ms with LAPACK called from Inductor's C++ wrapper, 2.82 ms with the C loop called back
-through Python); "cpu" forces the C loop, "torch" the torch ops. The C path is
+through Python; ``benchmarks/substep_ab.py``); "cpu" forces the C loop, "torch" the torch ops. The C path is
 the custom op ``tphys::spd_solve`` (opaque to torch.compile: backend "cpu" puts it in a compiled graph as one extern
 kernel) with its gradient: for x = H⁻¹ r and an upstream gradient g, ∂/∂r = H⁻¹ g =: u and ∂/∂H = -sym(u xᵀ) (the symmetric
 part: H enters through its lower triangle but is symmetric by construction, so either form gives the same chain rule;
