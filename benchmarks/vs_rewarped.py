@@ -359,7 +359,63 @@ def cell_function(task: str, variant: str) -> Callable:
     return env_cell(task) if split_threads(variant)[0] == "recipe" or TASKS[task].cell is None else TASKS[task].cell
 
 
+def cell_key(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
+    """What a stored cell must match to stand in for a new run of it: the task, system and variant, N, mode, horizon,
+    clock and minimum seconds, and the CPU model (a cell measured on another machine never stands in)."""
+    return {"task": task, "variant": system, "num_envs": n, "mode": mode, "horizon": horizon, "clock": args.clock,
+            "seconds": args.seconds, "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    return machine().split(",")[0]
+
+
+def load_store(path: Path | None) -> list[dict]:
+    """The cells stored in the JSON-lines file ``path`` (none if it is missing or None)."""
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stored_cell(args, key: dict) -> dict | None:
+    """The newest stored cell for ``key`` that ``--reuse`` allows: Rewarped's cells (``rewarped`` or ``all``: the reference
+    does not change with our commits) or any cell of this very commit (``all``: resuming an interrupted run)."""
+    if args.reuse == "none":
+        return None
+    commit = git_commit()
+    for cell in reversed(args.stored):
+        if cell.get("key") != key or "error" in cell:
+            continue
+        if key["variant"] == "rewarped" or (args.reuse == "all" and cell.get("commit") == commit and not commit.endswith("-dirty")):
+            return cell
+    return None
+
+
+def store_cell(path: Path | None, key: dict, cell: dict) -> None:
+    """Append ``cell`` with its key, commit and date to the JSON-lines file ``path`` (one ``write`` of one line)."""
+    if path is None or "error" in cell:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record = {**cell, "key": key, "commit": git_commit(), "date": now, "load": os.getloadavg()[0]}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
+    """One cell: from the store when ``--reuse`` allows (marked ``reused``), else measured in a fresh subprocess and
+    stored."""
+    key = cell_key(args, task, horizon, system, n, mode)
+    found = stored_cell(args, key)
+    if found is not None:
+        return {**{k: v for k, v in found.items() if k != "key"}, "reused": found.get("date", "?")}
+    cell = measure_cell(args, task, horizon, system, n, mode)
+    store_cell(args.store, key, cell)
+    args.stored.append({**cell, "key": key, "commit": git_commit()})
+    return cell
+
+
+def measure_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
     threads = str(split_threads(system)[1])
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, VS_REWARPED_THREADS=threads,
                VS_REWARPED_CLOCK=args.clock)
@@ -386,6 +442,13 @@ def run_cell(args, task: str, horizon: int, system: str, n: int, mode: str) -> d
     return result
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -403,7 +466,8 @@ def measure(args, task: str, rows: list, results: list, with_task: bool) -> None
             variants = [v for v in (spec.fwdbwd if mode == "fwdbwd" else spec.fwd) if not args.variants or v in args.variants]
             if args.all_cores:  # the recipe's env with every core (Warp's CPU backend runs one)
                 variants.append(f"recipe@threads={usable_cores()}")
-            cells = [run_cell(args, task, horizon, v, n, mode) for v in ["rewarped", *variants]]
+            systems = ["rewarped", *variants] if args.systems == "both" else ["rewarped"] if args.systems == "rewarped" else variants
+            cells = [run_cell(args, task, horizon, v, n, mode) for v in systems]
             label = f"fwd+bwd H={horizon}" if mode == "fwdbwd" else "fwd"
             lead = f"| {task} " if with_task else ""
             for cell in cells:
@@ -412,10 +476,11 @@ def measure(args, task: str, rows: list, results: list, with_task: bool) -> None
                 if "error" in cell:
                     rows.append(f"{lead}| {n} | {label} | {cell['system']} | failed: {cell['error'][:80].replace('|', '/')} | | | |")
                     continue
-                ref = cells[0]
+                ref = cells[0] if systems[0] == "rewarped" else {"error": "not run"}
                 ratio = "-" if "error" in ref else f"{cell['steps_per_s'] / ref['steps_per_s']:.2f}x"
                 warm = cell.get("warmup_s", "-")
-                rows.append(f"{lead}| {n} | {label} | {cell['system']} | {_rate(cell['steps_per_s'])} | {ratio} | "
+                system = cell["system"] + (f" (stored {cell['reused'][:10]})" if "reused" in cell else "")
+                rows.append(f"{lead}| {n} | {label} | {system} | {_rate(cell['steps_per_s'])} | {ratio} | "
                             f"{cell['max_rss_MB'] / 1024:.2f} | {warm if isinstance(warm, str) else f'{warm:.0f}'} |")
 
 
@@ -437,8 +502,17 @@ def main() -> None:
     parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--store", type=Path, default=REPO / "benchmarks" / "vs_rewarped" / "cells.jsonl",
+                        help="JSON-lines file every measured cell is appended to (with its key, commit, date and load)")
+    parser.add_argument("--reuse", choices=("none", "rewarped", "all"), default="none",
+                        help="take cells from --store instead of measuring them: rewarped = Rewarped's cells of the same "
+                             "key (task, N, mode, H, clock, seconds, CPU model); all = also tphys cells of this commit "
+                             "(resume an interrupted run)")
+    parser.add_argument("--systems", choices=("both", "rewarped", "tphys"), default="both",
+                        help="measure only Rewarped's cells (e.g. to store them first) or only ours")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.stored = load_store(args.store)
     if args.cell:
         n, mode, variant = args.cell.split(",")
         horizon = args.horizon or TASKS[args.task].horizon
@@ -466,7 +540,8 @@ def main() -> None:
         f"load: {fmt_load(load_before)} before, "
         f"{fmt_load(os.getloadavg())} after (1/5/15 min)",
         f"- commit: {git_commit()}", f"- command: `{command_line(__file__)}`",
-        f"- duration: {time.perf_counter() - t0:.0f} s", "",
+        f"- duration: {time.perf_counter() - t0:.0f} s"
+        + (f"; cells reused from `{_relative(args.store)}` are marked 'stored' with their date" if args.reuse != "none" else ""), "",
         *descriptions, "",
         f"At least {args.seconds:g} s measured per cell after a warm-up (clock: "
         f"{'each process CPU time, both systems; wall time for rows with K threads' if args.clock == 'cpu' else 'wall time'}; "

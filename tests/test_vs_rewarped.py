@@ -57,12 +57,58 @@ def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monke
                         subprocess.CompletedProcess(cmd, 1, "", "x"))
     for clock in ("cpu", "wall"):
         args = argparse.Namespace(clock=clock, seconds=1.0, cell_timeout=10.0, rewarped_python=Path("/r/python"))
-        vs_rewarped.run_cell(args, "ant", 32, "rewarped", 16, "fwd")
-        vs_rewarped.run_cell(args, "ant", 32, "recipe", 16, "fwd")
-        vs_rewarped.run_cell(args, "ant", 32, "recipe@threads=2", 16, "fwd")
+        vs_rewarped.measure_cell(args, "ant", 32, "rewarped", 16, "fwd")
+        vs_rewarped.measure_cell(args, "ant", 32, "recipe", 16, "fwd")
+        vs_rewarped.measure_cell(args, "ant", 32, "recipe@threads=2", 16, "fwd")
     (rew_cpu, c1), (ours_cpu, c2), (ours_k, c3), (rew_wall, c4), (ours_wall, c5), (_, c6) = seen
     assert rew_cpu[:3] == ["/r/python", str(vs_rewarped.CPU_CLOCK), str(vs_rewarped.REWARPED_BENCH)]
     assert rew_wall[:2] == ["/r/python", str(vs_rewarped.REWARPED_BENCH)]
     for ours, variant in ((ours_cpu, "recipe"), (ours_k, "recipe@threads=2"), (ours_wall, "recipe")):  # tphys runs tphys
         assert ours[0] == sys.executable and ours[ours.index("--cell") + 1] == f"16,fwd,{variant}"
     assert (c1, c2, c3, c4, c5, c6) == ("cpu", "cpu", "wall", "wall", "wall", "wall")
+
+
+def test_stored_cells_stand_in_only_where_reuse_allows(tmp_path, monkeypatch):
+    """A run stores every measured cell; ``--reuse rewarped`` takes Rewarped's stored cells (any commit) and measures ours;
+    ``--reuse all`` also takes our cells of this very commit (resume); a cell of another CPU model, clock or N, or a failed
+    one, never stands in."""
+    import argparse
+
+    measured = []
+
+    def fake_measure(args, task, horizon, system, n, mode):
+        measured.append((system, n))
+        return {"system": system if system == "rewarped" else f"tphys {system}", "num_envs": n, "mode": mode, "steps_per_s": 10.0 * n}
+
+    monkeypatch.setattr(vs_rewarped, "measure_cell", fake_measure)
+    commit = ["aaaaaaa"]
+    monkeypatch.setattr(vs_rewarped, "git_commit", lambda: commit[0])
+    store = tmp_path / "cells.jsonl"
+
+    def run(reuse, system, n=16, clock="cpu"):
+        args = argparse.Namespace(clock=clock, seconds=5.0, reuse=reuse, store=store, stored=vs_rewarped.load_store(store))
+        return vs_rewarped.run_cell(args, "ant", 32, system, n, "fwdbwd")
+
+    first = run("none", "rewarped")
+    assert "reused" not in first and measured == [("rewarped", 16)]
+    assert run("rewarped", "rewarped")["reused"] and len(measured) == 1  # Rewarped's cell stands in
+    commit[0] = "bbbbbbb"
+    assert run("rewarped", "rewarped")["steps_per_s"] == first["steps_per_s"] and len(measured) == 1  # across commits
+    run("rewarped", "recipe")
+    assert measured[-1] == ("recipe", 16)  # ours is measured under --reuse rewarped
+    run("rewarped", "recipe")
+    assert len(measured) == 3  # ... every time
+    assert run("all", "recipe")["reused"] and len(measured) == 3  # --reuse all: this commit's cell (resume)
+    commit[0] = "ccccccc"
+    run("all", "recipe")
+    assert len(measured) == 4  # another commit's cell of ours never stands in
+    for changed in ({"n": 64}, {"clock": "wall"}):
+        run("rewarped", "rewarped", **changed)
+    assert len(measured) == 6
+    monkeypatch.setattr(vs_rewarped, "cpu_model", lambda: "another CPU")
+    run("rewarped", "rewarped")
+    assert len(measured) == 7  # measured on another machine: not reused
+    monkeypatch.setattr(vs_rewarped, "measure_cell", lambda *a: {"system": "rewarped", "error": "killed"})
+    before = store.read_text()
+    run("none", "rewarped", n=1)
+    assert store.read_text() == before  # failures are not stored
