@@ -12,7 +12,8 @@
  * and the block is transposed back. Every arithmetic loop runs over the LANES envs of a block with the same
  * (particle, spring) indices: one vector element per env. A partial last block repeats its last env in the spare
  * lanes (their results are not stored). Float blocks on CPUs with AVX-512 run the springs as intrinsics
- * (one_spring_avx512, with a refined approximate 1/|d|, see there) and gather a block with gather instructions;
+ * (one_spring_avx512, with a refined approximate 1/|d|, see there) and move a block in and out by 16 x 16 transposes
+ * in registers (transpose16);
  * double, and any CPU without AVX-512 (or -DTPHYS_GENERIC), run plain loops the compiler vectorises.
  *
  * Per substep of length h (the torch path's order of operations, so that results agree to round-off):
@@ -68,17 +69,53 @@ typedef struct {
     int64_t particles, handles;
 } Particles;
 
-/* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). A full float block with
- * AVX-512 loads 16 envs' values of one (particle, axis) with one gather instruction. */
+/* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). A float build with AVX-512
+ * moves 16 envs x 16 numbers at a time: 16 row loads (masked at the end of a row), a 16 x 16 transpose in registers
+ * (transpose16) and 16 vector stores, and back the same way; otherwise plain loops. */
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+/* r[0..15] (rows) <- its transpose: 64 shuffles (unpack pairs, pairs of pairs, then 128-bit lanes twice). */
+INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));     /* columns 0, 4, 8, 12 of rows 4i..4i+3 */
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)); /* columns 1, 5, 9, 13 */
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d)); /* columns 2, 6, 10, 14 */
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)); /* columns 3, 7, 11, 15 */
+    }
+    for (int k = 0; k < 4; k++) {
+        const __m512 u0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), u1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88), u3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+        t[k] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        t[k + 8] = _mm512_shuffle_f32x4(u0, u2, 0xdd);
+        t[k + 4] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        t[k + 12] = _mm512_shuffle_f32x4(u1, u3, 0xdd);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#endif
+
 INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64_t last, int64_t p_count) {
     const int64_t width = p_count * D;
 #if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-    if (FAST_FLOAT && first + LANES - 1 <= last) {
-        const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                _mm512_set1_epi32((int)width));
-        for (int64_t r = 0; r < width; r++)
-            for (int e = 0; e < LANES; e += 16)
-                _mm512_store_ps((float *)dst + r * LANES + e, _mm512_i32gather_ps(rows, (const float *)src + (first + e) * width + r, 4));
+    if (FAST_FLOAT) {
+        for (int e0 = 0; e0 < LANES; e0 += 16) {
+            const float *row[16];
+            for (int e = 0; e < 16; e++) row[e] = (const float *)src + (first + e0 + e < last ? first + e0 + e : last) * width;
+            for (int64_t c = 0; c < width; c += 16) {
+                const int count = width - c < 16 ? (int)(width - c) : 16;
+                const __mmask16 mask = (__mmask16)((1u << count) - 1);
+                __m512 r[16];
+                for (int e = 0; e < 16; e++) r[e] = _mm512_maskz_loadu_ps(mask, row[e] + c);
+                transpose16(r);
+                for (int k = 0; k < count; k++) _mm512_store_ps((float *)dst + (c + k) * LANES + e0, r[k]);
+            }
+        }
         return;
     }
 #endif
@@ -88,19 +125,25 @@ INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64
     }
 }
 
-/* The way out. A full float block with AVX-512 writes whole vectors of the output rows, each gathered from the block
- * arrays in L1 at `order` (order[o] = offset in the block arrays of output number o of the block, [LANES·P·D]). */
-INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count, const int32_t *order) {
+/* The way out: lanes e < `lanes` of the block arrays into rows first + e of dst [N, P, D]. */
+INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count) {
     const int64_t width = p_count * D;
 #if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-    if (FAST_FLOAT && lanes == LANES) {
-        float *out = (float *)dst + first * width;
-        for (int64_t o = 0; o < LANES * width; o += 16)
-            _mm512_storeu_ps(out + o, _mm512_i32gather_ps(_mm512_loadu_si512(order + o), (const float *)src, 4));
+    if (FAST_FLOAT) {
+        for (int e0 = 0; e0 < lanes; e0 += 16) {
+            const int rows = lanes - e0 < 16 ? (int)(lanes - e0) : 16;
+            for (int64_t c = 0; c < width; c += 16) {
+                const int count = width - c < 16 ? (int)(width - c) : 16;
+                const __mmask16 mask = (__mmask16)((1u << count) - 1);
+                __m512 r[16];
+                for (int k = 0; k < 16; k++) r[k] = k < count ? _mm512_load_ps((const float *)src + (c + k) * LANES + e0) : _mm512_setzero_ps();
+                transpose16(r);
+                for (int e = 0; e < rows; e++) _mm512_mask_storeu_ps((float *)dst + (first + e0 + e) * width + c, mask, r[e]);
+            }
+        }
         return;
     }
 #endif
-    (void)order;
     for (int e = 0; e < lanes; e++) {
         REAL *row = dst + (first + e) * width;
         for (int64_t r = 0; r < width; r++) row[r] = src[r * LANES + e];
@@ -260,7 +303,7 @@ INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REA
 }
 
 /* One block of LANES envs through every substep. */
-INLINE void block(const int D, const Particles *q, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const int32_t *order, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
+INLINE void block(const int D, const Particles *q, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
                   int64_t first, int64_t n, int64_t substeps, REAL h) {
     const int64_t P = q->particles, lanes = n - first < LANES ? n - first : LANES;
     REAL X[P * D * LANES] __attribute__((aligned(64)));
@@ -292,8 +335,8 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const int *
             }
         }
     }
-    scatter(D, X, x1, first, lanes, P, order);
-    scatter(D, V, v1, first, lanes, P, order);
+    scatter(D, X, x1, first, lanes, P);
+    scatter(D, V, v1, first, lanes, P);
 }
 
 INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
@@ -307,11 +350,7 @@ INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x
         oi[k] = AT(s->first[k], 0);
         oj[k] = AT(s->second[k], 0);
     }
-    const int64_t width = q->particles * D;
-    int32_t order[FAST_FLOAT ? LANES * width : 1];
-    if (FAST_FLOAT)
-        for (int64_t o = 0; o < LANES * width; o++) order[o] = (int32_t)((o % width) * LANES + o / width);
-    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, kind, oi, oj, order, x0, v0, u, x1, v1, first, n, substeps, h);
+    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
 }
 
 /* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] with handle velocities u [N, H, D]
