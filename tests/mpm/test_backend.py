@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import pressed_block
 
-from tphys.kernels import c_kernels
+from tphys.kernels import c_kernels, grid_kernels
 from tphys.mpm import MPMControl, MPMState, step
 
 F64 = dict(dtype=torch.float64)
@@ -36,6 +36,8 @@ def test_backend_torch_runs_no_compiled_code(kind, monkeypatch):
         raise AssertionError("compiled code reached with backend='torch'")
 
     monkeypatch.setattr(c_kernels, "_library", refuse)  # the loader: every C kernel goes through it
+    monkeypatch.setattr(grid_kernels, "_library", refuse)  # and the grid update's (cpu/grid.c)
+    monkeypatch.setattr(grid_kernels, "grid_velocity_c", refuse)
     monkeypatch.setattr(c_kernels, "call", refuse)
     for name in ("p2g_cpu", "g2p_cpu", "svd3_cpu", "matmul3", "available"):
         monkeypatch.setattr(c_kernels, name, refuse)

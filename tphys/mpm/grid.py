@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tphys.kernels import grid_kernels
 from tphys.mpm.colliders import collide
 from tphys.mpm.model import MPMModel
 
-_MIN_MASS = 1e-12  # kg; nodes lighter than this are empty
+_MIN_MASS = grid_kernels.MIN_MASS  # 1e-12 kg; nodes lighter than this are empty
 _ROUND = 4  # window extents round up to a multiple of this many nodes
 
 
@@ -33,7 +34,21 @@ def window(model: MPMModel, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
 
 
 def grid_velocity(model: MPMModel, grid_mass: Tensor, grid_momentum: Tensor, colliders: tuple | None = None,
-                  origin: Tensor | None = None) -> Tensor:
+                  origin: Tensor | None = None, backend: str = "auto") -> Tensor:
+    """Node velocities [N, WX, WY, WZ, 3] after gravity, colliders and walls (``grid_velocity_torch``'s docstring has
+    the inputs and the math): one C call over every env (``tphys.kernels.grid_kernels``, with its adjoint) where
+    ``grid_kernels.serves`` says so under ``backend`` ("auto" | "triton" | "cpu" | "torch", ``tphys.kernels``' vocabulary;
+    no Triton kernel: "triton" runs the torch ops), the torch ops of ``grid_velocity_torch`` otherwise."""
+    n = grid_mass.shape[0]
+    if origin is None:
+        origin = torch.zeros(n, 3, dtype=torch.int64, device=grid_mass.device)
+    if grid_kernels.serves(model, grid_mass, grid_momentum, colliders, backend):
+        return grid_kernels.grid_velocity_cpu(model, grid_mass, grid_momentum, colliders, origin)
+    return grid_velocity_torch(model, grid_mass, grid_momentum, colliders, origin)
+
+
+def grid_velocity_torch(model: MPMModel, grid_mass: Tensor, grid_momentum: Tensor, colliders: tuple | None = None,
+                        origin: Tensor | None = None) -> Tensor:
     """Node velocities [N, WX, WY, WZ, 3] after gravity, colliders and walls, from mass [N, WX, WY, WZ] and momentum
     [N, WX, WY, WZ, 3] on the window at ``origin`` [N, 3] (default: the whole domain, origin 0).
 

@@ -53,7 +53,7 @@ def substep(model: MPMModel, state: MPMState, backend: str = "auto", colliders: 
     origin, shape = window(model, x)
     local = x - (origin.to(x.dtype) * model.dx).unsqueeze(1)  # positions in the window's frame
     grid_mass, grid_momentum = p2g(local, mass, mass.unsqueeze(-1) * v, affine, shape, model.dx, backend=backend)
-    v, c = g2p(local, grid_velocity(model, grid_mass, grid_momentum, colliders, origin), model.dx, backend=backend)
+    v, c = g2p(local, grid_velocity(model, grid_mass, grid_momentum, colliders, origin, backend), model.dx, backend=backend)
     return MPMState(x + model.dt * v, v, c, matmul3(torch.eye(3, dtype=x.dtype, device=x.device) + model.dt * c, f, backend))
 
 
