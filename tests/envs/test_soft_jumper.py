@@ -89,8 +89,13 @@ def test_bad_inputs_are_reported():
         env.step(td.clone().set("action", torch.zeros(2, 216, dtype=torch.float64)))
 
 
-def test_compile_substep_wraps_the_substep_lazily():
-    """TorchRL's EnvBase consumes a ``compile`` keyword, so the option is ``compile_substep``; building compiles nothing."""
-    compiled, eager = E.make("soft_jumper", num_envs=1, compile_substep=True)._substep, E.make("soft_jumper", num_envs=1)._substep
-    assert hasattr(compiled.forward_fn, "__wrapped__") and hasattr(compiled.backward_fn, "__wrapped__")
-    assert not hasattr(eager.forward_fn, "__wrapped__") and not hasattr(eager.backward_fn, "__wrapped__")
+def test_compile_substep_wraps_the_torch_substep_lazily():
+    """TorchRL's EnvBase consumes a ``compile`` keyword, so the option is ``compile_substep``; building compiles nothing.
+    It applies to the torch backend; the C backend (the default on CPU) has nothing to compile."""
+    compiled = E.make("soft_jumper", num_envs=1, compile_substep=True, backend="torch")
+    eager = E.make("soft_jumper", num_envs=1, backend="torch")
+    assert compiled.compiled and not eager.compiled
+    assert hasattr(compiled._substep.forward_fn, "__wrapped__") and hasattr(compiled._substep.backward_fn, "__wrapped__")
+    assert not hasattr(eager._substep.forward_fn, "__wrapped__") and not hasattr(eager._substep.backward_fn, "__wrapped__")
+    c_path = E.make("soft_jumper", num_envs=1, compile_substep=True, backend="cpu")
+    assert c_path.backend == "cpu" and not c_path.compiled and c_path._substep.kernel is not None

@@ -1,4 +1,5 @@
-"""The fused solid substep (hand-written VJP) against its autograd twin, finite differences, and under compile."""
+"""The fused solid substep (hand-written VJP; torch backend and C backend) against its autograd twin, finite
+differences, and under compile (torch backend)."""
 
 import pytest
 import torch
@@ -35,13 +36,14 @@ def random_state(model, rest, n, gen):
     return x, v, activation
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), ground=st.booleans())
-def test_fused_substep_equals_its_twin_in_value_and_vector_jacobian_product(seed, n, ground):
+def test_fused_substep_equals_its_twin_in_value_and_vector_jacobian_product(backend, seed, n, ground):
     model, rest = solid(seed, ground=ground)
     gen = torch.Generator().manual_seed(seed + 1)
     x, v, activation = random_state(model, rest, n, gen)
-    stepper = SolidSubstep(model, 1e-3)
+    stepper = SolidSubstep(model, 1e-3, backend=backend)
     inputs = [t.clone().requires_grad_() for t in (x, v, activation)]
     weights = [torch.randn(n, *rest.shape, generator=gen, dtype=torch.float64) for _ in range(2)]
     fused, twin = _Substep.apply(*inputs, stepper), stepper.twin(*inputs)
@@ -55,10 +57,11 @@ def test_fused_substep_equals_its_twin_in_value_and_vector_jacobian_product(seed
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_fused_rollout_gradient_matches_central_finite_differences(seed):
-    """Ten substeps in contact, float64: autograd through the fused node against gradcheck's central differences."""
+    """Ten substeps in contact, float64: autograd through the fused node (torch backend; the C backend's:
+    ``test_fem_kernels``) against gradcheck's central differences."""
     model, rest = solid(seed, cells=(1, 1, 1))
     x, v, activation = random_state(model, rest, 1, torch.Generator().manual_seed(seed))
-    stepper = SolidSubstep(model, 5e-4)
+    stepper = SolidSubstep(model, 5e-4, backend="torch")
 
     def rollout(x, v, activation):
         for _ in range(10):
@@ -68,10 +71,11 @@ def test_fused_rollout_gradient_matches_central_finite_differences(seed):
     assert torch.autograd.gradcheck(rollout, [t.requires_grad_() for t in (x, v, activation)], eps=1e-7, atol=1e-5, rtol=1e-4)
 
 
-def test_twin_takes_over_for_forward_mode_double_backward_and_parameter_gradients():
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_twin_takes_over_for_forward_mode_double_backward_and_parameter_gradients(backend):
     model, rest = solid(0)
     x, v, activation = random_state(model, rest, 2, torch.Generator().manual_seed(0))
-    stepper = SolidSubstep(model, 1e-3)
+    stepper = SolidSubstep(model, 1e-3, backend=backend)
     x.requires_grad_()
     assert stepper(x, v, activation)[1].grad_fn.name().startswith("_SubstepBackward")
     with twice_differentiable():
@@ -85,7 +89,7 @@ def test_twin_takes_over_for_forward_mode_double_backward_and_parameter_gradient
 def test_compiled_substep_equals_eager_forward_and_backward():
     model, rest = solid(3)
     x, v, activation = random_state(model, rest, 2, torch.Generator().manual_seed(3))
-    eager, compiled = SolidSubstep(model, 1e-3), SolidSubstep(model, 1e-3, compile=True)
+    eager, compiled = SolidSubstep(model, 1e-3, backend="torch"), SolidSubstep(model, 1e-3, compile=True, backend="torch")
     grads = torch.randn_like(x), torch.randn_like(v)
     for a, b in zip(eager.forward_fn(x, v, activation), compiled.forward_fn(x, v, activation)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

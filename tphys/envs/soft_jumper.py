@@ -12,10 +12,12 @@ friction·f_n/slip must keep h·friction·f_n/(slip·m) < 2 for the linearised e
 contractive. With a small slip (0.01 m/s) the forward stays bounded but gradients over 32-step
 windows blow up past float32's range, and training stalls.
 Frames of 1/60 s with 80 substeps (Rewarped's), 300-step episodes, no early termination.
-Each substep is one autograd node with a hand-written backward (``tphys.particles.solid_substep``);
-``compile_substep=True`` runs its forward and backward under torch.compile (opt-in, several times
-faster; the first frames compile). (TorchRL's EnvBase takes a ``compile`` keyword of its own, hence
-the name.)
+The substeps are ``tphys.particles.solid_substep.SolidSubstep``'s, picked by ``backend`` ("auto" | "cpu" |
+"torch", default "auto"): on CPU ("auto" or "cpu") a frame's 80 substeps are one call of C loops
+(``tphys/kernels/cpu/fem.c``) forward and one backward, a single autograd node; with "torch" (and on CUDA)
+each substep is one autograd node with a hand-written backward in torch ops, which ``compile_substep=True``
+runs under torch.compile (the first frames compile; it applies to the torch backend only). (TorchRL's
+EnvBase takes a ``compile`` keyword of its own, hence the name.)
 
 Reward (Rewarped's): 10·(COM forward velocity, m/s) + 30·(COM height above its start, m) - 0.001·|a|².
 
@@ -47,7 +49,7 @@ from tphys.particles.solid_substep import SolidSubstep
 
 DEFAULTS = dict(cell=0.05, density=1000.0, mu=1e5, lam=4e5, damping=30.0, max_stress=1.2e5, ground_stiffness=3e4,
                 ground_damping=100.0, friction=0.8, slip=0.2)  # fmt: skip
-ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "compile_substep", "validate", "seed", "samples")
+ENV_OPTIONS = ("goal", "substeps", "horizon", "recompute", "compile_substep", "backend", "validate", "seed", "samples")
 # Valid range of every physical parameter (DEFAULTS) and numeric option, checked before the body is meshed:
 # lam > 0 as the builder's tetrahedra need it; max_stress = 0 leaves the muscles off.
 PARAMETER_RANGES = dict(cell=POSITIVE, density=POSITIVE, mu=POSITIVE, lam=POSITIVE, damping=NON_NEGATIVE, max_stress=NON_NEGATIVE,
@@ -88,8 +90,8 @@ class SoftJumperEnv(TphysEnv):
     finite_output_keys = ("x", "v")
 
     def __init__(self, num_envs: int = 1, device="cpu", dtype=torch.float32, goal: str | None = None, substeps: int = 80,
-                 horizon: int = 300, recompute=True, compile_substep: bool = False, validate: bool = True, seed: int | None = None,
-                 samples: int = 30, **physics):
+                 horizon: int = 300, recompute=True, compile_substep: bool = False, backend: str = "auto", validate: bool = True,
+                 seed: int | None = None, samples: int = 30, **physics):
         check_options("soft_jumper", goal, ("jump",), physics, DEFAULTS, ENV_OPTIONS)
         check_ranges("soft_jumper", {**DEFAULTS, **physics, "substeps": substeps, "horizon": horizon, "samples": samples},
                      PARAMETER_RANGES)
@@ -98,10 +100,11 @@ class SoftJumperEnv(TphysEnv):
         self.goal, self.substeps, self.recompute = "jump", substeps, check_recompute(recompute)
         self.model = model.to(device=self.device, dtype=dtype)
         self.rest = rest.to(device=self.device, dtype=dtype)
-        # one autograd node per substep with a hand-written backward; opt-in: its forward and backward
-        # each under torch.compile (frames and substeps stay a Python loop)
-        self._substep = SolidSubstep(self.model, self.dt / substeps, compile=compile_substep)
-        self.compiled = bool(compile_substep)
+        # C backend: one node per frame (C loops forward and backward); torch backend: one node per substep with a
+        # hand-written backward, optionally each under torch.compile (substeps stay a Python loop)
+        self._substep = SolidSubstep(self.model, self.dt / substeps, compile=compile_substep, backend=backend)
+        self.backend = self._substep.backend
+        self.compiled = bool(compile_substep) and self.backend == "torch"
         num_particles = rest.shape[0]
         if samples > num_particles:
             raise ValueError(f"soft_jumper: samples={samples} exceeds the {num_particles} particles")

@@ -17,6 +17,10 @@ the transposed element algebra below as a few dozen fused tensor ops (one loop e
 ``columns`` and ``corners`` are each other's transposes, which is all the backward needs besides
 the stress's own derivative. First derivatives w.r.t. x, v and the activation only (not double
 backward, not ``torch.func``, not gradients w.r.t. model parameters): the twin serves those.
+
+``substep_forward`` / ``substep_backward`` are themselves the torch twins of C loops
+(``tphys/kernels/cpu/fem.c``, ``tphys.kernels.fem_kernels``) that run the same algebra over blocks of
+envs, a whole frame's substeps per call; ``SolidSubstep(backend=...)`` picks one (see there).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils._pytree import tree_leaves
 
 from tphys.autodiff import twice_differentiable_requested
 from tphys.compiling import compile_fixed
+from tphys.kernels import fem_kernels
 from tphys.particles.forces import smooth_ramp, total_forces
 from tphys.particles.model import ParticleModel, Tetrahedra
 
@@ -223,17 +228,37 @@ class SolidSubstep:
 
     x, v: [N, P, 3] m, m/s; activation: [N, T] (fiber stress scale per element). Needs a model of
     tetrahedra only (gravity, drag and ground allowed; no springs, membranes or handles).
-    ``compile=True`` runs the fused forward and backward each under ``torch.compile`` (fixed shapes).
-    The twin (``total_forces`` under autograd) takes over where the fused node cannot serve:
+
+    ``backend`` ("auto" | "cpu" | "torch"; ``tphys.kernels.fem_kernels.resolve_backend``, decided once from the
+    model's tensors): "cpu" runs the substeps and their backward as C loops (``tphys/kernels/cpu/fem.c``, the C twin
+    of ``substep_forward`` / ``substep_backward``) and also offers ``frame`` (a frame's substeps in one C call and
+    one autograd node); "torch" runs the torch functions, under torch.compile with ``compile=True`` (fixed shapes,
+    compiled lazily on the first call); "auto" takes "cpu" for float32/float64 CPU models when the C file builds,
+    "torch" otherwise (CUDA). ``self.backend`` is the resolved choice. ``compile`` applies to the torch backend only.
+
+    The twin (``total_forces`` under autograd) takes over, whatever the backend, where the fused node cannot serve:
     forward-mode tangents, ``tphys.autodiff.twice_differentiable()``, model tensors that require grad.
     """
 
-    def __init__(self, model: ParticleModel, h: float, compile: bool = False):
+    def __init__(self, model: ParticleModel, h: float, compile: bool = False, backend: str = "auto"):
         if model.tetrahedra is None or model.springs is not None or model.triangles is not None:
             raise ValueError("SolidSubstep needs a model of tetrahedra only (no springs or membranes)")
         if not bool((model.free_mask == 1).all()):
             raise ValueError("SolidSubstep needs a model without handles")
         self.model, self.h = model, float(h)
+        self.backend = fem_kernels.resolve_backend(model.mass, backend)
+        self.kernel = fem_kernels.FemKernel(model, self.h) if self.backend == "cpu" else None
+        if self.kernel is not None:
+            kernel = self.kernel
+
+            def forward(x, v, activation):
+                return kernel.forward(x, v, activation, 1)[:2]
+
+            def backward(x, v, activation, grad_x_next, grad_v_next):
+                return kernel.backward(x, v, activation, None, grad_x_next, grad_v_next, 1)
+
+            self.forward_fn, self.backward_fn = forward, backward
+            return
 
         def forward(x, v, activation):
             return substep_forward(model, self.h, x, v, activation)
@@ -249,12 +274,39 @@ class SolidSubstep:
         v_next = v + (self.h / self.model.mass).unsqueeze(-1) * total_forces(self.model, x, v, activation=activation)
         return x + self.h * v_next, v_next
 
-    def __call__(self, x: Tensor, v: Tensor, activation: Tensor) -> tuple[Tensor, Tensor]:
+    def route(self, x: Tensor, v: Tensor, activation: Tensor) -> str:
+        """How a call on these inputs runs: "twin" (forward-mode tangents on an input, or, with grad on, inside
+        ``twice_differentiable()`` or with model tensors that require grad), "plain" (no graph needed: ``forward_fn``)
+        or "node" (the fused autograd node)."""
         inputs = (x, v, activation)
-        if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
-            return self.forward_fn(*inputs)
-        if twice_differentiable_requested() or any(isinstance(t, Tensor) and t.requires_grad for t in tree_leaves(self.model)) or any(
-                fwAD.unpack_dual(t).tangent is not None for t in inputs):
-            return self.twin(*inputs)
+        if any(fwAD.unpack_dual(t).tangent is not None for t in inputs):
+            return "twin"  # before "plain": the C loops (and compiled graphs) would drop the tangents
+        grad = torch.is_grad_enabled()
+        if grad and (twice_differentiable_requested() or any(isinstance(t, Tensor) and t.requires_grad for t in tree_leaves(self.model))):
+            return "twin"
+        if not grad or not any(t.requires_grad for t in inputs):
+            return "plain"
+        return "node"
+
+    def __call__(self, x: Tensor, v: Tensor, activation: Tensor) -> tuple[Tensor, Tensor]:
+        route = self.route(x, v, activation)
+        if route == "plain":
+            return self.forward_fn(x, v, activation)
+        if route == "twin":
+            return self.twin(x, v, activation)
         return _Substep.apply(x, v, activation, self)
 
+    def fuses_frames(self, x: Tensor, v: Tensor, activation: Tensor) -> bool:
+        """Whether ``frame`` serves these inputs: the C backend and not the twin's route."""
+        return self.kernel is not None and self.route(x, v, activation) != "twin"
+
+    def frame(self, x: Tensor, v: Tensor, activation: Tensor, substeps: int) -> tuple[Tensor, Tensor]:
+        """(x, v) [N, P, 3] after ``substeps`` substeps with the activation [N, T] held: one C call forward and, with
+        grad, one autograd node whose backward is one C call (it keeps every substep's input state, 2·N·P·3 numbers per
+        substep). Only where ``fuses_frames`` (raises ValueError otherwise)."""
+        if not self.fuses_frames(x, v, activation):
+            raise ValueError(f"SolidSubstep.frame needs the C backend (this one runs {self.backend!r}) and inputs the fused node "
+                             "serves (see route)")
+        if self.route(x, v, activation) == "plain":
+            return self.kernel.forward(x, v, activation, substeps)[:2]
+        return fem_kernels.frame(self.kernel, x, v, activation, substeps)
