@@ -1,6 +1,8 @@
 """The fused C particle step (``tphys/kernels/cpu/particles.c``) equals the torch path of ``semi_implicit_euler`` on
 every payload env that has only springs and cables, in float64 and float32, from random initial states under random
-actions, for batch sizes that are not multiples of its block of envs; and the dispatch takes it only where it may.
+actions, for batch sizes that are not multiples of its block of envs, on both of its paths ("band": every payload env
+by default; "general": forced with ``particle_kernels.BAND = 0``, and taken by a rope whose particles are renumbered);
+and the dispatch takes it only where it may.
 
 Tolerances (relative to each env's largest |x| or |v|): float64, one env step from the same state, 1e-12, and whole
 50-step trajectories 1e-9 (the stiff cables amplify a round-off difference by ~1e3 per step: the stretch is ~1e-3 of
@@ -13,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 import tphys.envs as E
 from tphys.kernels import c_kernels, particle_kernels
-from tphys.particles import ParticleControl, ParticleState, fused_step, semi_implicit_euler
+from tphys.particles import ParticleControl, ParticleModel, ParticleState, fused_step, semi_implicit_euler
 
 pytestmark = pytest.mark.skipif(not particle_kernels.available(torch.float64), reason="no C compiler")
 
@@ -35,12 +38,24 @@ def as_dtype(state: ParticleState, dtype) -> ParticleState:
     return ParticleState(*[t.to(dtype) if t.is_floating_point() else t for t in state])
 
 
-def compare(name: str, n: int, seed: int, dtype=torch.float64, steps: int = STEPS) -> dict:
+@pytest.fixture(params=particle_kernels.PATHS)
+def kernel_path(request, monkeypatch):
+    """Each of the kernel's paths in turn: "band" (the default for every payload env) and "general" (BAND = 0)."""
+    if request.param == "general":
+        monkeypatch.setattr(particle_kernels, "BAND", 0)
+    fused_step._PLANS.clear()  # plans hold the path: derive them again under this BAND
+    yield request.param
+    fused_step._PLANS.clear()
+
+
+def compare(name: str, n: int, seed: int, dtype=torch.float64, steps: int = STEPS, path: str | None = None) -> dict:
     """Errors of the C step against the torch path along a torch trajectory of ``steps`` env steps: ``one_step`` (each
     step from the torch state), ``trajectory`` (the C path run on its own), and in float32 ``one_step_64`` /
     ``torch_one_step_64`` (the C and torch float32 steps against the float64 step)."""
     env = E.make(name, num_envs=n, seed=seed, dtype=torch.float64, validate=False)
     model = env.model.to(dtype=dtype)
+    if path is not None:
+        assert fused_step._plan(model, env.dt / env.substeps).model.path == path
     generator = torch.Generator().manual_seed(seed)
     errors = dict(one_step=0.0, trajectory=0.0, one_step_64=0.0, torch_one_step_64=0.0)
     with torch.no_grad():
@@ -68,19 +83,19 @@ def compare(name: str, n: int, seed: int, dtype=torch.float64, steps: int = STEP
 
 
 @pytest.mark.parametrize("name", FUSED_ENVS)
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # kernel_path: once a test
 @given(n=st.sampled_from([1, 7, 33, 50]), seed=st.integers(0, 2**16))
-def test_the_c_step_equals_the_torch_path_in_float64(name, n, seed):
-    errors = compare(name, n, seed)
+def test_the_c_step_equals_the_torch_path_in_float64(kernel_path, name, n, seed):
+    errors = compare(name, n, seed, path=kernel_path)
     assert errors["one_step"] < 1e-12, errors
     assert errors["trajectory"] < 1e-9, errors
 
 
 @pytest.mark.parametrize("name", FUSED_ENVS)
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.sampled_from([5, 31, 45]), seed=st.integers(0, 2**16))
-def test_the_c_step_is_as_accurate_as_the_torch_path_in_float32(name, n, seed):
-    errors = compare(name, n, seed, torch.float32)
+def test_the_c_step_is_as_accurate_as_the_torch_path_in_float32(kernel_path, name, n, seed):
+    errors = compare(name, n, seed, torch.float32, path=kernel_path)
     assert errors["one_step"] < 2e-4, errors
     assert errors["one_step_64"] < 3 * errors["torch_one_step_64"] + 1e-6, errors
 
@@ -187,6 +202,60 @@ def test_an_in_place_edit_of_the_model_reaches_the_kernel():
     assert relative_error(after, before) > 1e-6 and relative_error(after, twin) < 1e-12
 
 
+# ---------------------------------------------------------------------------- the two paths: which one runs
+def renumbered(model: ParticleModel, order: Tensor) -> ParticleModel:
+    """``model`` with its particles renumbered: new particle k is old particle order[k]."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0])
+    springs = model.springs._replace(incidence=model.springs.incidence[:, order])
+    return model._replace(mass=model.mass[order], free_mask=model.free_mask[order], free_scatter=model.free_scatter[:, order],
+                          handle_index=inverse[model.handle_index], handle_scatter=model.handle_scatter[:, order], springs=springs)
+
+
+def test_the_path_rule_takes_the_band_for_springs_at_most_band_apart():
+    i, j = torch.tensor([0, 1, 0]), torch.tensor([1, 2, 3])
+    assert particle_kernels.path(i, j) == "band" and particle_kernels.path(j, i) == "band"  # |i - j| <= 3, either way round
+    assert particle_kernels.path(i, j + 1) == "general"  # a spring 4 apart
+    assert particle_kernels.path(i, j, band=2) == "general"
+    assert particle_kernels.path(i[:0], j[:0]) == "band"  # no springs
+    assert f"#define MAX_BAND {particle_kernels.BAND} " in particle_kernels.SOURCE.read_text()  # the C file's own limit
+
+
+def test_a_renumbered_rope_takes_the_general_path_with_the_same_results():
+    """The rope (chain: band path) with its particles renumbered so that springs join particles up to 5 apart: the
+    general path, equal to the torch path on the renumbered model and to the band path's results renumbered."""
+    env, state, action = rope(n=7)
+    order = torch.tensor([0, 5, 1, 4, 2, 3])
+    model, h = renumbered(env.model, order), env.dt / env.substeps
+    assert fused_step._plan(env.model, h).model.path == "band" and fused_step._plan(model, h).model.path == "general"
+    control = ParticleControl(env.handle_velocity(action))
+    with torch.no_grad():
+        banded = env.read_state(state)
+        general = banded._replace(x=banded.x[:, order], v=banded.v[:, order])
+        for _ in range(5):
+            twin = semi_implicit_euler(model, general, control, env.dt, env.substeps, backend="torch")
+            general = semi_implicit_euler(model, general, control, env.dt, env.substeps, backend="cpu")
+            banded = semi_implicit_euler(env.model, banded, control, env.dt, env.substeps, backend="cpu")
+            assert relative_error(general, twin) < 1e-12
+    assert relative_error(banded._replace(x=banded.x[:, order], v=banded.v[:, order]), general) < 1e-12
+
+
+def test_the_c_file_refuses_the_band_path_for_a_spring_wider_than_its_band(monkeypatch):
+    """The C step checks the band itself and says which path it took: a model given "band" by a wider BAND than the C
+    file's is an error, not a silent switch."""
+    env, state, action = rope(n=3)
+    monkeypatch.setattr(particle_kernels, "BAND", 5)
+    fused_step._PLANS.clear()
+    try:
+        model = renumbered(env.model, torch.tensor([0, 5, 1, 4, 2, 3]))
+        assert fused_step._plan(model, env.dt / env.substeps).model.path == "band"
+        particles = env.read_state(state)
+        with torch.no_grad(), pytest.raises(RuntimeError, match="took path 'general'"):
+            semi_implicit_euler(model, particles, ParticleControl(env.handle_velocity(action)), env.dt, env.substeps, backend="cpu")
+    finally:
+        fused_step._PLANS.clear()
+
+
 # ---------------------------------------------------------------------------- other builds, and the comparison has teeth
 def use_build(monkeypatch, tmp_path, source=None, defines=()):
     """Route the C step to a build of ``source`` (default: the C file) with extra ``defines``, in a scratch cache."""
@@ -199,11 +268,15 @@ def use_build(monkeypatch, tmp_path, source=None, defines=()):
     monkeypatch.setattr(particle_kernels, "_library", library)
 
 
-def test_the_portable_build_equals_the_torch_path_in_float32(tmp_path, monkeypatch):
-    """-DTPHYS_GENERIC: the plain loops the compiler vectorises, which CPUs without AVX-512 run for float too."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_portable_build_equals_the_torch_path(tmp_path, monkeypatch, kernel_path, dtype):
+    """-DTPHYS_GENERIC: the plain loops the compiler vectorises and 32-byte vectors, what CPUs without AVX-512 run."""
     use_build(monkeypatch, tmp_path, defines=("-DTPHYS_GENERIC",))
-    errors = compare("rope3d", 45, 3, torch.float32, steps=10)
-    assert errors["one_step"] < 2e-4 and errors["one_step_64"] < 3 * errors["torch_one_step_64"] + 1e-6, errors
+    errors = compare("rope3d", 45, 3, dtype, steps=10, path=kernel_path)
+    if dtype == torch.float64:
+        assert errors["one_step"] < 1e-12 and errors["trajectory"] < 1e-9, errors
+    else:
+        assert errors["one_step"] < 2e-4 and errors["one_step_64"] < 3 * errors["torch_one_step_64"] + 1e-6, errors
 
 
 def avx512() -> bool:
@@ -214,17 +287,35 @@ def avx512() -> bool:
         return False
 
 
-@pytest.mark.parametrize("dtype, defect, replacement", [
-    (torch.float64, "(damping * taut) * (dot * inverse)", "(REAL)0 * (dot * inverse)"),  # the portable loops
-    pytest.param(torch.float32, "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)", "tension",
-                 marks=pytest.mark.skipif(not avx512(), reason="no AVX-512: float runs the portable loops")),
-])
-def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, dtype, defect, replacement):
-    """A mutant of the C file that drops the damping term of the spring tension fails the comparison."""
+ON_AVX512 = pytest.mark.skipif(not avx512(), reason="no AVX-512: float runs the portable code")
+
+
+@pytest.mark.parametrize("kernel_path, dtype, defect, replacement", [
+    ("general", torch.float64, "stiffness * elastic + (damping * taut) * (dot * inverse)", "stiffness * elastic"),  # one_spring
+    pytest.param("general", torch.float32, "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)", "tension",
+                 marks=ON_AVX512),  # one_spring_avx512
+    ("band", torch.float64, "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension"),  # band_tension
+    pytest.param("band", torch.float32, "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension", marks=ON_AVX512),
+], indirect=["kernel_path"])
+def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, kernel_path, dtype, defect, replacement):
+    """A mutant of the C file that drops the damping term of the spring tension on one path fails that path's comparison."""
     source = particle_kernels.SOURCE.read_text()
     assert source.count(defect) == 1
     mutant = tmp_path / "particles.c"
     mutant.write_text(source.replace(defect, replacement))
     use_build(monkeypatch, tmp_path, mutant)
-    errors = compare("pendulum2d", 3, 0, dtype, steps=2)
+    errors = compare("pendulum2d", 3, 0, dtype, steps=2, path=kernel_path)
     assert errors["one_step"] > 1e-3, errors
+
+
+def test_the_band_path_catches_a_misplaced_window_slot(tmp_path, monkeypatch, kernel_path):
+    """A mutant of the band path that adds the force of a spring two particles apart to the neighbour's slot (the
+    rope's bending springs) fails the comparison; the general path does not use that code and still passes."""
+    source = particle_kernels.SOURCE.read_text()
+    defect = "case 2: BAND_ADD(2 < B ? 2 : B); break;"
+    assert source.count(defect) == 1
+    mutant = tmp_path / "particles.c"
+    mutant.write_text(source.replace(defect, "case 2: BAND_ADD(1); break;"))
+    use_build(monkeypatch, tmp_path, mutant)
+    errors = compare("rope3d", 5, 0, torch.float64, steps=2, path=kernel_path)
+    assert (errors["one_step"] > 1e-3) == (kernel_path == "band"), errors

@@ -34,6 +34,8 @@ _REAL = {torch.float32: "float", torch.float64: "double"}
 
 
 LANES = {"float": 32, "double": 16}  # envs per block: two 64-byte vectors
+BAND = 3  # the band path's widest spring, |i - j|: the C file's MAX_BAND (a test reads it there)
+PATHS = ("band", "general")
 
 
 @cache
@@ -71,6 +73,19 @@ class Model(NamedTuple):
     dim: int
     springs: int
     dtype: torch.dtype
+    path: str  # "band" or "general" (``path``)
+
+
+def path(first: Tensor, second: Tensor, band: int | None = None) -> str:
+    """The kernel's path for springs joining particles ``first``, ``second`` [S]: "band" when every spring joins
+    particles at most ``band`` (default ``BAND``) apart in index, 0 < |i - j| <= band (chains: the rope's cables i, i+1
+    and bending springs i, i+2; every payload env), else "general". The band path keeps each particle's spring-force sum
+    in registers and updates the particle as soon as its last spring is done (``cpu/particles.c``, "the banded path");
+    the general one sums every spring into a force array first. Same results up to the order of a particle's
+    spring-force sum."""
+    gap = (first - second).abs()
+    band = BAND if band is None else band
+    return "band" if bool(((gap >= 1) & (gap <= band)).all()) else "general"
 
 
 def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag: float, first: Tensor, second: Tensor, rest: Tensor,
@@ -91,15 +106,15 @@ def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag:
         raise TypeError("particle_step: handle, first and second must be int64")
     ptr = [t.data_ptr() for t in tensors]
     pointers = (*ptr[:4], float(drag), *ptr[4:], float(width))
-    return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype)
+    return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype, path(first, second))
 
 
 def _function(real: str):
     function = _library(real).particle_step
     if function.argtypes is None:
         address, real_t, integer = ctypes.c_void_p, ctypes.c_double, ctypes.c_int64
-        function.argtypes = [address] * 9 + [real_t] + [address] * 6 + [real_t] + [integer] * 6 + [real_t]
-        function.restype = None
+        function.argtypes = [address] * 9 + [real_t] + [address] * 6 + [real_t] + [integer] * 6 + [real_t, integer]
+        function.restype = ctypes.c_int
     return function
 
 
@@ -114,6 +129,9 @@ def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor, substeps: int, 
         raise ValueError(f"particle_step: x {tuple(x.shape)}, v {tuple(v.shape)}, u {tuple(u.shape)} do not fit a model of "
                          f"{model.particles} particles in {model.dim}-D")
     x1, v1 = torch.empty_like(x), torch.empty_like(x)
-    _function(_REAL[model.dtype])(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n,
-                                  model.particles, model.dim, u.shape[1], model.springs, int(substeps), float(h))
+    banded = model.path == "band"
+    taken = _function(_REAL[model.dtype])(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n,
+                                          model.particles, model.dim, u.shape[1], model.springs, int(substeps), float(h), int(banded))
+    if taken != banded:  # the C file checks the band itself; a disagreement is a bug here or there
+        raise RuntimeError(f"particle_step: the C step took path {PATHS[1 - taken]!r}, the model's is {model.path!r}")
     return x1, v1

@@ -302,8 +302,226 @@ INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REA
     }
 }
 
+/* ---------------------------------------------------------------------------- the banded path
+ * For models whose springs join particles at most MAX_BAND apart in index (|i - j| <= MAX_BAND: chains such as the
+ * rope, whose cables join i, i+1 and bending springs i, i+2; every payload env), a substep is one pass over the
+ * particles j = 0..P-1 in order, each vector of VW envs on its own: the springs whose higher particle is j (d = x_hi -
+ * x_lo) add their forces to a window of force accumulators held in registers, w[o] = force on particle j - o, o = 0..
+ * MAX_BAND; after them particle j - MAX_BAND has all its forces (later springs touch only particles > j - MAX_BAND),
+ * so it is updated in place, and the window shifts. No force array in memory, one read of each particle's state and
+ * one write a substep. The arithmetic is one_spring's and update's: the same results up to the order in which a
+ * particle's spring forces are summed (sorted by the higher particle instead of the spring index) and, for a spring
+ * numbered from its higher particle (d = x_i - x_j in one_spring), exact sign flips (-(a - b) = b - a).
+ *
+ * Vectors are GCC vector types of VBYTES bytes (VW numbers): 64 with AVX-512, else 32; the float build with AVX-512
+ * takes 1/|d| as one_spring_avx512 does, every other build sqrt and a division as one_spring does. */
+#define MAX_BAND 3 /* the widest band; particle_kernels.BAND, which chooses the path, is the same number */
+#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
+#define VBYTES 64
+#define VEC_AVX512 1
+#else
+#define VBYTES 32
+#define VEC_AVX512 0
+#endif
+typedef REAL vec __attribute__((vector_size(VBYTES)));
+typedef __typeof__(_Generic((REAL)0, float: (int32_t)0, default: (int64_t)0)) lane_int;
+typedef lane_int ivec __attribute__((vector_size(VBYTES)));
+#define VW ((int)(VBYTES / sizeof(REAL)))
+
+INLINE vec vload(const REAL *p) {
+    vec r;
+    __builtin_memcpy(&r, p, sizeof r);
+    return r;
+}
+INLINE void vstore(REAL *p, vec a) { __builtin_memcpy(p, &a, sizeof a); }
+INLINE vec vset(REAL a) { /* every lane a (an element loop would be built lane by lane; x - 0 = x, -0 included) */
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_set1_ps((float)a);
+    return (vec)_mm512_set1_pd((double)a);
+#else
+    return a - (vec){0};
+#endif
+}
+/* a < b ? b : a and a > b ? b : a, lane by lane (a NaN in a passes, like one_spring's comparisons). */
+INLINE vec vmax(vec a, vec b) {
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_max_ps((__m512)b, (__m512)a);
+    return (vec)_mm512_max_pd((__m512d)b, (__m512d)a);
+#else
+    const ivec m = a < b;
+    return (vec)((m & (ivec)b) | (~m & (ivec)a));
+#endif
+}
+INLINE vec vmin(vec a, vec b) {
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_min_ps((__m512)b, (__m512)a);
+    return (vec)_mm512_min_pd((__m512d)b, (__m512d)a);
+#else
+    const ivec m = a > b;
+    return (vec)((m & (ivec)b) | (~m & (ivec)a));
+#endif
+}
+INLINE vec vsqrt(vec a) {
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_sqrt_ps((__m512)a);
+    return (vec)_mm512_sqrt_pd((__m512d)a);
+#else
+    vec r;
+    for (int e = 0; e < VW; e++) r[e] = SQRT(a[e]);
+    return r;
+#endif
+}
+
+/* The band plan of a model (band_plan): springs sorted by their higher particle. */
+typedef struct {
+    const int64_t *start;  /* [P + 1] springs start[j] .. start[j+1]-1 (sorted) have higher particle j */
+    const int *offset;     /* [S] j - (lower particle), 1..MAX_BAND */
+    const int *kind;       /* [S] 2·(SPRING, CABLE or BLEND) + damped */
+    const REAL *rest, *stiffness, *damping, *cable; /* [S] sorted */
+    const int *particle;   /* [P] FREE, STILL or ANY */
+    REAL inv_width, half_width; /* 1/w, w/2: the cables' slack width w */
+    int band;                   /* the largest offset, 1..MAX_BAND */
+} Band;
+
+/* g = T/|d| of a spring (one_spring's formula) from d = x_hi - x_lo (D vectors) and the velocities. */
+INLINE vec band_tension(const int D, const int kind, const int damped, const vec *d, const REAL *vh, const REAL *vl, REAL rest,
+                        REAL stiffness, REAL damping, REAL cable, REAL inv_width, REAL half_width) {
+    vec length2 = d[0] * d[0];
+    for (int a = 1; a < D; a++) length2 = d[a] * d[a] + length2;
+    vec inverse, stretch;
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| */
+        const __m512 l2 = _mm512_max_ps(_mm512_set1_ps(1e-24f), (__m512)length2);
+        __m512 y = _mm512_rsqrt14_ps(l2);
+        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), l2), y);
+        y = _mm512_mul_ps(y, _mm512_fnmadd_ps(half_xy, y, _mm512_set1_ps(1.5f)));
+        inverse = (vec)y;
+        stretch = (vec)_mm512_sub_ps(_mm512_mul_ps(l2, y), _mm512_set1_ps((float)rest));
+    } else
+#endif
+    {
+        const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
+        inverse = vset(1) / length;
+        stretch = length - rest;
+    }
+    vec elastic = stretch, taut = vset(1);
+    if (kind != SPRING) {
+        vec tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
+        const vec ramp = tau * (stretch - half_width * tau);
+        const vec step = tau * tau * (3 - 2 * tau);
+        elastic = kind == CABLE ? ramp : stretch + cable * (ramp - stretch);
+        taut = kind == CABLE ? step : 1 + cable * (step - 1);
+    }
+    vec tension = stiffness * elastic;
+    if (damped) {
+        vec dot = (vload(vh) - vload(vl)) * d[0];
+        for (int a = 1; a < D; a++) dot = (vload(vh + a * LANES) - vload(vl + a * LANES)) * d[a] + dot;
+        tension = (damping * taut) * (dot * inverse) + tension;
+    }
+    return tension * inverse;
+}
+
+/* update() for one vector: particle p of the block arrays at lane e0 with spring force f (D vectors). */
+INLINE void band_update(const int D, const int kind, const int dragged, REAL *x, REAL *v, const vec *f, const REAL *weight,
+                        REAL drag, REAL impulse, REAL free, REAL h) {
+    for (int a = 0; a < D; a++) {
+        vec velocity = vload(v + a * LANES);
+        if (kind != STILL) {
+            const vec force = (dragged ? weight[a] - drag * velocity : vset(weight[a])) + f[a];
+            velocity = velocity + impulse * (kind == FREE ? force : force * free);
+            vstore(v + a * LANES, velocity);
+        }
+        vstore(x + a * LANES, vload(x + a * LANES) + h * velocity);
+    }
+}
+
+INLINE void band_update_any(const int D, const int code, const int dragged, REAL *x, REAL *v, const vec *f, const REAL *weight,
+                            REAL drag, REAL impulse, REAL free, REAL h) {
+    const int kind = code;
+    if (dragged) {
+        if (kind == FREE) band_update(D, FREE, 1, x, v, f, weight, drag, impulse, free, h);
+        else if (kind == STILL) band_update(D, STILL, 1, x, v, f, weight, drag, impulse, free, h);
+        else band_update(D, ANY, 1, x, v, f, weight, drag, impulse, free, h);
+    } else {
+        if (kind == FREE) band_update(D, FREE, 0, x, v, f, weight, drag, impulse, free, h);
+        else if (kind == STILL) band_update(D, STILL, 0, x, v, f, weight, drag, impulse, free, h);
+        else band_update(D, ANY, 0, x, v, f, weight, drag, impulse, free, h);
+    }
+}
+
+/* One substep of the VW envs at lane e0 of the block arrays X, V [P][D][LANES] (see the section comment). */
+INLINE void band_substep(const int D, const int B, const int dragged, const Particles *q, const Band *b, REAL *X, REAL *V, int e0,
+                         REAL h) {
+    const int64_t P = q->particles;
+    vec w[MAX_BAND + 1][3]; /* slots 0..B used (B: a constant in each instance; a VLA would live in memory) */
+    _Pragma("GCC unroll 8") for (int o = 0; o <= B; o++) _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) w[o][a] = vset(0);
+    for (int64_t j = 0; j < P; j++) {
+        const REAL *xh = X + AT(j, 0) + e0, *vh = V + AT(j, 0) + e0;
+        vec xj[3];
+        _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) {
+            xj[a] = vload(xh + a * LANES);
+            w[0][a] = vset(0);
+        }
+        for (int64_t k = b->start[j]; k < b->start[j + 1]; k++) {
+            const int o = b->offset[k];
+            const REAL *xl = xh - o * D * LANES, *vl = vh - o * D * LANES;
+            vec d[3];
+            _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) d[a] = xj[a] - vload(xl + a * LANES);
+            const REAL r = b->rest[k], st = b->stiffness[k], c = b->damping[k], cb = b->cable[k], iw = b->inv_width, hw = b->half_width;
+            vec g;
+            switch (b->kind[k]) {
+            case 2 * SPRING: g = band_tension(D, SPRING, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * SPRING + 1: g = band_tension(D, SPRING, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * CABLE: g = band_tension(D, CABLE, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * CABLE + 1: g = band_tension(D, CABLE, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * BLEND: g = band_tension(D, BLEND, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
+            default: g = band_tension(D, BLEND, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
+            }
+            vec gd[3];
+            _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) {
+                gd[a] = g * d[a];
+                w[0][a] = w[0][a] - gd[a];
+            }
+#define BAND_ADD(slot) _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) w[slot][a] = w[slot][a] + gd[a]
+            switch (o) {
+            case 1: BAND_ADD(1); break;
+            case 2: BAND_ADD(2 < B ? 2 : B); break;
+            default: BAND_ADD(B); break;
+            }
+#undef BAND_ADD
+        }
+        const int64_t p = j - B;
+        if (p >= 0)
+            band_update_any(D, b->particle[p], dragged, X + AT(p, 0) + e0, V + AT(p, 0) + e0, w[B], q->weight + p * D, q->drag,
+                            q->impulse[p], q->free[p], h);
+        _Pragma("GCC unroll 8") for (int o = B; o > 0; o--) _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) w[o][a] = w[o - 1][a];
+    }
+    _Pragma("GCC unroll 8") for (int o = B; o > 0; o--) {
+        const int64_t p = P - o;
+        if (p >= 0)
+            band_update_any(D, b->particle[p], dragged, X + AT(p, 0) + e0, V + AT(p, 0) + e0, w[o], q->weight + p * D, q->drag,
+                            q->impulse[p], q->free[p], h);
+    }
+}
+
+/* All substeps of the VW envs at lane e0, for the model's band b->band (1..MAX_BAND, a compile-time window). */
+INLINE void band_substeps(const int D, const Particles *q, const Band *b, REAL *X, REAL *V, int e0, int64_t substeps, REAL h) {
+#define BAND_RUN(B, dragged) for (int64_t step = 0; step < substeps; step++) band_substep(D, B, dragged, q, b, X, V, e0, h)
+    const int dragged = q->drag != 0;
+    switch (b->band * 2 + dragged) {
+    case 2: BAND_RUN(1, 0); break;
+    case 3: BAND_RUN(1, 1); break;
+    case 4: BAND_RUN(2 <= MAX_BAND ? 2 : MAX_BAND, 0); break;
+    case 5: BAND_RUN(2 <= MAX_BAND ? 2 : MAX_BAND, 1); break;
+    default:
+        if (dragged) BAND_RUN(MAX_BAND, 1);
+        else BAND_RUN(MAX_BAND, 0);
+    }
+#undef BAND_RUN
+}
+
 /* One block of LANES envs through every substep. */
-INLINE void block(const int D, const Particles *q, const Springs *s, const int *kind, const int64_t *oi, const int64_t *oj, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
+INLINE void block(const int D, const Particles *q, const Springs *s, const Band *b, const int *kind, const int64_t *oi, const int64_t *oj, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
                   int64_t first, int64_t n, int64_t substeps, REAL h) {
     const int64_t P = q->particles, lanes = n - first < LANES ? n - first : LANES;
     REAL X[P * D * LANES] __attribute__((aligned(64)));
@@ -325,6 +543,12 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const int *
     const REAL drag = q->drag;
     for (int64_t i = 0; i < P * D; i++)
         FOR_LANES(e) F[i * LANES + e] = 0;
+    if (b != 0) {
+        for (int e0 = 0; e0 < LANES; e0 += VW) band_substeps(D, q, b, X, V, e0, substeps, h);
+        scatter(D, X, x1, first, lanes, P);
+        scatter(D, V, v1, first, lanes, P);
+        return;
+    }
     for (int64_t step = 0; step < substeps; step++) {
         spring_forces(D, s, kind, oi, oj, X, V, F);
         for (int64_t p = 0; p < P; p++) {
@@ -339,8 +563,8 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const int *
     scatter(D, V, v1, first, lanes, P);
 }
 
-INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1,
-                int64_t n, int64_t substeps, REAL h) {
+INLINE int run(const int D, const Particles *q, const Springs *s, int banded, const REAL *x0, const REAL *v0, const REAL *u, REAL *x1,
+                REAL *v1, int64_t n, int64_t substeps, REAL h) {
     const int64_t count = s->count > 0 ? s->count : 1;
     int kind[count];
     int64_t oi[count], oj[count];
@@ -350,19 +574,47 @@ INLINE void run(const int D, const Particles *q, const Springs *s, const REAL *x
         oi[k] = AT(s->first[k], 0);
         oj[k] = AT(s->second[k], 0);
     }
-    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
+    /* The band plan (used when `banded`): springs sorted by higher particle, a counting sort. */
+    const int64_t P = q->particles;
+    int64_t start[P + 1], fill[P + 1];
+    int offset[count], bkind[count], particle[P];
+    REAL rest[count], stiffness[count], damping[count], cable[count];
+    for (int64_t j = 0; j <= P; j++) start[j] = 0;
+    for (int64_t k = 0; k < s->count; k++) {
+        const int64_t hi = s->first[k] > s->second[k] ? s->first[k] : s->second[k];
+        start[hi + 1]++;
+    }
+    for (int64_t j = 0; j < P; j++) start[j + 1] += start[j];
+    for (int64_t j = 0; j <= P; j++) fill[j] = start[j];
+    for (int64_t p = 0; p < P; p++) {
+        const REAL free = q->free[p], impulse = q->impulse[p];
+        particle[p] = free == 1 ? FREE : free == 0 && impulse == 0 ? STILL : ANY;
+    }
+    int band_max = 1;
+    for (int64_t k = 0; k < s->count; k++) {
+        const int64_t i = s->first[k], j = s->second[k], hi = i > j ? i : j, lo = i > j ? j : i, at = fill[hi]++;
+        band_max = hi - lo > band_max ? (int)(hi - lo) : band_max;
+        offset[at] = (int)(hi - lo);
+        bkind[at] = kind[k];
+        rest[at] = s->rest[k], stiffness[at] = s->stiffness[k], damping[at] = s->damping[k], cable[at] = s->cable[k];
+        if (hi - lo < 1 || hi - lo > MAX_BAND) banded = 0;
+    }
+    const Band band = {start, offset, bkind, rest, stiffness, damping, cable, particle, (REAL)1 / s->width, (REAL)0.5 * s->width, band_max};
+    for (int64_t first = 0; first < n; first += LANES) block(D, q, s, banded ? &band : 0, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
+    return banded;
 }
 
 /* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] with handle velocities u [N, H, D]
  * (see the header comment for the other arguments). dim is 2 or 3. */
-void particle_step(const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1, const int64_t *handle, const REAL *free,
+int particle_step(const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1, const int64_t *handle, const REAL *free,
                    const REAL *impulse, const REAL *weight, double drag, const int64_t *first, const int64_t *second, const REAL *rest,
                    const REAL *stiffness, const REAL *damping, const REAL *cable, double width, int64_t n, int64_t particles,
-                   int64_t dim, int64_t handles, int64_t springs, int64_t substeps, double h) {
+                   int64_t dim, int64_t handles, int64_t springs, int64_t substeps, double h, int64_t banded) {
     const Particles q = {handle, free, impulse, weight, (REAL)drag, particles, handles};
     const Springs s = {first, second, rest, stiffness, damping, cable, (REAL)width, springs};
     if (dim == 2)
-        run(2, &q, &s, x0, v0, u, x1, v1, n, substeps, (REAL)h);
-    else if (dim == 3)
-        run(3, &q, &s, x0, v0, u, x1, v1, n, substeps, (REAL)h);
+        return run(2, &q, &s, (int)banded, x0, v0, u, x1, v1, n, substeps, (REAL)h);
+    if (dim == 3)
+        return run(3, &q, &s, (int)banded, x0, v0, u, x1, v1, n, substeps, (REAL)h);
+    return 0;
 }
