@@ -377,16 +377,28 @@ def load_store(path: Path | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+CODE_PATHS = ("tphys", "recipes", "benchmarks/vs_rewarped.py", "pyproject.toml")  # what a tphys cell runs
+
+
+def same_code(commit: str) -> bool:
+    """True when ``CODE_PATHS`` at ``commit`` (a clean one) are what the working tree holds now: a tphys cell measured there
+    ran the code a new one would run (commits of results, tests or other benchmarks in between do not matter)."""
+    if not commit or commit.endswith("-dirty") or commit == "unknown":
+        return False
+    diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *CODE_PATHS], cwd=REPO, capture_output=True)
+    return diff.returncode == 0
+
+
 def stored_cell(args, key: dict) -> dict | None:
     """The newest stored cell for ``key`` that ``--reuse`` allows: Rewarped's cells (``rewarped`` or ``all``: the reference
-    does not change with our commits) or any cell of this very commit (``all``: resuming an interrupted run)."""
+    does not change with our commits) or a tphys cell measured with the code of the working tree (``all``, see
+    ``same_code``: resuming an interrupted run)."""
     if args.reuse == "none":
         return None
-    commit = git_commit()
     for cell in reversed(args.stored):
         if cell.get("key") != key or "error" in cell:
             continue
-        if key["variant"] == "rewarped" or (args.reuse == "all" and cell.get("commit") == commit and not commit.endswith("-dirty")):
+        if key["variant"] == "rewarped" or (args.reuse == "all" and same_code(cell.get("commit", ""))):
             return cell
     return None
 
@@ -506,8 +518,8 @@ def main() -> None:
                         help="JSON-lines file every measured cell is appended to (with its key, commit, date and load)")
     parser.add_argument("--reuse", choices=("none", "rewarped", "all"), default="none",
                         help="take cells from --store instead of measuring them: rewarped = Rewarped's cells of the same "
-                             "key (task, N, mode, H, clock, seconds, CPU model); all = also tphys cells of this commit "
-                             "(resume an interrupted run)")
+                             "key (task, N, mode, H, clock, seconds, CPU model); all = also tphys cells measured with the "
+                             "same tphys/, recipes/ and this script as the working tree's (resume an interrupted run)")
     parser.add_argument("--systems", choices=("both", "rewarped", "tphys"), default="both",
                         help="measure only Rewarped's cells (e.g. to store them first) or only ours")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)

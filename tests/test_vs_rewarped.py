@@ -83,6 +83,7 @@ def test_stored_cells_stand_in_only_where_reuse_allows(tmp_path, monkeypatch):
     monkeypatch.setattr(vs_rewarped, "measure_cell", fake_measure)
     commit = ["aaaaaaa"]
     monkeypatch.setattr(vs_rewarped, "git_commit", lambda: commit[0])
+    monkeypatch.setattr(vs_rewarped, "same_code", lambda stored: stored == commit[0])  # a new commit changes the code
     store = tmp_path / "cells.jsonl"
 
     def run(reuse, system, n=16, clock="cpu"):
@@ -101,7 +102,7 @@ def test_stored_cells_stand_in_only_where_reuse_allows(tmp_path, monkeypatch):
     assert run("all", "recipe")["reused"] and len(measured) == 3  # --reuse all: this commit's cell (resume)
     commit[0] = "ccccccc"
     run("all", "recipe")
-    assert len(measured) == 4  # another commit's cell of ours never stands in
+    assert len(measured) == 4  # a cell of ours measured with other code never stands in
     for changed in ({"n": 64}, {"clock": "wall"}):
         run("rewarped", "rewarped", **changed)
     assert len(measured) == 6
@@ -112,3 +113,18 @@ def test_stored_cells_stand_in_only_where_reuse_allows(tmp_path, monkeypatch):
     before = store.read_text()
     run("none", "rewarped", n=1)
     assert store.read_text() == before  # failures are not stored
+
+
+def test_same_code_compares_the_code_paths_with_the_working_tree():
+    """A tphys cell stands in only for the code it ran: HEAD's own commit is the same code (a clean tree here is not
+    needed: the diff is against the working tree), a dirty or unknown commit never is, nor one whose tphys/ differs."""
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=vs_rewarped.REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *vs_rewarped.CODE_PATHS], cwd=vs_rewarped.REPO,
+                           capture_output=True, text=True).stdout.strip()
+    assert vs_rewarped.same_code(head) == (dirty == "")
+    assert not vs_rewarped.same_code(head + "-dirty") and not vs_rewarped.same_code("unknown") and not vs_rewarped.same_code("")
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=vs_rewarped.REPO, capture_output=True,
+                           text=True).stdout.split()[0]
+    assert not vs_rewarped.same_code(first)  # the first commit's tphys/ is not today's
