@@ -36,7 +36,7 @@ from tphys.envs.snu_humanoid import SNU_HUMANOID
 from tphys.math import quat_mul, quat_to_matrix
 from tphys.rigid.model import RigidModel
 
-ENV_OPTIONS = ("goal", "substeps", "horizon", "early_termination", "recompute", "compile_substep", "validate", "seed")
+ENV_OPTIONS = ("goal", "substeps", "horizon", "early_termination", "recompute", "compile_substep", "backend", "validate", "seed")
 
 
 def _rand(gen: torch.Generator, *shape: int) -> Tensor:

@@ -33,6 +33,7 @@ from torch import Tensor
 from tphys.autodiff import check_recompute
 from tphys.envs.base import TphysEnv
 from tphys.envs.ranges import POSITIVE, check_ranges, int_at_least
+from tphys.kernels import rigid_kernels
 from tphys.rigid import RigidControl, RigidModel, RigidState, forward_kinematics, step
 from tphys.rigid.integrator import compiled_substep
 from tphys.rigid.presets import DFLEX, dflex_model
@@ -84,7 +85,8 @@ class RigidEnv(TphysEnv):
 
     def __init__(self, task: RigidTask, num_envs: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  goal: str | None = None, substeps: int | None = None, horizon: int | None = None, early_termination: bool = True,
-                 recompute: bool | str = False, compile_substep: bool = False, validate: bool = True, seed: int | None = None):
+                 recompute: bool | str = False, compile_substep: bool = False, backend: str = "auto", validate: bool = True,
+                 seed: int | None = None):
         if goal is not None and goal != task.goal:
             raise ValueError(f"{task.name}: unknown goal {goal!r}; valid goals: {task.goal}")
         substeps = DFLEX[task.preset]["substeps"] if substeps is None else substeps
@@ -94,8 +96,15 @@ class RigidEnv(TphysEnv):
         self.name, self.task, self.goal = task.name, task, task.goal
         self.substeps, self.early_termination, self.recompute = substeps, early_termination, check_recompute(recompute)
         self.model: RigidModel = dflex_model(task.preset, dtype=dtype, device=self.device)
-        # opt-in: each substep under torch.compile (``tphys.rigid.integrator.compiled_substep``); TorchRL's
-        # EnvBase consumes a keyword named ``compile``, hence the name
+        # backend ("auto" | "cpu" | "torch", ``tphys.rigid.integrator.route``): "cpu" runs each frame as C loops (one call forward,
+        # one node / one call backward; ``tphys/kernels/cpu/rigid.c``), "torch" the torch substeps; "auto" takes C for float32/float64
+        # CPU models without muscles. compile_substep (opt-in; TorchRL's EnvBase consumes a keyword named ``compile``, hence the
+        # name) puts each torch substep under torch.compile (``tphys.rigid.integrator.compiled_substep``): it is a torch-backend
+        # option, so with backend "auto" it selects the compiled torch substeps, and with backend "cpu" it raises.
+        if compile_substep and backend == "cpu":
+            raise ValueError(f"{task.name}: compile_substep=True compiles the torch substep and cannot apply with backend='cpu' (the C "
+                             "frame); pass backend='auto' or 'torch' with compile_substep, or compile_substep=False with backend='cpu'")
+        self.backend = "torch" if compile_substep else rigid_kernels.resolve_backend(self.model, backend)
         self._substep_fn = compiled_substep(self.model, self.dt, substeps, task.contact) if compile_substep else None
         self.compiled = bool(compile_substep)
         self.observation_dim = task.observation_dim
@@ -117,7 +126,7 @@ class RigidEnv(TphysEnv):
         action = _CleanGrad.apply(action)
         control = RigidControl(action.new_zeros(action.shape[0], 0), 0.5 * action + 0.5) if self.task.muscles else RigidControl(action)
         new = step(self.model, RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), control, self.dt,
-                   self.substeps, contact=self.task.contact, recompute=self.recompute, substep_fn=self._substep_fn)
+                   self.substeps, contact=self.task.contact, recompute=self.recompute, substep_fn=self._substep_fn, backend=self.backend)
         diverged = _diverged(new.q) | _diverged(new.qd)  # [N]
         if diverged.any():
             keep = diverged.unsqueeze(-1)

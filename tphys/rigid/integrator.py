@@ -4,6 +4,10 @@
 Per substep (the stages read as a list, MJX-style):
     kinematics -> ground contact + muscle pulls (link forces) -> joint torques (motors, damping, springs, limit penalties)
     -> qdd = H⁻¹(τ - C) -> qd += h·qdd -> q += h·qd (quaternions: q ⊗ exp(h·ω/2), renormalized)
+
+``step(..., backend=...)`` ("auto" | "cpu" | "torch") picks who runs a frame: the C twin of ``substep``
+(``tphys/kernels/cpu/rigid.c``, ``tphys.kernels.rigid_kernels``: the whole frame in one C call forward and one in backward,
+one autograd node per frame) or the torch functions here. ``route`` is the rule.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 
-from tphys.autodiff import check_recompute, run_substeps
+from tphys.autodiff import check_recompute, run_substeps, twice_differentiable_requested
 from tphys.compiling import compile_fixed
+from tphys.kernels import rigid_kernels
 from tphys.math import quat_integrate
 from tphys.rigid.contact import ground_forces
 from tphys.rigid.dynamics import actuator_forces, joint_accelerations, kinematics, limit_forces, passive_forces
@@ -81,8 +88,51 @@ def substep(model: RigidModel, q: Tensor, qd: Tensor, actuation: Tensor, h: floa
     return integrate_positions(model, q, qd, h), qd
 
 
+_KERNELS: dict = {}  # (id(model), h, contact) -> (model, RigidKernel): the model kept alive, so its id is not reused
+
+
+def kernel_for(model: RigidModel, h: float, contact: bool) -> rigid_kernels.RigidKernel:
+    """The ``RigidKernel`` of ``model`` for substeps of h s (built once per model object, h and contact; a few kept)."""
+    key = (id(model), float(h), bool(contact))
+    hit = _KERNELS.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    kernel = rigid_kernels.RigidKernel(model, h, contact)
+    if len(_KERNELS) >= 16:
+        _KERNELS.pop(next(iter(_KERNELS)))
+    _KERNELS[key] = (model, kernel)
+    return kernel
+
+
+def route(model: RigidModel, state: RigidState, control: RigidControl, backend: str = "auto", substep_fn=None) -> str:
+    """How ``step`` runs a frame on these inputs: "torch" (the torch substeps, or ``substep_fn``), "plain" (the C frame, no
+    graph needed) or "node" (the C frame as one autograd node).
+
+    The rule: ``backend`` resolves by ``rigid_kernels.resolve_backend`` (C for float32/float64 CPU models without muscles when
+    ``rigid.c`` builds; "cpu" raises where C cannot run). A resolved "cpu" still runs torch where the C node cannot serve:
+    forward-mode tangents or torch.func transforms on an input, torch.compile tracing, and, with grad on, inside
+    ``tphys.autodiff.twice_differentiable()`` or with model tensors that require grad. ``substep_fn`` (e.g.
+    ``compiled_substep``) is a torch substep: "auto" then runs it, "cpu" raises ValueError."""
+    if rigid_kernels.resolve_backend(model, backend) == "torch":
+        return "torch"
+    if substep_fn is not None:
+        if backend == "cpu":
+            raise ValueError("step: substep_fn (a torch substep, e.g. compiled_substep) and backend='cpu' exclude each other")
+        return "torch"
+    inputs = (state.q, state.qd, control.actuation)
+    functorch = torch._C._functorch.is_functorch_wrapped_tensor
+    if torch.compiler.is_compiling() or any(fwAD.unpack_dual(t).tangent is not None or functorch(t) for t in inputs):
+        return "torch"
+    grad = torch.is_grad_enabled()
+    if grad and (twice_differentiable_requested() or any(isinstance(t, Tensor) and t.requires_grad for t in tree_leaves(model))):
+        return "torch"
+    if not grad or not any(t.requires_grad for t in inputs):
+        return "plain"
+    return "node"
+
+
 def step(model: RigidModel, state: RigidState, control: RigidControl, dt: float, substeps: int = 16, contact: bool = True,
-         recompute="none", substep_fn=None) -> RigidState:
+         recompute="none", substep_fn=None, backend: str = "auto") -> RigidState:
     """Advance ``state`` by one frame of ``dt`` seconds in ``substeps`` equal substeps, holding ``control``.
 
     ``recompute`` ("none" | "step" | "substep", or True/False; see ``tphys.autodiff``): "step" keeps only
@@ -90,6 +140,8 @@ def step(model: RigidModel, state: RigidState, control: RigidControl, dt: float,
     substeps); "substep" keeps each substep's inputs and reruns each substep.
     ``substep_fn(q, qd, actuation[, activation]) -> (q, qd)`` replaces the substep (see ``compiled_substep``); it is
     given the muscle activations only when ``control.activation`` is not None.
+    ``backend`` ("auto" | "cpu" | "torch"): see ``route``. The C frame keeps each substep's input state (N·(nq + D) numbers)
+    for its backward; recompute "step" drops them and reruns the frame, "substep" runs one C node per substep.
     """
     recompute = check_recompute(recompute)
     actuation, activation = control.actuation, control.activation
@@ -98,6 +150,19 @@ def step(model: RigidModel, state: RigidState, control: RigidControl, dt: float,
     if activation is not None and activation.shape[-1] != model.num_muscles:
         raise ValueError(f"control has {activation.shape[-1]} muscle activations per env, the model has {model.num_muscles} muscles")
     h = dt / substeps
+    way = route(model, state, control, backend, substep_fn)
+    if way != "torch":
+        kernel = kernel_for(model, h, contact)
+        if way == "plain":
+            q, qd, _ = kernel.forward(state.q, state.qd, actuation, substeps)
+            return RigidState(q, qd)
+        if recompute == "substep":
+            q, qd = run_substeps(lambda k, carry: rigid_kernels.frame(kernel, carry[0], carry[1], actuation, 1), (state.q, state.qd),
+                                 substeps, recompute)
+        else:
+            q, qd = run_substeps(lambda k, carry: rigid_kernels.frame(kernel, carry[0], carry[1], actuation, substeps),
+                                 (state.q, state.qd), 1, recompute)
+        return RigidState(q, qd)
     one = substep_fn or (lambda q, qd, u, a=None: substep(model, q, qd, u, h, contact, a))
     extra = () if activation is None else (activation,)
     q, qd = run_substeps(lambda k, carry: one(carry[0], carry[1], actuation, *extra), (state.q, state.qd), substeps, recompute)
