@@ -236,3 +236,61 @@ def test_the_rule(monkeypatch):
     assert not runs_c("auto")
     with pytest.raises(RuntimeError, match="grid.c does not build"):
         runs_c("cpu")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), kinds=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3).map(tuple),
+       shift=st.floats(0.0, 0.6), direction=st.integers(0, 5))
+def test_may_act_never_misses_a_shape_that_acts(seed, kinds, shift, direction):
+    """Soundness of the bounding test that lets backward skip the poses: wherever the twin's SDFs put a filled node in a
+    shape or its band, ``may_act`` says True (shapes pushed out of the window by ``shift`` m along ±x, ±y, ±z; the
+    scenes' next rotations are not orthogonal, the start ones are)."""
+    model, shapes, mass, momentum, origin, poses = scene(seed, kinds, sticky=False, wall_friction=0.0)
+    poses[0] = poses[0] + shift * torch.eye(3, **F64).repeat(2, 1)[direction] * (1 if direction < 3 else -1)
+    poses[1] = poses[1] * 1.05  # a start "rotation" that stretches: the bound must hold for it too
+    band = math.log(1 / shapes.cutoff) / shapes.softness
+    distance = node_distances(model, shapes, mass, origin, [poses[0], poses[1]])
+    if ((distance < band) | (distance <= 0)).any():
+        assert grid_kernels.may_act(shapes, poses[0], poses[1], origin, WINDOW, model.dx, band)
+
+
+def test_shapes_out_of_reach_leave_the_poses_out_of_the_graph(monkeypatch):
+    """Shapes far from every window: the C path's velocities equal the twin's, and backward computes nothing for the
+    poses (an autograd.Function before them is not called, as with the twin); shapes near the window but beyond every
+    filled node: the pose gradients are None (no shape acted)."""
+    model, shapes, mass, momentum, origin, poses = scene(4, ("box", "sphere"), sticky=True, wall_friction=0.3)
+    band = math.log(1 / shapes.cutoff) / shapes.softness
+    calls = []
+
+    class Spy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            calls.append(1)
+            return grad
+
+    for offset, reachable in ((3.0, False), (None, True)):
+        calls.clear()
+        shifted = [p.clone() for p in poses]
+        if offset is None:  # just beyond the farthest filled node's band, inside the bounding test's reach
+            empty = torch.zeros_like(mass)
+            empty[:, 0, 0, 0] = 1.0  # one filled node per env, at the window's first corner
+            mass, momentum = empty, momentum * empty.unsqueeze(-1)
+            corner = origin.to(torch.float64) * model.dx
+            shifted[0] = (corner - torch.tensor([0.0, 0.0, 0.13 + band], **F64))[:, None].expand(-1, 2, -1).clone()  # reach: 0.138, 0.1
+            shifted[1] = torch.eye(3, **F64).expand_as(poses[1]).clone()
+            shifted[2] = shifted[0].clone()
+            assert grid_kernels.may_act(shapes, shifted[0], shifted[1], origin, WINDOW, model.dx, band)
+            assert (node_distances(model, shapes, mass, origin, shifted) > band).all()
+        else:
+            shifted[0] = shifted[0] + offset
+            assert not grid_kernels.may_act(shapes, shifted[0], shifted[1], origin, WINDOW, model.dx, band)
+        leaves = [t.clone().requires_grad_() for t in (mass, momentum, *shifted)]
+        velocity = grid_kernels.grid_velocity_cpu(model, leaves[0], leaves[1], (shapes, Spy.apply(leaves[2]), *leaves[3:]), origin)
+        torch.testing.assert_close(velocity, grid_velocity_torch(model, mass, momentum, (shapes, *shifted), origin), rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad(velocity.square().sum(), leaves, allow_unused=True)
+        assert grads[1].abs().max() > 0 and all(g is None or (g == 0).all() for g in grads[2:])
+        assert bool(calls) == reachable  # called with a zero gradient where the bounding test could not rule the shapes out

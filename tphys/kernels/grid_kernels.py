@@ -13,6 +13,11 @@ not tracing), ``cpu/grid.c`` builds, the momentum and poses are CPU tensors of m
 shapes, and no gradient is wanted for what the kernel does not differentiate (the shapes' sizes, gravity). Elsewhere
 the twin runs; with ``backend="cpu"`` a missing compiler raises, the other cases fall back to the twin as documented
 here.
+
+Where no shape acts on any node (a hand away from the material), the twin's velocities have no graph to the poses, so
+backward skips whatever computed them (the hand's kinematics: most of a hand_flip substep's backward then). The C path
+keeps that: ``may_act`` (a bounding-sphere test of each shape against each env's window) detaches the poses before
+the call when no shape can reach, and a backward after a forward in which no shape acted returns no pose gradient.
 """
 
 from __future__ import annotations
@@ -83,30 +88,32 @@ def _params(mass, origin, gravity, kinds, sizes, position, rotation, position_ne
             f64(softness), f64(band), _pointer(position), _pointer(rotation), _pointer(position_next), _pointer(rotation_next)]
 
 
-def _run(name: str, dtype: torch.dtype, *args) -> None:
+def _run(name: str, dtype: torch.dtype, *args) -> int:
     function = getattr(_library(_REAL[dtype]), name)
     function.restype = ctypes.c_int64
     status = function(*args)
-    if status != 0:
+    if status < 0:
         raise RuntimeError(f"grid.c {name} failed with status {status}")
+    return status
 
 
 @torch.library.custom_op("tphys::grid_velocity", mutates_args=())
 def grid_velocity_c(mass: Tensor, momentum: Tensor, origin: Tensor, gravity: Tensor, kinds: Tensor, sizes: Tensor, position: Tensor,
                     rotation: Tensor, position_next: Tensor, rotation_next: Tensor, dt: float, dx: float, grid: int, bound: int,
-                    wall_friction: float, sticky: bool, friction: float, softness: float, band: float) -> Tensor:
-    """Node velocities [N, WX, WY, WZ, 3] by ``cpu/grid.c`` (contiguous CPU tensors of one float type; origin and kinds
-    int64; poses [N, S, 3] / [N, S, 3, 3]; ``band``: the colliders' influence band in m, inf for every node)."""
+                    wall_friction: float, sticky: bool, friction: float, softness: float, band: float) -> tuple[Tensor, Tensor]:
+    """(node velocities [N, WX, WY, WZ, 3], how many times a shape acted on a node [] int64) by ``cpu/grid.c``
+    (contiguous CPU tensors of one float type; origin and kinds int64; poses [N, S, 3] / [N, S, 3, 3]; ``band``: the
+    colliders' influence band in m, inf for every node)."""
     velocity = torch.empty_like(momentum)
-    _run("grid_forward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(velocity),
-         *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
-                  wall_friction, sticky, friction, softness, band))
-    return velocity
+    acted = _run("grid_forward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(velocity),
+                 *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
+                          wall_friction, sticky, friction, softness, band))
+    return velocity, torch.tensor(acted, dtype=torch.int64)
 
 
 @grid_velocity_c.register_fake
-def _(mass, momentum, *args) -> Tensor:
-    return torch.empty_like(momentum)
+def _(mass, momentum, *args) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(momentum), mass.new_empty((), dtype=torch.int64)
 
 
 @torch.library.custom_op("tphys::grid_velocity_backward", mutates_args=())
@@ -131,15 +138,42 @@ def _(grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, p
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs[:10])
     ctx.scalars = inputs[10:]
+    ctx.acted = bool(output[1])
 
 
-def _backward(ctx, grad: Tensor):
+def _backward(ctx, grad: Tensor, _):
     mass, momentum, origin, gravity, kinds, sizes, *poses = ctx.saved_tensors
     grads = grid_velocity_backward_c(grad, mass, momentum, origin, gravity, kinds, sizes, *poses, *ctx.scalars)
-    return (grads[0], grads[1], None, None, None, None, *grads[2:], *(None,) * len(ctx.scalars))
+    # where no shape acted on any node the velocities do not depend on the poses: no gradient (None, as the twin's graph
+    # has no path to them then), so autograd skips whatever computed the poses (a hand's kinematics)
+    pose_grads = grads[2:] if ctx.acted else (None,) * 4
+    return (grads[0], grads[1], None, None, None, None, *pose_grads, *(None,) * len(ctx.scalars))
 
 
 grid_velocity_c.register_autograd(_backward, setup_context=_setup_context)
+
+def _reach(kinds: tuple, sizes: Tensor) -> Tensor:
+    """[S] radii of spheres about the shapes' origins that hold each shape (sphere r, box |half extents|, capsule r + h,
+    cylinder √(r² + h²)), m."""
+    r, h = sizes[:, 0], sizes[:, 1]
+    by_kind = {"sphere": r, "box": sizes.norm(dim=-1), "capsule": r + h, "cylinder": torch.sqrt(r * r + h * h)}
+    return torch.stack([by_kind[k][i] for i, k in enumerate(kinds)])
+
+
+def may_act(shapes, position: Tensor, rotation: Tensor, origin: Tensor, window: tuple, dx: float, band: float) -> bool:
+    """False only where no shape can act on any node of any env's window (the shapes' start poses, ``position`` [N, S, 3],
+    ``rotation`` [N, S, 3, 3]): every node x of the window box is farther than reach + band from each shape's origin p,
+    measured in the local frame, |Rᵀ(x - p)| <= sqrt(Gershgorin bound of R Rᵀ)·|x - p| (1 for rotations)."""
+    if math.isinf(band):
+        return True
+    with torch.no_grad():
+        low = origin.to(position.dtype) * dx
+        high = low + (torch.tensor(window, dtype=position.dtype) - 1) * dx
+        gap = (position - position.clamp(low[:, None], high[:, None])).norm(dim=-1)  # [N, S] to the nearest window point
+        stretch = (rotation @ rotation.transpose(-1, -2)).abs().sum(-1).amax(-1).sqrt()  # >= the largest singular value
+        limit = (_reach(shapes.kinds, shapes.sizes.detach()) + band) * (1 + 1e-4) + 1e-6 * dx
+        return bool((gap * stretch <= limit).any())
+
 
 def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | None, origin: Tensor) -> Tensor:
     """``tphys.mpm.grid.grid_velocity`` by ``cpu/grid.c`` (inputs as there; ``serves`` decides when)."""
@@ -157,7 +191,9 @@ def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | 
         poses = [p.reshape(n, s, *((3,) if i % 2 == 0 else (3, 3))).contiguous() for i, p in enumerate(poses)]  # [N, S, 3], [N, S, 3, 3]
         friction, softness = float(shapes.friction), float(shapes.softness)
         band = math.log(1.0 / shapes.cutoff) / shapes.softness if shapes.cutoff > 0 else math.inf
+        if torch.is_grad_enabled() and not may_act(shapes, poses[0], poses[1], origin, tuple(mass.shape[1:]), model.dx, band):
+            poses = [p.detach() for p in poses]  # the velocities do not depend on the poses: no graph to them (as the twin)
     return grid_velocity_c(mass.contiguous(), momentum.contiguous(), origin.to(torch.int64).contiguous(),
                            model.gravity.detach().contiguous(), kinds, sizes, *poses, float(model.dt), float(model.dx),
                            int(model.grid_size), int(model.bound), float(model.wall_friction), bool(model.sticky_floor), friction,
-                           softness, band)
+                           softness, band)[0]

@@ -3,6 +3,11 @@
 Grids are windows: [N, WX, WY, WZ] nodes of the G³ domain starting at node ``origin`` [N, 3] of each
 env (``window``), large enough to hold every particle's stencil, so the cost follows the material, not
 the domain. Only nodes with mass are updated (a compact list of M nodes); the rest stay at zero velocity.
+
+``grid_velocity`` runs the update as one C call per substep over every env where it can (``tphys.kernels.grid_kernels``,
+``cpu/grid.c``, with a hand-written adjoint), else the torch ops of ``grid_velocity_torch`` (its twin). Measured on the
+recipes' float32 envs at N = 16 (cProfile, process CPU time, load 5): the torch ops took 50 % of a fluid_move forward
+frame (39 % hand_flip, 41 % rolling_flat) and the C call takes 7-10 %.
 """
 
 from __future__ import annotations

@@ -357,12 +357,13 @@ static inline void node_of(const Params *c, int64_t e, int64_t i, int64_t *node,
     }
 }
 
-/* velocity [N, WX, WY, WZ, 3] from mass and momentum (every node written; empty ones 0). Returns 0, or -1 when S > MAX_SHAPES. */
+/* velocity [N, WX, WY, WZ, 3] from mass and momentum (every node written; empty ones 0). Returns how many times a shape
+ * acted on a node (0: the velocities do not depend on the poses), or -1 when S > MAX_SHAPES. */
 int64_t grid_forward(const REAL *mass, const REAL *momentum, REAL *velocity, PARAMS) {
     Params c;
     READ_PARAMS(&c);
     if (shapes > MAX_SHAPES) return -1;
-    int64_t per_env = wx * wy * wz;
+    int64_t per_env = wx * wy * wz, acted = 0;
     for (int64_t e = 0; e < n; e++)
         for (int64_t i = 0; i < per_env; i++) {
             int64_t id = e * per_env + i, node[3];
@@ -374,11 +375,14 @@ int64_t grid_forward(const REAL *mass, const REAL *momentum, REAL *velocity, PAR
             node_of(&c, e, i, node, x);
             for (int a = 0; a < 3; a++) v[a] = momentum[3 * id + a] / m + c.gdt[a];
             for (int64_t s = 0; s < shapes; s++)
-                if (shape_geometry(&c, e, s, x, xp, local, &d, nl)) shape_apply(&c, e, s, x, local, d, nl, v);
+                if (shape_geometry(&c, e, s, x, xp, local, &d, nl)) {
+                    shape_apply(&c, e, s, x, local, d, nl, v);
+                    acted++;
+                }
             if (sticky && node[1] < bound && v[1] < 0) v[0] = v[1] = v[2] = 0;
             for (int a = 0; a < 3; a++) wall_apply(&c, node, a, v);
         }
-    return 0;
+    return acted;
 }
 
 /* dL/d mass [N, WX, WY, WZ], dL/d momentum [N, WX, WY, WZ, 3], dL/d poses (same shapes as the poses; written, not
