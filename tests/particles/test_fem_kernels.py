@@ -102,18 +102,36 @@ def test_the_cases_are_in_contact_and_the_fibers_pull():
     assert relative(kernel.forward(x, v, activation, 1)[1], kernel.forward(x, v, 0 * activation, 1)[1]) > 1e-6
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_c_frame_gradient_matches_central_finite_differences(seed):
-    """Six substeps in contact as one C frame node, float64: autograd against gradcheck's central differences."""
+@pytest.mark.parametrize("seed,keep_states", [(0, True), (1, True), (2, False)])
+def test_c_frame_gradient_matches_central_finite_differences(seed, keep_states):
+    """Six substeps in contact as one C frame node (keeping the states, or rerunning them in backward), float64: autograd
+    against gradcheck's central differences."""
     model, rest = block(seed, cells=(1, 1, 1))
     x, v, activation = random_state(model, rest, 2, torch.Generator().manual_seed(seed))
     stepper = SolidSubstep(model, 5e-4, backend="cpu")
 
     def frame(x, v, activation):
-        return stepper.frame(x, v, activation, 6)
+        return stepper.frame(x, v, activation, 6, keep_states=keep_states)
 
     assert frame(*[t.requires_grad_() for t in (x, v, activation)])[0].grad_fn.name() == "_FrameBackward"
     assert torch.autograd.gradcheck(frame, (x, v, activation), eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+def test_a_frame_node_without_its_states_reruns_them_exactly():
+    """keep_states=False saves only the frame's inputs (three tensors) and gives the same gradients, bit for bit, also
+    across several blocks (n = 19 > 8 envs per float64 block) and when the rerun buffer is reused by a shorter frame."""
+    model, rest = block(3, cells=(2, 2, 1))
+    x, v, activation = random_state(model, rest, 19, torch.Generator().manual_seed(3))
+    stepper = SolidSubstep(model, 5e-4, backend="cpu")
+    results = []
+    for keep, substeps in ((True, 7), (False, 7), (False, 3), (True, 3)):
+        inputs = [t.clone().requires_grad_() for t in (x, v, activation)]
+        out = stepper.frame(*inputs, substeps, keep_states=keep)
+        assert len(out[0].grad_fn.saved_tensors) == (4 if keep else 3)
+        results.append((out, torch.autograd.grad((out[0].sin() + out[1]).sum(), inputs)))
+    for (out_a, grads_a), (out_b, grads_b) in (results[:2], results[2:]):
+        for a, b in zip((*out_a, *grads_a), (*out_b, *grads_b)):
+            assert torch.equal(a, b)
 
 
 def test_c_substep_nodes_gradient_matches_central_finite_differences():

@@ -12,9 +12,11 @@ No -ffast-math: sqrt, division and comparisons keep their IEEE semantics.
 
 ``FemKernel(model, h)`` checks and keeps a model's constants once; ``forward`` / ``backward`` run the substeps and their
 adjoint without autograd; ``frame(kernel, x, v, activation, substeps)`` is the autograd node over a whole frame (one C
-call forward, one backward; it saves every substep's input state, 2·N·P·3 numbers per substep, as one tensor, so a
-checkpoint around it drops them and reruns the frame). Which calls it serves is ``SolidSubstep``'s decision
-(``tphys.particles.solid_substep``); nothing here runs unless called.
+call forward, one backward). By default it saves every substep's input state, 2·N·P·3 numbers per substep, as one
+tensor (so a checkpoint around it drops them and reruns the frame); ``keep_states=False`` saves only the frame's inputs
+and its backward reruns the substeps itself, block by block (the recompute of a checkpoint without the checkpoint's
+first copy of the states). Which calls it serves is ``SolidSubstep``'s decision (``tphys.particles.solid_substep``);
+nothing here runs unless called.
 """
 
 from __future__ import annotations
@@ -111,7 +113,16 @@ class FemKernel:
                                                **{k: float(v) for k, v in ground.items()}, particles=self.particles, tets=self.tets,
                                                up=int(model.up_axis), has_ground=int(g is not None))
         self.lanes = LANES[self.real]
+        self._rerun_buffer: Tensor | None = None
         self.work_size = int(_library(self.real).fem_work_size(self.particles, self.tets))
+
+    def _scratch(self, substeps: int) -> Tensor:
+        """The buffer ``backward`` reruns one block's substeps into (substeps·2·P·3·LANES reals), kept for reuse: fresh
+        pages cost more than the rerun's writes (a block of 16 float envs, 80 substeps: 5.2 MB)."""
+        size = substeps * 2 * self.particles * 3 * self.lanes
+        if self._rerun_buffer is None or self._rerun_buffer.numel() < size:
+            self._rerun_buffer = torch.empty(size, dtype=self.dtype)
+        return self._rerun_buffer
 
     def _check(self, x: Tensor, v: Tensor, activation: Tensor) -> int:
         n = x.shape[0]
@@ -153,7 +164,7 @@ class FemKernel:
             raise ValueError(f"FemKernel.backward: trajectory {tuple(trajectory.shape)} is not forward's for {n} envs, {substeps} substeps")
         gx, gv, ga = torch.empty_like(x), torch.empty_like(v), torch.empty_like(activation)
         work = x.new_empty(self.work_size)
-        scratch = x.new_empty(substeps * 2 * self.particles * 3 * self.lanes) if trajectory is None else None
+        scratch = self._scratch(substeps) if trajectory is None else None
         if n:
             _library(self.real).fem_backward(ctypes.byref(self.struct), x.data_ptr(), v.data_ptr(), activation.data_ptr(),
                                              None if trajectory is None else trajectory.data_ptr(), grad_x.data_ptr(), grad_v.data_ptr(),
@@ -164,23 +175,26 @@ class FemKernel:
 
 class _Frame(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, v, activation, kernel, substeps):
-        x1, v1, trajectory = kernel.forward(x, v, activation, substeps, keep=True)
-        ctx.save_for_backward(x, v, activation, trajectory)
+    def forward(ctx, x, v, activation, kernel, substeps, keep):
+        x1, v1, trajectory = kernel.forward(x, v, activation, substeps, keep=keep)
+        ctx.save_for_backward(x, v, activation, *([trajectory] if keep else []))
         ctx.kernel, ctx.substeps = kernel, substeps
         return x1, v1
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_x, grad_v):
-        x, v, activation, trajectory = ctx.saved_tensors
+        x, v, activation, *trajectory = ctx.saved_tensors
         grad_x = torch.zeros_like(x) if grad_x is None else grad_x
         grad_v = torch.zeros_like(v) if grad_v is None else grad_v
-        return (*ctx.kernel.backward(x, v, activation, trajectory, grad_x, grad_v, ctx.substeps), None, None)
+        grads = ctx.kernel.backward(x, v, activation, trajectory[0] if trajectory else None, grad_x, grad_v, ctx.substeps)
+        return (*grads, None, None, None)
 
 
-def frame(kernel: FemKernel, x: Tensor, v: Tensor, activation: Tensor, substeps: int) -> tuple[Tensor, Tensor]:
+def frame(kernel: FemKernel, x: Tensor, v: Tensor, activation: Tensor, substeps: int, keep_states: bool = True) -> tuple[Tensor, Tensor]:
     """(x', v') [N, P, 3] after ``substeps`` substeps from x, v [N, P, 3] under activation [N, T] as one autograd node (first
     derivatives w.r.t. x, v and the activation; the caller routes forward-mode, double backward and model gradients
-    elsewhere)."""
-    return _Frame.apply(x, v, activation, kernel, int(substeps))
+    elsewhere). ``keep_states``: the node keeps every substep's input state (2·N·P·3 numbers per substep) for its
+    backward; False: only the frame's inputs, and backward reruns the substeps block by block first (one more
+    forward, in a reused buffer of one block's states)."""
+    return _Frame.apply(x, v, activation, kernel, int(substeps), bool(keep_states))

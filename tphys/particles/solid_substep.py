@@ -300,13 +300,14 @@ class SolidSubstep:
         """Whether ``frame`` serves these inputs: the C backend and not the twin's route."""
         return self.kernel is not None and self.route(x, v, activation) != "twin"
 
-    def frame(self, x: Tensor, v: Tensor, activation: Tensor, substeps: int) -> tuple[Tensor, Tensor]:
+    def frame(self, x: Tensor, v: Tensor, activation: Tensor, substeps: int, keep_states: bool = True) -> tuple[Tensor, Tensor]:
         """(x, v) [N, P, 3] after ``substeps`` substeps with the activation [N, T] held: one C call forward and, with
-        grad, one autograd node whose backward is one C call (it keeps every substep's input state, 2·N·P·3 numbers per
-        substep). Only where ``fuses_frames`` (raises ValueError otherwise)."""
+        grad, one autograd node whose backward is one C call. ``keep_states``: the node keeps every substep's input
+        state (2·N·P·3 numbers per substep); False: only the frame's inputs, and backward reruns the substeps first
+        (``fem_kernels.frame``). Only where ``fuses_frames`` (raises ValueError otherwise)."""
         if not self.fuses_frames(x, v, activation):
             raise ValueError(f"SolidSubstep.frame needs the C backend (this one runs {self.backend!r}) and inputs the fused node "
                              "serves (see route)")
         if self.route(x, v, activation) == "plain":
             return self.kernel.forward(x, v, activation, substeps)[:2]
-        return fem_kernels.frame(self.kernel, x, v, activation, substeps)
+        return fem_kernels.frame(self.kernel, x, v, activation, substeps, keep_states)
