@@ -342,7 +342,8 @@ INLINE vec vset(REAL a) { /* every lane a (an element loop would be built lane b
     return a - (vec){0};
 #endif
 }
-/* a < b ? b : a and a > b ? b : a, lane by lane (a NaN in a passes, like one_spring's comparisons). */
+/* a < b ? b : a and a > b ? b : a, lane by lane (a NaN in a passes, like one_spring's comparisons: the intrinsics
+ * return their second operand where either is NaN). */
 INLINE vec vmax(vec a, vec b) {
 #if VEC_AVX512
     if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_max_ps((__m512)b, (__m512)a);
@@ -371,6 +372,18 @@ INLINE vec vsqrt(vec a) {
     return r;
 #endif
 }
+/* 1/sqrt(a), float with AVX-512: the 14-bit estimate and one Newton step y <- y·(3/2 - (a/2)·y²) (one_spring_avx512);
+ * other builds do not call it. */
+INLINE vec vrsqrt_refined(vec a) {
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) {
+        const __m512 y = _mm512_rsqrt14_ps((__m512)a);
+        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), (__m512)a), y);
+        return (vec)_mm512_mul_ps(y, _mm512_fnmadd_ps(half_xy, y, _mm512_set1_ps(1.5f)));
+    }
+#endif
+    return a;
+}
 
 /* The band plan of a model (band_plan): springs sorted by their higher particle. */
 typedef struct {
@@ -379,34 +392,29 @@ typedef struct {
     const int *kind;       /* [S] 2·(SPRING, CABLE or BLEND) + damped */
     const REAL *rest, *stiffness, *damping, *cable; /* [S] sorted */
     const int *particle;   /* [P] FREE, STILL or ANY */
+    const int *still;      /* [S] whether the lower particle is STILL (a handle: its forces are not summed) */
     REAL inv_width, half_width; /* 1/w, w/2: the cables' slack width w */
     int band;                   /* the largest offset, 1..MAX_BAND */
 } Band;
 
-/* g = T/|d| of a spring (one_spring's formula) from d = x_hi - x_lo (D vectors) and the velocities. */
+/* g = T/|d| of a spring (one_spring's formula) from d = x_hi - x_lo (D vectors) and the velocities vh, vl. */
 INLINE vec band_tension(const int D, const int kind, const int damped, const vec *d, const REAL *vh, const REAL *vl, REAL rest,
                         REAL stiffness, REAL damping, REAL cable, REAL inv_width, REAL half_width) {
     vec length2 = d[0] * d[0];
     for (int a = 1; a < D; a++) length2 = d[a] * d[a] + length2;
     vec inverse, stretch;
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| */
-        const __m512 l2 = _mm512_max_ps(_mm512_set1_ps(1e-24f), (__m512)length2);
-        __m512 y = _mm512_rsqrt14_ps(l2);
-        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), l2), y);
-        y = _mm512_mul_ps(y, _mm512_fnmadd_ps(half_xy, y, _mm512_set1_ps(1.5f)));
-        inverse = (vec)y;
-        stretch = (vec)_mm512_sub_ps(_mm512_mul_ps(l2, y), _mm512_set1_ps((float)rest));
-    } else
-#endif
-    {
+    if (VEC_AVX512 && sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| (|d| >= 1e-12; a NaN passes) */
+        length2 = vmax(length2, vset((REAL)1e-24));
+        inverse = vrsqrt_refined(length2);
+        stretch = length2 * inverse - rest;
+    } else {
         const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
         inverse = vset(1) / length;
         stretch = length - rest;
     }
     vec elastic = stretch, taut = vset(1);
     if (kind != SPRING) {
-        vec tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
+        const vec tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
         const vec ramp = tau * (stretch - half_width * tau);
         const vec step = tau * tau * (3 - 2 * tau);
         elastic = kind == CABLE ? ramp : stretch + cable * (ramp - stretch);
@@ -421,13 +429,13 @@ INLINE vec band_tension(const int D, const int kind, const int damped, const vec
     return tension * inverse;
 }
 
-/* update() for one vector: particle p of the block arrays at lane e0 with spring force f (D vectors). */
-INLINE void band_update(const int D, const int kind, const int dragged, REAL *x, REAL *v, const vec *f, const REAL *weight,
-                        REAL drag, REAL impulse, REAL free, REAL h) {
+/* update() for one vector: particle p of the block arrays at lane e0 with f = m·g + its spring forces (D vectors). */
+INLINE void band_update(const int D, const int kind, const int dragged, REAL *x, REAL *v, const vec *f, REAL drag, REAL impulse,
+                        REAL free, REAL h) {
     for (int a = 0; a < D; a++) {
         vec velocity = vload(v + a * LANES);
         if (kind != STILL) {
-            const vec force = (dragged ? weight[a] - drag * velocity : vset(weight[a])) + f[a];
+            const vec force = dragged ? f[a] - drag * velocity : f[a];
             velocity = velocity + impulse * (kind == FREE ? force : force * free);
             vstore(v + a * LANES, velocity);
         }
@@ -435,17 +443,17 @@ INLINE void band_update(const int D, const int kind, const int dragged, REAL *x,
     }
 }
 
-INLINE void band_update_any(const int D, const int code, const int dragged, REAL *x, REAL *v, const vec *f, const REAL *weight,
-                            REAL drag, REAL impulse, REAL free, REAL h) {
+INLINE void band_update_any(const int D, const int code, const int dragged, REAL *x, REAL *v, const vec *f, REAL drag, REAL impulse,
+                            REAL free, REAL h) {
     const int kind = code;
     if (dragged) {
-        if (kind == FREE) band_update(D, FREE, 1, x, v, f, weight, drag, impulse, free, h);
-        else if (kind == STILL) band_update(D, STILL, 1, x, v, f, weight, drag, impulse, free, h);
-        else band_update(D, ANY, 1, x, v, f, weight, drag, impulse, free, h);
+        if (kind == FREE) band_update(D, FREE, 1, x, v, f, drag, impulse, free, h);
+        else if (kind == STILL) band_update(D, STILL, 1, x, v, f, drag, impulse, free, h);
+        else band_update(D, ANY, 1, x, v, f, drag, impulse, free, h);
     } else {
-        if (kind == FREE) band_update(D, FREE, 0, x, v, f, weight, drag, impulse, free, h);
-        else if (kind == STILL) band_update(D, STILL, 0, x, v, f, weight, drag, impulse, free, h);
-        else band_update(D, ANY, 0, x, v, f, weight, drag, impulse, free, h);
+        if (kind == FREE) band_update(D, FREE, 0, x, v, f, drag, impulse, free, h);
+        else if (kind == STILL) band_update(D, STILL, 0, x, v, f, drag, impulse, free, h);
+        else band_update(D, ANY, 0, x, v, f, drag, impulse, free, h);
     }
 }
 
@@ -460,15 +468,14 @@ INLINE void band_substep(const int D, const int B, const int dragged, const Part
         vec xj[3];
         _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) {
             xj[a] = vload(xh + a * LANES);
-            w[0][a] = vset(0);
+            w[0][a] = vset(q->weight[j * D + a]); /* m·g, then the springs' forces */
         }
         for (int64_t k = b->start[j]; k < b->start[j + 1]; k++) {
             const int o = b->offset[k];
             const REAL *xl = xh - o * D * LANES, *vl = vh - o * D * LANES;
-            vec d[3];
+            vec d[3], g;
             _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) d[a] = xj[a] - vload(xl + a * LANES);
             const REAL r = b->rest[k], st = b->stiffness[k], c = b->damping[k], cb = b->cable[k], iw = b->inv_width, hw = b->half_width;
-            vec g;
             switch (b->kind[k]) {
             case 2 * SPRING: g = band_tension(D, SPRING, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
             case 2 * SPRING + 1: g = band_tension(D, SPRING, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
@@ -483,7 +490,8 @@ INLINE void band_substep(const int D, const int B, const int dragged, const Part
                 w[0][a] = w[0][a] - gd[a];
             }
 #define BAND_ADD(slot) _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) w[slot][a] = w[slot][a] + gd[a]
-            switch (o) {
+            switch (b->still[k] ? 0 : o) { /* a lower particle that is a handle (STILL) never uses its forces */
+            case 0: break;
             case 1: BAND_ADD(1); break;
             case 2: BAND_ADD(2 < B ? 2 : B); break;
             default: BAND_ADD(B); break;
@@ -492,15 +500,13 @@ INLINE void band_substep(const int D, const int B, const int dragged, const Part
         }
         const int64_t p = j - B;
         if (p >= 0)
-            band_update_any(D, b->particle[p], dragged, X + AT(p, 0) + e0, V + AT(p, 0) + e0, w[B], q->weight + p * D, q->drag,
-                            q->impulse[p], q->free[p], h);
+            band_update_any(D, b->particle[p], dragged, X + AT(p, 0) + e0, V + AT(p, 0) + e0, w[B], q->drag, q->impulse[p], q->free[p], h);
         _Pragma("GCC unroll 8") for (int o = B; o > 0; o--) _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) w[o][a] = w[o - 1][a];
     }
     _Pragma("GCC unroll 8") for (int o = B; o > 0; o--) {
         const int64_t p = P - o;
         if (p >= 0)
-            band_update_any(D, b->particle[p], dragged, X + AT(p, 0) + e0, V + AT(p, 0) + e0, w[o], q->weight + p * D, q->drag,
-                            q->impulse[p], q->free[p], h);
+            band_update_any(D, b->particle[p], dragged, X + AT(p, 0) + e0, V + AT(p, 0) + e0, w[o], q->drag, q->impulse[p], q->free[p], h);
     }
 }
 
@@ -534,21 +540,24 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const Band 
         const int64_t hd = q->handle[p];
         for (int a = 0; a < D; a++) {
             REAL *vp = V + AT(p, a);
-            FOR_LANES(e) {
-                int64_t env = first + e < n ? first + e : n - 1;
-                vp[e] = free * vp[e] + (hd >= 0 ? u[(env * q->handles + hd) * D + a] : (REAL)0);
-            }
+            if (hd < 0) /* two loops: the first one vectorises as it is */
+                FOR_LANES(e) vp[e] = free * vp[e] + (REAL)0;
+            else
+                FOR_LANES(e) {
+                    int64_t env = first + e < n ? first + e : n - 1;
+                    vp[e] = free * vp[e] + u[(env * q->handles + hd) * D + a];
+                }
         }
     }
     const REAL drag = q->drag;
-    for (int64_t i = 0; i < P * D; i++)
-        FOR_LANES(e) F[i * LANES + e] = 0;
     if (b != 0) {
         for (int e0 = 0; e0 < LANES; e0 += VW) band_substeps(D, q, b, X, V, e0, substeps, h);
         scatter(D, X, x1, first, lanes, P);
         scatter(D, V, v1, first, lanes, P);
         return;
     }
+    for (int64_t i = 0; i < P * D; i++)
+        FOR_LANES(e) F[i * LANES + e] = 0;
     for (int64_t step = 0; step < substeps; step++) {
         spring_forces(D, s, kind, oi, oj, X, V, F);
         for (int64_t p = 0; p < P; p++) {
@@ -577,7 +586,7 @@ INLINE int run(const int D, const Particles *q, const Springs *s, int banded, co
     /* The band plan (used when `banded`): springs sorted by higher particle, a counting sort. */
     const int64_t P = q->particles;
     int64_t start[P + 1], fill[P + 1];
-    int offset[count], bkind[count], particle[P];
+    int offset[count], bkind[count], particle[P], still[count];
     REAL rest[count], stiffness[count], damping[count], cable[count];
     for (int64_t j = 0; j <= P; j++) start[j] = 0;
     for (int64_t k = 0; k < s->count; k++) {
@@ -595,11 +604,12 @@ INLINE int run(const int D, const Particles *q, const Springs *s, int banded, co
         const int64_t i = s->first[k], j = s->second[k], hi = i > j ? i : j, lo = i > j ? j : i, at = fill[hi]++;
         band_max = hi - lo > band_max ? (int)(hi - lo) : band_max;
         offset[at] = (int)(hi - lo);
+        still[at] = particle[lo] == STILL;
         bkind[at] = kind[k];
         rest[at] = s->rest[k], stiffness[at] = s->stiffness[k], damping[at] = s->damping[k], cable[at] = s->cable[k];
         if (hi - lo < 1 || hi - lo > MAX_BAND) banded = 0;
     }
-    const Band band = {start, offset, bkind, rest, stiffness, damping, cable, particle, (REAL)1 / s->width, (REAL)0.5 * s->width, band_max};
+    const Band band = {start, offset, bkind, rest, stiffness, damping, cable, particle, still, (REAL)1 / s->width, (REAL)0.5 * s->width, band_max};
     for (int64_t first = 0; first < n; first += LANES) block(D, q, s, banded ? &band : 0, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
     return banded;
 }
