@@ -114,7 +114,7 @@ def test_c_frame_gradient_matches_central_finite_differences(seed, keep_states):
         return stepper.frame(x, v, activation, 6, keep_states=keep_states)
 
     assert frame(*[t.requires_grad_() for t in (x, v, activation)])[0].grad_fn.name() == "_FrameBackward"
-    assert torch.autograd.gradcheck(frame, (x, v, activation), eps=1e-7, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(frame, (x, v, activation), eps=1e-8, atol=1e-5, rtol=1e-4)
 
 
 def test_a_frame_node_without_its_states_reruns_them_exactly():
@@ -146,7 +146,7 @@ def test_c_substep_nodes_gradient_matches_central_finite_differences():
         return x, v
 
     assert rollout(*[t.requires_grad_() for t in (x, v, activation)])[0].grad_fn.name() == "_SubstepBackward"
-    assert torch.autograd.gradcheck(rollout, (x, v, activation), eps=1e-7, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(rollout, (x, v, activation), eps=1e-8, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

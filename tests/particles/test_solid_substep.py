@@ -4,7 +4,7 @@ differences, and under compile (torch backend)."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tphys.autodiff import twice_differentiable
@@ -56,6 +56,7 @@ def test_fused_substep_equals_its_twin_in_value_and_vector_jacobian_product(back
 
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
+@example(seed=164)
 def test_fused_rollout_gradient_matches_central_finite_differences(seed):
     """Ten substeps in contact, float64: autograd through the fused node (torch backend; the C backend's:
     ``test_fem_kernels``) against gradcheck's central differences."""
@@ -68,7 +69,9 @@ def test_fused_rollout_gradient_matches_central_finite_differences(seed):
             x, v = stepper(x, v, activation)
         return x, v
 
-    assert torch.autograd.gradcheck(rollout, [t.requires_grad_() for t in (x, v, activation)], eps=1e-7, atol=1e-5, rtol=1e-4)
+    # eps = 1e-8: at 1e-7 the central difference's truncation error (~eps^2 f''') exceeded atol on stiff seeds (seed=164:
+    # 2.8e-3 against a Jacobian of 594, for the plain autograd twin too); round-off at 1e-8 is ~1e-7
+    assert torch.autograd.gradcheck(rollout, [t.requires_grad_() for t in (x, v, activation)], eps=1e-8, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
