@@ -74,7 +74,8 @@ CPU_CLOCK = Path(__file__).resolve().with_name("cpu_clock.py")
 
 
 def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
-    """One tphys cell, run inside the subprocess. variant: eager | compiled | compiled+recompute."""
+    """One tphys cell, run inside the subprocess. variant: eager | compiled | compiled+recompute, all on the torch backend
+    (``step(backend="torch")``; the C frame kernels are what the recipe row runs)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/tphys-inductor"))
     import torch
 
@@ -112,7 +113,8 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
         for _ in range(count):
             action = (torch.rand(n, 8) * 2 - 1).requires_grad_(grad)
             actions.append(action)
-            state = step(model, state, RigidControl(action), 1 / 60, substeps=substeps, recompute=recompute and grad, substep_fn=substep_fn)
+            state = step(model, state, RigidControl(action), 1 / 60, substeps=substeps, recompute=recompute and grad, substep_fn=substep_fn,
+                         backend="torch")
             _, reward = observe_reward(state, action)
             total = total + reward.sum()
         if grad:
@@ -122,7 +124,8 @@ def ant_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> d
 
 
 def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -> dict:
-    """One tphys SoftJumper cell, run inside the subprocess. variant: eager | compiled, optionally +recompute."""
+    """One tphys SoftJumper cell, run inside the subprocess. variant: eager | compiled, optionally +recompute, on the torch
+    backend (``backend="torch"``; the C frame kernels are what the recipe row runs)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/tphys-inductor"))
     import torch
 
@@ -131,7 +134,7 @@ def jumper_cell(n: int, mode: str, horizon: int, seconds: float, variant: str) -
     torch.set_num_threads(cell_threads())
     torch.manual_seed(0)
     env = SoftJumperEnv(num_envs=n, seed=0, recompute=variant.endswith("recompute"), compile_substep=variant.startswith("compiled"),
-                        validate=False)
+                        validate=False, backend="torch")
     start = env.reset()
 
     def frames(count: int, grad: bool) -> None:
@@ -298,8 +301,9 @@ TASKS = {
                 ("recipe", "eager", "compiled", "compiled+recompute"), "rigid-vs-rewarped",
                 "DFlex Ant: tphys.rigid vs Rewarped 1.3.3 (CPU)",
                 "Ant with DFlex's parameters, 16 substeps per 1/60 s frame, random actions, observation + reward per frame. "
-                "tphys float32: recipe = `tphys.envs.make('ant', ...)` through `env.step`; eager = `tphys.rigid.step` "
-                "directly; compiled = `step(substep_fn=compiled_substep(...))` (the substep under torch.compile, Inductor "
+                "tphys float32: recipe = `tphys.envs.make('ant', ...)` through `env.step` (the yaml's options; backend auto: the "
+                "C frame kernels on CPU); eager = `tphys.rigid.step(backend='torch')` directly; compiled = "
+                "`step(substep_fn=compiled_substep(...))` (the substep under torch.compile, Inductor "
                 "cache in TORCHINDUCTOR_CACHE_DIR; warm-up includes compilation unless cached); +recompute = "
                 "`step(recompute=True)` (substeps recomputed in backward).", ant_cell),
     "jumper": Task("soft_jumper", "rewarped.envs.gradsim.jumper", "Jumper", 8, (1, 16, 64), ("recipe", "eager", "compiled"),
@@ -307,7 +311,8 @@ TASKS = {
                    "SoftJumper: tphys FEM vs Rewarped 1.3.3 (CPU)",
                    "SoftJumper, 80 substeps per 1/60 s frame, random actions in [-1, 1], observation + reward per frame. "
                    "Rewarped: 444 tetrahedra, 204 particles; tphys `soft_jumper`: 432 tetrahedra, 168 particles, float32; "
-                   "recipe = the recipe's env through `env.step`; eager / compiled = `physics_step` + observe + reward, "
+                   "recipe = the recipe's env through `env.step` (backend auto: the C frame kernels on CPU); eager / compiled = "
+                   "`physics_step` + observe + reward on the torch backend, "
                    "compiled = `compile_substep=True` (each substep under torch.compile; warm-up includes compilation unless "
                    "cached); +recompute = `recompute=True` (the frame's substeps recomputed in backward).", jumper_cell),
     "rollingpin": Task("rolling_flat", "rewarped.envs.plasticinelab.rolling_pin", "RollingPin", 2, (1, 16), ("recipe", "eager"),
