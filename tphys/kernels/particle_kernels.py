@@ -109,6 +109,9 @@ def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag:
     return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype, path(first, second))
 
 
+_FUNCTIONS: dict = {}  # (_library, dtype) -> _function(its REAL), for particle_step
+
+
 def _function(real: str):
     function = _library(real).particle_step
     if function.argtypes is None:
@@ -121,17 +124,20 @@ def _function(real: str):
 def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor, substeps: int, h: float) -> tuple[Tensor, Tensor]:
     """(x, v) [N, P, d] after ``substeps`` substeps of ``h`` s (see ``cpu/particles.c``) from x, v [N, P, d] (m, m/s)
     under handle velocities u [N, H, d] (m/s): contiguous CPU tensors of the model's dtype. No autograd."""
-    n = x.shape[0]
-    for t in (x, v, u):
-        if not t.is_contiguous() or t.device.type != "cpu" or t.dtype != model.dtype:
-            raise TypeError(f"particle_step: x, v, u must be contiguous CPU {model.dtype}, got {t.dtype} on {t.device}")
-    if tuple(x.shape) != (n, model.particles, model.dim) or v.shape != x.shape or u.shape[0] != n or u.shape[-1] != model.dim:
+    n, dtype = x.shape[0], model.dtype
+    if not (x.dtype is dtype and v.dtype is dtype and u.dtype is dtype and x.is_cpu and v.is_cpu and u.is_cpu and x.is_contiguous()
+            and v.is_contiguous() and u.is_contiguous()):  # one expression: this runs every env step
+        t = next(t for t in (x, v, u) if not (t.dtype is dtype and t.is_cpu and t.is_contiguous()))
+        raise TypeError(f"particle_step: x, v, u must be contiguous CPU {dtype}, got {t.dtype} on {t.device}")
+    if x.shape != (n, model.particles, model.dim) or v.shape != x.shape or u.dim() != 3 or u.shape[0] != n or u.shape[2] != model.dim:
         raise ValueError(f"particle_step: x {tuple(x.shape)}, v {tuple(v.shape)}, u {tuple(u.shape)} do not fit a model of "
                          f"{model.particles} particles in {model.dim}-D")
     x1, v1 = torch.empty_like(x), torch.empty_like(x)
     banded = model.path == "band"
-    taken = _function(_REAL[model.dtype])(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n,
-                                          model.particles, model.dim, u.shape[1], model.springs, int(substeps), float(h), int(banded))
+    key = (_library, dtype)  # the loader too: tests route it to other builds
+    function = _FUNCTIONS.get(key) or _FUNCTIONS.setdefault(key, _function(_REAL[dtype]))
+    taken = function(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n, model.particles,
+                     model.dim, u.shape[1], model.springs, int(substeps), float(h), int(banded))
     if taken != banded:  # the C file checks the band itself; a disagreement is a bug here or there
         raise RuntimeError(f"particle_step: the C step took path {PATHS[1 - taken]!r}, the model's is {model.path!r}")
     return x1, v1

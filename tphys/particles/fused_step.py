@@ -18,6 +18,7 @@ path's to round-off (``tests/particles/test_fused_step.py``).
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -76,6 +77,7 @@ class _Plan(NamedTuple):
     model: particle_kernels.Model | None
 
 
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place edit counter
 _PLANS: OrderedDict = OrderedDict()  # id(model.mass) -> (the model's tensors and their versions, h, _Plan); a few models
 _PLAN_CACHE_SIZE = 16
 
@@ -102,11 +104,11 @@ def _plan(model: ParticleModel, h: float) -> _Plan:
     """``_derive(model, h)``, cached: an entry holds the model's tensors (so that their ids stay theirs) and their
     version counters (an in-place edit of any model tensor derives the plan again)."""
     tensors = _model_tensors(model)
-    signature = tuple(t._version for t in tensors)
+    signature = tuple(map(_VERSION, tensors))
     entry = _PLANS.get(id(model.mass))
     if entry is not None:
         kept, versions, kept_h, plan = entry
-        if kept_h == h and versions == signature and len(kept) == len(tensors) and all(a is b for a, b in zip(kept, tensors)):
+        if kept_h == h and versions == signature and len(kept) == len(tensors) and all(map(operator.is_, kept, tensors)):
             _PLANS.move_to_end(id(model.mass))
             return plan
     plan = _derive(model, h)
