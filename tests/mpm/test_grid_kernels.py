@@ -238,26 +238,11 @@ def test_the_rule(monkeypatch):
         runs_c("cpu")
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), kinds=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3).map(tuple),
-       shift=st.floats(0.0, 0.6), direction=st.integers(0, 5))
-def test_may_act_never_misses_a_shape_that_acts(seed, kinds, shift, direction):
-    """Soundness of the bounding test that lets backward skip the poses: wherever the twin's SDFs put a filled node in a
-    shape or its band, ``may_act`` says True (shapes pushed out of the window by ``shift`` m along ±x, ±y, ±z; the
-    scenes' next rotations are not orthogonal, the start ones are)."""
-    model, shapes, mass, momentum, origin, poses = scene(seed, kinds, sticky=False, wall_friction=0.0)
-    poses[0] = poses[0] + shift * torch.eye(3, **F64).repeat(2, 1)[direction] * (1 if direction < 3 else -1)
-    poses[1] = poses[1] * 1.05  # a start "rotation" that stretches: the bound must hold for it too
-    band = math.log(1 / shapes.cutoff) / shapes.softness
-    distance = node_distances(model, shapes, mass, origin, [poses[0], poses[1]])
-    if ((distance < band) | (distance <= 0)).any():
-        assert grid_kernels.may_act(shapes, poses[0], poses[1], origin, WINDOW, model.dx, band)
-
-
-def test_shapes_out_of_reach_leave_the_poses_out_of_the_graph(monkeypatch):
-    """Shapes far from every window: the C path's velocities equal the twin's, and backward computes nothing for the
-    poses (an autograd.Function before them is not called, as with the twin); shapes near the window but beyond every
-    filled node: the pose gradients are None (no shape acted)."""
+def test_where_no_shape_acts_the_poses_stay_out_of_the_graph():
+    """Shapes far from every window, and shapes near a window but beyond the band of its one filled node per env: the C
+    path's velocities equal the twin's, and backward computes nothing for the poses (an autograd.Function before them
+    is not called, as with the twin, whose graph has no path to them); shapes that act: it is called, and the pose
+    gradients are the twin's."""
     model, shapes, mass, momentum, origin, poses = scene(4, ("box", "sphere"), sticky=True, wall_friction=0.3)
     band = math.log(1 / shapes.cutoff) / shapes.softness
     calls = []
@@ -272,25 +257,49 @@ def test_shapes_out_of_reach_leave_the_poses_out_of_the_graph(monkeypatch):
             calls.append(1)
             return grad
 
-    for offset, reachable in ((3.0, False), (None, True)):
+    sparse = torch.zeros_like(mass)
+    sparse[:, 0, 0, 0] = 1.0  # one filled node per env, at the window's first corner
+    corner = origin.to(torch.float64) * model.dx
+    near = (corner - torch.tensor([0.0, 0.0, 0.13 + band], **F64))[:, None].expand(-1, 2, -1).clone()
+    eye = torch.eye(3, **F64).expand_as(poses[1]).clone()
+    cases = {"far": (mass, momentum, [poses[0] + 3.0, *poses[1:]], False),
+             "near": (sparse, momentum * sparse.unsqueeze(-1), [near, eye, near.clone(), eye.clone()], False),
+             "acting": (mass, momentum, poses, True)}
+    for name, (m, q, pose, acts) in cases.items():
         calls.clear()
-        shifted = [p.clone() for p in poses]
-        if offset is None:  # just beyond the farthest filled node's band, inside the bounding test's reach
-            empty = torch.zeros_like(mass)
-            empty[:, 0, 0, 0] = 1.0  # one filled node per env, at the window's first corner
-            mass, momentum = empty, momentum * empty.unsqueeze(-1)
-            corner = origin.to(torch.float64) * model.dx
-            shifted[0] = (corner - torch.tensor([0.0, 0.0, 0.13 + band], **F64))[:, None].expand(-1, 2, -1).clone()  # reach: 0.138, 0.1
-            shifted[1] = torch.eye(3, **F64).expand_as(poses[1]).clone()
-            shifted[2] = shifted[0].clone()
-            assert grid_kernels.may_act(shapes, shifted[0], shifted[1], origin, WINDOW, model.dx, band)
-            assert (node_distances(model, shapes, mass, origin, shifted) > band).all()
-        else:
-            shifted[0] = shifted[0] + offset
-            assert not grid_kernels.may_act(shapes, shifted[0], shifted[1], origin, WINDOW, model.dx, band)
-        leaves = [t.clone().requires_grad_() for t in (mass, momentum, *shifted)]
+        touched = node_distances(model, shapes, m, origin, pose)
+        assert bool(((touched < band) | (touched <= 0)).any()) == acts, name
+        leaves = [t.clone().requires_grad_() for t in (m, q, *pose)]
         velocity = grid_kernels.grid_velocity_cpu(model, leaves[0], leaves[1], (shapes, Spy.apply(leaves[2]), *leaves[3:]), origin)
-        torch.testing.assert_close(velocity, grid_velocity_torch(model, mass, momentum, (shapes, *shifted), origin), rtol=1e-12, atol=1e-12)
+        twin = [t.clone().requires_grad_() for t in (m, q, *pose)]
+        expected = grid_velocity_torch(model, twin[0], twin[1], (shapes, *twin[2:]), origin)
+        assert_near(velocity, expected.detach(), 1e-12)
         grads = torch.autograd.grad(velocity.square().sum(), leaves, allow_unused=True)
-        assert grads[1].abs().max() > 0 and all(g is None or (g == 0).all() for g in grads[2:])
-        assert bool(calls) == reachable  # called with a zero gradient where the bounding test could not rule the shapes out
+        expected_grads = torch.autograd.grad(expected.square().sum(), twin, allow_unused=True)
+        assert bool(calls) == acts, name
+        for a, b in zip(grads, expected_grads):
+            assert (a is None) == (b is None), name
+            if b is not None:
+                assert_near(a, b, 1e-11)
+
+
+def test_the_custom_op_alone_differentiates_every_pose_and_passes_opcheck():
+    """``grid_velocity_c`` called directly (poses attached; the scene's rotations come from QR, column-major: the op
+    makes its inputs contiguous): the twin's gradients, and torch.library's checks of the schema, the fake kernel and the
+    registered autograd."""
+    model, shapes, mass, momentum, origin, poses = scene(8, ("capsule", "cylinder"), sticky=True, wall_friction=0.3)
+    band = math.log(1 / shapes.cutoff) / shapes.softness
+    kinds = torch.tensor([SHAPES.index(k) for k in shapes.kinds])
+    scalars = (model.dt, model.dx, GRID, model.bound, model.wall_friction, True, shapes.friction, shapes.softness, band)
+    leaves = [t.clone().requires_grad_() for t in (mass, momentum, *poses)]
+    velocity, acted = grid_kernels.grid_velocity_c(leaves[0], leaves[1], origin, model.gravity, kinds, shapes.sizes, *leaves[2:], *scalars)
+    assert acted > 0 and not poses[1].is_contiguous()
+    weights = torch.randn(velocity.shape, generator=torch.Generator().manual_seed(1), **F64)
+    grads = torch.autograd.grad((velocity * weights).sum(), leaves)
+    twin = [t.clone().requires_grad_() for t in (mass, momentum, *poses)]
+    expected = grid_velocity_torch(model, twin[0], twin[1], (shapes, *twin[2:]), origin)
+    for a, b in zip(grads, torch.autograd.grad((expected * weights).sum(), twin)):
+        assert_near(a, b, 1e-11)
+    small = [t[:1, :3, :3, :3].clone().contiguous().requires_grad_() for t in (mass, momentum)]
+    torch.library.opcheck(torch.ops.tphys.grid_velocity.default, (*small, origin[:1], model.gravity, kinds, shapes.sizes,
+                                                                  *[p[:1].clone().requires_grad_() for p in poses], *scalars))

@@ -14,10 +14,11 @@ shapes, and no gradient is wanted for what the kernel does not differentiate (th
 the twin runs; with ``backend="cpu"`` a missing compiler raises, the other cases fall back to the twin as documented
 here.
 
-Where no shape acts on any node (a hand away from the material), the twin's velocities have no graph to the poses, so
-backward skips whatever computed them (the hand's kinematics: most of a hand_flip substep's backward then). The C path
-keeps that: ``may_act`` (a bounding-sphere test of each shape against each env's window) detaches the poses before
-the call when no shape can reach, and a backward after a forward in which no shape acted returns no pose gradient.
+Where no shape acts on any node (a hand above the material), the twin's velocities have no graph to the poses, so
+backward skips whatever computed them (the hand's kinematics: in a hand_flip fwd+bwd window, N = 16, 4 s of 13 s
+when the graph is kept with zero gradients). The C path keeps that: ``grid_velocity_cpu`` calls the op on detached
+poses (graph to mass and momentum) and links the poses (``_PoseLink``, the pose part of the adjoint) only when the
+forward says a shape acted. The op alone (``grid_velocity_c``) is differentiable in mass, momentum and the poses, always.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from tphys.kernels import runs_c_kernels
 from tphys.kernels.c_kernels import build, builds
@@ -104,6 +106,8 @@ def grid_velocity_c(mass: Tensor, momentum: Tensor, origin: Tensor, gravity: Ten
     """(node velocities [N, WX, WY, WZ, 3], how many times a shape acted on a node [] int64) by ``cpu/grid.c``
     (contiguous CPU tensors of one float type; origin and kinds int64; poses [N, S, 3] / [N, S, 3, 3]; ``band``: the
     colliders' influence band in m, inf for every node)."""
+    mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next = (
+        t.contiguous() for t in (mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next))
     velocity = torch.empty_like(momentum)
     acted = _run("grid_forward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(velocity),
                  *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
@@ -122,7 +126,8 @@ def grid_velocity_backward_c(grad: Tensor, mass: Tensor, momentum: Tensor, origi
                              grid: int, bound: int, wall_friction: float, sticky: bool, friction: float, softness: float,
                              band: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dL/d mass, dL/d momentum, dL/d position, rotation, position_next, rotation_next) from dL/d velocity ``grad``."""
-    grad = grad.contiguous()
+    grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next = (
+        t.contiguous() for t in (grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next))
     out = [torch.empty_like(t) for t in (mass, momentum, position, rotation, position_next, rotation_next)]
     _run("grid_backward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(grad), *(_pointer(t) for t in out),
          *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
@@ -138,41 +143,32 @@ def _(grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, p
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs[:10])
     ctx.scalars = inputs[10:]
-    ctx.acted = bool(output[1])
 
 
 def _backward(ctx, grad: Tensor, _):
     mass, momentum, origin, gravity, kinds, sizes, *poses = ctx.saved_tensors
     grads = grid_velocity_backward_c(grad, mass, momentum, origin, gravity, kinds, sizes, *poses, *ctx.scalars)
-    # where no shape acted on any node the velocities do not depend on the poses: no gradient (None, as the twin's graph
-    # has no path to them then), so autograd skips whatever computed the poses (a hand's kinematics)
-    pose_grads = grads[2:] if ctx.acted else (None,) * 4
-    return (grads[0], grads[1], None, None, None, None, *pose_grads, *(None,) * len(ctx.scalars))
+    return (grads[0], grads[1], None, None, None, None, *grads[2:], *(None,) * len(ctx.scalars))
 
 
 grid_velocity_c.register_autograd(_backward, setup_context=_setup_context)
 
-def _reach(kinds: tuple, sizes: Tensor) -> Tensor:
-    """[S] radii of spheres about the shapes' origins that hold each shape (sphere r, box |half extents|, capsule r + h,
-    cylinder √(r² + h²)), m."""
-    r, h = sizes[:, 0], sizes[:, 1]
-    by_kind = {"sphere": r, "box": sizes.norm(dim=-1), "capsule": r + h, "cylinder": torch.sqrt(r * r + h * h)}
-    return torch.stack([by_kind[k][i] for i, k in enumerate(kinds)])
+class _PoseLink(torch.autograd.Function):
+    """velocity -> velocity (a copy), with the poses' gradient (``grid_velocity_backward_c``) in backward: the link
+    ``grid_velocity_cpu`` adds from the C op's velocities to the colliders' poses once the forward saw a shape act."""
 
+    @staticmethod
+    def forward(ctx, velocity, arguments, *poses):
+        ctx.save_for_backward(*poses)
+        ctx.arguments = arguments
+        return velocity.clone()
 
-def may_act(shapes, position: Tensor, rotation: Tensor, origin: Tensor, window: tuple, dx: float, band: float) -> bool:
-    """False only where no shape can act on any node of any env's window (the shapes' start poses, ``position`` [N, S, 3],
-    ``rotation`` [N, S, 3, 3]): every node x of the window box is farther than reach + band from each shape's origin p,
-    measured in the local frame, |Rᵀ(x - p)| <= sqrt(Gershgorin bound of R Rᵀ)·|x - p| (1 for rotations)."""
-    if math.isinf(band):
-        return True
-    with torch.no_grad():
-        low = origin.to(position.dtype) * dx
-        high = low + (torch.tensor(window, dtype=position.dtype) - 1) * dx
-        gap = (position - position.clamp(low[:, None], high[:, None])).norm(dim=-1)  # [N, S] to the nearest window point
-        stretch = (rotation @ rotation.transpose(-1, -2)).abs().sum(-1).amax(-1).sqrt()  # >= the largest singular value
-        limit = (_reach(shapes.kinds, shapes.sizes.detach()) + band) * (1 + 1e-4) + 1e-6 * dx
-        return bool((gap * stretch <= limit).any())
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        mass, momentum, origin, gravity, kinds, sizes, scalars = ctx.arguments
+        grads = grid_velocity_backward_c(grad, mass, momentum, origin, gravity, kinds, sizes, *ctx.saved_tensors, *scalars)
+        return (grad, None, *(g if need else None for g, need in zip(grads[2:], ctx.needs_input_grad[2:])))
 
 
 def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | None, origin: Tensor) -> Tensor:
@@ -191,9 +187,12 @@ def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | 
         poses = [p.reshape(n, s, *((3,) if i % 2 == 0 else (3, 3))).contiguous() for i, p in enumerate(poses)]  # [N, S, 3], [N, S, 3, 3]
         friction, softness = float(shapes.friction), float(shapes.softness)
         band = math.log(1.0 / shapes.cutoff) / shapes.softness if shapes.cutoff > 0 else math.inf
-        if torch.is_grad_enabled() and not may_act(shapes, poses[0], poses[1], origin, tuple(mass.shape[1:]), model.dx, band):
-            poses = [p.detach() for p in poses]  # the velocities do not depend on the poses: no graph to them (as the twin)
-    return grid_velocity_c(mass.contiguous(), momentum.contiguous(), origin.to(torch.int64).contiguous(),
-                           model.gravity.detach().contiguous(), kinds, sizes, *poses, float(model.dt), float(model.dx),
-                           int(model.grid_size), int(model.bound), float(model.wall_friction), bool(model.sticky_floor), friction,
-                           softness, band)[0]
+    mass, momentum, origin = mass.contiguous(), momentum.contiguous(), origin.to(torch.int64).contiguous()
+    gravity = model.gravity.detach().contiguous()
+    scalars = (float(model.dt), float(model.dx), int(model.grid_size), int(model.bound), float(model.wall_friction),
+               bool(model.sticky_floor), friction, softness, band)
+    detached = [p.detach() for p in poses]
+    velocity, acted = grid_velocity_c(mass, momentum, origin, gravity, kinds, sizes, *detached, *scalars)
+    if acted and torch.is_grad_enabled() and any(p.requires_grad for p in poses):
+        velocity = _PoseLink.apply(velocity, (mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, scalars), *poses)
+    return velocity
