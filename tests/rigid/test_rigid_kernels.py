@@ -134,7 +134,7 @@ def test_float32_agrees(name):
     twin = frame_and_vjp(env, q, qd, u, "torch", weights)
     for k, (a, b) in enumerate(zip(c_path, twin)):
         assert a.dtype == torch.float32
-        assert relative(a, b) < (2e-4 if k < 2 else 2e-2), ("q", "qd", "dq", "dqd", "du")[k]
+        assert relative(a, b) < (2e-5 if k < 2 else 1e-4), ("q", "qd", "dq", "dqd", "du")[k]  # seen: <= 1e-6
 
 
 def test_recompute_modes_give_the_same_gradients():
@@ -225,14 +225,16 @@ def recipe_options(name):
 
 @pytest.mark.parametrize("name", ["ant", "hopper", "cartpole_swingup"])
 def test_recipe_env_cpu_matches_torch(name):
-    """The recipe's env (its yaml options, compile off) stepped 3 frames with backend cpu and torch (float64): the same
-    observations, rewards and action gradients."""
+    """The recipe's env (its yaml options, compile off) stepped 3 frames with backend cpu and torch (float64) from states in
+    ground contact with joints beyond their limits: the same observations, rewards and action gradients."""
     options = {k: v for k, v in recipe_options(name).items() if k not in ("compile_substep", "backend")}
     runs = []
     for backend in ("cpu", "torch"):
         env = E.make(name, num_envs=3, dtype=torch.float64, seed=0, backend=backend, **options)
         assert env.backend == backend
         td = env.reset()
+        q, qd, _ = random_inputs(env, 3, seed=11)
+        td.set("q", q).set("qd", qd)
         gen = torch.Generator().manual_seed(10)
         actions, observations, rewards = [], [], []
         for _ in range(3):
