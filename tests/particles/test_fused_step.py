@@ -308,14 +308,17 @@ def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkey
     assert errors["one_step"] > 1e-3, errors
 
 
-def test_the_band_path_catches_a_misplaced_window_slot(tmp_path, monkeypatch, kernel_path):
-    """A mutant of the band path that adds the force of a spring two particles apart to the neighbour's slot (the
-    rope's bending springs) fails the comparison; the general path does not use that code and still passes."""
+@pytest.mark.parametrize("defect, replacement", [
+    ("case 2: BAND_ADD(2 < B ? 2 : B); break;", "case 2: BAND_ADD(1); break;"),  # a bending spring's force to the wrong particle
+    ("if (b->kind[k] == 2 * CABLE + 1) g =", "if (b->kind[k] != 2 * CABLE + 1) g ="),  # two-kind models: the kinds swapped
+])
+def test_the_band_path_catches_its_own_mutants(tmp_path, monkeypatch, kernel_path, defect, replacement):
+    """Mutants of the band path's own code (the rope takes it: a two-kind model, springs 1 and 2 apart) fail the
+    comparison; the general path does not use that code and still passes."""
     source = particle_kernels.SOURCE.read_text()
-    defect = "case 2: BAND_ADD(2 < B ? 2 : B); break;"
     assert source.count(defect) == 1
     mutant = tmp_path / "particles.c"
-    mutant.write_text(source.replace(defect, "case 2: BAND_ADD(1); break;"))
+    mutant.write_text(source.replace(defect, replacement))
     use_build(monkeypatch, tmp_path, mutant)
     errors = compare("rope3d", 5, 0, torch.float64, steps=2, path=kernel_path)
     assert (errors["one_step"] > 1e-3) == (kernel_path == "band"), errors

@@ -7,14 +7,19 @@
  * called through ctypes on contiguous tensors. Single-threaded.
  *
  * Layout. Inputs and outputs are the torch layout, x, v [N, P, D] (row-major). Envs are taken LANES at a time
- * (the loader passes 32 for float, 16 for double: two 64-byte vectors): a block's positions, velocities and forces
- * are transposed into arrays [P][D][LANES] on the stack (env index innermost, a few KB: L1), all substeps run there,
- * and the block is transposed back. Every arithmetic loop runs over the LANES envs of a block with the same
- * (particle, spring) indices: one vector element per env. A partial last block repeats its last env in the spare
- * lanes (their results are not stored). Float blocks on CPUs with AVX-512 run the springs as intrinsics
- * (one_spring_avx512, with a refined approximate 1/|d|, see there) and move a block in and out by 16 x 16 transposes
- * in registers (transpose16);
- * double, and any CPU without AVX-512 (or -DTPHYS_GENERIC), run plain loops the compiler vectorises.
+ * (the loader passes 32 for float, 16 for double: two 64-byte vectors): a block's positions and velocities are
+ * transposed into arrays [P][D][LANES] on the stack (env index innermost, a few KB: L1), all substeps run there,
+ * and the block is transposed back (float with AVX-512: 16 x 16 transposes in registers, transpose16). A partial
+ * last block repeats its last env in the spare lanes (their results are not stored). Two paths run the substeps,
+ * chosen by the caller (particle_kernels.path) and checked here (particle_step returns the one it took):
+ *   band     springs joining particles at most MAX_BAND apart in index (every payload env: chains): one pass over
+ *            the particles a substep, spring forces summed in registers, each particle updated in place once its
+ *            last spring is done (band_substep); vectors of 16 floats / 8 doubles with AVX-512, else 32 bytes
+ *   general  any springs: every spring into a force array F [P][D][LANES], then every particle (one_spring, update)
+ * Every arithmetic loop runs over the envs of a block with the same (particle, spring) indices: one vector element
+ * per env. Float with AVX-512 takes 1/|d| from the hardware estimate refined by a Newton step (one_spring_avx512,
+ * vrsqrt_refined); double, and any CPU without AVX-512 (or -DTPHYS_GENERIC: the portable code, for tests), a square
+ * root and a division.
  *
  * Per substep of length h (the torch path's order of operations, so that results agree to round-off):
  *     f_p  = (m_p·g - drag·v_p) + sum over springs of their force on p
@@ -302,19 +307,20 @@ INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REA
     }
 }
 
-/* ---------------------------------------------------------------------------- the banded path
- * For models whose springs join particles at most MAX_BAND apart in index (|i - j| <= MAX_BAND: chains such as the
- * rope, whose cables join i, i+1 and bending springs i, i+2; every payload env), a substep is one pass over the
- * particles j = 0..P-1 in order, each vector of VW envs on its own: the springs whose higher particle is j (d = x_hi -
- * x_lo) add their forces to a window of force accumulators held in registers, w[o] = force on particle j - o, o = 0..
- * MAX_BAND; after them particle j - MAX_BAND has all its forces (later springs touch only particles > j - MAX_BAND),
- * so it is updated in place, and the window shifts. No force array in memory, one read of each particle's state and
- * one write a substep. The arithmetic is one_spring's and update's: the same results up to the order in which a
- * particle's spring forces are summed (sorted by the higher particle instead of the spring index) and, for a spring
- * numbered from its higher particle (d = x_i - x_j in one_spring), exact sign flips (-(a - b) = b - a).
+/* ---------------------------------------------------------------------------- the band path
+ * For models whose springs join particles at most MAX_BAND apart in index (0 < |i - j| <= MAX_BAND: chains such as
+ * the rope, whose cables join i, i+1 and bending springs i, i+2; every payload env), a substep is one pass over the
+ * particles j = 0..P-1 in order, each vector of VW envs on its own. The springs whose higher particle is j (d = x_hi -
+ * x_lo) add their forces to a window of force sums held in registers, w[o] = m·g + spring forces of particle j - o,
+ * o = 0..B (B: the model's widest spring, a compile-time constant in each instance of band_substep); after them
+ * particle j - B has all its forces (later springs touch only particles > j - B), so it is updated in place, and the
+ * window shifts. No force array in memory, one read and one write of each particle's state a substep; the forces on
+ * a handle (STILL) are not summed. The arithmetic is one_spring's and update's, with two differences of round-off
+ * size only: a particle's force is (m·g + springs) - drag·v with the springs in order of their higher particle (the
+ * general path: (m·g - drag·v) + springs in spring order), and a spring numbered from its higher particle has d
+ * negated, exactly (-(a - b) = b - a).
  *
- * Vectors are GCC vector types of VBYTES bytes (VW numbers): 64 with AVX-512, else 32; the float build with AVX-512
- * takes 1/|d| as one_spring_avx512 does, every other build sqrt and a division as one_spring does. */
+ * Vectors are GCC vector types of VBYTES bytes (VW numbers): 64 with AVX-512, else 32 (16 registers without it). */
 #define MAX_BAND 3 /* the widest band; particle_kernels.BAND, which chooses the path, is the same number */
 #if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
 #define VBYTES 64
@@ -367,9 +373,11 @@ INLINE vec vsqrt(vec a) {
     if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_sqrt_ps((__m512)a);
     return (vec)_mm512_sqrt_pd((__m512d)a);
 #else
-    vec r;
-    for (int e = 0; e < VW; e++) r[e] = SQRT(a[e]);
-    return r;
+    REAL r[VW]; /* a loop over an array (over the vector's own lanes it would stay scalar) */
+    __builtin_memcpy(r, &a, sizeof a);
+    for (int e = 0; e < VW; e++) r[e] = SQRT(r[e]);
+    __builtin_memcpy(&a, r, sizeof a);
+    return a;
 #endif
 }
 /* 1/sqrt(a), float with AVX-512: the 14-bit estimate and one Newton step y <- y·(3/2 - (a/2)·y²) (one_spring_avx512);
@@ -385,7 +393,7 @@ INLINE vec vrsqrt_refined(vec a) {
     return a;
 }
 
-/* The band plan of a model (band_plan): springs sorted by their higher particle. */
+/* The band plan of a model (built by run): springs sorted by their higher particle. */
 typedef struct {
     const int64_t *start;  /* [P + 1] springs start[j] .. start[j+1]-1 (sorted) have higher particle j */
     const int *offset;     /* [S] j - (lower particle), 1..MAX_BAND */
@@ -395,6 +403,7 @@ typedef struct {
     const int *still;      /* [S] whether the lower particle is STILL (a handle: its forces are not summed) */
     REAL inv_width, half_width; /* 1/w, w/2: the cables' slack width w */
     int band;                   /* the largest offset, 1..MAX_BAND */
+    int pair;                   /* every spring a damped cable or an undamped spring (the rope, the pendulums) */
 } Band;
 
 /* g = T/|d| of a spring (one_spring's formula) from d = x_hi - x_lo (D vectors) and the velocities vh, vl. */
@@ -458,8 +467,8 @@ INLINE void band_update_any(const int D, const int code, const int dragged, REAL
 }
 
 /* One substep of the VW envs at lane e0 of the block arrays X, V [P][D][LANES] (see the section comment). */
-INLINE void band_substep(const int D, const int B, const int dragged, const Particles *q, const Band *b, REAL *X, REAL *V, int e0,
-                         REAL h) {
+INLINE void band_substep(const int D, const int B, const int dragged, const int pair, const Particles *q, const Band *b, REAL *X,
+                         REAL *V, int e0, REAL h) {
     const int64_t P = q->particles;
     vec w[MAX_BAND + 1][3]; /* slots 0..B used (B: a constant in each instance; a VLA would live in memory) */
     _Pragma("GCC unroll 8") for (int o = 0; o <= B; o++) _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) w[o][a] = vset(0);
@@ -476,7 +485,12 @@ INLINE void band_substep(const int D, const int B, const int dragged, const Part
             vec d[3], g;
             _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) d[a] = xj[a] - vload(xl + a * LANES);
             const REAL r = b->rest[k], st = b->stiffness[k], c = b->damping[k], cb = b->cable[k], iw = b->inv_width, hw = b->half_width;
-            switch (b->kind[k]) {
+            /* `pair` models (two kinds): one predictable branch, and only two copies of band_tension in the loop; the
+             * six-way switch (a jump table) of the others costs them ~5-8 % (rope3d, same-process A/B) */
+            if (pair) {
+                if (b->kind[k] == 2 * CABLE + 1) g = band_tension(D, CABLE, 1, d, vh, vl, r, st, c, cb, iw, hw);
+                else g = band_tension(D, SPRING, 0, d, vh, vl, r, st, c, cb, iw, hw);
+            } else switch (b->kind[k]) {
             case 2 * SPRING: g = band_tension(D, SPRING, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
             case 2 * SPRING + 1: g = band_tension(D, SPRING, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
             case 2 * CABLE: g = band_tension(D, CABLE, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
@@ -510,18 +524,18 @@ INLINE void band_substep(const int D, const int B, const int dragged, const Part
     }
 }
 
-/* All substeps of the VW envs at lane e0, for the model's band b->band (1..MAX_BAND, a compile-time window). */
+/* All substeps of the VW envs at lane e0. Instances (compile time and code size): a window of B = 2 for bands 1 and 2
+ * (pair models or any), B = MAX_BAND for wider ones (any). */
 INLINE void band_substeps(const int D, const Particles *q, const Band *b, REAL *X, REAL *V, int e0, int64_t substeps, REAL h) {
-#define BAND_RUN(B, dragged) for (int64_t step = 0; step < substeps; step++) band_substep(D, B, dragged, q, b, X, V, e0, h)
-    const int dragged = q->drag != 0;
-    switch (b->band * 2 + dragged) {
-    case 2: BAND_RUN(1, 0); break;
-    case 3: BAND_RUN(1, 1); break;
-    case 4: BAND_RUN(2 <= MAX_BAND ? 2 : MAX_BAND, 0); break;
-    case 5: BAND_RUN(2 <= MAX_BAND ? 2 : MAX_BAND, 1); break;
-    default:
-        if (dragged) BAND_RUN(MAX_BAND, 1);
-        else BAND_RUN(MAX_BAND, 0);
+#define BAND_RUN(B, dragged, pair) for (int64_t step = 0; step < substeps; step++) band_substep(D, B, dragged, pair, q, b, X, V, e0, h)
+    const int dragged = q->drag != 0, wide = b->band > 2;
+    switch (4 * wide + 2 * dragged + (b->pair && !wide)) {
+    case 0: BAND_RUN(2, 0, 0); break;
+    case 1: BAND_RUN(2, 0, 1); break;
+    case 2: BAND_RUN(2, 1, 0); break;
+    case 3: BAND_RUN(2, 1, 1); break;
+    case 4: BAND_RUN(MAX_BAND, 0, 0); break;
+    default: BAND_RUN(MAX_BAND, 1, 0); break;
     }
 #undef BAND_RUN
 }
@@ -599,23 +613,25 @@ INLINE int run(const int D, const Particles *q, const Springs *s, int banded, co
         const REAL free = q->free[p], impulse = q->impulse[p];
         particle[p] = free == 1 ? FREE : free == 0 && impulse == 0 ? STILL : ANY;
     }
-    int band_max = 1;
+    int band_max = 1, pair = 1;
     for (int64_t k = 0; k < s->count; k++) {
         const int64_t i = s->first[k], j = s->second[k], hi = i > j ? i : j, lo = i > j ? j : i, at = fill[hi]++;
         band_max = hi - lo > band_max ? (int)(hi - lo) : band_max;
         offset[at] = (int)(hi - lo);
         still[at] = particle[lo] == STILL;
+        pair = pair && (kind[k] == 2 * CABLE + 1 || kind[k] == 2 * SPRING);
         bkind[at] = kind[k];
         rest[at] = s->rest[k], stiffness[at] = s->stiffness[k], damping[at] = s->damping[k], cable[at] = s->cable[k];
         if (hi - lo < 1 || hi - lo > MAX_BAND) banded = 0;
     }
-    const Band band = {start, offset, bkind, rest, stiffness, damping, cable, particle, still, (REAL)1 / s->width, (REAL)0.5 * s->width, band_max};
+    const Band band = {start, offset, bkind, rest, stiffness, damping, cable, particle, still, (REAL)1 / s->width, (REAL)0.5 * s->width, band_max, pair};
     for (int64_t first = 0; first < n; first += LANES) block(D, q, s, banded ? &band : 0, kind, oi, oj, x0, v0, u, x1, v1, first, n, substeps, h);
     return banded;
 }
 
 /* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] with handle velocities u [N, H, D]
- * (see the header comment for the other arguments). dim is 2 or 3. */
+ * (see the header comment for the other arguments). dim is 2 or 3. `banded`: 1 asks for the band path, 0 for the
+ * general one; returns the path taken (1 band, 0 general: the general one where a spring is wider than MAX_BAND). */
 int particle_step(const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1, const int64_t *handle, const REAL *free,
                    const REAL *impulse, const REAL *weight, double drag, const int64_t *first, const int64_t *second, const REAL *rest,
                    const REAL *stiffness, const REAL *damping, const REAL *cable, double width, int64_t n, int64_t particles,
