@@ -565,7 +565,7 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const Band 
     }
     const REAL drag = q->drag;
     if (b != 0) {
-        for (int e0 = 0; e0 < LANES; e0 += VW) band_substeps(D, q, b, X, V, e0, substeps, h);
+        for (int e0 = 0; e0 < lanes; e0 += VW) band_substeps(D, q, b, X, V, e0, substeps, h); /* vectors with an env */
         scatter(D, X, x1, first, lanes, P);
         scatter(D, V, v1, first, lanes, P);
         return;
