@@ -19,6 +19,11 @@ Tensordict keys (N = num_envs, nq / nv generalized positions / velocities, A act
 A diverged env's state is replaced by its last finite state, and the gradients leaving a step
 towards its inputs (state, action) are cleaned with ``nan_to_num`` (DFlex's "nan hook"), so one
 bad env cannot poison the policy gradient of the batch. A non-finite state *given* to ``step`` raises (``validate=True``).
+
+``backend`` ("auto" | "cpu" | "torch"; ``tphys.rigid.integrator.route``): "auto" runs each frame as C loops on CPU for
+float32/float64 models without muscles (``tphys/kernels/cpu/rigid.c``: one call forward, one autograd node and one call
+backward per frame), the torch substeps otherwise; ``compile_substep=True`` is a torch-backend option (with "auto" it selects
+the compiled torch substeps, with "cpu" it raises). ``env.backend`` is the resolved choice.
 """
 
 from __future__ import annotations
