@@ -91,11 +91,14 @@ def test_bad_inputs_are_reported():
 
 def test_compile_substep_wraps_the_torch_substep_lazily():
     """TorchRL's EnvBase consumes a ``compile`` keyword, so the option is ``compile_substep``; building compiles nothing.
-    It applies to the torch backend; the C backend (the default on CPU) has nothing to compile."""
+    It is a torch-backend option, as in the rigid envs: with backend "auto" it selects the compiled torch substeps, with
+    "cpu" (the C frame, nothing to compile) it raises instead of going unused."""
     compiled = E.make("soft_jumper", num_envs=1, compile_substep=True, backend="torch")
     eager = E.make("soft_jumper", num_envs=1, backend="torch")
     assert compiled.compiled and not eager.compiled
     assert hasattr(compiled._substep.forward_fn, "__wrapped__") and hasattr(compiled._substep.backward_fn, "__wrapped__")
     assert not hasattr(eager._substep.forward_fn, "__wrapped__") and not hasattr(eager._substep.backward_fn, "__wrapped__")
-    c_path = E.make("soft_jumper", num_envs=1, compile_substep=True, backend="cpu")
-    assert c_path.backend == "cpu" and not c_path.compiled and c_path._substep.kernel is not None
+    auto = E.make("soft_jumper", num_envs=1, compile_substep=True)
+    assert auto.backend == "torch" and auto.compiled and hasattr(auto._substep.forward_fn, "__wrapped__")
+    with pytest.raises(ValueError, match="compile_substep"):
+        E.make("soft_jumper", num_envs=1, compile_substep=True, backend="cpu")

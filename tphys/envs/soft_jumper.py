@@ -16,7 +16,8 @@ The substeps are ``tphys.particles.solid_substep.SolidSubstep``'s, picked by ``b
 "torch", default "auto"): on CPU ("auto" or "cpu") a frame's 80 substeps are one call of C loops
 (``tphys/kernels/cpu/fem.c``) forward and one backward, a single autograd node; with "torch" (and on CUDA)
 each substep is one autograd node with a hand-written backward in torch ops, which ``compile_substep=True``
-runs under torch.compile (the first frames compile; it applies to the torch backend only). (TorchRL's
+runs under torch.compile (the first frames compile; a torch-backend option: with backend "auto" it selects the
+compiled torch substeps, with "cpu" it raises). (TorchRL's
 EnvBase takes a ``compile`` keyword of its own, hence the name.)
 
 Reward (Rewarped's): 10·(COM forward velocity, m/s) + 30·(COM height above its start, m) - 0.001·|a|².
@@ -101,7 +102,13 @@ class SoftJumperEnv(TphysEnv):
         self.model = model.to(device=self.device, dtype=dtype)
         self.rest = rest.to(device=self.device, dtype=dtype)
         # C backend: one node per frame (C loops forward and backward); torch backend: one node per substep with a
-        # hand-written backward, optionally each under torch.compile (substeps stay a Python loop)
+        # hand-written backward, optionally each under torch.compile (substeps stay a Python loop). As in the rigid envs,
+        # compile_substep is a torch-backend option: with backend "auto" it selects the compiled torch substeps, with
+        # "cpu" it raises (never silently unused)
+        if compile_substep and backend == "cpu":
+            raise ValueError("soft_jumper: compile_substep=True compiles the torch substep and cannot apply with backend='cpu' "
+                             "(the C frame); pass backend='auto' or 'torch' with compile_substep, or compile_substep=False")
+        backend = "torch" if compile_substep and backend == "auto" else backend
         self._substep = SolidSubstep(self.model, self.dt / substeps, compile=compile_substep, backend=backend)
         self.backend = self._substep.backend
         self.compiled = bool(compile_substep) and self.backend == "torch"
