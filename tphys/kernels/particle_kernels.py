@@ -9,17 +9,18 @@ Which models and calls it serves is ``tphys.particles.fused_step``'s decision; n
 
 Two paths (``path``): "band" for springs joining particles at most ``BAND`` = 3 apart in index (chains: every payload
 env), which sums each particle's spring forces in registers and updates it as soon as its last spring is done, and
-"general" for any other springs (a force array, then the particles). rope3d, N = 4096, float32, one thread, kernel
-time per env step, same-process A/B (thread CPU time, load 3-5): the PR before this one's kernel ~230 ns, band path
-~140 ns (transposes ~14 ns of it); float64 ~500 -> ~380 ns; float32 built for AVX2 only (-march=x86-64-v3) ~1140 ->
-~340 ns.
+"general" for any other springs (a force array, then the particles). Kernel time per env step, rope3d, N = 4096, one
+thread, same-process A/B against the kernel before the band path (commit cb5b922; thread CPU time, load 1.9-2.5,
+medians): float32 225 -> 145 ns (of which moving the block in and out, 56 -> 20 ns), float64 416 -> 263 ns, float32
+built for AVX2 only (-march=x86-64-v3) 1238 -> 334 ns; cable_payload2d float32 158 -> 141 ns.
 
 Flags: ``c_kernels.FLAGS`` plus ``-ffp-contract=fast`` (multiply-adds fused into FMA instructions: each changes a
 result by at most one rounding, the order of operations stays the torch path's) and ``-mprefer-vector-width=512``.
-No -ffast-math: sqrt, division and comparisons keep their IEEE semantics. The one approximation is explicit: float
-blocks with AVX-512 take 1/|d| of each spring from the hardware's 14-bit estimate refined by a Newton step (a few ulps;
-see ``one_spring_avx512``); float32 results then differ from the torch path's by less than float32 rounding already
-makes the torch path differ from float64 (``tests/particles/test_fused_step.py``).
+No -ffast-math: sqrt, division and comparisons keep their IEEE semantics. The one approximation is explicit: the
+general path's float blocks with AVX-512 take 1/|d| of each spring from the hardware's 14-bit estimate refined by a
+Newton step (a few ulps; see ``one_spring_avx512``; the band path takes a square root and a division, as fast there);
+float32 results then differ from the torch path's by less than float32 rounding already makes the torch path differ
+from float64 (``tests/particles/test_fused_step.py``).
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@
  *            last spring is done (band_substep); vectors of 16 floats / 8 doubles with AVX-512, else 32 bytes
  *   general  any springs: every spring into a force array F [P][D][LANES], then every particle (one_spring, update)
  * Every arithmetic loop runs over the envs of a block with the same (particle, spring) indices: one vector element
- * per env. Float with AVX-512 takes 1/|d| from the hardware estimate refined by a Newton step (one_spring_avx512,
- * vrsqrt_refined); double, and any CPU without AVX-512 (or -DTPHYS_GENERIC: the portable code, for tests), a square
- * root and a division.
+ * per env. 1/|d|: a square root and a division, except in the general path's float blocks with AVX-512, which take
+ * the hardware estimate refined by a Newton step (one_spring_avx512). -DTPHYS_GENERIC: the portable code on any CPU
+ * (what CPUs without AVX-512 run), for tests.
  *
  * Per substep of length h (the torch path's order of operations, so that results agree to round-off):
  *     f_p  = (m_p·g - drag·v_p) + sum over springs of their force on p
@@ -380,19 +380,6 @@ INLINE vec vsqrt(vec a) {
     return a;
 #endif
 }
-/* 1/sqrt(a), float with AVX-512: the 14-bit estimate and one Newton step y <- y·(3/2 - (a/2)·y²) (one_spring_avx512);
- * other builds do not call it. */
-INLINE vec vrsqrt_refined(vec a) {
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) {
-        const __m512 y = _mm512_rsqrt14_ps((__m512)a);
-        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), (__m512)a), y);
-        return (vec)_mm512_mul_ps(y, _mm512_fnmadd_ps(half_xy, y, _mm512_set1_ps(1.5f)));
-    }
-#endif
-    return a;
-}
-
 /* The band plan of a model (built by run): springs sorted by their higher particle. */
 typedef struct {
     const int64_t *start;  /* [P + 1] springs start[j] .. start[j+1]-1 (sorted) have higher particle j */
@@ -411,16 +398,10 @@ INLINE vec band_tension(const int D, const int kind, const int damped, const vec
                         REAL stiffness, REAL damping, REAL cable, REAL inv_width, REAL half_width) {
     vec length2 = d[0] * d[0];
     for (int a = 1; a < D; a++) length2 = d[a] * d[a] + length2;
-    vec inverse, stretch;
-    if (VEC_AVX512 && sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| (|d| >= 1e-12; a NaN passes) */
-        length2 = vmax(length2, vset((REAL)1e-24));
-        inverse = vrsqrt_refined(length2);
-        stretch = length2 * inverse - rest;
-    } else {
-        const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
-        inverse = vset(1) / length;
-        stretch = length - rest;
-    }
+    /* A square root and a division, as the torch path, in float too: as fast here as one_spring_avx512's refined
+     * estimate (they run on the divider, beside the multiply-adds; rope3d float32 A/B: -4 %, cable_payload2d: +6 %) */
+    const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
+    const vec inverse = vset(1) / length, stretch = length - rest;
     vec elastic = stretch, taut = vset(1);
     if (kind != SPRING) {
         const vec tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
