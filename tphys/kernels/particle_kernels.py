@@ -10,9 +10,9 @@ Which models and calls it serves is ``tphys.particles.fused_step``'s decision; n
 Two paths (``path``): "band" for springs joining particles at most ``BAND`` = 3 apart in index (chains: every payload
 env), which sums each particle's spring forces in registers and updates it as soon as its last spring is done, and
 "general" for any other springs (a force array, then the particles). Kernel time per env step, rope3d, N = 4096, one
-thread, same-process A/B against the kernel before the band path (commit cb5b922; thread CPU time, load 1.9-2.5,
-medians): float32 225 -> 145 ns (of which moving the block in and out, 56 -> 20 ns), float64 416 -> 263 ns, float32
-built for AVX2 only (-march=x86-64-v3) 1238 -> 334 ns; cable_payload2d float32 158 -> 141 ns.
+thread, same-process A/B against the kernel before the band path (commit cb5b922; thread CPU time, load 1.9-2.1,
+medians): float32 202 -> 116 ns (of which moving the block in and out, 38 -> 14 ns), float64 389 -> 249 ns, float32
+built for AVX2 only (-march=x86-64-v3) 968 -> 217 ns; cable_payload2d float32 115 -> 96 ns.
 
 Flags: ``c_kernels.FLAGS`` plus ``-ffp-contract=fast`` (multiply-adds fused into FMA instructions: each changes a
 result by at most one rounding, the order of operations stays the torch path's) and ``-mprefer-vector-width=512``.
