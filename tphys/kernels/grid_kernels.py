@@ -16,9 +16,10 @@ here.
 
 Where no shape acts on any node (a hand above the material), the twin's velocities have no graph to the poses, so
 backward skips whatever computed them (the hand's kinematics: in a hand_flip fwd+bwd window, N = 16, 4 s of 13 s
-when the graph is kept with zero gradients). The C path keeps that: ``grid_velocity_cpu`` calls the op on detached
-poses (graph to mass and momentum) and links the poses (``_PoseLink``, the pose part of the adjoint) only when the
-forward says a shape acted. The op alone (``grid_velocity_c``) is differentiable in mass, momentum and the poses, always.
+when the graph is kept with zero gradients). The C path keeps that: where a pose needs a gradient,
+``grid_velocity_cpu`` runs the op without autograd and puts one node (``_Link``, one adjoint call) on mass, momentum
+and, only when the forward says a shape acted, the poses. The op alone (``grid_velocity_c``) is differentiable in mass,
+momentum and the poses, always.
 """
 
 from __future__ import annotations
@@ -153,22 +154,23 @@ def _backward(ctx, grad: Tensor, _):
 
 grid_velocity_c.register_autograd(_backward, setup_context=_setup_context)
 
-class _PoseLink(torch.autograd.Function):
-    """velocity -> velocity (a copy), with the poses' gradient (``grid_velocity_backward_c``) in backward: the link
-    ``grid_velocity_cpu`` adds from the C op's velocities to the colliders' poses once the forward saw a shape act."""
+class _Link(torch.autograd.Function):
+    """velocity (from the C op, run without autograd) -> velocity (a copy) with the gradient of (mass, momentum, *poses)
+    from one ``grid_velocity_backward_c`` call: ``grid_velocity_cpu``'s node when the poses may need a gradient, with
+    the poses among its inputs only where the forward saw a shape act."""
 
     @staticmethod
-    def forward(ctx, velocity, arguments, *poses):
-        ctx.save_for_backward(*poses)
-        ctx.arguments = arguments
+    def forward(ctx, velocity, arguments, mass, momentum, *poses):
+        ctx.arguments, ctx.linked = arguments, len(poses) > 0
         return velocity.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        mass, momentum, origin, gravity, kinds, sizes, scalars = ctx.arguments
-        grads = grid_velocity_backward_c(grad, mass, momentum, origin, gravity, kinds, sizes, *ctx.saved_tensors, *scalars)
-        return (grad, None, *(g if need else None for g, need in zip(grads[2:], ctx.needs_input_grad[2:])))
+        grads = grid_velocity_backward_c(grad, *ctx.arguments)
+        need = ctx.needs_input_grad[2:]
+        chosen = [g if n else None for g, n in zip(grads if ctx.linked else grads[:2], need)]
+        return None, None, *chosen
 
 
 def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | None, origin: Tensor) -> Tensor:
@@ -192,7 +194,9 @@ def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | 
     scalars = (float(model.dt), float(model.dx), int(model.grid_size), int(model.bound), float(model.wall_friction),
                bool(model.sticky_floor), friction, softness, band)
     detached = [p.detach() for p in poses]
-    velocity, acted = grid_velocity_c(mass, momentum, origin, gravity, kinds, sizes, *detached, *scalars)
-    if acted and torch.is_grad_enabled() and any(p.requires_grad for p in poses):
-        velocity = _PoseLink.apply(velocity, (mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, scalars), *poses)
-    return velocity
+    if not (torch.is_grad_enabled() and any(p.requires_grad for p in poses)):
+        return grid_velocity_c(mass, momentum, origin, gravity, kinds, sizes, *detached, *scalars)[0]  # its own autograd
+    with torch.no_grad():
+        velocity, acted = grid_velocity_c(mass, momentum, origin, gravity, kinds, sizes, *detached, *scalars)
+    arguments = (mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, *detached, *scalars)
+    return _Link.apply(velocity, arguments, mass, momentum, *(poses if acted else ()))
