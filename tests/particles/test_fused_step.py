@@ -5,10 +5,10 @@ by default; "general": forced with ``particle_kernels.BAND = 0``, and taken by a
 and the dispatch takes it only where it may.
 
 Tolerances (relative to each env's largest |x| or |v|): float64, one env step from the same state, 1e-12, and whole
-50-step trajectories 1e-9 (the stiff cables amplify a round-off difference by ~1e3 per step: the stretch is ~1e-3 of
-the length); float32, one env step 2e-4, and within 3x of torch's own float32 error against float64 (the kernel's
-float32 is as accurate as torch's; whole float32 trajectories of either path drift 1e-2 from float64, so they are not
-compared).
+50-step trajectories 2e-9 (general path) / 1e-8 (band path) (the stiff cables amplify a round-off difference by ~1e3
+per step: the stretch is ~1e-3 of the length); float32, one env step 2e-4, and within 3x of torch's own float32 error
+against float64 (the kernel's float32 is as accurate as torch's; whole float32 trajectories of either path drift 1e-2
+from float64, so they are not compared).
 """
 
 from pathlib import Path
@@ -40,9 +40,12 @@ def as_dtype(state: ParticleState, dtype) -> ParticleState:
 
 @pytest.fixture(params=particle_kernels.PATHS)
 def kernel_path(request, monkeypatch):
-    """Each of the kernel's paths in turn: "band" (the default for every payload env) and "general" (BAND = 0)."""
+    """Each of the kernel's paths in turn: "band" (the default for every payload env in float32; forced in float64 too)
+    and "general" (forced with BAND = 0; the default in float64)."""
     if request.param == "general":
         monkeypatch.setattr(particle_kernels, "BAND", 0)
+    else:
+        monkeypatch.setattr(particle_kernels, "BAND_DTYPES", (torch.float32, torch.float64))
     fused_step._PLANS.clear()  # plans hold the path: derive them again under this BAND
     yield request.param
     fused_step._PLANS.clear()
@@ -86,9 +89,13 @@ def compare(name: str, n: int, seed: int, dtype=torch.float64, steps: int = STEP
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # kernel_path: once a test
 @given(n=st.sampled_from([1, 7, 33, 50]), seed=st.integers(0, 2**16))
 def test_the_c_step_equals_the_torch_path_in_float64(kernel_path, name, n, seed):
+    """One step to 1e-12; 50 steps: the general path (float64's default) to 2e-9, the band path (float32's, forced
+    here) to 1e-8, its order of a particle's spring-force sum rounding differently (seen: 2e-9, pendulum2d seed 1159).
+    Round-off grows ~1e3-fold an env step in the stiff cables: the kernel before the band path (cb5b922) gives 1.05e-9
+    on pendulum2d n=33 seed 1000, so the former 1e-9 bound was met by chance."""
     errors = compare(name, n, seed, path=kernel_path)
     assert errors["one_step"] < 1e-12, errors
-    assert errors["trajectory"] < 1e-9, errors
+    assert errors["trajectory"] < (2e-9 if kernel_path == "general" else 1e-8), errors
 
 
 @pytest.mark.parametrize("name", FUSED_ENVS)
@@ -218,12 +225,15 @@ def test_the_path_rule_takes_the_band_for_springs_at_most_band_apart():
     assert particle_kernels.path(i, j + 1) == "general"  # a spring 4 apart
     assert particle_kernels.path(i, j, band=2) == "general"
     assert particle_kernels.path(i[:0], j[:0]) == "band"  # no springs
+    assert particle_kernels.path(i, j, dtype=torch.float64) == "general"  # float64: the general path (BAND_DTYPES)
     assert f"#define MAX_BAND {particle_kernels.BAND} " in particle_kernels.SOURCE.read_text()  # the C file's own limit
 
 
-def test_a_renumbered_rope_takes_the_general_path_with_the_same_results():
+def test_a_renumbered_rope_takes_the_general_path_with_the_same_results(monkeypatch):
     """The rope (chain: band path) with its particles renumbered so that springs join particles up to 5 apart: the
     general path, equal to the torch path on the renumbered model and to the band path's results renumbered."""
+    monkeypatch.setattr(particle_kernels, "BAND_DTYPES", (torch.float64,))  # float64 for the comparison, the band path on
+    fused_step._PLANS.clear()
     env, state, action = rope(n=7)
     order = torch.tensor([0, 5, 1, 4, 2, 3])
     model, h = renumbered(env.model, order), env.dt / env.substeps
@@ -245,6 +255,7 @@ def test_the_c_file_refuses_the_band_path_for_a_spring_wider_than_its_band(monke
     file's is an error, not a silent switch."""
     env, state, action = rope(n=3)
     monkeypatch.setattr(particle_kernels, "BAND", 5)
+    monkeypatch.setattr(particle_kernels, "BAND_DTYPES", (torch.float64,))
     fused_step._PLANS.clear()
     try:
         model = renumbered(env.model, torch.tensor([0, 5, 1, 4, 2, 3]))
@@ -274,7 +285,7 @@ def test_the_portable_build_equals_the_torch_path(tmp_path, monkeypatch, kernel_
     use_build(monkeypatch, tmp_path, defines=("-DTPHYS_GENERIC",))
     errors = compare("rope3d", 45, 3, dtype, steps=10, path=kernel_path)
     if dtype == torch.float64:
-        assert errors["one_step"] < 1e-12 and errors["trajectory"] < 1e-9, errors
+        assert errors["one_step"] < 1e-12 and errors["trajectory"] < (2e-9 if kernel_path == "general" else 1e-8), errors
     else:
         assert errors["one_step"] < 2e-4 and errors["one_step_64"] < 3 * errors["torch_one_step_64"] + 1e-6, errors
 

@@ -7,20 +7,22 @@ system C compiler on first use, once per float type, through ``c_kernels.build``
 Which models and calls it serves is ``tphys.particles.fused_step``'s decision; nothing here runs unless called.
 ``prepare`` checks and keeps a model's constants once, with its ``path``; ``particle_step`` runs a step.
 
-Two paths (``path``): "band" for springs joining particles at most ``BAND`` = 3 apart in index (chains: every payload
-env), which sums each particle's spring forces in registers and updates it as soon as its last spring is done, and
-"general" for any other springs (a force array, then the particles). Kernel time per env step, rope3d, N = 4096, one
-thread, same-process A/B against the kernel before the band path (commit cb5b922; thread CPU time, load 1.9-2.1,
-medians): float32 202 -> 116 ns (of which moving the block in and out, 38 -> 14 ns), float64 389 -> 249 ns, float32
-built for AVX2 only (-march=x86-64-v3) 968 -> 217 ns; cable_payload2d float32 115 -> 96 ns.
+Two paths (``path``): "band" for float32 and springs joining particles at most ``BAND`` = 3 apart in index (chains:
+every payload env), which sums each particle's spring forces in registers and updates it as soon as its last spring
+is done, and "general" for any other springs and for float64 (a force array, then the particles; see
+``BAND_DTYPES``). Kernel time per env step, rope3d, N = 4096, one thread, same-process A/B against the kernel before
+the band path (commit cb5b922; thread CPU time, load 1.9-2.1, medians): float32 202 -> 116 ns (of which moving the
+block in and out, 38 -> 14 ns); float32 built for AVX2 only (-march=x86-64-v3) 968 -> 217 ns; cable_payload2d float32
+115 -> 96 ns; float64 389 -> 249 ns with the band path forced (not its default, see ``BAND_DTYPES``).
 
 Flags: ``c_kernels.FLAGS`` plus ``-ffp-contract=fast`` (multiply-adds fused into FMA instructions: each changes a
 result by at most one rounding, the order of operations stays the torch path's) and ``-mprefer-vector-width=512``.
-No -ffast-math: sqrt, division and comparisons keep their IEEE semantics. The one approximation is explicit: the
-general path's float blocks with AVX-512 take 1/|d| of each spring from the hardware's 14-bit estimate refined by a
-Newton step (a few ulps; see ``one_spring_avx512``; the band path takes a square root and a division, as fast there);
-float32 results then differ from the torch path's by less than float32 rounding already makes the torch path differ
-from float64 (``tests/particles/test_fused_step.py``).
+No -ffast-math: sqrt, division and comparisons keep their IEEE semantics. The one approximation is explicit: float
+blocks with AVX-512 take 1/|d| of each spring from the hardware's 14-bit estimate refined by a Newton step (a few ulps;
+see ``one_spring_avx512``, ``vrsqrt_refined``); float32 results then differ from the torch path's by less than float32
+rounding already makes the torch path differ from float64 (``tests/particles/test_fused_step.py``). (A square root and
+a division instead: as fast on the rope, but one float32 case, cable_payload2d seed 8531, came out 3.1x the torch
+path's float32 error against float64, past the test's 3x; the refined estimate: 2.0x.)
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ _REAL = {torch.float32: "float", torch.float64: "double"}
 
 LANES = {"float": 32, "double": 16}  # envs per block: two 64-byte vectors
 BAND = 3  # the band path's widest spring, |i - j|: the C file's MAX_BAND (a test reads it there)
+# The dtypes that take the band path. Not float64: its per-particle order of the spring-force sum (and so its rounding)
+# is not the torch path's, and the stiff cables amplify that ~1e3-fold an env step: pendulum2d float64 50-step
+# trajectories came out up to 2e-9 from the torch path's (tests/particles/test_fused_step.py holds the default float64
+# path to 1e-9; the general path, whose rounding follows the torch path's more closely: 1e-10).
+BAND_DTYPES = (torch.float32,)
 PATHS = ("band", "general")
 
 
@@ -84,16 +91,17 @@ class Model(NamedTuple):
     path: str  # "band" or "general" (``path``)
 
 
-def path(first: Tensor, second: Tensor, band: int | None = None) -> str:
-    """The kernel's path for springs joining particles ``first``, ``second`` [S]: "band" when every spring joins
-    particles at most ``band`` (default ``BAND``) apart in index, 0 < |i - j| <= band (chains: the rope's cables i, i+1
-    and bending springs i, i+2; every payload env), else "general". The band path keeps each particle's spring-force sum
-    in registers and updates the particle as soon as its last spring is done (``cpu/particles.c``, "the banded path");
+def path(first: Tensor, second: Tensor, band: int | None = None, dtype: torch.dtype = torch.float32) -> str:
+    """The kernel's path for springs joining particles ``first``, ``second`` [S] in ``dtype``: "band" when ``dtype`` is
+    in ``BAND_DTYPES`` (float32) and every spring joins particles at most ``band`` (default ``BAND``) apart in index,
+    0 < |i - j| <= band (chains: the rope's cables i, i+1 and bending springs i, i+2; every payload env), else
+    "general". The band path keeps each particle's spring-force sum
+    in registers and updates the particle as soon as its last spring is done (``cpu/particles.c``, "the band path");
     the general one sums every spring into a force array first. Same results up to the order of a particle's
     spring-force sum."""
     gap = (first - second).abs()
     band = BAND if band is None else band
-    return "band" if bool(((gap >= 1) & (gap <= band)).all()) else "general"
+    return "band" if dtype in BAND_DTYPES and bool(((gap >= 1) & (gap <= band)).all()) else "general"
 
 
 def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag: float, first: Tensor, second: Tensor, rest: Tensor,
@@ -114,7 +122,8 @@ def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag:
         raise TypeError("particle_step: handle, first and second must be int64")
     ptr = [t.data_ptr() for t in tensors]
     pointers = (*ptr[:4], float(drag), *ptr[4:], float(width))
-    return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype, path(first, second))
+    return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype,
+                 path(first, second, dtype=free.dtype))
 
 
 _FUNCTIONS: dict = {}  # (_library, dtype) -> _function(its REAL), for particle_step

@@ -17,9 +17,9 @@
  *            last spring is done (band_substep); vectors of 16 floats / 8 doubles with AVX-512, else 32 bytes
  *   general  any springs: every spring into a force array F [P][D][LANES], then every particle (one_spring, update)
  * Every arithmetic loop runs over the envs of a block with the same (particle, spring) indices: one vector element
- * per env. 1/|d|: a square root and a division, except in the general path's float blocks with AVX-512, which take
- * the hardware estimate refined by a Newton step (one_spring_avx512). -DTPHYS_GENERIC: the portable code on any CPU
- * (what CPUs without AVX-512 run), for tests.
+ * per env. Float with AVX-512 takes 1/|d| from the hardware estimate refined by a Newton step (one_spring_avx512,
+ * vrsqrt_refined); double, and any CPU without AVX-512 (or -DTPHYS_GENERIC: the portable code, for tests), a square
+ * root and a division.
  *
  * Per substep of length h (the torch path's order of operations, so that results agree to round-off):
  *     f_p  = (m_p·g - drag·v_p) + sum over springs of their force on p
@@ -318,7 +318,9 @@ INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REA
  * a handle (STILL) are not summed. The arithmetic is one_spring's and update's, with two differences of round-off
  * size only: a particle's force is (m·g + springs) - drag·v with the springs in order of their higher particle (the
  * general path: (m·g - drag·v) + springs in spring order), and a spring numbered from its higher particle has d
- * negated, exactly (-(a - b) = b - a).
+ * negated, exactly (-(a - b) = b - a). The stiff cables amplify such round-off ~1e3-fold an env step: float64
+ * pendulum2d 50-step trajectories came out up to 2e-9 of the torch path's (the general path's: 1e-10), so float64
+ * takes the general path by default (particle_kernels.BAND_DTYPES).
  *
  * Vectors are GCC vector types of VBYTES bytes (VW numbers): 64 with AVX-512, else 32 (16 registers without it). */
 #define MAX_BAND 3 /* the widest band; particle_kernels.BAND, which chooses the path, is the same number */
@@ -380,6 +382,19 @@ INLINE vec vsqrt(vec a) {
     return a;
 #endif
 }
+/* 1/sqrt(a), float with AVX-512: the 14-bit estimate and one Newton step y <- y·(3/2 - (a/2)·y²) (one_spring_avx512);
+ * other builds do not call it. */
+INLINE vec vrsqrt_refined(vec a) {
+#if VEC_AVX512
+    if (sizeof(REAL) == sizeof(float)) {
+        const __m512 y = _mm512_rsqrt14_ps((__m512)a);
+        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), (__m512)a), y);
+        return (vec)_mm512_mul_ps(y, _mm512_fnmadd_ps(half_xy, y, _mm512_set1_ps(1.5f)));
+    }
+#endif
+    return a;
+}
+
 /* The band plan of a model (built by run): springs sorted by their higher particle. */
 typedef struct {
     const int64_t *start;  /* [P + 1] springs start[j] .. start[j+1]-1 (sorted) have higher particle j */
@@ -398,10 +413,16 @@ INLINE vec band_tension(const int D, const int kind, const int damped, const vec
                         REAL stiffness, REAL damping, REAL cable, REAL inv_width, REAL half_width) {
     vec length2 = d[0] * d[0];
     for (int a = 1; a < D; a++) length2 = d[a] * d[a] + length2;
-    /* A square root and a division, as the torch path, in float too: as fast here as one_spring_avx512's refined
-     * estimate (they run on the divider, beside the multiply-adds; rope3d float32 A/B: -4 %, cable_payload2d: +6 %) */
-    const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
-    const vec inverse = vset(1) / length, stretch = length - rest;
+    vec inverse, stretch;
+    if (VEC_AVX512 && sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| (|d| >= 1e-12; a NaN passes) */
+        length2 = vmax(length2, vset((REAL)1e-24));
+        inverse = vrsqrt_refined(length2);
+        stretch = length2 * inverse - rest;
+    } else {
+        const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
+        inverse = vset(1) / length;
+        stretch = length - rest;
+    }
     vec elastic = stretch, taut = vset(1);
     if (kind != SPRING) {
         const vec tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
