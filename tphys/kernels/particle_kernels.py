@@ -11,9 +11,10 @@ Two paths (``path``): "band" for float32 and springs joining particles at most `
 every payload env), which sums each particle's spring forces in registers and updates it as soon as its last spring
 is done, and "general" for any other springs and for float64 (a force array, then the particles; see
 ``BAND_DTYPES``). Kernel time per env step, rope3d, N = 4096, one thread, same-process A/B against the kernel before
-the band path (commit cb5b922; thread CPU time, load 1.9-2.1, medians): float32 202 -> 116 ns (of which moving the
-block in and out, 38 -> 14 ns); float32 built for AVX2 only (-march=x86-64-v3) 968 -> 217 ns; cable_payload2d float32
-115 -> 96 ns; float64 389 -> 249 ns with the band path forced (not its default, see ``BAND_DTYPES``).
+the band path (commit cb5b922; thread CPU time, medians): float32 225 -> 145 ns at load 1.9, 260 -> 191 ns at load
+4.2 (moving the block in and out: 38 -> 14 ns); float32 built for AVX2 only (-march=x86-64-v3) 968 -> 217 ns;
+cable_payload2d float32 115 -> ~90 ns; float64 389 -> 249 ns with the band path forced (not its default, see
+``BAND_DTYPES``).
 
 Flags: ``c_kernels.FLAGS`` plus ``-ffp-contract=fast`` (multiply-adds fused into FMA instructions: each changes a
 result by at most one rounding, the order of operations stays the torch path's) and ``-mprefer-vector-width=512``.
