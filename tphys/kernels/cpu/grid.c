@@ -182,56 +182,60 @@ static int shape_geometry(const Params *c, int64_t e, int64_t s, const REAL *x, 
     return *d < c->band || *d <= 0;
 }
 
+/* What shape s (pose k) does to a node at x (local: its position in the shape's frame, d, nl: its signed distance and local
+   normal) moving at v: the terms of colliders.collide, shared by the forward (shape_apply) and the adjoint (shape_back). */
+typedef struct {
+    REAL normal[3], u[3], r[3], t[3], tt[3]; /* world normal, body velocity, relative velocity, its tangent, after friction */
+    REAL e1, w, rn, cl, tn, sc, a;          /* exp(-softness d), weight, normal speed, min(rn, 0), |t|, max(|t|, TINY), kept */
+    int approach;                           /* rn < 0 */
+} ShapeTerms;
+
+static void shape_terms(const Params *c, int64_t k, const REAL *x, const REAL *local, REAL d, const REAL *nl, const REAL *v,
+                        ShapeTerms *o) {
+    const REAL *R = c->rotation + 9 * k, *R1 = c->rotation_next + 9 * k, *P1 = c->position_next + 3 * k;
+    for (int i = 0; i < 3; i++) {
+        o->normal[i] = R[3 * i] * nl[0] + R[3 * i + 1] * nl[1] + R[3 * i + 2] * nl[2];
+        REAL moved = R1[3 * i] * local[0] + R1[3 * i + 1] * local[1] + R1[3 * i + 2] * local[2] + P1[i];
+        o->u[i] = (moved - x[i]) / c->dt;
+    }
+    o->e1 = exp(-c->softness * d);
+    o->w = o->e1 < 1 ? o->e1 : 1;
+    for (int i = 0; i < 3; i++) o->r[i] = v[i] - o->u[i];
+    o->rn = dot3(o->r, o->normal);
+    o->cl = o->rn < 0 ? o->rn : 0;
+    for (int i = 0; i < 3; i++) o->t[i] = o->r[i] - o->cl * o->normal[i];
+    o->approach = o->rn < 0;
+    o->tn = o->sc = o->a = 0;
+    if (o->approach) {
+        o->tn = len3(o->t);
+        o->sc = o->tn > TINY ? o->tn : TINY;
+        o->a = o->tn + c->friction * o->rn;
+        o->a = o->a > 0 ? o->a : 0;
+        for (int i = 0; i < 3; i++) o->tt[i] = o->t[i] / o->sc * o->a;
+    } else {
+        for (int i = 0; i < 3; i++) o->tt[i] = o->t[i];
+    }
+}
+
 /* v <- the velocity after shape s acts (colliders.collide for one node and shape). */
 static void shape_apply(const Params *c, int64_t e, int64_t s, const REAL *x, const REAL *local, REAL d, const REAL *nl, REAL *v) {
-    int64_t k = e * c->shapes + s;
-    const REAL *R = c->rotation + 9 * k, *R1 = c->rotation_next + 9 * k, *P1 = c->position_next + 3 * k;
-    REAL normal[3], u[3], r[3], t[3];
-    for (int i = 0; i < 3; i++) {
-        normal[i] = R[3 * i] * nl[0] + R[3 * i + 1] * nl[1] + R[3 * i + 2] * nl[2];
-        REAL moved = R1[3 * i] * local[0] + R1[3 * i + 1] * local[1] + R1[3 * i + 2] * local[2] + P1[i];
-        u[i] = (moved - x[i]) / c->dt;
-    }
-    REAL e1 = exp(-c->softness * d), w = e1 < 1 ? e1 : 1;
-    for (int i = 0; i < 3; i++) r[i] = v[i] - u[i];
-    REAL rn = dot3(r, normal), cl = rn < 0 ? rn : 0;
-    for (int i = 0; i < 3; i++) t[i] = r[i] - cl * normal[i];
-    if (rn < 0) {
-        REAL tn = len3(t), sc = tn > TINY ? tn : TINY, a = tn + c->friction * rn;
-        a = a > 0 ? a : 0;
-        for (int i = 0; i < 3; i++) t[i] = t[i] / sc * a;
-    }
-    for (int i = 0; i < 3; i++) v[i] = u[i] + (1 - w) * r[i] + w * t[i];
+    ShapeTerms o;
+    shape_terms(c, e * c->shapes + s, x, local, d, nl, v, &o);
+    for (int i = 0; i < 3; i++) v[i] = o.u[i] + (1 - o.w) * o.r[i] + o.w * o.tt[i];
 }
 
 /* g (dL/d the velocity after shape s acted on v) <- dL/dv; pose gradients of (env e, shape s) accumulate. */
 static void shape_back(const Params *c, int64_t e, int64_t s, const REAL *x, const REAL *v, REAL *g, double *gP, double *gR, double *gP1,
                        double *gR1) {
     int64_t k = e * c->shapes + s;
-    const REAL *R = c->rotation + 9 * k, *R1 = c->rotation_next + 9 * k, *P1 = c->position_next + 3 * k;
+    const REAL *R = c->rotation + 9 * k, *R1 = c->rotation_next + 9 * k;
     REAL xp[3], local[3], d, nl[3];
     shape_geometry(c, e, s, x, xp, local, &d, nl);
-    REAL normal[3], u[3], r[3], t[3], tt[3];
-    for (int i = 0; i < 3; i++) {
-        normal[i] = R[3 * i] * nl[0] + R[3 * i + 1] * nl[1] + R[3 * i + 2] * nl[2];
-        REAL moved = R1[3 * i] * local[0] + R1[3 * i + 1] * local[1] + R1[3 * i + 2] * local[2] + P1[i];
-        u[i] = (moved - x[i]) / c->dt;
-    }
-    REAL e1 = exp(-c->softness * d), w = e1 < 1 ? e1 : 1;
-    for (int i = 0; i < 3; i++) r[i] = v[i] - u[i];
-    REAL rn = dot3(r, normal), cl = rn < 0 ? rn : 0;
-    for (int i = 0; i < 3; i++) t[i] = r[i] - cl * normal[i];
-    int approach = rn < 0;
-    REAL tn = 0, sc = 0, a = 0;
-    if (approach) {
-        tn = len3(t);
-        sc = tn > TINY ? tn : TINY;
-        a = tn + c->friction * rn;
-        a = a > 0 ? a : 0;
-        for (int i = 0; i < 3; i++) tt[i] = t[i] / sc * a;
-    } else {
-        for (int i = 0; i < 3; i++) tt[i] = t[i];
-    }
+    ShapeTerms o;
+    shape_terms(c, k, x, local, d, nl, v, &o);
+    const REAL *normal = o.normal, *r = o.r, *t = o.t, *tt = o.tt;
+    const REAL e1 = o.e1, w = o.w, rn = o.rn, cl = o.cl, tn = o.tn, sc = o.sc, a = o.a;
+    const int approach = o.approach;
     /* adjoint of v' = u + (1 - w) r + w tt */
     REAL g_u[3], g_r[3], g_t[3], g_normal[3], g_local[3] = {0, 0, 0}, g_nl[3], g_rn = 0, g_w = 0;
     for (int i = 0; i < 3; i++) {
