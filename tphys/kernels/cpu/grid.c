@@ -57,6 +57,20 @@ static inline void len3_back(const REAL *p, REAL g_l, REAL *g_p) {
         for (int i = 0; i < 3; i++) g_p[i] += g_l * p[i] / l;
 }
 
+/* A box's terms at local point p (half extents size): q = |p| - size, o = max(q, 0), y = o * sign(p); returns the axis
+   of the largest q (shared by sdf and sdf_back). */
+static inline int box_terms(const REAL *p, const REAL *size, REAL *q, REAL *o, REAL *y) {
+    for (int i = 0; i < 3; i++) {
+        q[i] = fabs(p[i]) - size[i];
+        o[i] = q[i] > 0 ? q[i] : 0;
+        y[i] = o[i] * sgn(p[i]);
+    }
+    int am = 0;
+    if (q[1] > q[am]) am = 1;
+    if (q[2] > q[am]) am = 2;
+    return am;
+}
+
 /* Signed distance d and outward unit normal n of the local point p (colliders.signed_distance). */
 static void sdf(int64_t kind, const REAL *size, const REAL *p, REAL *d, REAL *n) {
     if (kind == 0) { /* sphere */
@@ -83,14 +97,7 @@ static void sdf(int64_t kind, const REAL *size, const REAL *p, REAL *d, REAL *n)
         }
     } else { /* box */
         REAL q[3], o[3], y[3];
-        for (int i = 0; i < 3; i++) {
-            q[i] = fabs(p[i]) - size[i];
-            o[i] = q[i] > 0 ? q[i] : 0;
-            y[i] = o[i] * sgn(p[i]);
-        }
-        int am = 0;
-        if (q[1] > q[am]) am = 1;
-        if (q[2] > q[am]) am = 2;
+        int am = box_terms(p, size, q, o, y);
         *d = len3(o) + (q[am] < 0 ? q[am] : 0);
         if (q[0] > 0 || q[1] > 0 || q[2] > 0) {
             unit3(y, n);
@@ -151,14 +158,7 @@ static void sdf_back(int64_t kind, const REAL *size, const REAL *p, REAL g_d, co
         g_p[1] += g_cap * sgn(p[1]);
     } else {
         REAL q[3], o[3], y[3], g_o[3] = {0, 0, 0}, g_q[3] = {0, 0, 0};
-        for (int i = 0; i < 3; i++) {
-            q[i] = fabs(p[i]) - size[i];
-            o[i] = q[i] > 0 ? q[i] : 0;
-            y[i] = o[i] * sgn(p[i]);
-        }
-        int am = 0;
-        if (q[1] > q[am]) am = 1;
-        if (q[2] > q[am]) am = 2;
+        int am = box_terms(p, size, q, o, y);
         len3_back(o, g_d, g_o);
         if (q[am] <= 0) g_q[am] += g_d;
         if (q[0] > 0 || q[1] > 0 || q[2] > 0) {
