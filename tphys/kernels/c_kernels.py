@@ -33,7 +33,8 @@ from tphys.kernels.transfer_function import G2P, P2G, Launchers
 
 SOURCE = Path(__file__).with_name("cpu") / "kernels.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c99")
-_REAL = {torch.float32: "float", torch.float64: "double"}
+REALS = {torch.float32: "float", torch.float64: "double"}  # the C type each kernel source is built for, per dtype
+_REAL = REALS
 _I64 = ctypes.c_int64
 
 

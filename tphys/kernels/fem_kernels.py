@@ -35,7 +35,7 @@ SOURCE = Path(__file__).with_name("cpu") / "fem.c"
 FLAGS = (*c_kernels.FLAGS, "-ffp-contract=fast", "-mprefer-vector-width=512")
 BACKENDS = ("auto", "cpu", "torch")
 LANES = {"float": 16, "double": 8}  # envs per block: one 64-byte vector
-_REAL = {torch.float32: "float", torch.float64: "double"}
+_REAL = c_kernels.REALS
 _C_REAL = {"float": ctypes.c_float, "double": ctypes.c_double}
 
 

@@ -33,10 +33,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from tphys.kernels import runs_c_kernels
-from tphys.kernels.c_kernels import build, builds
+from tphys.kernels.c_kernels import REALS, build, builds
 
 SOURCE = Path(__file__).with_name("cpu") / "grid.c"
-_REAL = {torch.float32: "float", torch.float64: "double"}
+_REAL = REALS
 MAX_SHAPES = 64  # cpu/grid.c's MAX_SHAPES: per-node tape on the stack
 MIN_MASS = 1e-12  # kg, tphys.mpm.grid._MIN_MASS
 _KIND_IDS = {"sphere": 0, "box": 1, "capsule": 2, "cylinder": 3}  # the order of colliders.SHAPES

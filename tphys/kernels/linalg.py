@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tphys.kernels.c_kernels import build, builds
+from tphys.kernels.c_kernels import REALS, build, builds
 
 SOURCE = Path(__file__).with_name("cpu") / "linalg.c"
-_REAL = {torch.float32: "float", torch.float64: "double"}
+_REAL = REALS
 BACKENDS = ("auto", "cpu", "torch")
 
 

@@ -41,7 +41,7 @@ from tphys.kernels import c_kernels
 SOURCE = Path(__file__).with_name("cpu") / "particles.c"
 FLAGS = (*c_kernels.FLAGS, "-ffp-contract=fast", "-mprefer-vector-width=512")
 BACKENDS = ("auto", "triton", "cpu", "torch")
-_REAL = {torch.float32: "float", torch.float64: "double"}
+_REAL = c_kernels.REALS
 
 
 LANES = {"float": 32, "double": 16}  # envs per block: two 64-byte vectors

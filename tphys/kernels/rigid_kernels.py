@@ -28,7 +28,7 @@ from tphys.kernels import c_kernels
 
 SOURCE = Path(__file__).with_name("cpu") / "rigid.c"
 BACKENDS = ("auto", "cpu", "torch")
-_REAL = {torch.float32: "float", torch.float64: "double"}
+_REAL = c_kernels.REALS
 JOINT_CODES = {"hinge": 0, "slide": 1, "ball": 2, "free": 3, "fixed": 4}
 
 
