@@ -22,6 +22,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -63,6 +65,66 @@ def build(source: Path, real: str, flags: tuple[str, ...] = FLAGS) -> ctypes.CDL
                 raise RuntimeError(f"building {source.name} failed:\n{result.stderr[-2000:]}")
             os.replace(built, target)
     return ctypes.CDLL(str(target))
+
+
+def threads(units: int) -> int:
+    """How many threads a frame kernel (``rigid_kernels``, ``fem_kernels``) splits ``units`` independent units (envs, env
+    blocks) over: ``torch.get_num_threads()`` at call time, capped by ``units`` (at least 1)."""
+    return max(1, min(torch.get_num_threads(), units))
+
+
+def spans(units: int, parts: int) -> list[tuple[int, int]]:
+    """``units`` split into ``parts`` contiguous [start, stop) spans in order, sizes differing by at most one (the first
+    ``units % parts`` one larger)."""
+    size, extra = divmod(units, parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:  # a forked child has the pool object but not its threads
+    global _pool, _pool_workers
+    _pool, _pool_workers = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def parallel(calls: list) -> list:
+    """The results of the zero-argument ``calls``, run concurrently: the first on this thread, the others on a
+    process-wide pool of threads (the C kernels' ctypes calls release the GIL). Every call finishes before the first
+    exception, if any, is raised."""
+    global _pool, _pool_workers
+    if len(calls) == 1:
+        return [calls[0]()]
+    with _pool_lock:
+        if _pool is None or _pool_workers < len(calls) - 1:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool_workers = len(calls) - 1
+            _pool = ThreadPoolExecutor(_pool_workers, thread_name_prefix="tphys-kernel")
+        pool = _pool
+    futures = [pool.submit(call) for call in calls[1:]]
+    results, error = [], None
+    try:
+        results.append(calls[0]())
+    except BaseException as e:  # noqa: BLE001  (re-raised below, once the pool's calls are done with the tensors)
+        error = e
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as e:  # noqa: BLE001
+            error = error or e
+    if error is not None:
+        raise error
+    return results
 
 
 def _library(real: str) -> ctypes.CDLL:

@@ -17,6 +17,12 @@ tensor (so a checkpoint around it drops them and reruns the frame); ``keep_state
 and its backward reruns the substeps itself, block by block (the recompute of a checkpoint without the checkpoint's
 first copy of the states). Which calls it serves is ``SolidSubstep``'s decision (``tphys.particles.solid_substep``);
 nothing here runs unless called.
+
+Threads: each call splits its env blocks into ``torch.get_num_threads()`` contiguous spans of whole blocks (at most
+one per block; ``c_kernels.threads`` / ``spans``) and runs one C call per span on offset pointers, concurrently
+(``c_kernels.parallel``: ctypes releases the GIL), each with its own workspace and rerun buffer. Blocks are independent
+and nothing is summed across envs (the activation's gradient is per env), so results are bitwise those of one
+thread; one thread makes the single call of before, without the pool.
 """
 
 from __future__ import annotations
@@ -113,16 +119,23 @@ class FemKernel:
                                                **{k: float(v) for k, v in ground.items()}, particles=self.particles, tets=self.tets,
                                                up=int(model.up_axis), has_ground=int(g is not None))
         self.lanes = LANES[self.real]
-        self._rerun_buffer: Tensor | None = None
+        self._rerun_buffers: list[Tensor] = []  # one per thread of backward's split (``_scratch``)
         self.work_size = int(_library(self.real).fem_work_size(self.particles, self.tets))
 
-    def _scratch(self, substeps: int) -> Tensor:
-        """The buffer ``backward`` reruns one block's substeps into (substeps·2·P·3·LANES reals), kept for reuse: fresh
-        pages cost more than the rerun's writes (a block of 16 float envs, 80 substeps: 5.2 MB)."""
+    def _scratch(self, substeps: int, part: int = 0) -> Tensor:
+        """The buffer ``backward``'s thread ``part`` reruns one block's substeps into (substeps·2·P·3·LANES reals), kept for
+        reuse: fresh pages cost more than the rerun's writes (a block of 16 float envs, 80 substeps: 5.2 MB)."""
         size = substeps * 2 * self.particles * 3 * self.lanes
-        if self._rerun_buffer is None or self._rerun_buffer.numel() < size:
-            self._rerun_buffer = torch.empty(size, dtype=self.dtype)
-        return self._rerun_buffer
+        while len(self._rerun_buffers) <= part:
+            self._rerun_buffers.append(torch.empty(0, dtype=self.dtype))
+        if self._rerun_buffers[part].numel() < size:
+            self._rerun_buffers[part] = torch.empty(size, dtype=self.dtype)
+        return self._rerun_buffers[part]
+
+    def _parts(self, n: int) -> list[tuple[int, int, int, int]]:
+        """The threads' shares of n envs, whole blocks each: (first block, end block, first env, end env) per thread."""
+        blocks = -(-n // self.lanes)
+        return [(a, b, a * self.lanes, min(b * self.lanes, n)) for a, b in c_kernels.spans(blocks, c_kernels.threads(blocks))]
 
     def _check(self, x: Tensor, v: Tensor, activation: Tensor) -> int:
         n = x.shape[0]
@@ -145,11 +158,21 @@ class FemKernel:
         x, v, activation = (t.detach().contiguous() for t in (x, v, activation))
         x1, v1 = torch.empty_like(x), torch.empty_like(v)
         trajectory = x.new_empty(self.trajectory_shape(n, substeps)) if keep else None
-        work = x.new_empty(self.work_size)
-        if n:
-            _library(self.real).fem_forward(ctypes.byref(self.struct), x.data_ptr(), v.data_ptr(), activation.data_ptr(), x1.data_ptr(),
-                                            v1.data_ptr(), None if trajectory is None else trajectory.data_ptr(), n, int(substeps),
-                                            work.data_ptr())
+        library, parts = _library(self.real), self._parts(n)
+
+        def run(x, v, activation, x1, v1, trajectory):
+            work = x.new_empty(self.work_size)
+            library.fem_forward(ctypes.byref(self.struct), x.data_ptr(), v.data_ptr(), activation.data_ptr(), x1.data_ptr(),
+                                v1.data_ptr(), None if trajectory is None else trajectory.data_ptr(), x.shape[0], int(substeps),
+                                work.data_ptr())
+
+        if len(parts) <= 1:  # one thread: one call over every block
+            if n:
+                run(x, v, activation, x1, v1, trajectory)
+        else:  # whole blocks per thread, each with its own workspace
+            c_kernels.parallel([lambda a=a, b=b, i=i, j=j: run(x[i:j], v[i:j], activation[i:j], x1[i:j], v1[i:j],
+                                                               None if trajectory is None else trajectory[a:b])
+                                for a, b, i, j in parts])
         return x1, v1, trajectory
 
     def backward(self, x: Tensor, v: Tensor, activation: Tensor, trajectory: Tensor | None, grad_x: Tensor, grad_v: Tensor,
@@ -163,13 +186,26 @@ class FemKernel:
         if trajectory is not None and (tuple(trajectory.shape) != self.trajectory_shape(n, substeps) or not trajectory.is_contiguous()):
             raise ValueError(f"FemKernel.backward: trajectory {tuple(trajectory.shape)} is not forward's for {n} envs, {substeps} substeps")
         gx, gv, ga = torch.empty_like(x), torch.empty_like(v), torch.empty_like(activation)
-        work = x.new_empty(self.work_size)
-        scratch = self._scratch(substeps) if trajectory is None else None
-        if n:
-            _library(self.real).fem_backward(ctypes.byref(self.struct), x.data_ptr(), v.data_ptr(), activation.data_ptr(),
-                                             None if trajectory is None else trajectory.data_ptr(), grad_x.data_ptr(), grad_v.data_ptr(),
-                                             gx.data_ptr(), gv.data_ptr(), ga.data_ptr(), n, int(substeps), work.data_ptr(),
-                                             None if scratch is None else scratch.data_ptr())
+        library, parts = _library(self.real), self._parts(n)
+
+        def run(x, v, activation, trajectory, grad_x, grad_v, gx, gv, ga, part):
+            work = x.new_empty(self.work_size)
+            scratch = self._scratch(substeps, part) if trajectory is None else None
+            library.fem_backward(ctypes.byref(self.struct), x.data_ptr(), v.data_ptr(), activation.data_ptr(),
+                                 None if trajectory is None else trajectory.data_ptr(), grad_x.data_ptr(), grad_v.data_ptr(), gx.data_ptr(),
+                                 gv.data_ptr(), ga.data_ptr(), x.shape[0], int(substeps), work.data_ptr(),
+                                 None if scratch is None else scratch.data_ptr())
+
+        if len(parts) <= 1:
+            if n:
+                run(x, v, activation, trajectory, grad_x, grad_v, gx, gv, ga, 0)
+        else:
+            if trajectory is None:  # each thread's rerun buffer, made here rather than in the threads
+                for part in range(len(parts)):
+                    self._scratch(substeps, part)
+            c_kernels.parallel([lambda a=a, b=b, i=i, j=j, part=part: run(
+                x[i:j], v[i:j], activation[i:j], None if trajectory is None else trajectory[a:b], grad_x[i:j], grad_v[i:j], gx[i:j],
+                gv[i:j], ga[i:j], part) for part, (a, b, i, j) in enumerate(parts)])
         return gx, gv, ga
 
 

@@ -12,6 +12,11 @@ h, contact)`` flattens a model's constants once (as float64: exact for float32 m
 actuation, substeps)`` is the autograd node over a whole frame (one C call forward, one backward; it saves every substep's
 input state, N·(nq + D) numbers per substep). Which calls it serves is ``tphys.rigid.integrator.step``'s decision (``route``
 there); nothing here runs unless called.
+
+Threads: each call splits its envs into ``torch.get_num_threads()`` contiguous row spans (at most one per env;
+``c_kernels.threads`` / ``spans``) and runs one C call per span on offset pointers, concurrently (``c_kernels.parallel``:
+ctypes releases the GIL; each call allocates its own scratch). Envs are independent and nothing is summed across
+them, so results are bitwise those of one thread; one thread makes the single call of before, without the pool.
 """
 
 from __future__ import annotations
@@ -158,12 +163,21 @@ class RigidKernel:
         q, qd, actuation = (t.detach().contiguous() for t in (q, qd, actuation))
         q1, qd1 = torch.empty_like(q), torch.empty_like(qd)
         trajectory = q.new_empty(n, substeps, q.shape[1] + qd.shape[1]) if keep else None
-        if n:
-            status = _library(self.real).rigid_forward(ctypes.byref(self.struct), q.data_ptr(), qd.data_ptr(), actuation.data_ptr(),
-                                                       q1.data_ptr(), qd1.data_ptr(), None if trajectory is None else trajectory.data_ptr(),
-                                                       n, int(substeps))
-            if status:
-                raise MemoryError("rigid_forward: out of memory")
+        library, parts = _library(self.real), c_kernels.threads(n)
+
+        def run(q, qd, actuation, q1, qd1, trajectory):
+            return library.rigid_forward(ctypes.byref(self.struct), q.data_ptr(), qd.data_ptr(), actuation.data_ptr(), q1.data_ptr(),
+                                         qd1.data_ptr(), None if trajectory is None else trajectory.data_ptr(), q.shape[0],
+                                         int(substeps))
+
+        if parts == 1:  # one thread: one call over every env
+            status = [run(q, qd, actuation, q1, qd1, trajectory)] if n else []
+        else:  # env rows [a, b) per thread (each call has its own scratch)
+            tensors = (q, qd, actuation, q1, qd1, trajectory)
+            status = c_kernels.parallel([lambda a=a, b=b: run(*(None if t is None else t[a:b] for t in tensors))
+                                         for a, b in c_kernels.spans(n, parts)])
+        if any(status):
+            raise MemoryError("rigid_forward: out of memory")
         return q1, qd1, trajectory
 
     def backward(self, actuation: Tensor, trajectory: Tensor, grad_q: Tensor, grad_qd: Tensor, substeps: int):
@@ -171,12 +185,20 @@ class RigidKernel:
         n = trajectory.shape[0]
         grad_q, grad_qd = (t.to(self.dtype).contiguous() for t in (grad_q, grad_qd))
         gq, gqd, ga = torch.empty_like(grad_q), torch.empty_like(grad_qd), torch.empty_like(actuation)
-        if n:
-            status = _library(self.real).rigid_backward(ctypes.byref(self.struct), actuation.data_ptr(), trajectory.data_ptr(),
-                                                        grad_q.data_ptr(), grad_qd.data_ptr(), gq.data_ptr(), gqd.data_ptr(),
-                                                        ga.data_ptr(), n, int(substeps))
-            if status:
-                raise MemoryError("rigid_backward: out of memory")
+        library, parts = _library(self.real), c_kernels.threads(n)
+
+        def run(actuation, trajectory, grad_q, grad_qd, gq, gqd, ga):
+            return library.rigid_backward(ctypes.byref(self.struct), actuation.data_ptr(), trajectory.data_ptr(), grad_q.data_ptr(),
+                                          grad_qd.data_ptr(), gq.data_ptr(), gqd.data_ptr(), ga.data_ptr(), trajectory.shape[0],
+                                          int(substeps))
+
+        if parts == 1:
+            status = [run(actuation, trajectory, grad_q, grad_qd, gq, gqd, ga)] if n else []
+        else:
+            tensors = (actuation, trajectory, grad_q, grad_qd, gq, gqd, ga)
+            status = c_kernels.parallel([lambda a=a, b=b: run(*(t[a:b] for t in tensors)) for a, b in c_kernels.spans(n, parts)])
+        if any(status):
+            raise MemoryError("rigid_backward: out of memory")
         return gq, gqd, ga
 
 
