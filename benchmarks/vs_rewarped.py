@@ -25,7 +25,8 @@ tphys variants (each a column of rows):
     recipe    the env exactly as the recipes build it: ``tphys.envs.make(name, **options)`` with the ``options`` of
               ``recipes/config/env/<name>.yaml`` (``validate`` left at its default), stepped through TorchRL's
               ``env.step`` + ``step_mdp`` as the training losses do. This is the row the 5x target is about.
-    recipe@threads=K   (--all-cores) the recipe's env with K = every usable core (torch threads and OMP_NUM_THREADS);
+    recipe@threads=K   (--all-cores) the recipe's env with K = every usable core (torch threads and OMP_NUM_THREADS;
+              the C frame kernels of the rigid and FEM envs split their envs over the K torch threads);
               Warp's CPU backend runs one thread, so Rewarped has no such row.
     eager, compiled, compiled+recompute, recompute=...
               the rows kept from the first runs of this script (ant: ``tphys.rigid.step`` directly; jumper:
