@@ -113,3 +113,21 @@ def test_bad_inputs_name_the_problem():
     td["action"] = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="action"):
         env.step(td)
+
+
+@pytest.mark.parametrize("task", ["hand_flip", "rolling_flat", "fluid_move"])
+def test_swept_poses_are_the_shape_poses_at_each_fraction(task):
+    """The batched kinematics of a step (``KinematicToolEnv.swept_poses``: every substep boundary in one call) equals
+    ``shape_poses`` at joint_q + t·move for each t, per env (float64; the MPM tasks share it)."""
+    small = {"hand_flip": SMALL, "rolling_flat": dict(grid_size=16, lattice=(4, 4, 4), samples=16, substeps=4),
+             "fluid_move": dict(grid_size=16, particles=64, samples=16, substeps=4)}[task]
+    env = E.make(task, num_envs=3, seed=0, dtype=torch.float64, **small)
+    gen = torch.Generator().manual_seed(0)
+    joint_q = env.joint_start + 0.05 * torch.randn(3, env.action_dim, generator=gen, dtype=torch.float64)
+    move = 0.05 * torch.randn(3, env.action_dim, generator=gen, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    position, rotation = env.swept_poses(t, joint_q, move)
+    for k, fraction in enumerate(t.tolist()):
+        expected = env.shape_poses(joint_q + fraction * move)
+        torch.testing.assert_close(position[k], expected[0], rtol=0, atol=1e-15)
+        torch.testing.assert_close(rotation[k], expected[1], rtol=0, atol=1e-15)

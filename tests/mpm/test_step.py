@@ -1,12 +1,14 @@
 """MLS-MPM substeps: a dropped elastic cube conserves mass exactly and momentum before contact, rests on
 the floor, and rollouts have gradients that match finite differences (each material, with walls)."""
 
+import pytest
 import torch
-from helpers import check_directional_derivative
+from helpers import check_directional_derivative, pressed_block
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tphys.kernels import p2g
+from tphys.math import axis_angle_to_matrix
 from tphys.mpm import KINDS, Material, MPMControl, MPMModel, MPMState, step, substep
 
 
@@ -79,3 +81,36 @@ def test_grid_window_gives_the_whole_domains_result_and_gradient():
         results.append((*s, grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("recompute", ["none", "step", "substep"])
+def test_batched_poses_give_the_per_boundary_frame_and_gradients(recompute):
+    """A moving, turning sphere: ``MPMControl(batched=True)`` (one poses call for every substep boundary) gives the state
+    and gradients of the per-boundary calls, float64, in every recompute mode."""
+    model, x, shapes, _ = pressed_block("plasticine", cutoff=0.0)
+    f64 = dict(dtype=torch.float64)
+    axis = torch.tensor([0.3, 1.0, 0.2], **f64)
+    axis = axis / axis.norm()
+
+    def poses(t, start, move, turn):  # t: a float, or [T] with batched; turn [N, S] rad
+        batched = not isinstance(t, float)
+        position, angle = start + (t[:, None, None, None] if batched else t) * move, (t[:, None, None] if batched else t) * turn
+        return position, axis_angle_to_matrix(axis.expand(*angle.shape, 3), angle)
+
+    def frame(batched, leaves):
+        control = MPMControl(shapes, poses, leaves[1:], batched=batched)
+        return step(model, MPMState.at_rest(x, leaves[0]), control, 3 * model.dt, recompute=recompute)
+
+    gen = torch.Generator().manual_seed(4)
+    leaves = [0.2 * torch.randn(x.shape, generator=gen, **f64), torch.tensor([[[0.45, 0.68, 0.45]]], **f64),
+              torch.tensor([[[0.01, -0.03, 0.01]]], **f64), torch.tensor([[0.4]], **f64)]
+    results = []
+    for batched in (False, True):
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        state = frame(batched, inputs)
+        weights = torch.Generator().manual_seed(5)
+        loss = sum((s * torch.randn(s.shape, generator=weights, **f64)).sum() for s in state)
+        results.append([s.detach() for s in state] + list(torch.autograd.grad(loss, inputs)))
+    assert all(g.abs().sum() > 0 for g in results[0][4:])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

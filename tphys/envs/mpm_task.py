@@ -64,6 +64,13 @@ class KinematicToolEnv(TphysEnv):
         """World positions [N, S, 3] and rotations [N, S, 3, 3] of the tool's shapes at joint_q [N, A]."""
         raise NotImplementedError(f"{type(self).__name__} must define shape_poses")
 
+    def swept_poses(self, t: Tensor, joint_q: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions [T, N, S, 3] and rotations [T, N, S, 3, 3] of the shapes at the joints joint_q + t·move [N, A] for each
+        of the T fractions t [T] of a step: one ``shape_poses`` call over T·N rows (``tphys.mpm.MPMControl``, batched)."""
+        swept = (joint_q + t[:, None, None] * move).flatten(0, 1)  # [T·N, A]
+        position, rotation = self.shape_poses(swept)
+        return position.unflatten(0, (t.shape[0], -1)), rotation.unflatten(0, (t.shape[0], -1))
+
     def at_rest(self, x: Tensor) -> dict[str, Tensor]:
         """The state entries of undeformed material at x [N, P, 3] with the tool at its start pose."""
         return dict(zip("xvcf", MPMState.at_rest(x)), joint_q=self.joint_start.expand(x.shape[0], -1).clone())
@@ -74,7 +81,7 @@ class KinematicToolEnv(TphysEnv):
         move = action * self.action_scale
         move = torch.minimum(torch.maximum(move, self.joint_lower - joint_q.detach()), self.joint_upper - joint_q.detach())
         material = MPMState(*(state.get(k) for k in "xvcf"))
-        tool = MPMControl(self.shapes, lambda t, joint_q, move: self.shape_poses(joint_q + t * move), (joint_q, move))
+        tool = MPMControl(self.shapes, self.swept_poses, (joint_q, move), batched=True)
         material = step(self.model, material, tool, self.dt, recompute=self.recompute, backend=self.backend)
         return self.next_state(state, **dict(zip("xvcf", material)), joint_q=joint_q + move)
 

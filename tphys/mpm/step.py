@@ -29,16 +29,19 @@ class MPMControl(NamedTuple):
     Attributes:
         shapes: the collider shapes (``colliders.Shapes``), or None.
         poses: ``(t, *inputs) -> (position [N, S, 3] m, rotation [N, S, 3, 3])`` of the shapes at the fraction
-            t in [0, 1] of the frame; evaluated once per substep boundary, and a substep moves the shapes from
-            one pose to the next. A function of ``inputs`` (not a table of poses) so that backward recomputes
-            the poses with the substeps instead of keeping each substep's pose graph (a hand's kinematics).
+            t in [0, 1] of the frame (a float); with ``batched``, t is a [T] tensor of fractions and the poses come
+            back as [T, N, S, 3] / [T, N, S, 3, 3] (one call for every substep boundary of the frame: a hand's
+            kinematics is one batched evaluation, not K + 1 small ones). A function of ``inputs`` (not a table of
+            poses) so that the "step" recompute mode keeps only the inputs and rebuilds the poses in backward.
         inputs: the tensors ``poses`` reads (e.g. joint positions and their motion over the frame); they get
             gradients.
+        batched: whether ``poses`` takes a [T] tensor of fractions (see ``poses``).
     """
 
     shapes: Shapes | None = None
     poses: Callable | None = None
     inputs: tuple[Tensor, ...] = ()
+    batched: bool = False
 
 
 def substep(model: MPMModel, state: MPMState, backend: str = "auto", colliders: tuple | None = None) -> MPMState:
@@ -55,6 +58,34 @@ def substep(model: MPMModel, state: MPMState, backend: str = "auto", colliders: 
     grid_mass, grid_momentum = p2g(local, mass, mass.unsqueeze(-1) * v, affine, shape, model.dx, backend=backend)
     v, c = g2p(local, grid_velocity(model, grid_mass, grid_momentum, colliders, origin, backend), model.dx, backend=backend)
     return MPMState(x + model.dt * v, v, c, matmul3(torch.eye(3, dtype=x.dtype, device=x.device) + model.dt * c, f, backend))
+
+
+def fractions(substeps: int) -> list[float]:
+    """The K + 1 substep boundaries k/K, k = 0..K, of a frame of K = ``substeps`` substeps, as fractions of the frame."""
+    return [k / substeps for k in range(substeps + 1)]
+
+
+def pose_table(control: MPMControl, substeps: int) -> tuple[Tensor, ...]:
+    """(position [K + 1, N, S, 3], rotation [K + 1, N, S, 3, 3]) of ``control``'s shapes at every substep boundary k/K,
+    from one call of ``control.poses`` where it is ``batched``, else one call per boundary; () without shapes."""
+    shapes, poses, inputs, batched = control
+    if shapes is None:
+        return ()
+    times = fractions(substeps)
+    if batched:
+        like = next((t for t in inputs if t.is_floating_point()), shapes.sizes)
+        return tuple(poses(torch.tensor(times, dtype=torch.float64).to(like), *inputs))
+    position, rotation = zip(*(poses(t, *inputs) for t in times))
+    return torch.stack(position), torch.stack(rotation)
+
+
+def substeps_from(model: MPMModel, state: MPMState, shapes: Shapes | None, table: tuple[Tensor, ...], first: int, last: int,
+                  backend: str = "auto") -> MPMState:
+    """``state`` after substeps first..last - 1 of a frame, the shapes (if any) moving along ``table`` (``pose_table``)."""
+    for k in range(first, last):
+        colliders = None if shapes is None else (shapes, table[0][k], table[1][k], table[0][k + 1], table[1][k + 1])
+        state = substep(model, state, backend, colliders)
+    return state
 
 
 class _Recompute(torch.autograd.Function):
@@ -114,25 +145,22 @@ def step(model: MPMModel, state: MPMState, control: MPMControl, dt: float, recom
     """
     recompute = check_recompute(recompute)
     substeps = substep_count(model, dt)
-    shapes, poses, inputs = control
+    shapes, poses = control.shapes, control.poses
     if (shapes is None) != (poses is None):
         raise ValueError("MPMControl needs both shapes and poses, or neither")
-    count = len(state)  # state tensors, then the shapes' current pose
+    count = len(state)
 
     def frame(mode: str, *tensors) -> tuple:
-        """The frame from ``tensors`` = (*state, *inputs) with ``run_substeps``' recompute ``mode``."""
+        """The frame from ``tensors`` = (*state, *inputs) with ``run_substeps``' recompute ``mode``; the shapes' poses at
+        every substep boundary come first, in one table (``pose_table``)."""
         start, read = tensors[:count], tensors[count:]
+        table = pose_table(control._replace(inputs=tuple(read)), substeps)
 
         def one(k, carry):
-            s, pose = MPMState(*carry[:count]), carry[count:]
-            if shapes is None:
-                return tuple(substep(model, s, backend))
-            following = poses((k + 1) / substeps, *read)
-            return (*substep(model, s, backend, (shapes, *pose, *following)), *following)
+            return tuple(substeps_from(model, MPMState(*carry), shapes, table, k, k + 1, backend))
 
-        carry = start if shapes is None else (*start, *poses(0.0, *read))
-        return run_substeps(one, tuple(carry), substeps, mode)[:count]
+        return run_substeps(one, tuple(start), substeps, mode)
 
     if recompute == "step" and torch.is_grad_enabled():
-        return MPMState(*_Recompute.apply(lambda *tensors: frame("substep", *tensors), *state, *inputs))
-    return MPMState(*frame(recompute, *state, *inputs))
+        return MPMState(*_Recompute.apply(lambda *tensors: frame("substep", *tensors), *state, *control.inputs))
+    return MPMState(*frame(recompute, *state, *control.inputs))

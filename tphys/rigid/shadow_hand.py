@@ -137,20 +137,36 @@ def load_shadow_hand(scale: float = 1.0, path: Path | None = None) -> ShadowHand
                       torch.stack(geom_rotation))
 
 
+def tree_levels(parent: tuple[int, ...]) -> list[list[int]]:
+    """The bodies by depth in the tree ``parent`` (-1: a root): level 0 the roots, level d the children of level d - 1."""
+    depth: list[int] = []
+    for p in parent:  # parents come before their children (the file's order)
+        depth.append(0 if p < 0 else depth[p] + 1)
+    return [[b for b, d in enumerate(depth) if d == level] for level in range(max(depth) + 1)]
+
+
 def body_poses(hand: ShadowHand, joint_q: Tensor, base_position: Tensor, base_rotation: Tensor) -> tuple[Tensor, Tensor]:
     """World positions [N, B, 3] and rotations [N, B, 3, 3] of the bodies for joint angles joint_q [N, 24] (rad), the
-    frame of the forearm's parent (``robot0:hand mount``) at base_position [3] / base_rotation [3, 3] (world <- mount)."""
-    n = joint_q.shape[0]
+    frame of the forearm's parent (``robot0:hand mount``) at base_position [3] / base_rotation [3, 3] (world <- mount).
+
+    Batched over the bodies: every joint's rotation in one call, then the tree level by level (7 levels for the 24 bodies),
+    each level's bodies at once from their parents' poses."""
+    n, count = joint_q.shape[0], len(hand.parent)
+    local = hand.rotation @ axis_angle_to_matrix(hand.axis.expand(n, count, 3), joint_q)  # [N, B, 3, 3]: in the parent's frame
+    levels = tree_levels(hand.parent)
+    position, rotation = base_position.expand(n, 1, 3), base_rotation.expand(n, 1, 3, 3)  # the mount, a level above the roots
+    slot = {-1: 0}  # body -> its index in the level above the current one
     positions, rotations = [], []
-    for b, p in enumerate(hand.parent):
-        if p < 0:
-            parent_pos, parent_rot = base_position.expand(n, 3), base_rotation.expand(n, 3, 3)
-        else:
-            parent_pos, parent_rot = positions[p], rotations[p]
-        joint = axis_angle_to_matrix(hand.axis[b].expand(n, 3), joint_q[:, b])
-        positions.append(parent_pos + (parent_rot @ hand.offset[b].unsqueeze(-1)).squeeze(-1))
-        rotations.append(parent_rot @ hand.rotation[b] @ joint)
-    return torch.stack(positions, 1), torch.stack(rotations, 1)
+    for level in levels:
+        above = [slot[hand.parent[b]] for b in level]
+        parent_pos, parent_rot = position[:, above], rotation[:, above]
+        position = parent_pos + (parent_rot @ hand.offset[level].unsqueeze(-1)).squeeze(-1)
+        rotation = parent_rot @ local[:, level]
+        positions.append(position)
+        rotations.append(rotation)
+        slot = {b: i for i, b in enumerate(level)}
+    order = torch.tensor([b for level in levels for b in level]).argsort().to(joint_q.device)  # level order -> body order
+    return torch.cat(positions, 1)[:, order], torch.cat(rotations, 1)[:, order]
 
 
 def geom_poses(hand: ShadowHand, joint_q: Tensor, base_position: Tensor, base_rotation: Tensor) -> tuple[Tensor, Tensor]:
