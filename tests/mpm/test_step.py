@@ -1,6 +1,8 @@
 """MLS-MPM substeps: a dropped elastic cube conserves mass exactly and momentum before contact, rests on
 the floor, and rollouts have gradients that match finite differences (each material, with walls)."""
 
+import importlib
+
 import pytest
 import torch
 from helpers import check_directional_derivative, pressed_block
@@ -113,4 +115,41 @@ def test_batched_poses_give_the_per_boundary_frame_and_gradients(recompute):
         results.append([s.detach() for s in state] + list(torch.autograd.grad(loss, inputs)))
     assert all(g.abs().sum() > 0 for g in results[0][4:])
     for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("segment", [1, 2, 5, 8])  # of 5 substeps: 5 x 1, 2 + 2 + 1, the frame, the frame
+def test_step_recompute_runs_two_forwards_and_gives_plain_autograds_result_and_gradients(segment, monkeypatch):
+    """recompute="step" (``_Recompute``: segments of ``SEGMENT`` substeps) runs each substep twice in forward + backward,
+    and its state and gradients are plain autograd's (recompute="none") to float64 round-off: two frames of 5 substeps
+    of a block pressed by a moving sphere, gradients to the initial velocity and the sphere's start and moves."""
+    module = importlib.import_module("tphys.mpm.step")
+    monkeypatch.setattr(module, "SEGMENT", segment, raising=False)
+    calls = []
+    plain_substep = module.substep
+    monkeypatch.setattr(module, "substep", lambda *args: calls.append(1) or plain_substep(*args))
+    model, x, shapes, eye = pressed_block("plasticine", cutoff=0.0)
+    f64 = dict(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(6)
+    leaves = [0.2 * torch.randn(x.shape, generator=gen, **f64), torch.tensor([[[0.45, 0.68, 0.45]]], **f64),
+              torch.tensor([[[[0.0, -0.03, 0.01]]], [[[0.01, -0.02, 0.0]]]], **f64)]
+
+    def run(recompute):
+        calls.clear()
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        v, start, moves = inputs
+        state = MPMState.at_rest(x, v)
+        for move in moves:
+            state = step(model, state, MPMControl(shapes, lambda t, p, m: (p + t * m, eye), (start, move)), 5 * model.dt,
+                         recompute=recompute)
+            start = start + move
+        weights = torch.Generator().manual_seed(7)
+        loss = sum((s * torch.randn(s.shape, generator=weights, **f64)).sum() for s in state)
+        return [s.detach() for s in state] + list(torch.autograd.grad(loss, inputs)), len(calls)
+
+    plain, plain_calls = run("none")
+    recomputed, recomputed_calls = run("step")
+    assert plain_calls == 10 and recomputed_calls == 20  # 2 frames x 5 substeps, once; twice
+    assert all(g.abs().sum() > 0 for g in plain[4:])
+    for a, b in zip(recomputed, plain):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

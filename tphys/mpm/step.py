@@ -88,39 +88,102 @@ def substeps_from(model: MPMModel, state: MPMState, shapes: Shapes | None, table
     return state
 
 
-class _Recompute(torch.autograd.Function):
-    """Runs ``run(*inputs)`` without a graph; backward reruns it with one and differentiates that (inputs only:
-    model tensors get no gradient).
+SEGMENT = 10  # substeps per segment of the "step" recompute mode (see ``_Recompute``)
 
-    MPM's "step" recompute mode, kept beside ``tphys.autodiff.run_substeps`` because it costs less memory here:
-    the forward builds no graph at all (so it keeps nothing of the substeps), and the rerun in backward
-    checkpoints each substep (a frame's intermediates, stencils and grids, are large). torch's non-reentrant
-    checkpoint around the frame (``run_substeps``' "step") holds the whole frame's intermediates during its
-    backward; with the substeps checkpointed inside it, the forward keeps every substep's input. Measured
-    (benchmark-style peak RSS of forward + backward; float32 plasticine cube, 32³ grid, N = 4, 8000 particles
-    per env, a moving sphere collider, 4 frames of 20 substeps): this node 231 MB; the generic "step" 785 MB;
-    the generic "step" over per-substep checkpoints 644 MB (115, 247 and 287 MB with glibc's
-    MALLOC_MMAP_THRESHOLD_=65536, which keeps freed tensors from pinning the heap). Gradients agree exactly.
+
+class Frame(NamedTuple):
+    """What ``_Recompute`` runs: a frame of ``model``'s substeps, split into segments of at most ``segment`` substeps.
+
+    Attributes:
+        model, shapes, backend: as ``step`` has them.
+        control: the frame's ``MPMControl`` (its inputs are replaced by the node's).
+        substeps: K, the frame's substeps.
+        segment: the most substeps of one segment.
     """
 
+    model: MPMModel
+    shapes: Shapes | None
+    control: MPMControl
+    substeps: int
+    segment: int
+    backend: str
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """(first, last) substeps of each segment, in order."""
+        return [(k, min(k + self.segment, self.substeps)) for k in range(0, self.substeps, self.segment)]
+
+    def table(self, inputs) -> tuple[Tensor, ...]:
+        """``pose_table`` of the control with ``inputs``."""
+        return pose_table(self.control._replace(inputs=tuple(inputs)), self.substeps)
+
+    def run(self, state, table, first: int, last: int) -> MPMState:
+        """``substeps_from`` the tensors ``state`` over substeps first..last - 1."""
+        return substeps_from(self.model, MPMState(*state), self.shapes, table, first, last, self.backend)
+
+
+class _Recompute(torch.autograd.Function):
+    """MPM's "step" recompute mode: forward ``frame`` (a ``Frame``) from tensors (*state, *inputs) without a graph, keeping
+    the inputs and the state at the start of each segment; backward reruns the segments last to first, each once with
+    a graph (a segment's intermediates live only while it is differentiated), and differentiates the shapes' pose table
+    (``pose_table``) once at the end. Two forwards per substep in all; model tensors get no gradient.
+
+    Kept beside ``tphys.autodiff.run_substeps`` because it costs less: torch's non-reentrant checkpoint around the frame
+    (``run_substeps``' "step") holds the whole frame's intermediates during its backward; checkpointing each substep
+    inside it runs three forwards per substep (the forward, the rerun with checkpoints, each checkpoint's recompute),
+    as this node did before it kept its segments' starts.
+    Memory per call: the inputs and one state per segment of ``SEGMENT`` substeps (4 for the 40 substeps of the
+    MPM tasks); in backward, one segment's intermediates at a time."""
+
     @staticmethod
-    def forward(ctx, run, *inputs):
-        ctx.run = run
-        ctx.save_for_backward(*inputs)
+    def forward(ctx, frame: Frame, *tensors):
+        count = len(MPMState._fields)
+        state, inputs = tensors[:count], tensors[count:]
+        starts = []
         with torch.no_grad():
-            return run(*inputs)
+            table = frame.table(inputs)
+            for first, last in frame.bounds():
+                starts.extend(state)
+                state = tuple(frame.run(state, table, first, last))
+        ctx.frame = frame
+        ctx.save_for_backward(*inputs, *starts)
+        return state
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
-        wanted = [t for t in inputs if t.requires_grad]
+        frame, count = ctx.frame, len(MPMState._fields)
+        need_state, need_inputs = ctx.needs_input_grad[1:1 + count], ctx.needs_input_grad[1 + count:]
+        saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved[:len(need_inputs)], need_inputs)]
+        starts = saved[len(need_inputs):]
         with torch.enable_grad():
-            outputs = ctx.run(*inputs)
-        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
-        found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) if pairs and wanted
-                     else [None] * len(wanted))
-        return (None, *(next(found) if t.requires_grad else None for t in inputs))
+            table = frame.table(inputs)
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in table]  # the segments' graphs end here
+        table_grads: list[Tensor | None] = [None] * len(leaves)
+        carry_grads = list(grads)
+        for j, (first, last) in reversed(list(enumerate(frame.bounds()))):
+            need = need_state if j == 0 else (True,) * count
+            start = [t.detach().requires_grad_(n) for t, n in zip(starts[j * count:(j + 1) * count], need)]
+            with torch.enable_grad():
+                out = frame.run(start, leaves, first, last)
+            found = _grad(out, carry_grads, [*start, *leaves])
+            carry_grads = found[:count]
+            table_grads = [_add(a, b) for a, b in zip(table_grads, found[count:])]
+        return (None, *carry_grads, *_grad(table, table_grads, inputs))
+
+
+def _grad(outputs, grads, wanted) -> list[Tensor | None]:
+    """d(Σ outputs·grads)/d wanted (None for a tensor that needs none or that nothing reaches); None grads count as 0."""
+    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+    targets = [t for t in wanted if t.requires_grad]
+    if not pairs or not targets:
+        return [None] * len(wanted)
+    found = iter(torch.autograd.grad([o for o, _ in pairs], targets, [g for _, g in pairs], allow_unused=True))
+    return [next(found) if t.requires_grad else None for t in wanted]
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return b if a is None else a if b is None else a + b
 
 
 def substep_count(model: MPMModel, dt: float) -> int:
@@ -138,9 +201,9 @@ def step(model: MPMModel, state: MPMState, control: MPMControl, dt: float, recom
     ``recompute`` ("none" | "step" | "substep", or True/False; ``tphys.autodiff``) trades time for memory in backward:
         "none"      autograd keeps every substep's intermediates;
         "substep"   keeps each substep's input and reruns that substep in backward (one extra forward);
-        "step"      keeps only this call's inputs; backward reruns the substeps, each recomputed again in
-                    turn, so memory grows with calls (env steps), not substeps (two extra forwards). Model
-                    tensors get no gradient in this mode (see ``_Recompute``).
+        "step"      keeps this call's inputs and the state every ``SEGMENT`` substeps; backward reruns each segment
+                    once with a graph, so memory grows with calls (env steps), not substeps (one extra forward).
+                    Model tensors get no gradient in this mode (see ``_Recompute``).
     ``backend`` ("auto" | "triton" | "cpu" | "torch") picks every kernel, see ``tphys.kernels``.
     """
     recompute = check_recompute(recompute)
@@ -162,5 +225,5 @@ def step(model: MPMModel, state: MPMState, control: MPMControl, dt: float, recom
         return run_substeps(one, tuple(start), substeps, mode)
 
     if recompute == "step" and torch.is_grad_enabled():
-        return MPMState(*_Recompute.apply(lambda *tensors: frame("substep", *tensors), *state, *control.inputs))
+        return MPMState(*_Recompute.apply(Frame(model, shapes, control, substeps, SEGMENT, backend), *state, *control.inputs))
     return MPMState(*frame(recompute, *state, *control.inputs))
