@@ -107,9 +107,10 @@ def test_fused_plasticine_stress_equals_its_torch_twin_in_value_and_gradient():
     assert (results[0][0] - f).abs().amax((-2, -1))[25:45].max() > 1e-2, "no sample yielded"
 
 
-@pytest.mark.parametrize("kind", ["plasticine", "sand"])
+@pytest.mark.parametrize("kind", ["plasticine", "sand", "water"])
 def test_one_svd_elastic_stress_equals_project_then_stress_and_passes_gradcheck(kind):
-    """``elastic_stress`` reuses the trial F's decomposition for the stress: the same as two separate SVDs, float64."""
+    """``elastic_stress`` reuses the trial F's decomposition (water: its determinant) for the stress: the same as
+    ``project`` then ``kirchhoff_stress``, float64."""
     from tphys.mpm import elastic_stress
 
     material = Material.from_young(kind, 5e3, 0.2, yield_stress=50.0)

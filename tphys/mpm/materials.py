@@ -155,6 +155,8 @@ def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = Non
         raise ValueError("fused=True runs a C kernel, which backend='torch' rules out")
     if material.kind == "plasticine" and fused:
         return _PlasticineStress.apply(f_trial, material, backend)
+    if material.kind == "water":
+        return _water_stress(material, f_trial)
     if material.kind not in ("plasticine", "sand"):
         f = project(material, f_trial, backend)
         return f, kirchhoff_stress(material, f, backend=backend)
@@ -164,6 +166,16 @@ def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = Non
     with torch.no_grad():
         stretch = flow(s)
     return f, kirchhoff_stress(material, f, parts=(u, stretch, v), backend=backend)
+
+
+def _water_stress(material: Material, f_trial: Tensor) -> tuple[Tensor, Tensor]:
+    """Water's (F = c·I, τ = K (J - 1) J·I) [..., 3, 3] from one determinant j = det F_trial: c = sign(j)·|j|^(1/3) and
+    J = c·(c·c), which is ``det3`` of c·I to the bit (``project`` then ``kirchhoff_stress`` take a second ``det3``, of F)."""
+    j = det3(f_trial)
+    c = torch.sign(j) * j.abs().pow(1 / 3)
+    volume = c * (c * c)
+    eye = _eye(f_trial)
+    return c[..., None, None] * eye, ((material.lam + 2 * material.mu / 3) * (volume - 1) * volume)[..., None, None] * eye
 
 
 def _cofactor(f: Tensor) -> Tensor:
