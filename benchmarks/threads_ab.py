@@ -10,7 +10,9 @@ the env's own torch ops, as a recipe's ``threads`` does). Per env: float32, ``ba
 ``step_mdp`` and the gradient of the summed reward to every action (``benchmarks/backend_ab.py``'s round). One unmeasured
 round at each count, then ``--rounds`` rounds of each interleaved, timed on the wall clock (K threads: process CPU time
 would add the threads' times up); prints the median env-steps/s at each count, their ratio, and the load average before
-and after (the figures are only as quiet as the machine).
+and after (the figures are only as quiet as the machine). It also prints each count's median process CPU time per round:
+waiting for a core busy with another process costs wall time but no CPU time, so CPU time at K threads close to CPU
+time at 1 says the split itself costs little (no lost work; the wall clock then shows how many cores were free).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main() -> None:
 
         def round_of(threads: int) -> float:
             torch.set_num_threads(threads)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             td, actions, total = state["td"], [], 0.0
             for _ in range(horizon):
                 action = (torch.rand(n, env.action_dim) * 2 - 1).requires_grad_(True)
@@ -53,7 +55,7 @@ def main() -> None:
                 total = total + out["next", "reward"].sum()
                 td = env.step_mdp(out)
             torch.autograd.grad(total, actions, allow_unused=True)
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start, time.process_time() - cpu
             td = td.detach()
             state["td"] = env.reset() if bool(td["done"].any()) else td
             return seconds
@@ -64,9 +66,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for threads in counts:
                 times[threads].append(round_of(threads))
-        rates = {threads: n * horizon / statistics.median(seconds) for threads, seconds in times.items()}
+        rates = {threads: n * horizon / statistics.median(wall for wall, _ in pairs) for threads, pairs in times.items()}
+        cpu = {threads: statistics.median(c for _, c in pairs) for threads, pairs in times.items()}
         for threads, rate in rates.items():
-            print(f"{name} N={n} threads={threads}: {rate:.0f} env-steps/s fwd+bwd H={horizon} (median of {args.rounds}, wall)")
+            print(f"{name} N={n} threads={threads}: {rate:.0f} env-steps/s fwd+bwd H={horizon} (median of {args.rounds}, wall); "
+                  f"process CPU {cpu[threads]:.3f} s per round")
         print(f"{name} N={n} threads={args.threads} / threads=1: {rates[args.threads] / rates[1]:.2f}x", flush=True)
     torch.set_num_threads(1)
     print("load after " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
