@@ -31,12 +31,15 @@ class ValueEnsemble(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         return self.values(self.inputs(obs))
 
-    def inputs(self, obs: Tensor) -> Tensor:
+    def inputs(self, obs: Tensor, normalizer: ObservationNormalizer | None = None) -> Tensor:
         """``obs [..., D]`` -> the critics' inputs ``[..., D]`` (normalized). Row by row, so the inputs of a batch can be
-        computed once and indexed: ``values(inputs(obs)[rows]) == forward(obs[rows])`` exactly."""
+        computed once and indexed: ``values(inputs(obs)[rows]) == forward(obs[rows])`` exactly. ``normalizer``: other
+        statistics in place of the live ones (a copy already updated with a window the live ones have not seen yet)."""
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(f"critic expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
-        return obs if self.normalizer is None else self.normalizer(obs)
+        if self.normalizer is None:
+            return obs
+        return (self.normalizer if normalizer is None else normalizer)(obs)
 
     def values(self, inputs: Tensor) -> Tensor:
         """``inputs [..., D]`` (from ``inputs``) -> values ``[..., C]``."""

@@ -160,14 +160,16 @@ class FirstOrderLoss(Trainable, LossModule):
         return td.exclude("next").detach()
 
     def critic_loss(self, batch: TensorDictBase) -> TensorDict:
-        """``loss_critic`` of a critic batch: ``critic_fit_loss(*critic_data(batch))``."""
-        return TensorDict(loss_critic=self.critic_fit_loss(*self.critic_data(batch)), batch_size=[])
+        """``loss_critic`` of a critic batch: ``critic_fit_error(*critic_data(batch))``."""
+        return TensorDict(loss_critic=self.critic_fit_error(*self.critic_data(batch)), batch_size=[])
 
-    def critic_data(self, batch: TensorDictBase) -> tuple[Tensor, Tensor]:
+    def critic_data(self, batch: TensorDictBase, normalizer=None) -> tuple[Tensor, Tensor]:
         """``(inputs [B, ...], targets [B])`` of a critic batch, computed once per window; the trainer's minibatches
-        index their rows."""
+        index their rows. ``normalizer``: statistics to normalize with in place of the live ones."""
         raise NotImplementedError(f"{type(self).__name__} has no critic")
 
-    def critic_fit_loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        """The critic's scalar loss on rows of ``critic_data``."""
+    def critic_fit_error(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """The critic's scalar loss on rows of ``critic_data``. (Not named ``*_loss``: TorchRL wraps a loss's public
+        ``*loss`` methods in ``set_exploration_type``, whose setting is process-wide, and the critic's mini-epochs may
+        run on another thread beside a stochastic rollout: ``rl.trainers.critic_worker``.)"""
         raise NotImplementedError(f"{type(self).__name__} has no critic")

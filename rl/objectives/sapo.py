@@ -74,8 +74,9 @@ class SAPOLoss(SHACLoss):
         entropy = -traj.get(self.tensor_keys.log_prob)
         alpha = self.alpha.detach().to(w["reward"].dtype)
         soft_reward = w["reward"] + alpha * self.scaled_entropy(entropy)
-        with frozen(self.critic):
-            values = self.critic(w["next_observation"])
+        net = self.value_net()  # the critic (SAPO has no target critic)
+        with frozen(net):
+            values = net(w["next_observation"])
         mean_values = bootstrap_values(values.mean(-1), w["terminated"])
         ret = window_return(soft_reward, mean_values, w["done"], self.gamma)
         loss_alpha = self.alpha * (entropy.detach() - self.target_entropy).mean()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torch import nn
 from torchrl.envs import EnvBase
 
 from rl.modules.critic import ValueEnsemble
@@ -37,6 +39,9 @@ class SHACLoss(FirstOrderLoss):
             raise ValueError(f"target_tau must be in [0, 1) or None, got {target_tau}")
         self.target_tau = target_tau
         self.critic_target = None
+        # set by a trainer that steps the critic on another thread (rl.trainers.critic_worker): given the bootstrap
+        # network, waits for the critic's pending mini-epochs and returns a frozen copy to take the window's values from
+        self.values_from: Callable[[nn.Module], nn.Module] | None = None
         if target_tau is not None:
             self.critic_target = copy.deepcopy(critic)
             self.critic_target.normalizer = critic.normalizer  # share the live statistics
@@ -52,11 +57,17 @@ class SHACLoss(FirstOrderLoss):
     def bootstrap_net(self) -> ValueEnsemble:
         return self.critic if self.critic_target is None else self.critic_target
 
+    def value_net(self) -> nn.Module:
+        """The network the window's values V(s_t) come from, after its rollout: ``bootstrap_net()``, or what
+        ``values_from`` makes of it."""
+        net = self.bootstrap_net()
+        return net if self.values_from is None else self.values_from(net)
+
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         traj, following = self.rollout(tensordict)
         w = self.window_tensors(traj)
         num_envs, horizon = w["reward"].shape
-        net = self.bootstrap_net()
+        net = self.value_net()
         with frozen(net):
             values = bootstrap_values(net(w["next_observation"]).mean(-1), w["terminated"])
         ret = window_return(w["reward"], values, w["done"], self.gamma)
@@ -77,13 +88,14 @@ class SHACLoss(FirstOrderLoss):
         batch = TensorDict({keys.observation: obs, keys.value_target: targets.detach()}, batch_size=targets.shape)
         return batch.reshape(-1)
 
-    def critic_data(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs [B, D], targets [B])`` of a critic batch: the observations as the critics take them (normalized),
-        computed once for the window's mini-epochs (the normalizer does not move during them)."""
+    def critic_data(self, batch: TensorDictBase, normalizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs [B, D], targets [B])`` of a critic batch: the observations as the critics take them (normalized,
+        by ``normalizer`` if given), computed once for the window's mini-epochs (the normalizer does not move during
+        them)."""
         keys = self.tensor_keys
-        return self.critic.inputs(batch.get(keys.observation)), batch.get(keys.value_target)
+        return self.critic.inputs(batch.get(keys.observation), normalizer), batch.get(keys.value_target)
 
-    def critic_fit_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def critic_fit_error(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``loss_critic``: MSE of every critic of the ensemble to ``targets [B]`` on ``inputs [B, D]`` (rows of
         ``critic_data``), averaged (Eq. 18): a scalar."""
         return (self.critic.values(inputs) - targets.unsqueeze(-1)).square().mean()

@@ -14,6 +14,7 @@ computes the same next losses bit for bit on CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from rl import distributed
 from rl.distributed import gather_tree, local_rows, sharded_noise, slice_tree
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.common import FirstOrderLoss
-from rl.trainers.guard import describe
-from rl.trainers.loop import LoopConfig, Trainer
+from rl.trainers.critic_worker import CriticShadow, CriticWorker, overlap_allowed, overlap_mode, usable_cores
+from rl.trainers.guard import Snapshot, describe, nonfinite_state
+from rl.trainers.loop import LoopConfig, NonFiniteError, Trainer
 
 
 @dataclass
@@ -36,6 +38,13 @@ class TrainerConfig(LoopConfig):
 
     critic_iterations: int = 16
     critic_minibatches: int = 4
+    # window k's critic mini-epochs on a second thread beside window k's backward and window k+1's rollout, the same
+    # numbers bit for bit (rl.trainers.critic_worker): auto (where allowed), on (raises where not allowed), off
+    overlap_critic: str = "off"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.overlap_critic = overlap_mode(self.overlap_critic)
 
     ABSENT: ClassVar[dict[str, object]] = {**LoopConfig.ABSENT, "critic_iterations": 0, "critic_minibatches": 1}
     MINIMUM: ClassVar[dict[str, int]] = {**LoopConfig.MINIMUM, "critic_iterations": 0, "critic_minibatches": 1}
@@ -56,6 +65,29 @@ class FirstOrderTrainer(Trainer):
         super().__init__(loss, config, env, int(env.batch_size.numel()) * loss.horizon, run_dir=run_dir, eval_env=eval_env,
                          normalizer=normalizer, logger=logger)
         self.state: TensorDictBase | None = None
+        self.worker = self._make_worker()
+        self.shadow: CriticShadow | None = None
+        self.last_critic_loss = float("nan")
+
+    def _make_worker(self) -> CriticWorker | None:
+        """The critic thread where ``overlap_critic`` asks for it and ``overlap_allowed`` permits it."""
+        if self.cfg.overlap_critic == "off":
+            return None
+        why_not = overlap_allowed(
+            has_critic="critic" in self.optimizers and self.cfg.critic_iterations > 0 and hasattr(self.loss, "values_from"),
+            distributed=distributed.is_distributed(), on_nonfinite=self.cfg.on_nonfinite,
+            device=torch.device(self.env.device), threads=torch.get_num_threads(), cores=usable_cores())
+        if why_not is not None:
+            if self.cfg.overlap_critic == "on":
+                raise ValueError(f"overlap_critic=on is not possible here: {why_not}")
+            return None
+        self.loss.values_from = self.values_from
+        return CriticWorker()
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether the critic's mini-epochs run on a second thread (see ``rl.trainers.critic_worker``)."""
+        return self.worker is not None
 
     @property
     def name(self) -> str:
@@ -66,7 +98,11 @@ class FirstOrderTrainer(Trainer):
         self.running_return.zero_()
 
     def step(self) -> dict[str, float]:
-        """One window: actor (and temperature) step, normalizer update, critic mini-epochs. Returns scalars."""
+        """One window: actor (and temperature) step, normalizer update, critic mini-epochs. Returns scalars.
+
+        Overlapping (``overlap_critic``), the critic's mini-epochs of this window start on the worker once the loss's
+        forward is done and are joined in the next window's forward (or before a checkpoint); ``loss/critic`` is then
+        the last joined (the previous window's)."""
         if self.state is None:
             self.reset_env()
         lrs = self.set_learning_rates()
@@ -75,9 +111,15 @@ class FirstOrderTrainer(Trainer):
         failure = None
         try:
             with sharded_noise(self.env_shard):
-                out = self.loss(self.state)
+                out = self.loss(self.state)  # overlapping: joins the previous window's critic (values_from)
+            if self.overlapping:
+                self.join_critic()  # a loss that took no values still waits for it here
+                self.start_critic(out["critic_batch"], lrs["critic"])
             actor_objective = out["loss_actor"] + (out["loss_alpha"] if "loss_alpha" in out.keys() else 0.0)
             (actor_objective * self.env_shard.fraction).backward()  # this rank's share of the global mean
+        except NonFiniteError:  # the previous window's critic, joined in the forward
+            self.cancel_critic()
+            raise
         except FloatingPointError as err:  # the env's NaN/inf state or action check
             failure = f"simulator: {err}"
         failure = self.fail_together(failure)
@@ -90,12 +132,13 @@ class FirstOrderTrainer(Trainer):
             return self.drop_window(bad)
         grad_norm = self.clip(self.parameter_groups["actor"])
         self.optimizer_step("actor", "alpha")
-        if self.normalizer is not None and "critic_batch" in out.keys():
-            self.normalizer.update(out["critic_batch", "observation"])
-        elif self.normalizer is not None:
-            self.normalizer.update(self.state["observation"])
-        critic_loss = self.train_critic(out["critic_batch"]) if "critic" in self.optimizers else float("nan")
-        self.loss.after_update()
+        if self.normalizer is not None:
+            self.normalizer.update(self.window_observations(out))
+        if self.overlapping:
+            critic_loss = self.last_critic_loss
+        else:
+            critic_loss = self.train_critic(out["critic_batch"]) if "critic" in self.optimizers else float("nan")
+            self.loss.after_update()
         bad = self.nonfinite_parameters()
         if bad:
             if snapshot is not None:
@@ -113,29 +156,131 @@ class FirstOrderTrainer(Trainer):
         scalars = distributed.mean_scalars(scalars, ("loss/actor", "train/window_reward", "sapo/entropy"))
         return self.advance(self.steps_per_iter, scalars)
 
+    def window_observations(self, out: TensorDictBase) -> torch.Tensor:
+        """The observations the normalizer takes from a window: the critic batch's, else the start states'."""
+        if "critic_batch" in out.keys():
+            return out["critic_batch", "observation"]
+        return self.state["observation"]
+
+    def set_learning_rates(self) -> dict[str, float]:
+        """As ``Trainer``'s, but overlapping the critic's rate is left to its job (which sets the window's own)."""
+        lrs = self.learning_rates(self.iteration)
+        for group, opt in self.optimizers.items():
+            if group == "critic" and self.overlapping:
+                continue
+            for param_group in opt.param_groups:
+                param_group["lr"] = lrs[group]
+        return lrs
+
+    # ------------------------------------------------------------------ the critic beside the next window
+    def values_from(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The loss's ``values_from``: wait for the pending critic job, then a frozen copy of ``net`` as it now is."""
+        self.join_critic()
+        if self.shadow is None or self.shadow.source is not net:
+            self.shadow = CriticShadow(net)
+        return self.shadow.refresh()
+
+    def start_critic(self, batch: TensorDictBase, lr: float) -> None:
+        """Submit this window's critic mini-epochs: inputs normalized with the statistics after this window's update
+        (a copy; the live ones move after the backward), the critic's rate ``lr``; undone by ``cancel_critic``."""
+        future = None
+        if self.normalizer is not None:
+            future = copy.deepcopy(self.normalizer)
+            future.update(batch["observation"])
+        inputs, targets = self.loss.critic_data(batch, normalizer=future)
+        critic = self.critic_modules()
+        before = Snapshot({**critic, "critic_opt": self.optimizers["critic"]})
+        generator = self.generator.get_state()
+
+        def undo() -> None:
+            before.restore()
+            self.generator.set_state(generator)
+
+        def job() -> tuple[float, list[str]]:
+            for param_group in self.optimizers["critic"].param_groups:
+                param_group["lr"] = lr
+            loss = self.fit_critic(inputs, targets)
+            self.loss.after_update()
+            return loss, nonfinite_state(critic, {"critic_opt": self.optimizers["critic"]})
+
+        self.worker.submit(job, undo, self.iteration)
+
+    def critic_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules a critic job writes: the critic and, where the loss has one, its target."""
+        return {name: module for name in ("critic", "critic_target")
+                if (module := getattr(self.loss, name, None)) is not None}
+
+    def join_critic(self) -> None:
+        """Wait for the pending critic job (if any) and take its result: its last loss, or the non-finite guard's stop."""
+        if self.worker is None:
+            return
+        result = self.worker.join()
+        if result is None:
+            return
+        self.last_critic_loss, bad = result
+        if bad:
+            self.nonfinite(f"non-finite critic parameters or optimizer state after the critic's update: {describe(bad)}")
+
+    def cancel_critic(self) -> None:
+        """Discard a pending critic job of this window (its window failed); a pending job of an earlier window is
+        joined instead (the serial loop finished it before this window began)."""
+        if self.worker is None or not self.worker.pending:
+            return
+        if self.worker.window == self.iteration:
+            self.worker.cancel()
+        else:
+            self.worker.join()
+
+    def train(self, iterations: int | None = None) -> None:
+        """``Trainer.train``, then the last window's critic joined: the trainer's state is the serial loop's."""
+        try:
+            super().train(iterations)
+        except BaseException:
+            if self.worker is not None:
+                self.worker.cancel()
+            raise
+        self.join_critic()
+
+    def nonfinite_parameters(self) -> list[str]:
+        """``Trainer``'s check; overlapping, without the critic's modules and optimizer, which the worker is stepping
+        (its job checks them when it ends)."""
+        if not self.overlapping:
+            return super().nonfinite_parameters()
+        skip = self.critic_modules()
+        modules = {f"loss.{name}": child for name, child in self.loss.named_children() if name not in skip}
+        modules.update({f"loss.{name}": t for name, t in (*self.loss.named_parameters(recurse=False),
+                                                           *self.loss.named_buffers(recurse=False))})
+        optimizers = {f"{group}_opt": opt for group, opt in self.optimizers.items() if group != "critic"}
+        return nonfinite_state(modules, optimizers)
+
     def drop_window(self, what: str) -> dict[str, float]:
         """The non-finite guard's stop, or (skip) the window dropped and the envs reset."""
+        self.cancel_critic()
         self.nonfinite(what, "window dropped, envs reset")
         self.zero_grad("actor", "alpha")
         self.reset_env()
         return {"train/skipped": float(self.skips)}
 
     def train_critic(self, batch: TensorDictBase) -> float:
-        """``critic_iterations`` mini-epochs of ``loss.critic_loss`` over the window's batch; returns the last loss.
+        """``critic_iterations`` mini-epochs of ``loss.critic_fit_error`` over the window's batch; returns the last loss.
 
-        ``batch`` holds this rank's envs' rows (env-major, H per env); minibatches are drawn over the global rows and each
-        rank takes the rows it holds, its mean loss weighted by its share of the minibatch (``rl.distributed``). The
-        critics' inputs are computed once (``loss.critic_data``: the normalizer does not move during the mini-epochs) and
-        each minibatch indexes its rows: ``loss.critic_fit_loss(inputs[rows], targets[rows])`` is
-        ``loss.critic_loss(batch[rows])`` exactly.
+        The critics' inputs are computed once (``loss.critic_data``: the normalizer does not move during the
+        mini-epochs) and each minibatch indexes its rows: ``loss.critic_fit_error(inputs[rows], targets[rows])`` is
+        ``loss.critic_loss(batch[rows])`` exactly (``fit_critic``)."""
+        return self.fit_critic(*self.loss.critic_data(batch))
+
+    def fit_critic(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """The mini-epochs over ``inputs [B, ...]`` and ``targets [B]`` (``loss.critic_data``'s); returns the last loss.
+
+        The rows are this rank's envs' (env-major, H per env); minibatches are drawn over the global rows and each
+        rank takes the rows it holds, its mean loss weighted by its share of the minibatch (``rl.distributed``).
         """
-        per_env = batch.shape[0] // self.local_envs
+        per_env = targets.shape[0] // self.local_envs
         size = self.num_envs * per_env
         first, end = self.env_shard.rows(per_env)
         whole = first == 0 and end == size  # this rank holds every row (one process): the global rows are its own
         per = math.ceil(size / self.cfg.critic_minibatches)
         params = self.parameter_groups["critic"]
-        inputs, targets = self.loss.critic_data(batch)
         last = None
         for _ in range(self.cfg.critic_iterations):
             order = torch.randperm(size, generator=self.generator)
@@ -145,7 +290,7 @@ class FirstOrderTrainer(Trainer):
                 self.zero_grad("critic")
                 local = None
                 if mine.numel():
-                    local = self.loss.critic_fit_loss(inputs[mine], targets[mine])
+                    local = self.loss.critic_fit_error(inputs[mine], targets[mine])
                     if mine.numel() != rows.numel():
                         local = local * (mine.numel() / rows.numel())
                     local.backward()
@@ -159,6 +304,16 @@ class FirstOrderTrainer(Trainer):
                 self.optimizer_step("critic")
                 last = loss
         return float("nan") if last is None else last.item()
+
+    def state_dict(self) -> dict:
+        """``Trainer``'s, with the pending critic job joined first (a checkpoint holds the serial loop's state)."""
+        self.join_critic()
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.worker is not None:
+            self.worker.cancel()  # whatever it was fitting is replaced
+        super().load_state_dict(state)
 
     def extra_state(self) -> dict:
         """The state the next window starts from, of all the global envs (every rank's gathered)."""

@@ -133,11 +133,11 @@ def test_the_critics_inputs_are_normalized_once_per_window_as_each_minibatch_wou
     inputs, targets = t.loss.critic_data(batch)
     assert torch.equal(inputs, t.normalizer(batch["observation"])) and torch.equal(targets, batch["value_target"])
     rows = torch.randperm(20, generator=torch.Generator().manual_seed(1))[:7]
-    fit = t.loss.critic_fit_loss(inputs[rows], targets[rows])
+    fit = t.loss.critic_fit_error(inputs[rows], targets[rows])
     assert torch.equal(fit, t.loss.critic_loss(batch[rows])["loss_critic"])
     values = t.loss.critic(batch["observation"][rows])
     assert torch.equal(fit, (values - batch["value_target"][rows].unsqueeze(-1)).square().mean())
-    assert not torch.isclose(t.loss.critic_fit_loss(batch["observation"][rows], targets[rows]), fit)
+    assert not torch.isclose(t.loss.critic_fit_error(batch["observation"][rows], targets[rows]), fit)
 
 
 def test_a_non_finite_critic_loss_skips_the_update_or_stops(capsys):
