@@ -51,13 +51,49 @@ static void stencil(const REAL *x, int64_t gx, int64_t gy, int64_t gz, double dx
 
 #define NODE(s, env, gx, gy, gz) ((((env) * (gx) + (s).node[0][ox]) * (gy) + (s).node[1][oy]) * (gz) + (s).node[2][oz])
 
+/* Whether all 27 stencil nodes lie on the grid (always, on a grid window that holds the particles): then the loops
+ * below take their fast form, which walks each (x, y) row of 3 nodes contiguously and hoists what depends on fewer
+ * than three axes out of the inner loop; particles near the grid's edge take the node-by-node form. */
+static inline int inside(const Stencil *s) {
+    return s->node[0][0] >= 0 && s->node[0][2] >= 0 && s->node[1][0] >= 0 && s->node[1][2] >= 0 && s->node[2][0] >= 0 && s->node[2][2] >= 0;
+}
+
+/* Index of node (ox, oy, 0) of an inside stencil. */
+static inline int64_t row(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, int ox, int oy) {
+    return ((env * gx + s->node[0][ox]) * gy + s->node[1][oy]) * gz + s->node[2][0];
+}
+
+/* P2G of one particle with an inside stencil; the same sums, in the same order, as the node-by-node form. */
+static void p2g_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, double mass, const REAL *q, const REAL *A,
+                       REAL *gm, REAL *gmv) {
+    double along_z[3][3]; /* [oz][r]: A[r][2]·d_z */
+    for (int oz = 0; oz < 3; oz++)
+        for (int r = 0; r < 3; r++) along_z[oz][r] = A[3 * r + 2] * s->d[2][oz];
+    for (int ox = 0; ox < 3; ox++)
+        for (int oy = 0; oy < 3; oy++) {
+            double wxy = s->w[0][ox] * s->w[1][oy], b[3];
+            for (int r = 0; r < 3; r++) b[r] = q[r] + A[3 * r] * s->d[0][ox] + A[3 * r + 1] * s->d[1][oy];
+            int64_t node = row(s, env, gx, gy, gz, ox, oy);
+            REAL *M = gm + node, *Q = gmv + 3 * node;
+            for (int oz = 0; oz < 3; oz++) {
+                double w = wxy * s->w[2][oz];
+                M[oz] += (REAL)(w * mass);
+                for (int r = 0; r < 3; r++) Q[3 * oz + r] += (REAL)(w * (b[r] + along_z[oz][r]));
+            }
+        }
+}
+
 void p2g_forward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, REAL *gm, REAL *gmv, int64_t n, int64_t p,
                  int64_t gx, int64_t gy, int64_t gz, double dx) {
     Stencil s;
-    for (int64_t i = 0; i < n * p; i++) {
-        int64_t env = i / p;
+    for (int64_t env = 0; env < n; env++)
+    for (int64_t i = env * p; i < (env + 1) * p; i++) {
         stencil(x + 3 * i, gx, gy, gz, dx, &s);
         const REAL *q = mom + 3 * i, *A = a + 9 * i;
+        if (inside(&s)) {
+            p2g_inside(&s, env, gx, gy, gz, m[i], q, A, gm, gmv);
+            continue;
+        }
         FOR_STENCIL(s, env, gx, gy, gz) {
             int64_t node = NODE(s, env, gx, gy, gz);
             double w = s.w[0][ox] * s.w[1][oy] * s.w[2][oz];
@@ -69,29 +105,72 @@ void p2g_forward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, R
     }
 }
 
+/* P2G's backward for one particle with an inside stencil: g_m, g_q, g_a and the weight-gradient part of g_x summed
+ * row by row; the -w·Aᵀh part of g_x is -Aᵀ·g_q, taken once per particle by the caller (it is linear in w·h). */
+static void p2g_backward_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, double mass, const REAL *q,
+                                const REAL *A, const REAL *ggm, const REAL *ggmv, double g_x[3], double *g_m, double g_q[3],
+                                double g_a[9]) {
+    double along_z[3][3]; /* [oz][r]: A[r][2]·d_z */
+    for (int oz = 0; oz < 3; oz++)
+        for (int r = 0; r < 3; r++) along_z[oz][r] = A[3 * r + 2] * s->d[2][oz];
+    for (int ox = 0; ox < 3; ox++)
+        for (int oy = 0; oy < 3; oy++) {
+            double wx = s->w[0][ox], wy = s->w[1][oy], wxy = wx * wy, sxy = s->slope[0][ox] * wy, wsy = wx * s->slope[1][oy];
+            double b[3], t[3] = {0, 0, 0}, tz[3] = {0, 0, 0}, tu = 0;
+            for (int r = 0; r < 3; r++) b[r] = q[r] + A[3 * r] * s->d[0][ox] + A[3 * r + 1] * s->d[1][oy];
+            int64_t node = row(s, env, gx, gy, gz, ox, oy);
+            const REAL *U = ggm + node, *H = ggmv + 3 * node;
+            for (int oz = 0; oz < 3; oz++) {
+                double wz = s->w[2][oz], u = U[oz], value = mass * u; /* what the weight multiplies: m·u + h·(q + A·dpos) */
+                tu += wz * u;
+                for (int r = 0; r < 3; r++) {
+                    double h = H[3 * oz + r];
+                    t[r] += wz * h;
+                    tz[r] += wz * s->d[2][oz] * h;
+                    value += h * (b[r] + along_z[oz][r]);
+                }
+                g_x[0] += sxy * wz * value;
+                g_x[1] += wsy * wz * value;
+                g_x[2] += wxy * s->slope[2][oz] * value;
+            }
+            *g_m += wxy * tu;
+            for (int r = 0; r < 3; r++) {
+                g_q[r] += wxy * t[r];
+                g_a[3 * r] += wxy * s->d[0][ox] * t[r];
+                g_a[3 * r + 1] += wxy * s->d[1][oy] * t[r];
+                g_a[3 * r + 2] += wxy * tz[r];
+            }
+        }
+    for (int c = 0; c < 3; c++) g_x[c] -= A[c] * g_q[0] + A[3 + c] * g_q[1] + A[6 + c] * g_q[2];
+}
+
 void p2g_backward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, const REAL *ggm, const REAL *ggmv, REAL *gx_out,
                   REAL *gm_out, REAL *gmom_out, REAL *ga_out, int64_t n, int64_t p, int64_t gx, int64_t gy, int64_t gz, double dx) {
     Stencil s;
-    for (int64_t i = 0; i < n * p; i++) {
-        int64_t env = i / p;
+    for (int64_t env = 0; env < n; env++)
+    for (int64_t i = env * p; i < (env + 1) * p; i++) {
         stencil(x + 3 * i, gx, gy, gz, dx, &s);
         const REAL *q = mom + 3 * i, *A = a + 9 * i;
         double g_x[3] = {0, 0, 0}, g_m = 0, g_q[3] = {0, 0, 0}, g_a[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-        FOR_STENCIL(s, env, gx, gy, gz) {
-            int64_t node = NODE(s, env, gx, gy, gz);
-            double wx = s.w[0][ox], wy = s.w[1][oy], wz = s.w[2][oz], w = wx * wy * wz;
-            double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
-            double u = ggm[node], h[3] = {ggmv[3 * node], ggmv[3 * node + 1], ggmv[3 * node + 2]};
-            g_m += w * u;
-            double value = m[i] * u; /* s = m·u + h·(q + A·dpos): what the weight multiplies */
-            for (int r = 0; r < 3; r++) {
-                g_q[r] += w * h[r];
-                for (int c = 0; c < 3; c++) g_a[3 * r + c] += w * h[r] * d[c];
-                value += h[r] * (q[r] + A[3 * r] * d[0] + A[3 * r + 1] * d[1] + A[3 * r + 2] * d[2]);
+        if (inside(&s)) {
+            p2g_backward_inside(&s, env, gx, gy, gz, m[i], q, A, ggm, ggmv, g_x, &g_m, g_q, g_a);
+        } else {
+            FOR_STENCIL(s, env, gx, gy, gz) {
+                int64_t node = NODE(s, env, gx, gy, gz);
+                double wx = s.w[0][ox], wy = s.w[1][oy], wz = s.w[2][oz], w = wx * wy * wz;
+                double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
+                double u = ggm[node], h[3] = {ggmv[3 * node], ggmv[3 * node + 1], ggmv[3 * node + 2]};
+                g_m += w * u;
+                double value = m[i] * u; /* s = m·u + h·(q + A·dpos): what the weight multiplies */
+                for (int r = 0; r < 3; r++) {
+                    g_q[r] += w * h[r];
+                    for (int c = 0; c < 3; c++) g_a[3 * r + c] += w * h[r] * d[c];
+                    value += h[r] * (q[r] + A[3 * r] * d[0] + A[3 * r + 1] * d[1] + A[3 * r + 2] * d[2]);
+                }
+                double dw[3] = {s.slope[0][ox] * wy * wz, wx * s.slope[1][oy] * wz, wx * wy * s.slope[2][oz]};
+                for (int c = 0; c < 3; c++) /* through the weight, and through dpos (d dpos / dx = -I): -w·Aᵀh */
+                    g_x[c] += dw[c] * value - w * (A[c] * h[0] + A[3 + c] * h[1] + A[6 + c] * h[2]);
             }
-            double dw[3] = {s.slope[0][ox] * wy * wz, wx * s.slope[1][oy] * wz, wx * wy * s.slope[2][oz]};
-            for (int c = 0; c < 3; c++) /* through the weight, and through dpos (d dpos / dx = -I): -w·Aᵀh */
-                g_x[c] += dw[c] * value - w * (A[c] * h[0] + A[3 + c] * h[1] + A[6 + c] * h[2]);
         }
         for (int c = 0; c < 3; c++) {
             gx_out[3 * i + c] = (REAL)g_x[c];
@@ -102,21 +181,49 @@ void p2g_backward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, 
     }
 }
 
+/* G2P of one particle with an inside stencil: per (x, y) row the z-weighted sums s0 = Σ w_z·v and s1 = Σ w_z·d_z·v,
+ * then v += w_xy·s0 and the affine sums from them. */
+static void g2p_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, const REAL *gv, double vel[3], double aff[9]) {
+    for (int ox = 0; ox < 3; ox++)
+        for (int oy = 0; oy < 3; oy++) {
+            double wxy = s->w[0][ox] * s->w[1][oy], s0[3] = {0, 0, 0}, s1[3] = {0, 0, 0};
+            const REAL *G = gv + 3 * row(s, env, gx, gy, gz, ox, oy);
+            for (int oz = 0; oz < 3; oz++) {
+                double wz = s->w[2][oz], wd = wz * s->d[2][oz];
+                for (int r = 0; r < 3; r++) {
+                    s0[r] += wz * G[3 * oz + r];
+                    s1[r] += wd * G[3 * oz + r];
+                }
+            }
+            for (int r = 0; r < 3; r++) {
+                double u = wxy * s0[r];
+                vel[r] += u;
+                aff[3 * r] += u * s->d[0][ox];
+                aff[3 * r + 1] += u * s->d[1][oy];
+                aff[3 * r + 2] += wxy * s1[r];
+            }
+        }
+}
+
 void g2p_forward(const REAL *x, const REAL *gv, REAL *v, REAL *c, int64_t n, int64_t p, int64_t gx, int64_t gy, int64_t gz, double dx) {
     Stencil s;
     double k = 4.0 / (dx * dx);
-    for (int64_t i = 0; i < n * p; i++) {
-        int64_t env = i / p;
+    for (int64_t env = 0; env < n; env++)
+    for (int64_t i = env * p; i < (env + 1) * p; i++) {
         stencil(x + 3 * i, gx, gy, gz, dx, &s);
         double vel[3] = {0, 0, 0}, aff[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-        FOR_STENCIL(s, env, gx, gy, gz) {
-            int64_t node = NODE(s, env, gx, gy, gz);
-            double w = s.w[0][ox] * s.w[1][oy] * s.w[2][oz];
-            double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
-            for (int r = 0; r < 3; r++) {
-                double u = w * gv[3 * node + r];
-                vel[r] += u;
-                for (int q = 0; q < 3; q++) aff[3 * r + q] += u * d[q];
+        if (inside(&s)) {
+            g2p_inside(&s, env, gx, gy, gz, gv, vel, aff);
+        } else {
+            FOR_STENCIL(s, env, gx, gy, gz) {
+                int64_t node = NODE(s, env, gx, gy, gz);
+                double w = s.w[0][ox] * s.w[1][oy] * s.w[2][oz];
+                double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
+                for (int r = 0; r < 3; r++) {
+                    double u = w * gv[3 * node + r];
+                    vel[r] += u;
+                    for (int q = 0; q < 3; q++) aff[3 * r + q] += u * d[q];
+                }
             }
         }
         for (int r = 0; r < 3; r++) v[3 * i + r] = (REAL)vel[r];
@@ -124,28 +231,64 @@ void g2p_forward(const REAL *x, const REAL *gv, REAL *v, REAL *c, int64_t n, int
     }
 }
 
+/* G2P's backward for one particle with an inside stencil (e = dL/dv, b = (4/dx²)·dL/dC): the grid gradient w·r node
+ * by node (r = e + b·dpos, the same sums in the same order as the node-by-node form) and g_x's weight part; its
+ * -w·bᵀu part is -bᵀ·Σ w·u, taken once at the end. */
+static void g2p_backward_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, const REAL *gv, const double e[3],
+                                const double b[9], REAL *ggv, double g_x[3]) {
+    double along_z[3][3], su[3] = {0, 0, 0}; /* [oz][a]: b[a][2]·d_z; Σ w·u */
+    for (int oz = 0; oz < 3; oz++)
+        for (int a = 0; a < 3; a++) along_z[oz][a] = b[3 * a + 2] * s->d[2][oz];
+    for (int ox = 0; ox < 3; ox++)
+        for (int oy = 0; oy < 3; oy++) {
+            double wx = s->w[0][ox], wy = s->w[1][oy], wxy = wx * wy, sxy = s->slope[0][ox] * wy, wsy = wx * s->slope[1][oy];
+            double base[3];
+            for (int a = 0; a < 3; a++) base[a] = e[a] + b[3 * a] * s->d[0][ox] + b[3 * a + 1] * s->d[1][oy];
+            int64_t node = row(s, env, gx, gy, gz, ox, oy);
+            const REAL *U = gv + 3 * node;
+            REAL *D = ggv + 3 * node;
+            for (int oz = 0; oz < 3; oz++) {
+                double wz = s->w[2][oz], w = wxy * wz, value = 0;
+                for (int a = 0; a < 3; a++) {
+                    double r = base[a] + along_z[oz][a], u = U[3 * oz + a];
+                    D[3 * oz + a] += (REAL)(w * r);
+                    value += u * r;
+                    su[a] += w * u;
+                }
+                g_x[0] += sxy * wz * value;
+                g_x[1] += wsy * wz * value;
+                g_x[2] += wxy * s->slope[2][oz] * value;
+            }
+        }
+    for (int q = 0; q < 3; q++) g_x[q] -= b[q] * su[0] + b[3 + q] * su[1] + b[6 + q] * su[2];
+}
+
 void g2p_backward(const REAL *x, const REAL *gv, const REAL *dv, const REAL *dc, REAL *ggv, REAL *gx_out, int64_t n, int64_t p,
                   int64_t gx, int64_t gy, int64_t gz, double dx) {
     Stencil s;
     double k = 4.0 / (dx * dx);
-    for (int64_t i = 0; i < n * p; i++) {
-        int64_t env = i / p;
+    for (int64_t env = 0; env < n; env++)
+    for (int64_t i = env * p; i < (env + 1) * p; i++) {
         stencil(x + 3 * i, gx, gy, gz, dx, &s);
         double e[3] = {dv[3 * i], dv[3 * i + 1], dv[3 * i + 2]}, b[9], g_x[3] = {0, 0, 0};
         for (int q = 0; q < 9; q++) b[q] = k * dc[9 * i + q]; /* (4/dx²)·dL/dC */
-        FOR_STENCIL(s, env, gx, gy, gz) {
-            int64_t node = NODE(s, env, gx, gy, gz);
-            double wx = s.w[0][ox], wy = s.w[1][oy], wz = s.w[2][oz], w = wx * wy * wz;
-            double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
-            double r[3], u[3], value = 0;
-            for (int a = 0; a < 3; a++) { /* r = dL/dv + (4/dx²)·dL/dC·dpos: what the node velocity meets per unit weight */
-                r[a] = e[a] + b[3 * a] * d[0] + b[3 * a + 1] * d[1] + b[3 * a + 2] * d[2];
-                u[a] = gv[3 * node + a];
-                ggv[3 * node + a] += (REAL)(w * r[a]);
-                value += u[a] * r[a];
+        if (inside(&s)) {
+            g2p_backward_inside(&s, env, gx, gy, gz, gv, e, b, ggv, g_x);
+        } else {
+            FOR_STENCIL(s, env, gx, gy, gz) {
+                int64_t node = NODE(s, env, gx, gy, gz);
+                double wx = s.w[0][ox], wy = s.w[1][oy], wz = s.w[2][oz], w = wx * wy * wz;
+                double d[3] = {s.d[0][ox], s.d[1][oy], s.d[2][oz]};
+                double r[3], u[3], value = 0;
+                for (int a = 0; a < 3; a++) { /* r = dL/dv + (4/dx²)·dL/dC·dpos: what the node velocity meets per unit weight */
+                    r[a] = e[a] + b[3 * a] * d[0] + b[3 * a + 1] * d[1] + b[3 * a + 2] * d[2];
+                    u[a] = gv[3 * node + a];
+                    ggv[3 * node + a] += (REAL)(w * r[a]);
+                    value += u[a] * r[a];
+                }
+                double dw[3] = {s.slope[0][ox] * wy * wz, wx * s.slope[1][oy] * wz, wx * wy * s.slope[2][oz]};
+                for (int q = 0; q < 3; q++) g_x[q] += dw[q] * value - w * (b[q] * u[0] + b[3 + q] * u[1] + b[6 + q] * u[2]);
             }
-            double dw[3] = {s.slope[0][ox] * wy * wz, wx * s.slope[1][oy] * wz, wx * wy * s.slope[2][oz]};
-            for (int q = 0; q < 3; q++) g_x[q] += dw[q] * value - w * (b[q] * u[0] + b[3 + q] * u[1] + b[6 + q] * u[2]);
         }
         for (int q = 0; q < 3; q++) gx_out[3 * i + q] = (REAL)g_x[q];
     }
