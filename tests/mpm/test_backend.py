@@ -38,6 +38,7 @@ def test_backend_torch_runs_no_compiled_code(kind, monkeypatch):
     monkeypatch.setattr(c_kernels, "_library", refuse)  # the loader: every C kernel goes through it
     monkeypatch.setattr(grid_kernels, "_library", refuse)  # and the grid update's (cpu/grid.c)
     monkeypatch.setattr(grid_kernels, "grid_velocity_c", refuse)
+    monkeypatch.setattr(grid_kernels, "grid_forward", refuse)
     monkeypatch.setattr(c_kernels, "call", refuse)
     for name in ("p2g_cpu", "g2p_cpu", "svd3_cpu", "matmul3", "available"):
         monkeypatch.setattr(c_kernels, name, refuse)

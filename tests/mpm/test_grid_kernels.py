@@ -197,8 +197,8 @@ def test_the_rule(monkeypatch):
     model, shapes, mass, momentum, origin, poses = scene(1, ("sphere", "box"), sticky=False, wall_friction=0.0)
     colliders = (shapes, *poses)
     calls = []
-    original = grid_kernels.grid_velocity_c
-    monkeypatch.setattr(grid_kernels, "grid_velocity_c", lambda *a: calls.append(1) or original(*a))
+    original = grid_kernels.grid_forward
+    monkeypatch.setattr(grid_kernels, "grid_forward", lambda *a: calls.append(1) or original(*a))
 
     def runs_c(backend="auto", model=model, mass=mass, momentum=momentum, colliders=colliders):
         calls.clear()
@@ -246,8 +246,8 @@ def test_where_no_shape_acts_the_poses_stay_out_of_the_graph(monkeypatch):
     model, shapes, mass, momentum, origin, poses = scene(4, ("box", "sphere"), sticky=True, wall_friction=0.3)
     band = math.log(1 / shapes.cutoff) / shapes.softness
     calls, adjoints = [], []
-    adjoint = grid_kernels.grid_velocity_backward_c
-    monkeypatch.setattr(grid_kernels, "grid_velocity_backward_c", lambda *a: adjoints.append(1) or adjoint(*a))
+    adjoint = grid_kernels.grid_backward
+    monkeypatch.setattr(grid_kernels, "grid_backward", lambda *a: adjoints.append(1) or adjoint(*a))
 
     class Spy(torch.autograd.Function):
         @staticmethod

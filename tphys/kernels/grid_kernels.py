@@ -16,10 +16,12 @@ here.
 
 Where no shape acts on any node (a hand above the material), the twin's velocities have no graph to the poses, so
 backward skips whatever computed them (the hand's kinematics: in a hand_flip fwd+bwd window, N = 16, 4 s of 13 s
-when the graph is kept with zero gradients). The C path keeps that: where a pose needs a gradient,
-``grid_velocity_cpu`` runs the op without autograd and puts one node (``_Link``, one adjoint call) on mass, momentum
-and, only when the forward says a shape acted, the poses. The op alone (``grid_velocity_c``) is differentiable in mass,
-momentum and the poses, always.
+when the graph is kept with zero gradients). The C path keeps that: ``grid_velocity_cpu`` runs the kernel without
+autograd (``grid_forward``) and, where a gradient may be wanted, puts one node (``_Link``, one adjoint call,
+``grid_backward``) on mass, momentum and, only when the forward says a shape acted, the poses. It calls the C functions
+directly: the custom ops ``grid_velocity_c`` / ``grid_velocity_backward_c`` (differentiable in mass, momentum and the
+poses, always; traceable by torch.compile) wrap the same functions, but their dispatch cost more Python time per
+substep than the kernel's run at N = 1.
 """
 
 from __future__ import annotations
@@ -100,6 +102,36 @@ def _run(name: str, dtype: torch.dtype, *args) -> int:
     return status
 
 
+def grid_forward(mass: Tensor, momentum: Tensor, origin: Tensor, gravity: Tensor, kinds: Tensor, sizes: Tensor, position: Tensor,
+                 rotation: Tensor, position_next: Tensor, rotation_next: Tensor, dt: float, dx: float, grid: int, bound: int,
+                 wall_friction: float, sticky: bool, friction: float, softness: float, band: float) -> tuple[Tensor, int]:
+    """(node velocities [N, WX, WY, WZ, 3], how many times a shape acted on a node) by ``cpu/grid.c``, no autograd and
+    no dispatcher (``grid_velocity_cpu`` calls it once per substep; the op ``grid_velocity_c`` wraps it): inputs as
+    ``grid_velocity_c`` takes them."""
+    mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next = (
+        t.contiguous() for t in (mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next))
+    velocity = torch.empty_like(momentum)
+    acted = _run("grid_forward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(velocity),
+                 *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
+                          wall_friction, sticky, friction, softness, band))
+    return velocity, acted
+
+
+def grid_backward(grad: Tensor, mass: Tensor, momentum: Tensor, origin: Tensor, gravity: Tensor, kinds: Tensor, sizes: Tensor,
+                  position: Tensor, rotation: Tensor, position_next: Tensor, rotation_next: Tensor, dt: float, dx: float, grid: int,
+                  bound: int, wall_friction: float, sticky: bool, friction: float, softness: float,
+                  band: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dL/d mass, dL/d momentum, dL/d position, rotation, position_next, rotation_next) from dL/d velocity ``grad`` by
+    ``cpu/grid.c``'s adjoint, no dispatcher (``_Link`` calls it; the op ``grid_velocity_backward_c`` wraps it)."""
+    grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next = (
+        t.contiguous() for t in (grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next))
+    out = [torch.empty_like(t) for t in (mass, momentum, position, rotation, position_next, rotation_next)]
+    _run("grid_backward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(grad), *(_pointer(t) for t in out),
+         *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
+                  wall_friction, sticky, friction, softness, band))
+    return tuple(out)
+
+
 @torch.library.custom_op("tphys::grid_velocity", mutates_args=())
 def grid_velocity_c(mass: Tensor, momentum: Tensor, origin: Tensor, gravity: Tensor, kinds: Tensor, sizes: Tensor, position: Tensor,
                     rotation: Tensor, position_next: Tensor, rotation_next: Tensor, dt: float, dx: float, grid: int, bound: int,
@@ -107,12 +139,8 @@ def grid_velocity_c(mass: Tensor, momentum: Tensor, origin: Tensor, gravity: Ten
     """(node velocities [N, WX, WY, WZ, 3], how many times a shape acted on a node [] int64) by ``cpu/grid.c``
     (contiguous CPU tensors of one float type; origin and kinds int64; poses [N, S, 3] / [N, S, 3, 3]; ``band``: the
     colliders' influence band in m, inf for every node)."""
-    mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next = (
-        t.contiguous() for t in (mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next))
-    velocity = torch.empty_like(momentum)
-    acted = _run("grid_forward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(velocity),
-                 *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
-                          wall_friction, sticky, friction, softness, band))
+    velocity, acted = grid_forward(mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt,
+                                   dx, grid, bound, wall_friction, sticky, friction, softness, band)
     return velocity, torch.tensor(acted, dtype=torch.int64)
 
 
@@ -127,13 +155,8 @@ def grid_velocity_backward_c(grad: Tensor, mass: Tensor, momentum: Tensor, origi
                              grid: int, bound: int, wall_friction: float, sticky: bool, friction: float, softness: float,
                              band: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dL/d mass, dL/d momentum, dL/d position, rotation, position_next, rotation_next) from dL/d velocity ``grad``."""
-    grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next = (
-        t.contiguous() for t in (grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next))
-    out = [torch.empty_like(t) for t in (mass, momentum, position, rotation, position_next, rotation_next)]
-    _run("grid_backward", mass.dtype, _pointer(mass), _pointer(momentum), _pointer(grad), *(_pointer(t) for t in out),
-         *_params(mass, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx, grid, bound,
-                  wall_friction, sticky, friction, softness, band))
-    return tuple(out)
+    return grid_backward(grad, mass, momentum, origin, gravity, kinds, sizes, position, rotation, position_next, rotation_next, dt, dx,
+                         grid, bound, wall_friction, sticky, friction, softness, band)
 
 
 @grid_velocity_backward_c.register_fake
@@ -155,9 +178,9 @@ def _backward(ctx, grad: Tensor, _):
 grid_velocity_c.register_autograd(_backward, setup_context=_setup_context)
 
 class _Link(torch.autograd.Function):
-    """velocity (from the C op, run without autograd) -> velocity (a copy) with the gradient of mass, momentum and the
-    poses from one ``grid_velocity_backward_c`` call: ``grid_velocity_cpu``'s node when the poses may need a gradient
-    (it passes them detached where the forward saw no shape act). Everything backward reads goes through
+    """velocity (from ``grid_forward``, run without autograd) -> velocity (a copy) with the gradient of mass, momentum and
+    the poses from one ``grid_backward`` call: ``grid_velocity_cpu``'s node whenever a gradient may be wanted (it passes
+    the poses detached where the forward saw no shape act). Everything backward reads goes through
     save_for_backward, so a checkpoint's saved-tensor hooks drop and recompute it (a ctx attribute would stay alive
     for every substep of a checkpointed frame: +170 MB peak in a fluid_move fwd+bwd window, N = 16)."""
 
@@ -170,7 +193,7 @@ class _Link(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        grads = grid_velocity_backward_c(grad, *ctx.saved_tensors, *ctx.scalars)
+        grads = grid_backward(grad, *ctx.saved_tensors, *ctx.scalars)
         need = ctx.needs_input_grad
         return (None, None, grads[0] if need[2] else None, grads[1] if need[3] else None, None, None, None, None,
                 *(g if n else None for g, n in zip(grads[2:], need[8:])))
@@ -197,8 +220,7 @@ def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | 
     scalars = (float(model.dt), float(model.dx), int(model.grid_size), int(model.bound), float(model.wall_friction),
                bool(model.sticky_floor), friction, softness, band)
     detached = [p.detach() for p in poses]
-    if not (torch.is_grad_enabled() and any(p.requires_grad for p in poses)):
-        return grid_velocity_c(mass, momentum, origin, gravity, kinds, sizes, *detached, *scalars)[0]  # its own autograd
-    with torch.no_grad():
-        velocity, acted = grid_velocity_c(mass, momentum, origin, gravity, kinds, sizes, *detached, *scalars)
+    velocity, acted = grid_forward(mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, *detached, *scalars)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (mass, momentum, *poses))):
+        return velocity
     return _Link.apply(velocity, scalars, mass, momentum, origin, gravity, kinds, sizes, *(poses if acted else detached))
