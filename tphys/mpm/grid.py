@@ -12,6 +12,8 @@ frame (39 % hand_flip, 41 % rolling_flat) and the C call takes 7-10 %.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -30,12 +32,15 @@ def window(model: MPMModel, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     if not model.window:
         return torch.zeros(n, 3, dtype=torch.int64, device=x.device), (g, g, g)
     with torch.no_grad():
-        low = torch.floor(x.amin(1) / model.dx - 0.5).long()
-        high = torch.floor(x.amax(1) / model.dx - 0.5).long() + 2
-        extent = ((high - low).amax(0) + 1 + _ROUND - 1) // _ROUND * _ROUND
-        extent = extent.clamp_max(g)
-        origin = torch.minimum(low.clamp_min(0), g - extent)
-    return origin, tuple(int(e) for e in extent.tolist())
+        lowest, highest = torch.aminmax(x, dim=1)
+        bounds = torch.floor(torch.stack([lowest, highest]) / model.dx - 0.5).tolist()  # [2][N][3]: the extreme stencils' bases
+    if not all(math.isfinite(b) for side in bounds for env in side for b in env):  # NaN particles: the whole domain, as without windows
+        return torch.zeros(n, 3, dtype=torch.int64, device=x.device), (g, g, g)
+    low = [[int(b) for b in env] for env in bounds[0]]
+    high = [[int(b) + 2 for b in env] for env in bounds[1]]
+    extent = [min((max(h[k] - lo[k] for lo, h in zip(low, high)) + _ROUND) // _ROUND * _ROUND, g) for k in range(3)]
+    origin = [[min(max(lo[k], 0), g - extent[k]) for k in range(3)] for lo in low]
+    return torch.tensor(origin, dtype=torch.int64, device=x.device), tuple(extent)
 
 
 def grid_velocity(model: MPMModel, grid_mass: Tensor, grid_momentum: Tensor, colliders: tuple | None = None,
