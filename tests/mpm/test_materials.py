@@ -107,6 +107,34 @@ def test_fused_plasticine_stress_equals_its_torch_twin_in_value_and_gradient():
     assert (results[0][0] - f).abs().amax((-2, -1))[25:45].max() > 1e-2, "no sample yielded"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_water_stress_equals_its_torch_twin_in_value_and_gradient(dtype, monkeypatch):
+    """Water's C loops (``cpu/stress.c``, the default on CPU) against its torch ops (fused=False): at rest, compressed,
+    stretched and inverted F_trial; each gradient alone and both (float64 to 1e-12; float32 to 1e-4: the twin rounds J - 1 in float)."""
+    from tphys.mpm import elastic_stress, materials
+
+    calls = []
+    fused = materials._WaterStress.apply
+    monkeypatch.setattr(materials._WaterStress, "apply", lambda *a: calls.append(1) or fused(*a))
+    material = Material("water", 0.0, Material.from_young("water", 1e5, 0.3).lam)
+    gen = torch.Generator().manual_seed(5)
+    eye = torch.eye(3, dtype=torch.float64)
+    f = torch.cat([eye.expand(3, 3, 3), eye + 0.1 * torch.randn(20, 3, 3, generator=gen, dtype=torch.float64),
+                   torch.diag(torch.tensor([1.0, 1.0, -0.9], dtype=torch.float64)).expand(2, 3, 3)]).to(dtype)
+    weights = [torch.randn(f.shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2)]
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)  # the C loops work in double
+    for scale in ((1.0, 0.0), (0.0, 1e-5), (1.0, 1e-5)):
+        results = []
+        for use_c in (None, False):
+            leaf = f.clone().requires_grad_()
+            elastic, tau = elastic_stress(material, leaf, fused=use_c)
+            loss = sum(k * (out * w).sum() for k, out, w in zip(scale, (elastic, tau), weights) if k)
+            results.append((elastic, tau, *torch.autograd.grad(loss, leaf)))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, **tol)
+    assert len(calls) == 3, "the C loops did not run"
+
+
 @pytest.mark.parametrize("kind", ["plasticine", "sand", "water"])
 def test_one_svd_elastic_stress_equals_project_then_stress_and_passes_gradcheck(kind):
     """``elastic_stress`` reuses the trial F's decomposition (water: its determinant) for the stress: the same as

@@ -146,7 +146,8 @@ def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = Non
 
     ``fused`` (default: where ``backend`` runs the C kernels, ``tphys.kernels.runs_c_kernels``): plasticine's
     forward as one C loop (``c_kernels``' ``plasticine_stress``) with a hand-written backward; False: the same
-    maps in SVD, spectral and 3x3-product kernels (C or torch by ``backend``). ``fused=True`` with
+    maps in SVD, spectral and 3x3-product kernels (C or torch by ``backend``). Water, fused: one C loop each way
+    (``_WaterStress``, where ``cpu/stress.c`` builds); else its torch ops (``_water_stress``). ``fused=True`` with
     ``backend="torch"`` is an error.
     """
     if fused is None:
@@ -156,7 +157,7 @@ def elastic_stress(material: Material, f_trial: Tensor, fused: bool | None = Non
     if material.kind == "plasticine" and fused:
         return _PlasticineStress.apply(f_trial, material, backend)
     if material.kind == "water":
-        return _water_stress(material, f_trial)
+        return _WaterStress.apply(f_trial, material) if fused and stress_c_available(f_trial.dtype) else _water_stress(material, f_trial)
     if material.kind not in ("plasticine", "sand"):
         f = project(material, f_trial, backend)
         return f, kirchhoff_stress(material, f, backend=backend)
@@ -176,6 +177,34 @@ def _water_stress(material: Material, f_trial: Tensor) -> tuple[Tensor, Tensor]:
     volume = c * (c * c)
     eye = _eye(f_trial)
     return c[..., None, None] * eye, ((material.lam + 2 * material.mu / 3) * (volume - 1) * volume)[..., None, None] * eye
+
+
+class _WaterStress(torch.autograd.Function):
+    """``_water_stress`` as one C loop each way (``cpu/stress.c``: ``water_stress``, ``water_stress_backward``), in place of
+    its dozen small tensor ops per substep and their backward nodes; c = cbrt(det F_trial) in double."""
+
+    @staticmethod
+    def forward(ctx, f_trial: Tensor, material: Material):
+        f_trial = f_trial.detach().contiguous()
+        f, tau = torch.empty_like(f_trial), torch.empty_like(f_trial)
+        library = _stress_library(c_kernels.REALS[f_trial.dtype])
+        library.water_stress(*(ctypes.c_void_p(t.data_ptr()) for t in (f_trial, f, tau)), ctypes.c_int64(f_trial.numel() // 9),
+                             ctypes.c_double(material.lam + 2 * material.mu / 3))
+        ctx.save_for_backward(f_trial)
+        ctx.bulk = material.lam + 2 * material.mu / 3
+        return f, tau
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_f, grad_tau):
+        (f_trial,) = ctx.saved_tensors
+        out, zero = torch.empty_like(f_trial), f_trial.new_zeros(1)  # zero: an absent gradient (never read)
+        grads = [zero if g is None else g.contiguous() for g in (grad_f, grad_tau)]
+        library = _stress_library(c_kernels.REALS[f_trial.dtype])
+        pointers = [ctypes.c_void_p(t.data_ptr()) for t in (f_trial, *grads, out)]
+        library.water_stress_backward(*pointers, ctypes.c_int64(f_trial.numel() // 9), ctypes.c_double(ctx.bulk),
+                                      ctypes.c_int64(grad_f is not None), ctypes.c_int64(grad_tau is not None))
+        return out, None
 
 
 def _cofactor(f: Tensor) -> Tensor:
@@ -219,7 +248,8 @@ def _stress_library(real: str):
 
 
 def stress_c_available(dtype: torch.dtype) -> bool:
-    """Whether ``cpu/stress.c`` (the fused plasticine stress's backward) runs for ``dtype`` here; where it does not,
+    """Whether ``cpu/stress.c`` (the fused plasticine stress's backward, water's stress) runs for ``dtype`` here (water takes
+    its torch ops where it does not); where it does not,
     ``_PlasticineStress`` differentiates with ``plasticine_stress_vjp_torch`` (the forward ran C already)."""
     return c_kernels.builds(_stress_library, dtype)
 

@@ -1,4 +1,5 @@
-/* The backward of plasticine's fused stress (tphys.mpm.materials._PlasticineStress) for CPU: one loop over particles.
+/* The backward of plasticine's fused stress (tphys.mpm.materials._PlasticineStress) for CPU: one loop over particles;
+ * and water's stress both ways (_WaterStress, at the end of the file).
  *
  * The C twin of _PlasticineStress's torch backward (materials.plasticine_stress_vjp_torch): from the forward's saved
  * F = U·diag(g)·Vᵀ, the signed SVD (U, s, V) of F_trial, the stretches g = flow(s) and their Jacobian jac [k, i] =
@@ -91,5 +92,49 @@ void plasticine_stress_backward(const REAL *f, const REAL *u, const REAL *s, con
         mul(T, V, W, 0, 1);
         for (int i = 0; i < 3; i++)
             for (int j = 0; j < 3; j++) out[9 * p + 3 * i + j] = (REAL)W[i][j];
+    }
+}
+
+/* ---------------------------------------------------------------- water: volume-only stress, forward and backward */
+
+static double det(const double F[3][3]) {
+    return F[0][0] * (F[1][1] * F[2][2] - F[1][2] * F[2][1]) - F[0][1] * (F[1][0] * F[2][2] - F[1][2] * F[2][0])
+           + F[0][2] * (F[1][0] * F[2][1] - F[1][1] * F[2][0]);
+}
+
+/* Water (tphys.mpm.materials._water_stress): from j = det F_trial, F = c·I with c = cbrt(j) and τ = K (J - 1) J·I with
+ * J = c·(c·c) (the determinant of F), K = bulk. */
+void water_stress(const REAL *f_trial, REAL *f_out, REAL *tau_out, int64_t count, double bulk) {
+    for (int64_t p = 0; p < count; p++) {
+        double F[3][3];
+        load(f_trial + 9 * p, F);
+        double c = cbrt(det(F)), J = c * (c * c), pressure = bulk * (J - 1.0) * J;
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) {
+                f_out[9 * p + 3 * i + j] = (REAL)(i == j ? c : 0.0);
+                tau_out[9 * p + 3 * i + j] = (REAL)(i == j ? pressure : 0.0);
+            }
+    }
+}
+
+/* dL/dF_trial of water_stress from dL/dF, dL/dτ (either may be absent): dL/dc = tr(dL/dF) + K (2J - 1) tr(dL/dτ)·3c²,
+ * dc/dj = 1/(3c²), dj/dF_trial = cof(F_trial). */
+void water_stress_backward(const REAL *f_trial, const REAL *grad_f, const REAL *grad_tau, REAL *out, int64_t count, double bulk,
+                           int64_t has_f, int64_t has_tau) {
+    for (int64_t p = 0; p < count; p++) {
+        double F[3][3];
+        load(f_trial + 9 * p, F);
+        double c = cbrt(det(F)), c2 = c * c, J = c * c2, grad_c = 0;
+        if (has_f) grad_c += (double)grad_f[9 * p] + (double)grad_f[9 * p + 4] + (double)grad_f[9 * p + 8];
+        if (has_tau)
+            grad_c += bulk * (2.0 * J - 1.0) * ((double)grad_tau[9 * p] + (double)grad_tau[9 * p + 4] + (double)grad_tau[9 * p + 8]) * 3.0 * c2;
+        double scale = grad_c / (3.0 * c2);
+        for (int r = 0; r < 3; r++) {
+            int r1 = (r + 1) % 3, r2 = (r + 2) % 3;
+            for (int col = 0; col < 3; col++) {
+                int a = (col + 1) % 3, b = (col + 2) % 3;
+                out[9 * p + 3 * r + col] = (REAL)(scale * (F[r1][a] * F[r2][b] - F[r2][a] * F[r1][b]));
+            }
+        }
     }
 }
