@@ -135,10 +135,11 @@ def fem_run(kernel, substeps, inputs, grads):
     return (x1, v1, trajectory, *kept, *rerun, *(t.grad for t in leaves), *out)
 
 
-@pytest.mark.parametrize("n,dtype", [(37, torch.float32), (64, torch.float32), (19, torch.float64), (1, torch.float32)])
+@pytest.mark.parametrize("n,dtype", [(37, torch.float32), (64, torch.float32), (19, torch.float64), (12, torch.float32),
+                                     (1, torch.float32)])
 def test_fem_frame_is_bitwise_the_same_on_two_threads(n, dtype, threads, spans_seen):
     """soft_jumper's model; float32 blocks of 16 (37 envs: blocks of 16, 16, 5 split 2 + 1), float64 blocks of 8 (19: 8, 8,
-    3), 64 float32 envs (2 + 2 blocks), one env (one block: one thread)."""
+    3), 64 float32 envs (2 + 2 blocks), 12 and one env (one block: one thread)."""
     kernel, inputs, grads = fem_case(n, dtype)
     substeps = 6
     one = threads(1, lambda: fem_run(kernel, substeps, inputs, grads))
