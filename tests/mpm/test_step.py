@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tphys.kernels import p2g
 from tphys.math import axis_angle_to_matrix
 from tphys.mpm import KINDS, Material, MPMControl, MPMModel, MPMState, step, substep
+from tphys.mpm.grid import window as grid_window
 
 
 def cube(grid_size=16, lower=(0.3, 0.5, 0.3), size=0.2, per_cell=2, kind="corotated", young=1e4, friction=0.0):
@@ -153,3 +154,22 @@ def test_step_recompute_runs_two_forwards_and_gives_plain_autograds_result_and_g
     assert all(g.abs().sum() > 0 for g in plain[4:])
     for a, b in zip(recomputed, plain):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_window_holds_every_stencil_tightly_and_takes_the_whole_domain_for_non_finite_particles():
+    """``window``: per env the origin is the lowest stencil node clamped into the domain, the shape the widest span
+    (+ 1, rounded up to 4, at most G) over envs; NaN particles get the whole domain (origin 0, G³)."""
+    model, _ = cube(grid_size=16)
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(20):
+        x = 0.2 + 0.6 * torch.rand(3, 50, 3, generator=gen, dtype=torch.float64) * torch.rand(3, 1, 3, generator=gen, dtype=torch.float64)
+        origin, shape = grid_window(model, x)
+        low = torch.floor(x.amin(1) / model.dx - 0.5).long()
+        high = torch.floor(x.amax(1) / model.dx - 0.5).long() + 2
+        extent = (((high - low).amax(0) + 4) // 4 * 4).clamp_max(16)
+        assert shape == tuple(extent.tolist())
+        assert torch.equal(origin, torch.minimum(low.clamp_min(0), 16 - extent))
+        assert (origin <= low).all() and (origin + extent > high).all()  # every stencil node inside
+    x[1, 3, 0] = float("nan")
+    origin, shape = grid_window(model, x)
+    assert shape == (16, 16, 16) and not origin.any()
