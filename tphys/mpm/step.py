@@ -52,12 +52,14 @@ def substep(model: MPMModel, state: MPMState, backend: str = "auto", colliders: 
     n = x.shape[0]
     mass = model.particle_mass.expand(n, -1)
     f, stress = elastic_stress(model.material, f_trial, backend=backend)
-    affine = (-model.dt * 4 / model.dx**2) * model.particle_volume[:, None, None] * stress + mass[..., None, None] * c
+    scale = (-model.dt * 4 / model.dx**2) * model.particle_volume  # [P]
+    affine = torch.addcmul(mass[..., None, None] * c, scale[:, None, None], stress)  # -dt·V·(4/dx²)·τ + m·C, one pass
     origin, shape = window(model, x)
     local = x - (origin.to(x.dtype) * model.dx).unsqueeze(1)  # positions in the window's frame
     grid_mass, grid_momentum = p2g(local, mass, mass.unsqueeze(-1) * v, affine, shape, model.dx, backend=backend)
     v, c = g2p(local, grid_velocity(model, grid_mass, grid_momentum, colliders, origin, backend), model.dx, backend=backend)
-    return MPMState(x + model.dt * v, v, c, matmul3(torch.eye(3, dtype=x.dtype, device=x.device) + model.dt * c, f, backend))
+    eye = torch.eye(3, dtype=x.dtype, device=x.device)
+    return MPMState(torch.add(x, v, alpha=model.dt), v, c, matmul3(torch.add(eye, c, alpha=model.dt), f, backend))
 
 
 def fractions(substeps: int) -> list[float]:
