@@ -173,3 +173,28 @@ def test_window_holds_every_stencil_tightly_and_takes_the_whole_domain_for_non_f
     x[1, 3, 0] = float("nan")
     origin, shape = grid_window(model, x)
     assert shape == (16, 16, 16) and not origin.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_water_advects_its_isotropic_f_by_a_scaling_equal_to_the_product(dtype):
+    """``advect`` for water (F = c·I): update·c, the 3x3 product's values to the bit (C loops and torch), and the same
+    gradient of the trial F through water's stress (float64 to 1e-12)."""
+    from tphys.mpm.materials import elastic_stress
+    from tphys.mpm.step import advect
+
+    water = Material.from_young("water", 1e5, 0.3)
+    gen = torch.Generator().manual_seed(9)
+    f_trial = (torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(30, 3, 3, generator=gen, dtype=torch.float64)).to(dtype)
+    update = (torch.eye(3, dtype=torch.float64) + 0.05 * torch.randn(30, 3, 3, generator=gen, dtype=torch.float64)).to(dtype)
+    weights = torch.randn(30, 3, 3, generator=gen, dtype=torch.float64).to(dtype)
+    results = []
+    for product in (lambda u, f: advect(water, u, f), lambda u, f: advect(water._replace(kind="corotated"), u, f),
+                    lambda u, f: u @ f):
+        leaves = [f_trial.clone().requires_grad_(), update.clone().requires_grad_()]
+        out = product(leaves[1], elastic_stress(water, leaves[0])[0])
+        results.append([out.detach(), *torch.autograd.grad((out * weights).sum(), leaves)])
+    for other in results[1:]:
+        assert torch.equal(results[0][0], other[0])
+        if dtype == torch.float64:
+            for a, b in zip(results[0][1:], other[1:]):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
