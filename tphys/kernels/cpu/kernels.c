@@ -181,28 +181,32 @@ void p2g_backward(const REAL *x, const REAL *m, const REAL *mom, const REAL *a, 
     }
 }
 
-/* G2P of one particle with an inside stencil: per (x, y) row the z-weighted sums s0 = Σ w_z·v and s1 = Σ w_z·d_z·v,
- * then v += w_xy·s0 and the affine sums from them. */
+/* G2P of one particle with an inside stencil, as 9-wide sums over the (x, y) rows of 3 nodes x 3 components (j = 3·oz + r):
+ * V = Σ w_x·w_y·row, X = Σ w_x·d_x·w_y·row, Y = Σ w_x·w_y·d_y·row; then v_r = Σ_oz w_z·V, and the affine columns
+ * Σ_oz w_z·X, Σ_oz w_z·Y, Σ_oz w_z·d_z·V. */
 static void g2p_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, const REAL *gv, double vel[3], double aff[9]) {
+    double V[9] = {0}, X[9] = {0}, Y[9] = {0};
     for (int ox = 0; ox < 3; ox++)
         for (int oy = 0; oy < 3; oy++) {
-            double wxy = s->w[0][ox] * s->w[1][oy], s0[3] = {0, 0, 0}, s1[3] = {0, 0, 0};
+            double wxy = s->w[0][ox] * s->w[1][oy], wx_dx = wxy * s->d[0][ox], wy_dy = wxy * s->d[1][oy];
             const REAL *G = gv + 3 * row(s, env, gx, gy, gz, ox, oy);
-            for (int oz = 0; oz < 3; oz++) {
-                double wz = s->w[2][oz], wd = wz * s->d[2][oz];
-                for (int r = 0; r < 3; r++) {
-                    s0[r] += wz * G[3 * oz + r];
-                    s1[r] += wd * G[3 * oz + r];
-                }
-            }
-            for (int r = 0; r < 3; r++) {
-                double u = wxy * s0[r];
-                vel[r] += u;
-                aff[3 * r] += u * s->d[0][ox];
-                aff[3 * r + 1] += u * s->d[1][oy];
-                aff[3 * r + 2] += wxy * s1[r];
+            for (int j = 0; j < 9; j++) {
+                double g = G[j];
+                V[j] += wxy * g;
+                X[j] += wx_dx * g;
+                Y[j] += wy_dy * g;
             }
         }
+    for (int oz = 0; oz < 3; oz++) {
+        double wz = s->w[2][oz], wd = wz * s->d[2][oz];
+        for (int r = 0; r < 3; r++) {
+            int j = 3 * oz + r;
+            vel[r] += wz * V[j];
+            aff[3 * r] += wz * X[j];
+            aff[3 * r + 1] += wz * Y[j];
+            aff[3 * r + 2] += wd * V[j];
+        }
+    }
 }
 
 void g2p_forward(const REAL *x, const REAL *gv, REAL *v, REAL *c, int64_t n, int64_t p, int64_t gx, int64_t gy, int64_t gz, double dx) {
