@@ -198,3 +198,41 @@ def test_water_advects_its_isotropic_f_by_a_scaling_equal_to_the_product(dtype):
         if dtype == torch.float64:
             for a, b in zip(results[0][1:], other[1:]):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_step_recompute_backward_is_free_where_no_shape_acts(monkeypatch):
+    """A sphere far from the block (beyond the influence band of every node with mass) and a state that needs no gradient:
+    recompute="step" gives plain autograd's values, a result that still has a graph (a loss of it can call backward),
+    a zero gradient (None) for the sphere's pose, as plain autograd (whose result has no graph then), and its backward
+    reruns no substep; a sphere that touches (C grid update or its torch twin, which reports no contacts), or a state
+    that needs a gradient, reruns every substep once."""
+    module = importlib.import_module("tphys.mpm.step")
+    calls = []
+    plain_substep = module.substep
+    monkeypatch.setattr(module, "substep", lambda *args: calls.append(1) or plain_substep(*args))
+    model, x, shapes, eye = pressed_block("plasticine")  # cutoff 0.1: a band of 3.5 mm
+    f64 = dict(dtype=torch.float64)
+
+    def frame(recompute, centre, v=None, backend="auto"):
+        calls.clear()
+        start = torch.tensor([[centre]], **f64).requires_grad_()
+        state = step(model, MPMState.at_rest(x, v), MPMControl(shapes, lambda t, p: (p, eye), (start,)), 3 * model.dt, recompute=recompute,
+                     backend=backend)
+        if not state.x.requires_grad:
+            return state, None, len(calls)
+        weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(10), **f64)
+        (grad,) = torch.autograd.grad((state.x * weights).sum() + state.v.square().sum(), start, allow_unused=True)
+        return state, grad, len(calls)
+
+    far, near = [0.9, 0.9, 0.9], [0.45, 0.62, 0.45]
+    plain, plain_grad, _ = frame("none", far)
+    state, grad, count = frame("step", far)
+    assert plain_grad is None and not plain.x.requires_grad and grad is None and count == 3
+    for a, b in zip(state, plain):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+    _, grad, count = frame("step", near)
+    assert grad.abs().sum() > 0 and count == 6
+    _, grad, count = frame("step", near, backend="torch")  # the twin reports no contacts: the node must not assume none
+    assert grad.abs().sum() > 0 and count == 6
+    _, _, count = frame("step", far, torch.zeros_like(x).requires_grad_())
+    assert count == 6

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -199,6 +202,21 @@ class _Link(torch.autograd.Function):
                 *(g if n else None for g, n in zip(grads[2:], need[8:])))
 
 
+_CONTACTS: ContextVar[list | None] = ContextVar("tphys_grid_contacts", default=None)
+
+
+@contextmanager
+def contacts() -> Iterator[list[int]]:
+    """Inside, every ``grid_velocity_cpu`` call appends to the yielded list how many times a shape acted on a node (0: its
+    velocities do not depend on the poses). Calls served by the torch twin append nothing."""
+    log: list[int] = []
+    token = _CONTACTS.set(log)
+    try:
+        yield log
+    finally:
+        _CONTACTS.reset(token)
+
+
 def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | None, origin: Tensor) -> Tensor:
     """``tphys.mpm.grid.grid_velocity`` by ``cpu/grid.c`` (inputs as there; ``serves`` decides when)."""
     n = mass.shape[0]
@@ -221,6 +239,9 @@ def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | 
                bool(model.sticky_floor), friction, softness, band)
     detached = [p.detach() for p in poses]
     velocity, acted = grid_forward(mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, *detached, *scalars)
+    log = _CONTACTS.get()
+    if log is not None:
+        log.append(acted)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (mass, momentum, *poses))):
         return velocity
     return _Link.apply(velocity, scalars, mass, momentum, origin, gravity, kinds, sizes, *(poses if acted else detached))

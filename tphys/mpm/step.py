@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from tphys.autodiff import check_recompute, run_substeps
-from tphys.kernels import g2p, matmul3, p2g
+from tphys.kernels import g2p, grid_kernels, matmul3, p2g
 from tphys.mpm.colliders import Shapes
 from tphys.mpm.grid import grid_velocity, window
 from tphys.mpm.materials import elastic_stress
@@ -143,26 +143,29 @@ class _Recompute(torch.autograd.Function):
     inside it runs three forwards per substep (the forward, the rerun with checkpoints, each checkpoint's recompute),
     as this node did before it kept its segments' starts.
     Memory per call: the inputs and one state per segment of ``SEGMENT`` substeps (4 for the 40 substeps of the
-    MPM tasks); in backward, one segment's intermediates at a time."""
+    MPM tasks); in backward, one segment's intermediates at a time. A frame whose result depends on nothing that needs
+    a gradient (``independent``: no shape touched the material) keeps nothing and its backward is free."""
 
     @staticmethod
     def forward(ctx, frame: Frame, *tensors):
         count = len(MPMState._fields)
         state, inputs = tensors[:count], tensors[count:]
         starts = []
-        with torch.no_grad():
+        with torch.no_grad(), grid_kernels.contacts() as acted:
             table = frame.table(inputs)
             for first, last in frame.bounds():
                 starts.extend(state)
                 state = tuple(frame.run(state, table, first, last))
-        ctx.frame = frame
-        ctx.save_for_backward(*inputs, *starts)
+        ctx.frame, ctx.independent = frame, independent(ctx.needs_input_grad[1:1 + count], acted, frame.substeps)
+        ctx.save_for_backward(*(() if ctx.independent else (*inputs, *starts)))
         return state
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
         frame, count = ctx.frame, len(MPMState._fields)
+        if ctx.independent:  # the gradient is zero: no rerun (plain autograd would have had no graph at all)
+            return (None,) * len(ctx.needs_input_grad)
         need_state, need_inputs = ctx.needs_input_grad[1:1 + count], ctx.needs_input_grad[1 + count:]
         saved = ctx.saved_tensors
         inputs = [t.detach().requires_grad_(need) for t, need in zip(saved[:len(need_inputs)], need_inputs)]
@@ -181,6 +184,15 @@ class _Recompute(torch.autograd.Function):
             carry_grads = found[:count]
             table_grads = [_add(a, b) for a, b in zip(table_grads, found[count:])]
         return (None, *carry_grads, *_grad(table, table_grads, inputs))
+
+
+def independent(need_state, acted: list[int], substeps: int) -> bool:
+    """Whether a frame's result depends on nothing that needs a gradient: no state tensor needs one (``need_state``) and
+    the C grid update reported, for every one of the ``substeps``, that no shape acted on any node (``acted``, from
+    ``grid_kernels.contacts``), so the poses, hence the inputs, never reached the velocities (a roller above the dough).
+    Plain autograd's result has no graph then; ``_Recompute`` keeps its node (so that a loss of it still has a graph, as
+    before) but saves nothing and returns no gradient without rerunning the frame."""
+    return not any(need_state) and len(acted) == substeps and not any(acted)
 
 
 def _grad(outputs, grads, wanted) -> list[Tensor | None]:
