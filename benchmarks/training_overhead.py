@@ -58,9 +58,10 @@ def build(recipe: str, env: str, overrides: list[str]):
     return cfg, trainer
 
 
-def timed(fn, seconds: float, warmup: bool = True) -> tuple[float | None, int, float]:
-    """(warm-up wall seconds or None, repetitions, CPU seconds per repetition): ``fn`` once to warm up (unless not
-    ``warmup``), then repeated until >= ``seconds`` of CPU time.
+def timed(fn, seconds: float, warmup: bool = True, clock=time.thread_time) -> tuple[float | None, int, float]:
+    """(warm-up wall seconds or None, repetitions, seconds per repetition on ``clock``): ``fn`` once to warm up (unless
+    not ``warmup``), then repeated until >= ``seconds`` on ``clock`` (default: this thread's CPU time; a trainer that
+    runs its critic on a second thread is timed on the wall clock, ``time.perf_counter``).
 
     The clock is this thread's CPU time (``time.thread_time``): with one torch thread every op, forward and backward,
     runs on the calling thread, so time the thread waits for the CPU is not counted. Other processes still slow it
@@ -72,11 +73,11 @@ def timed(fn, seconds: float, warmup: bool = True) -> tuple[float | None, int, f
         t0 = time.perf_counter()
         fn()
         first = time.perf_counter() - t0
-    count, t0 = 0, time.thread_time()
-    while count == 0 or time.thread_time() - t0 < seconds:
+    count, t0 = 0, clock()
+    while count == 0 or clock() - t0 < seconds:
         fn()
         count += 1
-    return first, count, (time.thread_time() - t0) / count
+    return first, count, (clock() - t0) / count
 
 
 def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True) -> dict:
@@ -86,6 +87,8 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
 
     cfg, trainer = build(recipe, env_name, overrides)
     env, horizon, n = trainer.env, int(cfg.algo.horizon), trainer.env.batch_size[0]
+    overlapping = bool(getattr(trainer, "overlapping", False))  # the critic on a second thread: time the wall clock
+    clock, clock_name = (time.perf_counter, "wall time") if overlapping else (time.thread_time, "thread CPU time")
     low, high = env.action_spec.space.low, env.action_spec.space.high
 
     def env_window() -> None:
@@ -100,22 +103,26 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
             td = step_mdp(td)
         torch.autograd.grad(total, actions, allow_unused=True)
 
-    env_warmup, env_count, env_window_s = timed(env_window, seconds, warmup)
+    env_warmup, env_count, env_window_s = timed(env_window, seconds, warmup, clock)
 
     phases = {"forward": 0.0, "critic": 0.0}
     loss_forward, train_critic = trainer.loss.forward, trainer.train_critic
 
-    def timed_phase(name, fn):
+    def timed_phase(name, fn, minus: str | None = None):
         def wrapper(*args, **kwargs):
-            t0 = time.thread_time()
+            t0, inner = clock(), phases[minus] if minus else 0.0
             try:
                 return fn(*args, **kwargs)
             finally:
-                phases[name] += time.thread_time() - t0
+                phases[name] += clock() - t0 - ((phases[minus] - inner) if minus else 0.0)
         return wrapper
 
-    trainer.loss.forward = timed_phase("forward", loss_forward)
-    trainer.train_critic = timed_phase("critic", train_critic)
+    if overlapping:  # the critic phase is the main thread's wait for the critic thread (in the loss's forward)
+        trainer.join_critic = timed_phase("critic", trainer.join_critic)
+        trainer.loss.forward = timed_phase("forward", loss_forward, minus="critic")
+    else:
+        trainer.loss.forward = timed_phase("forward", loss_forward)
+        trainer.train_critic = timed_phase("critic", train_critic)
     steps_per_window = trainer.steps_per_iter
     train_warmup = None
     if warmup:
@@ -123,14 +130,17 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
         trainer.step()
         train_warmup = time.perf_counter() - t0
         phases.update(forward=0.0, critic=0.0)
-    _, count, train_window_s = timed(trainer.step, seconds, warmup=False)
+    cpu0 = time.process_time()
+    _, count, train_window_s = timed(trainer.step, seconds, warmup=False, clock=clock)
+    cpu_window_s = (time.process_time() - cpu0) / count  # both threads' CPU time
     forward, critic = phases["forward"] / count, phases["critic"] / count
     return {
         "recipe": recipe, "env": env_name, "num_envs": n, "horizon": horizon, "compiled": bool(getattr(env, "compiled", False)),
         "env_steps_per_s": n * horizon / env_window_s, "train_steps_per_s": steps_per_window / train_window_s,
         "env_warmup_s": env_warmup, "train_warmup_s": train_warmup, "env_windows": env_count, "train_windows": count,
         "window_s": train_window_s, "forward_fraction": forward / train_window_s, "critic_fraction": critic / train_window_s,
-        "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s, "clock": "thread CPU time",
+        "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s, "clock": clock_name,
+        "overlap_critic": overlapping, "train_cpu_window_s": cpu_window_s,
     }
 
 
@@ -147,16 +157,24 @@ def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeou
     return json.loads(lines[-1])
 
 
+SERIAL = "algo.overlap_critic=off"  # --serial-too: each cell again with the critic on the main thread
+
+
+def row_key(row: dict) -> tuple:
+    """A row's place in the store: (recipe, env, its overrides)."""
+    return row["recipe"], row["env"], tuple(row.get("overrides", ()))
+
+
 def stored_rows(path: Path) -> dict:
-    """{(recipe, env): row} of the measured rows in ``path`` (failed cells left out)."""
-    return {(r["recipe"], r["env"]): r for r in json.loads(path.read_text()) if "error" not in r}
+    """{row_key: row} of the measured rows in ``path`` (failed cells left out)."""
+    return {row_key(r): r for r in json.loads(path.read_text()) if "error" not in r}
 
 
 def store_row(path: Path, row: dict) -> None:
-    """Put ``row`` into ``path`` in place of the row of its (recipe, env), reading the file again first, so that two
+    """Put ``row`` into ``path`` in place of the row of its ``row_key``, reading the file again first, so that two
     runs measuring different cells at once keep each other's rows."""
     rows = json.loads(path.read_text()) if path.exists() else []
-    rows = [r for r in rows if (r["recipe"], r["env"]) != (row["recipe"], row["env"])] + [row]
+    rows = [r for r in rows if row_key(r) != row_key(row)] + [row]
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
@@ -169,19 +187,21 @@ def _seconds(value: float | None) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| recipe | env | N | H | compiled | env fwd+bwd steps/s | training steps/s | training / env | forward | critic | "
-           "backward + step | warm-up s (env, training) | measured s, load |",
-           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| recipe | env | N | H | compiled | critic thread | env fwd+bwd steps/s | training steps/s | training / env | "
+           "forward | critic | backward + step | training CPU s / window s | warm-up s (env, training) | measured s, load |",
+           "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['recipe']} | {r['env']} | | | | failed: {r['error']} | | | | | | | |")
+            out.append(f"| {r['recipe']} | {r['env']} | | | | | failed: {r['error']} | | | | | | | | |")
             continue
         ratio = r["train_steps_per_s"] / r["env_steps_per_s"]
         clock = r.get("clock", "wall time")
         measured = f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}" if "load" in r else ""
+        thread = "yes" if r.get("overlap_critic") else "no"
+        cpu = f"{r['train_cpu_window_s'] / r['window_s']:.2f}" if "train_cpu_window_s" in r else ""
         out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
-                   f"{_rate(r['env_steps_per_s'])} | {_rate(r['train_steps_per_s'])} | {ratio:.2f} | {r['forward_fraction']:.0%} | "
-                   f"{r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | "
+                   f"{thread} | {_rate(r['env_steps_per_s'])} | {_rate(r['train_steps_per_s'])} | {ratio:.2f} | "
+                   f"{r['forward_fraction']:.0%} | {r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | {cpu} | "
                    f"{_seconds(r['env_warmup_s'])}, {_seconds(r['train_warmup_s'])} | {measured} |")
     return out
 
@@ -203,6 +223,9 @@ def main() -> None:
     parser.add_argument("--no-warmup", action="store_true",
                         help="measure from the first window (for cells whose window takes many minutes: MPM; eager "
                              "envs' first window differs from the next by allocator warm-up only)")
+    parser.add_argument("--serial-too", action="store_true",
+                        help=f"each cell also with the critic's mini-epochs on the main thread ({SERIAL}): the row a "
+                             "single core gets")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell is not None:
@@ -215,33 +238,36 @@ def main() -> None:
     load_before, t0 = os.getloadavg(), time.perf_counter()
     stored = {} if args.fresh or args.quick or not args.json.exists() else stored_rows(args.json)
     rows = []
-    for recipe in args.recipes:
-        for env in args.envs:
-            row = stored.get((recipe, env))
-            if args.no_launch:
-                rows.append(row or {"recipe": recipe, "env": env, "error": "not measured (no stored row)"})
-                print(table([rows[-1]])[-1], flush=True)
-                continue
-            if (row is None or row.get("seconds") != args.seconds or row.get("overrides") != overrides
-                    or row.get("clock") != "thread CPU time"):
-                row = {**run_cell(recipe, env, args.seconds, overrides, args.timeout, not args.no_warmup),
-                       "seconds": args.seconds, "overrides": overrides, "load": list(os.getloadavg())}
-                stored[(recipe, env)] = row
-                if not args.quick:  # resumable: each cell as it ends
-                    store_row(args.json, row)
-            else:
-                print(f"{recipe} {env}: reusing the row in {args.json}", flush=True)
-            rows.append(row)
-            print(table([row])[-1], flush=True)
+    variants = [overrides, [*overrides, SERIAL]] if args.serial_too else [overrides]
+    cells = [(recipe, env, variant) for recipe in args.recipes for env in args.envs for variant in variants]
+    for recipe, env, variant in cells:
+        row = stored.get((recipe, env, tuple(variant)))
+        if args.no_launch:
+            rows.append(row or {"recipe": recipe, "env": env, "error": "not measured (no stored row)"})
+            print(table([rows[-1]])[-1], flush=True)
+            continue
+        if row is None or row.get("seconds") != args.seconds or "overlap_critic" not in row:
+            row = {**run_cell(recipe, env, args.seconds, variant, args.timeout, not args.no_warmup),
+                   "seconds": args.seconds, "overrides": variant, "load": list(os.getloadavg())}
+            stored[(recipe, env, tuple(variant))] = row
+            if not args.quick:  # resumable: each cell as it ends
+                store_row(args.json, row)
+        else:
+            print(f"{recipe} {env}: reusing the row in {args.json}", flush=True)
+        rows.append(row)
+        print(table([row])[-1], flush=True)
     lines = [*run_header("Training overhead: training env-steps/s against the env's own fwd+bwd", __file__, load_before, t0,
                          parallelism="1 cell at a time", threads="1 torch thread per cell"),
              f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "
              "windows (H random-action frames, then the gradient of the summed reward to every action) and at least as "
              "long of training windows (`trainer.step()`), after one warm-up window each (cells run with --no-warmup: "
-             "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it) unless its row says wall time. "
-             "training / env >= 0.75 "
+             "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it), except where the critic "
+             "thread is on (the recipes' `overlap_critic: auto` on a machine with a spare core): there both phases are "
+             "timed on the wall clock, so run those cells on an otherwise idle machine. training / env >= 0.75 "
              "is the issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy "
-             "and env, losses), the critic's mini-epochs, and the rest (the backward through the rollout, optimizer steps).", "",
+             "and env, losses), the critic's mini-epochs (with the critic thread: the time the main thread waited for "
+             "it), and the rest (the backward through the rollout, optimizer steps). Training CPU s / window s: both "
+             "threads' CPU time per window over its wall time (1: one core busy; 2: both).", "",
              *table(rows)]
     publish(args.out, "training-overhead", lines)  # failed cells are rows of the table
 

@@ -27,7 +27,7 @@ from rl import distributed
 from rl.distributed import gather_tree, local_rows, sharded_noise, slice_tree
 from rl.modules.normalizer import ObservationNormalizer
 from rl.objectives.common import FirstOrderLoss
-from rl.trainers.critic_worker import CriticShadow, CriticWorker, overlap_allowed, overlap_mode, usable_cores
+from rl.trainers.critic_worker import CriticShadow, CriticWorker, fork_available, overlap_allowed, overlap_mode, share_memory, usable_cores
 from rl.trainers.guard import Snapshot, describe, nonfinite_state
 from rl.trainers.loop import LoopConfig, NonFiniteError, Trainer
 
@@ -38,7 +38,7 @@ class TrainerConfig(LoopConfig):
 
     critic_iterations: int = 16
     critic_minibatches: int = 4
-    # window k's critic mini-epochs on a second thread beside window k's backward and window k+1's rollout, the same
+    # window k's critic mini-epochs in a forked process beside window k's backward and window k+1's rollout, the same
     # numbers bit for bit (rl.trainers.critic_worker): auto (where allowed), on (raises where not allowed), off
     overlap_critic: str = "off"
 
@@ -65,29 +65,33 @@ class FirstOrderTrainer(Trainer):
         super().__init__(loss, config, env, int(env.batch_size.numel()) * loss.horizon, run_dir=run_dir, eval_env=eval_env,
                          normalizer=normalizer, logger=logger)
         self.state: TensorDictBase | None = None
-        self.worker = self._make_worker()
+        self.overlap = self._overlap_allowed()
+        self.worker: CriticWorker | None = None  # forked at the first job after the critic's optimizer has its state
+        self.inline: tuple[object, int] | None = None  # (reply, window) of a job that ran in this process, not joined
+        self.inline_undo = None
         self.shadow: CriticShadow | None = None
         self.last_critic_loss = float("nan")
+        if self.overlap:
+            self.loss.values_from = self.values_from
 
-    def _make_worker(self) -> CriticWorker | None:
-        """The critic thread where ``overlap_critic`` asks for it and ``overlap_allowed`` permits it."""
+    def _overlap_allowed(self) -> bool:
+        """Whether the critic runs beside the next window: ``overlap_critic`` and the rule (``on`` raises where the rule
+        forbids it)."""
         if self.cfg.overlap_critic == "off":
-            return None
+            return False
         why_not = overlap_allowed(
             has_critic="critic" in self.optimizers and self.cfg.critic_iterations > 0 and hasattr(self.loss, "values_from"),
             distributed=distributed.is_distributed(), on_nonfinite=self.cfg.on_nonfinite,
-            device=torch.device(self.env.device), threads=torch.get_num_threads(), cores=usable_cores())
-        if why_not is not None:
-            if self.cfg.overlap_critic == "on":
-                raise ValueError(f"overlap_critic=on is not possible here: {why_not}")
-            return None
-        self.loss.values_from = self.values_from
-        return CriticWorker()
+            device=torch.device(self.env.device), threads=torch.get_num_threads(), cores=usable_cores(),
+            fork=fork_available())
+        if why_not is not None and self.cfg.overlap_critic == "on":
+            raise ValueError(f"overlap_critic=on is not possible here: {why_not}")
+        return why_not is None
 
     @property
     def overlapping(self) -> bool:
-        """Whether the critic's mini-epochs run on a second thread (see ``rl.trainers.critic_worker``)."""
-        return self.worker is not None
+        """Whether the critic's mini-epochs run beside the next window (see ``rl.trainers.critic_worker``)."""
+        return self.overlap
 
     @property
     def name(self) -> str:
@@ -181,29 +185,60 @@ class FirstOrderTrainer(Trainer):
         return self.shadow.refresh()
 
     def start_critic(self, batch: TensorDictBase, lr: float) -> None:
-        """Submit this window's critic mini-epochs: inputs normalized with the statistics after this window's update
-        (a copy; the live ones move after the backward), the critic's rate ``lr``; undone by ``cancel_critic``."""
+        """Start this window's critic mini-epochs: inputs normalized with the statistics after this window's update
+        (a copy; the live ones move after the backward), the critic's rate ``lr``; undone by ``cancel_critic``. The
+        first job (the critic's optimizer has no state yet) runs here; the worker is forked after it."""
         future = None
         if self.normalizer is not None:
             future = copy.deepcopy(self.normalizer)
             future.update(batch["observation"])
         inputs, targets = self.loss.critic_data(batch, normalizer=future)
-        critic = self.critic_modules()
-        before = Snapshot({**critic, "critic_opt": self.optimizers["critic"]})
+        optimizer = self.optimizers["critic"]
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr  # this process's copy, which checkpoints hold; the job sets the worker's
+        message = (inputs, targets, lr, self.generator.get_state())
+        before = Snapshot({**self.critic_modules(), "critic_opt": optimizer})
         generator = self.generator.get_state()
 
         def undo() -> None:
-            before.restore()
+            before.restore()  # the optimizer's state tensors are new ones, outside shared memory: fork again
             self.generator.set_state(generator)
+            self.close_worker()
 
-        def job() -> tuple[float, list[str]]:
-            for param_group in self.optimizers["critic"].param_groups:
-                param_group["lr"] = lr
-            loss = self.fit_critic(inputs, targets)
-            self.loss.after_update()
-            return loss, nonfinite_state(critic, {"critic_opt": self.optimizers["critic"]})
+        if self.worker is None and not optimizer.state:
+            self.inline = (self.serve_critic(message), self.iteration)
+            self.inline_undo = undo
+            return
+        if self.worker is None:
+            share_memory(self.critic_tensors())
+            self.worker = CriticWorker(self.serve_critic)
+        self.worker.submit(message, undo, self.iteration)
 
-        self.worker.submit(job, undo, self.iteration)
+    def serve_critic(self, message: tuple) -> tuple[float, list[str], torch.Tensor]:
+        """A critic job, in the worker (or, the first, here): ``(inputs, targets, lr, generator state)`` ->
+        ``(last loss, non-finite names, generator state)``."""
+        inputs, targets, lr, generator = message
+        self.generator.set_state(generator)
+        optimizer = self.optimizers["critic"]
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        loss = self.fit_critic(inputs, targets)
+        self.loss.after_update()
+        return loss, nonfinite_state(self.critic_modules(), {"critic_opt": optimizer}), self.generator.get_state()
+
+    def critic_tensors(self) -> list[torch.Tensor]:
+        """What a critic job writes, to share with the worker: the critic's (and its target's) parameters and buffers,
+        the normalizer's excepted (this process replaces those; the job reads none), and the optimizer's state."""
+        tensors = [t for module in self.critic_modules().values()
+                   for name, t in (*module.named_parameters(), *module.named_buffers()) if not name.startswith("normalizer.")]
+        tensors += [t for state in self.optimizers["critic"].state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+        return tensors
+
+    def close_worker(self) -> None:
+        """End the worker process (a later job forks a new one)."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
 
     def critic_modules(self) -> dict[str, torch.nn.Module]:
         """The modules a critic job writes: the critic and, where the loss has one, its target."""
@@ -212,32 +247,44 @@ class FirstOrderTrainer(Trainer):
 
     def join_critic(self) -> None:
         """Wait for the pending critic job (if any) and take its result: its last loss, or the non-finite guard's stop."""
-        if self.worker is None:
+        if self.inline is not None:
+            reply, self.inline = self.inline[0], None
+        elif self.worker is not None and self.worker.pending:
+            reply = self.worker.join()
+        else:
             return
-        result = self.worker.join()
-        if result is None:
-            return
-        self.last_critic_loss, bad = result
+        self.last_critic_loss, bad, generator = reply
+        self.generator.set_state(generator)
         if bad:
             self.nonfinite(f"non-finite critic parameters or optimizer state after the critic's update: {describe(bad)}")
+
+    def pending_window(self) -> int | None:
+        """The iteration whose critic job is pending, if one is."""
+        if self.inline is not None:
+            return self.inline[1]
+        return self.worker.window if self.worker is not None else None
 
     def cancel_critic(self) -> None:
         """Discard a pending critic job of this window (its window failed); a pending job of an earlier window is
         joined instead (the serial loop finished it before this window began)."""
-        if self.worker is None or not self.worker.pending:
+        window = self.pending_window()
+        if window is None:
             return
-        if self.worker.window == self.iteration:
-            self.worker.cancel()
+        if window != self.iteration:
+            self.join_critic()
+        elif self.inline is not None:
+            self.inline = None
+            self.inline_undo()
         else:
-            self.worker.join()
+            self.worker.cancel()
 
     def train(self, iterations: int | None = None) -> None:
         """``Trainer.train``, then the last window's critic joined: the trainer's state is the serial loop's."""
         try:
             super().train(iterations)
         except BaseException:
-            if self.worker is not None:
-                self.worker.cancel()
+            self.inline = None
+            self.close_worker()
             raise
         self.join_critic()
 
@@ -311,8 +358,8 @@ class FirstOrderTrainer(Trainer):
         return super().state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if self.worker is not None:
-            self.worker.cancel()  # whatever it was fitting is replaced
+        self.inline = None  # whatever it was fitting is replaced, and the optimizer's state with new tensors: fork again
+        self.close_worker()
         super().load_state_dict(state)
 
     def extra_state(self) -> dict:
