@@ -61,7 +61,7 @@ def build(recipe: str, env: str, overrides: list[str]):
 def timed(fn, seconds: float, warmup: bool = True, clock=time.thread_time) -> tuple[float | None, int, float]:
     """(warm-up wall seconds or None, repetitions, seconds per repetition on ``clock``): ``fn`` once to warm up (unless
     not ``warmup``), then repeated until >= ``seconds`` on ``clock`` (default: this thread's CPU time; a trainer that
-    runs its critic on a second thread is timed on the wall clock, ``time.perf_counter``).
+    runs its critic in a worker process is timed on the wall clock, ``time.perf_counter``).
 
     The clock is this thread's CPU time (``time.thread_time``): with one torch thread every op, forward and backward,
     runs on the calling thread, so time the thread waits for the CPU is not counted. Other processes still slow it
@@ -87,7 +87,7 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
 
     cfg, trainer = build(recipe, env_name, overrides)
     env, horizon, n = trainer.env, int(cfg.algo.horizon), trainer.env.batch_size[0]
-    overlapping = bool(getattr(trainer, "overlapping", False))  # the critic on a second thread: time the wall clock
+    overlapping = bool(getattr(trainer, "overlapping", False))  # the critic in a worker process: time the wall clock
     clock, clock_name = (time.perf_counter, "wall time") if overlapping else (time.thread_time, "thread CPU time")
     low, high = env.action_spec.space.low, env.action_spec.space.high
 
@@ -117,7 +117,7 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
                 phases[name] += clock() - t0 - ((phases[minus] - inner) if minus else 0.0)
         return wrapper
 
-    if overlapping:  # the critic phase is the main thread's wait for the critic thread (in the loss's forward)
+    if overlapping:  # the critic phase: the wait for the critic worker (in the loss's forward)
         trainer.join_critic = timed_phase("critic", trainer.join_critic)
         trainer.loss.forward = timed_phase("forward", loss_forward, minus="critic")
     else:
@@ -130,9 +130,10 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
         trainer.step()
         train_warmup = time.perf_counter() - t0
         phases.update(forward=0.0, critic=0.0)
-    cpu0 = time.process_time()
+    cpu0, worker0 = time.process_time(), worker_cpu(trainer)
     _, count, train_window_s = timed(trainer.step, seconds, warmup=False, clock=clock)
-    cpu_window_s = (time.process_time() - cpu0) / count  # both threads' CPU time
+    cpu_window_s = (time.process_time() - cpu0) / count  # this process's CPU time
+    worker_window_s = (worker_cpu(trainer) - worker0) / count if overlapping else 0.0
     forward, critic = phases["forward"] / count, phases["critic"] / count
     return {
         "recipe": recipe, "env": env_name, "num_envs": n, "horizon": horizon, "compiled": bool(getattr(env, "compiled", False)),
@@ -140,8 +141,17 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
         "env_warmup_s": env_warmup, "train_warmup_s": train_warmup, "env_windows": env_count, "train_windows": count,
         "window_s": train_window_s, "forward_fraction": forward / train_window_s, "critic_fraction": critic / train_window_s,
         "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s, "clock": clock_name,
-        "overlap_critic": overlapping, "train_cpu_window_s": cpu_window_s,
+        "overlap_critic": overlapping, "train_cpu_window_s": cpu_window_s, "worker_cpu_window_s": worker_window_s,
     }
+
+
+def worker_cpu(trainer) -> float:
+    """CPU seconds the trainer's critic worker process has used so far (0 without one; Linux ``/proc``)."""
+    worker = getattr(trainer, "worker", None)
+    if worker is None:
+        return 0.0
+    fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float, warmup: bool = True) -> dict:
@@ -187,8 +197,8 @@ def _seconds(value: float | None) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| recipe | env | N | H | compiled | critic thread | env fwd+bwd steps/s | training steps/s | training / env | "
-           "forward | critic | backward + step | training CPU s / window s | warm-up s (env, training) | measured s, load |",
+    out = ["| recipe | env | N | H | compiled | critic worker | env fwd+bwd steps/s | training steps/s | training / env | "
+           "forward | critic | backward + step | CPU s / window s (main + critic worker) | warm-up s (env, training) | measured s, load |",
            "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:
@@ -199,6 +209,8 @@ def table(rows: list[dict]) -> list[str]:
         measured = f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}" if "load" in r else ""
         thread = "yes" if r.get("overlap_critic") else "no"
         cpu = f"{r['train_cpu_window_s'] / r['window_s']:.2f}" if "train_cpu_window_s" in r else ""
+        if r.get("worker_cpu_window_s"):
+            cpu += f" + {r['worker_cpu_window_s'] / r['window_s']:.2f}"
         out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
                    f"{thread} | {_rate(r['env_steps_per_s'])} | {_rate(r['train_steps_per_s'])} | {ratio:.2f} | "
                    f"{r['forward_fraction']:.0%} | {r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | {cpu} | "
@@ -262,12 +274,13 @@ def main() -> None:
              "windows (H random-action frames, then the gradient of the summed reward to every action) and at least as "
              "long of training windows (`trainer.step()`), after one warm-up window each (cells run with --no-warmup: "
              "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it), except where the critic "
-             "thread is on (the recipes' `overlap_critic: auto` on a machine with a spare core): there both phases are "
+             "worker is on (the recipes' `overlap_critic: auto` on a machine with a spare core): there both phases are "
              "timed on the wall clock, so run those cells on an otherwise idle machine. training / env >= 0.75 "
              "is the issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy "
-             "and env, losses), the critic's mini-epochs (with the critic thread: the time the main thread waited for "
-             "it), and the rest (the backward through the rollout, optimizer steps). Training CPU s / window s: both "
-             "threads' CPU time per window over its wall time (1: one core busy; 2: both).", "",
+             "and env, losses), the critic's mini-epochs (with the critic worker: the time the main process waited for "
+             "it), and the rest (the backward through the rollout, optimizer steps). CPU s / window s: the training process's "
+             "CPU time per window over the window's time (and the critic worker process's, where there is one): how "
+             "many cores the training kept busy.", "",
              *table(rows)]
     publish(args.out, "training-overhead", lines)  # failed cells are rows of the table
 

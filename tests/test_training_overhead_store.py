@@ -22,8 +22,20 @@ def test_a_row_replaces_only_its_cell_and_survives_another_runs_write(tmp_path):
     training_overhead.store_row(path, row("ant", 0.7))  # ... another run stored its cell meanwhile ...
     training_overhead.store_row(path, row("rope", 0.5))  # ... and the first run's cell ends: both survive
     rows = training_overhead.stored_rows(path)
-    assert set(first_run_view) == {("sapo", "rope")} and set(rows) == {("sapo", "rope"), ("sapo", "ant")}
-    assert rows["sapo", "rope"]["train_steps_per_s"] == 50.0 and len(json.loads(path.read_text())) == 2
+    assert set(first_run_view) == {("sapo", "rope", ())} and set(rows) == {("sapo", "rope", ()), ("sapo", "ant", ())}
+    assert rows["sapo", "rope", ()]["train_steps_per_s"] == 50.0 and len(json.loads(path.read_text())) == 2
+
+
+def test_the_serial_and_the_overlapped_rows_of_a_cell_are_kept_apart(tmp_path):
+    path = tmp_path / "rows.json"
+    serial = [training_overhead.SERIAL]
+    training_overhead.store_row(path, row("rope", 0.4, overrides=serial, overlap_critic=False))
+    training_overhead.store_row(path, row("rope", 0.8, overrides=[], overlap_critic=True))
+    rows = training_overhead.stored_rows(path)
+    assert rows["sapo", "rope", tuple(serial)]["train_steps_per_s"] == 40.0
+    assert rows["sapo", "rope", ()]["train_steps_per_s"] == 80.0
+    lines = training_overhead.table([rows["sapo", "rope", ()], rows["sapo", "rope", tuple(serial)]])
+    assert "| yes |" in lines[2] and "| no |" in lines[3]
 
 
 def test_the_table_names_each_rows_clock_and_marks_a_missing_cell():
