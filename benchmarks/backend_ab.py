@@ -21,6 +21,25 @@ import statistics
 import time
 
 
+def env_round(env, td, horizon: int):
+    """One round: ``horizon`` frames of uniform random actions in [-1, 1] through ``env.step`` + ``step_mdp``, then the
+    gradient of the summed reward to every action. Returns the state the next round starts from (detached; reset
+    where an episode ended)."""
+    import torch
+
+    n = env.batch_size[0]
+    actions, total = [], 0.0
+    for _ in range(horizon):
+        action = (torch.rand(n, env.action_dim) * 2 - 1).requires_grad_(True)
+        actions.append(action)
+        out = env.step(td.set("action", action))
+        total = total + out["next", "reward"].sum()
+        td = env.step_mdp(out)
+    torch.autograd.grad(total, actions, allow_unused=True)
+    td = td.detach()
+    return env.reset() if bool(td["done"].any()) else td
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("env")
@@ -46,17 +65,7 @@ def main() -> None:
         states[label] = envs[label].reset()
 
     def round_of(label: str) -> None:
-        env, td = envs[label], states[label]
-        actions, total = [], 0.0
-        for _ in range(horizon):
-            action = (torch.rand(n, env.action_dim) * 2 - 1).requires_grad_(True)
-            actions.append(action)
-            out = env.step(td.set("action", action))
-            total = total + out["next", "reward"].sum()
-            td = env.step_mdp(out)
-        torch.autograd.grad(total, actions, allow_unused=True)
-        td = td.detach()
-        states[label] = env.reset() if bool(td["done"].any()) else td
+        states[label] = env_round(envs[label], states[label], horizon)
 
     t0 = time.perf_counter()
     for label in variants:

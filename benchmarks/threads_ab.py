@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     import torch
+    from backend_ab import env_round  # this folder is the script's: on sys.path
 
     import tphys.envs
 
@@ -47,18 +48,8 @@ def main() -> None:
         def round_of(threads: int) -> float:
             torch.set_num_threads(threads)
             start, cpu = time.perf_counter(), time.process_time()
-            td, actions, total = state["td"], [], 0.0
-            for _ in range(horizon):
-                action = (torch.rand(n, env.action_dim) * 2 - 1).requires_grad_(True)
-                actions.append(action)
-                out = env.step(td.set("action", action))
-                total = total + out["next", "reward"].sum()
-                td = env.step_mdp(out)
-            torch.autograd.grad(total, actions, allow_unused=True)
-            seconds = time.perf_counter() - start, time.process_time() - cpu
-            td = td.detach()
-            state["td"] = env.reset() if bool(td["done"].any()) else td
-            return seconds
+            state["td"] = env_round(env, state["td"], horizon)
+            return time.perf_counter() - start, time.process_time() - cpu
 
         for threads in counts:
             round_of(threads)
