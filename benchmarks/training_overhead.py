@@ -4,11 +4,15 @@ For each (recipe, env), in a fresh subprocess with 1 torch thread, the env and t
 ``recipes/<recipe>.py env=<env>`` builds them (the recipe's config, its N, its env options: compiled substeps where
 the env config says so), without run directory, evaluation env or logger. Then, on the same env object:
 
-    env fwd+bwd   H = the recipe's window (``algo.horizon``) frames through TorchRL's ``env.step`` + ``step_mdp`` with
-                  uniform random actions, one leaf tensor per frame, then the gradient of the summed reward to every
-                  action: what the simulator alone costs per env step of a first-order window.
     training      ``trainer.step()`` (one window: rollout through the policy, actor and temperature backward and
                   step, critic mini-epochs) repeated; env-steps/s = N·H per window.
+    env fwd+bwd   then H = the recipe's window (``algo.horizon``) frames through TorchRL's ``env.step_and_maybe_reset``
+                  (as the loss's rollout steps), one leaf action tensor per frame, then the gradient of the summed reward
+                  to every action: what the simulator alone costs per env step of a first-order window. The frames
+                  replay the last training window (its start state and its actions: the same trajectory, contacts and
+                  episode ends; ``--reference replay``, the default), or start from a reset with uniform random actions
+                  (``--reference random``; an MPM roller may then never touch the dough, and such frames need no
+                  backward).
 
 Both are warmed up first (one window each: compilation and allocator warm-up happen there and are reported
 as ``warm-up s``; ``--no-warmup`` skips it for cells whose window takes many minutes), then repeated for at least
@@ -80,30 +84,44 @@ def timed(fn, seconds: float, warmup: bool = True, clock=time.thread_time) -> tu
     return first, count, (clock() - t0) / count
 
 
-def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True) -> dict:
+def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True,
+         reference: str = "replay") -> dict:
     """One (recipe, env) row, measured in this process (``warmup``: one unmeasured window of each phase first)."""
     import torch
-    from torchrl.envs.utils import step_mdp
 
     cfg, trainer = build(recipe, env_name, overrides)
     env, horizon, n = trainer.env, int(cfg.algo.horizon), trainer.env.batch_size[0]
     overlapping = bool(getattr(trainer, "overlapping", False))  # the critic in a worker process: time the wall clock
     clock, clock_name = (time.perf_counter, "wall time") if overlapping else (time.thread_time, "thread CPU time")
     low, high = env.action_spec.space.low, env.action_spec.space.high
+    captured = {}  # the last training window's start state and actions (reference="replay")
+    rollout = trainer.loss.rollout
+
+    def capturing_rollout(start):
+        traj, following = rollout(start)
+        captured.update(start=start.clone(), actions=traj.get("action").detach().clone())
+        return traj, following
+
+    trainer.loss.rollout = capturing_rollout
 
     def env_window() -> None:
-        td = env.reset()
+        """H frames through ``env.step_and_maybe_reset`` (as the loss's rollout steps), one leaf action tensor per frame,
+        then the gradient of the summed reward to every action. replay: the last training window's start state and
+        actions (the same trajectory, contacts and episode ends the training window had); random: from a reset,
+        uniform random actions."""
+        td = captured["start"].clone() if reference == "replay" else env.reset()
         actions, total = [], 0.0
-        for _ in range(horizon):
-            action = (low + (high - low) * torch.rand(low.shape, dtype=low.dtype)).requires_grad_(True)
+        for t in range(horizon):
+            if reference == "replay":
+                action = captured["actions"][:, t].clone().requires_grad_(True)
+            else:
+                action = (low + (high - low) * torch.rand(low.shape, dtype=low.dtype)).requires_grad_(True)
             actions.append(action)
             td["action"] = action
-            td = env.step(td)
+            td, following = env.step_and_maybe_reset(td)
             total = total + td["next", "reward"].sum()
-            td = step_mdp(td)
+            td = following
         torch.autograd.grad(total, actions, allow_unused=True)
-
-    env_warmup, env_count, env_window_s = timed(env_window, seconds, warmup, clock)
 
     phases = {"forward": 0.0, "critic": 0.0}
     loss_forward, train_critic = trainer.loss.forward, trainer.train_critic
@@ -135,6 +153,9 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
     cpu_window_s = (time.process_time() - cpu0) / count  # this process's CPU time
     worker_window_s = (worker_cpu(trainer) - worker0) / count if overlapping else 0.0
     forward, critic = phases["forward"] / count, phases["critic"] / count
+    if overlapping:
+        trainer.join_critic()  # the last window's critic: not beside the env's windows
+    env_warmup, env_count, env_window_s = timed(env_window, seconds, warmup, clock)
     return {
         "recipe": recipe, "env": env_name, "num_envs": n, "horizon": horizon, "compiled": bool(getattr(env, "compiled", False)),
         "env_steps_per_s": n * horizon / env_window_s, "train_steps_per_s": steps_per_window / train_window_s,
@@ -142,6 +163,7 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
         "window_s": train_window_s, "forward_fraction": forward / train_window_s, "critic_fraction": critic / train_window_s,
         "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s, "clock": clock_name,
         "overlap_critic": overlapping, "train_cpu_window_s": cpu_window_s, "worker_cpu_window_s": worker_window_s,
+        "reference": reference,
     }
 
 
@@ -154,8 +176,9 @@ def worker_cpu(trainer) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float, warmup: bool = True) -> dict:
-    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides, warmup])]
+def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float, warmup: bool = True,
+             reference: str = "replay") -> dict:
+    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides, warmup, reference])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
@@ -206,7 +229,8 @@ def table(rows: list[dict]) -> list[str]:
             continue
         ratio = r["train_steps_per_s"] / r["env_steps_per_s"]
         clock = r.get("clock", "wall time")
-        measured = f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}" if "load" in r else ""
+        measured = (f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}, reference {r.get('reference', 'random')}"
+                    if "load" in r else "")
         thread = "yes" if r.get("overlap_critic") else "no"
         cpu = f"{r['train_cpu_window_s'] / r['window_s']:.2f}" if "train_cpu_window_s" in r else ""
         if r.get("worker_cpu_window_s"):
@@ -238,11 +262,15 @@ def main() -> None:
     parser.add_argument("--serial-too", action="store_true",
                         help=f"each cell also with the critic's mini-epochs on the main thread ({SERIAL}): the row a "
                              "single core gets")
+    parser.add_argument("--reference", choices=("replay", "random"), default="replay",
+                        help="the env's own windows: replay (the last training window's start state and actions, so the "
+                             "same trajectory: contacts, episode ends; default) or random (from a reset, uniform random "
+                             "actions: an MPM roller may then never touch the dough, whose frames need no backward)")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell is not None:
-        recipe, env, seconds, overrides, warmup = json.loads(args.cell)
-        print(json.dumps(cell(recipe, env, seconds, overrides, warmup)), flush=True)
+        recipe, env, seconds, overrides, warmup, reference = json.loads(args.cell)
+        print(json.dumps(cell(recipe, env, seconds, overrides, warmup, reference)), flush=True)
         return
     overrides = list(args.override)
     if args.quick:
@@ -258,8 +286,9 @@ def main() -> None:
             rows.append(row or {"recipe": recipe, "env": env, "error": "not measured (no stored row)"})
             print(table([rows[-1]])[-1], flush=True)
             continue
-        if row is None or row.get("seconds") != args.seconds or "overlap_critic" not in row:
-            row = {**run_cell(recipe, env, args.seconds, variant, args.timeout, not args.no_warmup),
+        if (row is None or row.get("seconds") != args.seconds or "overlap_critic" not in row
+                or row.get("reference", "random") != args.reference):
+            row = {**run_cell(recipe, env, args.seconds, variant, args.timeout, not args.no_warmup, args.reference),
                    "seconds": args.seconds, "overrides": variant, "load": list(os.getloadavg())}
             stored[(recipe, env, tuple(variant))] = row
             if not args.quick:  # resumable: each cell as it ends
@@ -271,9 +300,11 @@ def main() -> None:
     lines = [*run_header("Training overhead: training env-steps/s against the env's own fwd+bwd", __file__, load_before, t0,
                          parallelism="1 cell at a time", threads="1 torch thread per cell"),
              f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "
-             "windows (H random-action frames, then the gradient of the summed reward to every action) and at least as "
-             "long of training windows (`trainer.step()`), after one warm-up window each (cells run with --no-warmup: "
-             "none). Clock: the cell's thread CPU time (one torch thread: every op runs on it), except where the critic "
+             "windows (H frames, then the gradient of the summed reward to every action; each row's reference: replay = the "
+             "last training window's start state and actions, random = from a reset with uniform random actions) and at "
+             "least as long of training windows (`trainer.step()`, measured first), after one warm-up window each (cells "
+             "run with --no-warmup: none). Clock: the cell's thread CPU time (one torch thread: every op runs on it), "
+             "except where the critic "
              "worker is on (the recipes' `overlap_critic: auto` on a machine with a spare core): there both phases are "
              "timed on the wall clock, so run those cells on an otherwise idle machine. training / env >= 0.75 "
              "is the issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy "
