@@ -67,8 +67,7 @@ class FirstOrderTrainer(Trainer):
         self.state: TensorDictBase | None = None
         self.overlap = self._overlap_allowed()
         self.worker: CriticWorker | None = None  # forked at the first job after the critic's optimizer has its state
-        self.inline: tuple[object, int] | None = None  # (reply, window) of a job that ran in this process, not joined
-        self.inline_undo = None
+        self.inline: tuple | None = None  # (reply, window, undo) of a job that ran in this process, not joined
         self.shadow: CriticShadow | None = None
         self.last_critic_loss = float("nan")
         if self.overlap:
@@ -196,9 +195,9 @@ class FirstOrderTrainer(Trainer):
         optimizer = self.optimizers["critic"]
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr  # this process's copy, which checkpoints hold; the job sets the worker's
-        message = (inputs, targets, lr, self.generator.get_state())
-        before = Snapshot({**self.critic_modules(), "critic_opt": optimizer})
         generator = self.generator.get_state()
+        message = (inputs, targets, lr, generator)
+        before = Snapshot({**self.critic_modules(), "critic_opt": optimizer})
 
         def undo() -> None:
             before.restore()  # the optimizer's state tensors are new ones, outside shared memory: fork again
@@ -206,8 +205,7 @@ class FirstOrderTrainer(Trainer):
             self.close_worker()
 
         if self.worker is None and not optimizer.state:
-            self.inline = (self.serve_critic(message), self.iteration)
-            self.inline_undo = undo
+            self.inline = (self.serve_critic(message), self.iteration, undo)
             return
         if self.worker is None:
             share_memory(self.critic_tensors())
@@ -273,8 +271,8 @@ class FirstOrderTrainer(Trainer):
         if window != self.iteration:
             self.join_critic()
         elif self.inline is not None:
-            self.inline = None
-            self.inline_undo()
+            undo, self.inline = self.inline[2], None
+            undo()
         else:
             self.worker.cancel()
 
