@@ -31,6 +31,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -96,10 +97,16 @@ def _params(mass, origin, gravity, kinds, sizes, position, rotation, position_ne
             f64(softness), f64(band), _pointer(position), _pointer(rotation), _pointer(position_next), _pointer(rotation_next)]
 
 
-def _run(name: str, dtype: torch.dtype, *args) -> int:
-    function = getattr(_library(_REAL[dtype]), name)
+@cache
+def _function(name: str, real: str):
+    """``grid.c``'s function ``name`` for the float type ``real``, returning int64 (looked up once)."""
+    function = getattr(_library(real), name)
     function.restype = ctypes.c_int64
-    status = function(*args)
+    return function
+
+
+def _run(name: str, dtype: torch.dtype, *args) -> int:
+    status = _function(name, _REAL[dtype])(*args)
     if status < 0:
         raise RuntimeError(f"grid.c {name} failed with status {status}")
     return status
@@ -217,13 +224,15 @@ def contacts() -> Iterator[list[int]]:
         _CONTACTS.reset(token)
 
 
-def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | None, origin: Tensor) -> Tensor:
-    """``tphys.mpm.grid.grid_velocity`` by ``cpu/grid.c`` (inputs as there; ``serves`` decides when)."""
-    n = mass.shape[0]
+def collider_args(model, like: Tensor, colliders: tuple | None) -> tuple[Tensor, Tensor, list[Tensor], tuple]:
+    """(kinds [S] int64, sizes [S, 3], poses [position [N, S, 3], rotation [N, S, 3, 3], position_next, rotation_next]
+    (contiguous, as given: not detached), scalars) of ``grid_forward`` / ``grid_backward`` for ``colliders`` (None or
+    (shapes, *poses), see ``tphys.mpm.grid.grid_velocity``), N = like.shape[0], dtype and device of ``like``."""
+    n = like.shape[0]
     if colliders is None:
         kinds = torch.zeros(0, dtype=torch.int64)
-        sizes = mass.new_zeros(0, 3)
-        poses = [mass.new_zeros(n, 0, 3), mass.new_zeros(n, 0, 3, 3), mass.new_zeros(n, 0, 3), mass.new_zeros(n, 0, 3, 3)]
+        sizes = like.new_zeros(0, 3)
+        poses = [like.new_zeros(n, 0, 3), like.new_zeros(n, 0, 3, 3), like.new_zeros(n, 0, 3), like.new_zeros(n, 0, 3, 3)]
         friction, softness, band = 0.0, 0.0, math.inf
     else:
         shapes, *poses = colliders
@@ -233,15 +242,26 @@ def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | 
         poses = [p.reshape(n, s, *((3,) if i % 2 == 0 else (3, 3))).contiguous() for i, p in enumerate(poses)]  # [N, S, 3], [N, S, 3, 3]
         friction, softness = float(shapes.friction), float(shapes.softness)
         band = math.log(1.0 / shapes.cutoff) / shapes.softness if shapes.cutoff > 0 else math.inf
-    mass, momentum, origin = mass.contiguous(), momentum.contiguous(), origin.to(torch.int64).contiguous()
-    gravity = model.gravity.detach().contiguous()
     scalars = (float(model.dt), float(model.dx), int(model.grid_size), int(model.bound), float(model.wall_friction),
                bool(model.sticky_floor), friction, softness, band)
-    detached = [p.detach() for p in poses]
-    velocity, acted = grid_forward(mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, *detached, *scalars)
+    return kinds, sizes, poses, scalars
+
+
+def log_contacts(acted: int) -> None:
+    """Append ``acted`` (how many times a shape acted on a node in one grid update) to the ``contacts`` log, if one is open."""
     log = _CONTACTS.get()
     if log is not None:
         log.append(acted)
+
+
+def grid_velocity_cpu(model, mass: Tensor, momentum: Tensor, colliders: tuple | None, origin: Tensor) -> Tensor:
+    """``tphys.mpm.grid.grid_velocity`` by ``cpu/grid.c`` (inputs as there; ``serves`` decides when)."""
+    kinds, sizes, poses, scalars = collider_args(model, mass, colliders)
+    mass, momentum, origin = mass.contiguous(), momentum.contiguous(), origin.to(torch.int64).contiguous()
+    gravity = model.gravity.detach().contiguous()
+    detached = [p.detach() for p in poses]
+    velocity, acted = grid_forward(mass.detach(), momentum.detach(), origin, gravity, kinds, sizes, *detached, *scalars)
+    log_contacts(acted)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (mass, momentum, *poses))):
         return velocity
     return _Link.apply(velocity, scalars, mass, momentum, origin, gravity, kinds, sizes, *(poses if acted else detached))

@@ -17,6 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from tphys.autodiff import check_recompute, run_substeps
 from tphys.kernels import g2p, grid_kernels, matmul3, p2g
+from tphys.mpm import water
 from tphys.mpm.colliders import Shapes
 from tphys.mpm.grid import grid_velocity, window
 from tphys.mpm.materials import elastic_stress
@@ -47,7 +48,9 @@ class MPMControl(NamedTuple):
 def substep(model: MPMModel, state: MPMState, backend: str = "auto", colliders: tuple | None = None) -> MPMState:
     """One MLS-MPM substep of ``model.dt`` seconds; ``backend`` picks every kernel: transfers, SVD, 3x3 products,
     stresses (see ``tphys.kernels``); ``colliders``: None or (shapes, position, rotation, position_next,
-    rotation_next), see ``grid.grid_velocity``."""
+    rotation_next), see ``grid.grid_velocity``. Water with every kernel in C takes one fused node (``water.substep``)."""
+    if water.serves(model, state.x, colliders, backend):
+        return water.substep(model, state, colliders)
     x, v, c, f_trial = state
     n = x.shape[0]
     mass = model.particle_mass.expand(n, -1)
