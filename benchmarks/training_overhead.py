@@ -15,8 +15,11 @@ the env config says so), without run directory, evaluation env or logger. Then, 
                   backward).
 
 Both are warmed up first (one window each: compilation and allocator warm-up happen there and are reported
-as ``warm-up s``; ``--no-warmup`` skips it for cells whose window takes many minutes), then repeated for at least
---seconds of the cell thread's CPU time (``timed``).
+as ``warm-up s``; ``--no-warmup`` skips it for cells whose window takes many minutes), then measured in alternating
+blocks (training windows, then env windows, each block at least --block-seconds) until each phase has at least
+--seconds of the cell thread's CPU time (``run_block``; the wall clock where the critic worker is on), so that a drift in
+the machine's speed (other processes, a virtual machine's stolen time: +-10 % between minutes here) falls on both
+phases alike; the table gives the range of the per-block ratios too.
 ``training / env`` is the fraction of the env's own
 rate that training keeps; the issue's bar is >= 0.75 (within 25 %). The phase columns split a training
 window's wall time: the loss's forward (the differentiable rollout through policy and env, and the losses), the
@@ -62,30 +65,8 @@ def build(recipe: str, env: str, overrides: list[str]):
     return cfg, trainer
 
 
-def timed(fn, seconds: float, warmup: bool = True, clock=time.thread_time) -> tuple[float | None, int, float]:
-    """(warm-up wall seconds or None, repetitions, seconds per repetition on ``clock``): ``fn`` once to warm up (unless
-    not ``warmup``), then repeated until >= ``seconds`` on ``clock`` (default: this thread's CPU time; a trainer that
-    runs its critic in a worker process is timed on the wall clock, ``time.perf_counter``).
-
-    The clock is this thread's CPU time (``time.thread_time``): with one torch thread every op, forward and backward,
-    runs on the calling thread, so time the thread waits for the CPU is not counted. Other processes still slow it
-    through the shared caches, memory bus and, on this 2-logical-core machine, the sibling hyperthread (an eager Ant
-    substep's CPU time was 8 ms at load 1 and 14 ms at load 4-5), so record the load; the ratio's two phases run back to
-    back in one process. The warm-up is wall time: compilation runs partly in worker processes."""
-    first = None
-    if warmup:
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-    count, t0 = 0, clock()
-    while count == 0 or clock() - t0 < seconds:
-        fn()
-        count += 1
-    return first, count, (clock() - t0) / count
-
-
 def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True,
-         reference: str = "replay") -> dict:
+         reference: str = "replay", block_seconds: float = 5.0) -> dict:
     """One (recipe, env) row, measured in this process (``warmup``: one unmeasured window of each phase first)."""
     import torch
 
@@ -142,20 +123,25 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
         trainer.loss.forward = timed_phase("forward", loss_forward)
         trainer.train_critic = timed_phase("critic", train_critic)
     steps_per_window = trainer.steps_per_iter
-    train_warmup = None
+    train_warmup = env_warmup = None
     if warmup:
         t0 = time.perf_counter()
         trainer.step()
         train_warmup = time.perf_counter() - t0
         phases.update(forward=0.0, critic=0.0)
-    cpu0, worker0 = time.process_time(), worker_cpu(trainer)
-    _, count, train_window_s = timed(trainer.step, seconds, warmup=False, clock=clock)
-    cpu_window_s = (time.process_time() - cpu0) / count  # this process's CPU time
-    worker_window_s = (worker_cpu(trainer) - worker0) / count if overlapping else 0.0
+        if overlapping:
+            trainer.join_critic()
+        t0 = time.perf_counter()
+        env_window()
+        env_warmup = time.perf_counter() - t0
+    blocks = alternate(trainer, env_window, seconds, block_seconds, clock, overlapping)
+    count = sum(b["train_windows"] for b in blocks)
+    train_window_s = sum(b["train_s"] for b in blocks) / count
+    env_count = sum(b["env_windows"] for b in blocks)
+    env_window_s = sum(b["env_s"] for b in blocks) / env_count
+    cpu_window_s = sum(b["train_cpu_s"] for b in blocks) / count
+    worker_window_s = sum(b["worker_cpu_s"] for b in blocks) / count
     forward, critic = phases["forward"] / count, phases["critic"] / count
-    if overlapping:
-        trainer.join_critic()  # the last window's critic: not beside the env's windows
-    env_warmup, env_count, env_window_s = timed(env_window, seconds, warmup, clock)
     return {
         "recipe": recipe, "env": env_name, "num_envs": n, "horizon": horizon, "compiled": bool(getattr(env, "compiled", False)),
         "env_steps_per_s": n * horizon / env_window_s, "train_steps_per_s": steps_per_window / train_window_s,
@@ -163,8 +149,53 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
         "window_s": train_window_s, "forward_fraction": forward / train_window_s, "critic_fraction": critic / train_window_s,
         "rest_fraction": 1.0 - (forward + critic) / train_window_s, "env_window_s": env_window_s, "clock": clock_name,
         "overlap_critic": overlapping, "train_cpu_window_s": cpu_window_s, "worker_cpu_window_s": worker_window_s,
-        "reference": reference,
+        "reference": reference, "block_seconds": block_seconds,
+        "block_ratios": [(b["env_s"] / b["env_windows"]) / (b["train_s"] / b["train_windows"]) for b in blocks],
+        "block_end_wait_s": sum(b["end_wait_s"] for b in blocks),
     }
+
+
+def alternate(trainer, env_window, seconds: float, block_seconds: float, clock, overlapping: bool) -> list[dict]:
+    """Training windows and env windows in alternating blocks (each block >= ``block_seconds`` on ``clock``, at least
+    one window) until each phase has >= ``seconds``: a drift of the machine's speed (other processes, a virtual
+    machine's stolen time) then falls on both phases alike, where two consecutive phases would each take its own.
+
+    Overlapping, the pending critic job is joined at the end of each training block, untimed (``end_wait_s``): in a
+    run it overlaps the next window's rollout (the ``critic`` phase counts what a window waits for it), whereas the env
+    windows must not share the machine with it. The first window of the next block then starts with no job beside it,
+    which favours training by the job's contention over one rollout per block (a block holds several windows).
+    Returns one dict per block pair: windows and ``clock`` seconds of each phase, the training process's and the
+    critic worker's CPU seconds during the training block, and the wait."""
+    blocks, totals = [], {"train": 0.0, "env": 0.0}
+    while min(totals.values()) < seconds:
+        block = {}
+        cpu0, worker0 = time.process_time(), worker_cpu(trainer)
+        block["train_windows"], block["train_s"] = run_block(trainer.step, block_seconds, clock)
+        block["train_cpu_s"] = time.process_time() - cpu0
+        block["worker_cpu_s"] = worker_cpu(trainer) - worker0
+        t0 = time.perf_counter()
+        if overlapping:
+            trainer.join_critic()
+        block["end_wait_s"] = time.perf_counter() - t0
+        block["env_windows"], block["env_s"] = run_block(env_window, block_seconds, clock)
+        totals["train"] += block["train_s"]
+        totals["env"] += block["env_s"]
+        blocks.append(block)
+    return blocks
+
+
+def run_block(fn, seconds: float, clock) -> tuple[int, float]:
+    """(repetitions, ``clock`` seconds): ``fn`` repeated until >= ``seconds`` on ``clock`` (at least once).
+
+    ``clock`` is this thread's CPU time (``time.thread_time``) unless the trainer runs its critic in a worker process
+    (then the wall clock, ``time.perf_counter``): with one torch thread every op, forward and backward, runs on the
+    calling thread, so time the thread waits for the CPU is not counted. Other processes still slow it through the
+    shared caches and memory bus, so record the load."""
+    count, t0 = 0, clock()
+    while count == 0 or clock() - t0 < seconds:
+        fn()
+        count += 1
+    return count, clock() - t0
 
 
 def worker_cpu(trainer) -> float:
@@ -177,8 +208,8 @@ def worker_cpu(trainer) -> float:
 
 
 def run_cell(recipe: str, env: str, seconds: float, overrides: list[str], timeout: float, warmup: bool = True,
-             reference: str = "replay") -> dict:
-    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides, warmup, reference])]
+             reference: str = "replay", block_seconds: float = 5.0) -> dict:
+    cmd = [sys.executable, __file__, "--cell", json.dumps([recipe, env, seconds, overrides, warmup, reference, block_seconds])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
@@ -211,6 +242,12 @@ def store_row(path: Path, row: dict) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def spread(row: dict) -> str:
+    """The range of a row's per-block ratios ("" for rows measured before blocks alternated)."""
+    ratios = row.get("block_ratios")
+    return f"{min(ratios):.2f}-{max(ratios):.2f} ({len(ratios)})" if ratios else ""
+
+
 def _rate(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
@@ -220,12 +257,12 @@ def _seconds(value: float | None) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| recipe | env | N | H | compiled | critic worker | env fwd+bwd steps/s | training steps/s | training / env | "
+    out = ["| recipe | env | N | H | compiled | critic worker | env fwd+bwd steps/s | training steps/s | training / env | per-block | "
            "forward | critic | backward + step | CPU s / window s (main + critic worker) | warm-up s (env, training) | measured s, load |",
-           "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['recipe']} | {r['env']} | | | | | failed: {r['error']} | | | | | | | | |")
+            out.append(f"| {r['recipe']} | {r['env']} | | | | | failed: {r['error']} | | | | | | | | | |")
             continue
         ratio = r["train_steps_per_s"] / r["env_steps_per_s"]
         clock = r.get("clock", "wall time")
@@ -236,7 +273,7 @@ def table(rows: list[dict]) -> list[str]:
         if r.get("worker_cpu_window_s"):
             cpu += f" + {r['worker_cpu_window_s'] / r['window_s']:.2f}"
         out.append(f"| {r['recipe']} | {r['env']} | {r['num_envs']} | {r['horizon']} | {'yes' if r['compiled'] else 'no'} | "
-                   f"{thread} | {_rate(r['env_steps_per_s'])} | {_rate(r['train_steps_per_s'])} | {ratio:.2f} | "
+                   f"{thread} | {_rate(r['env_steps_per_s'])} | {_rate(r['train_steps_per_s'])} | {ratio:.2f} | {spread(r)} | "
                    f"{r['forward_fraction']:.0%} | {r['critic_fraction']:.0%} | {r['rest_fraction']:.0%} | {cpu} | "
                    f"{_seconds(r['env_warmup_s'])}, {_seconds(r['train_warmup_s'])} | {measured} |")
     return out
@@ -266,15 +303,17 @@ def main() -> None:
                         help="the env's own windows: replay (the last training window's start state and actions, so the "
                              "same trajectory: contacts, episode ends; default) or random (from a reset, uniform random "
                              "actions: an MPM roller may then never touch the dough, whose frames need no backward)")
+    parser.add_argument("--block-seconds", type=float, default=5.0,
+                        help="training and env windows alternate in blocks of at least this many seconds each (see "
+                             "``alternate``); at least one window per block")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell is not None:
-        recipe, env, seconds, overrides, warmup, reference = json.loads(args.cell)
-        print(json.dumps(cell(recipe, env, seconds, overrides, warmup, reference)), flush=True)
+        print(json.dumps(cell(*json.loads(args.cell))), flush=True)
         return
     overrides = list(args.override)
     if args.quick:
-        args.seconds, overrides = 1.0, ["num_envs=2", *overrides]
+        args.seconds, args.block_seconds, overrides = 1.0, 0.5, ["num_envs=2", *overrides]
     load_before, t0 = os.getloadavg(), time.perf_counter()
     stored = {} if args.fresh or args.quick or not args.json.exists() else stored_rows(args.json)
     rows = []
@@ -287,8 +326,9 @@ def main() -> None:
             print(table([rows[-1]])[-1], flush=True)
             continue
         if (row is None or row.get("seconds") != args.seconds or "overlap_critic" not in row
-                or row.get("reference", "random") != args.reference):
-            row = {**run_cell(recipe, env, args.seconds, variant, args.timeout, not args.no_warmup, args.reference),
+                or row.get("reference", "random") != args.reference or row.get("block_seconds") != args.block_seconds):
+            row = {**run_cell(recipe, env, args.seconds, variant, args.timeout, not args.no_warmup, args.reference,
+                              args.block_seconds),
                    "seconds": args.seconds, "overrides": variant, "load": list(os.getloadavg())}
             stored[(recipe, env, tuple(variant))] = row
             if not args.quick:  # resumable: each cell as it ends
@@ -302,10 +342,11 @@ def main() -> None:
              f"Each cell: the recipe's env and trainer (its config, N and env options), at least {args.seconds:g} s of env "
              "windows (H frames, then the gradient of the summed reward to every action; each row's reference: replay = the "
              "last training window's start state and actions, random = from a reset with uniform random actions) and at "
-             "least as long of training windows (`trainer.step()`, measured first), after one warm-up window each (cells "
-             "run with --no-warmup: none). Clock: the cell's thread CPU time (one torch thread: every op runs on it), "
-             "except where the critic "
-             "worker is on (the recipes' `overlap_critic: auto` on a machine with a spare core): there both phases are "
+             "least as long of training windows (`trainer.step()`), in alternating blocks of at least "
+             f"{args.block_seconds:g} s each (training first), after one warm-up window each (cells run with --no-warmup: "
+             "none); per-block: the range of the blocks' ratios. Clock: the cell's thread CPU time (one torch thread: "
+             "every op runs on it), except where the critic worker is on (the recipes' `overlap_critic: auto` on a "
+             "machine with a spare core): there both phases are "
              "timed on the wall clock, so run those cells on an otherwise idle machine. training / env >= 0.75 "
              "is the issue's bar. Phases: fraction of a training window in the loss's forward (rollout through policy "
              "and env, losses), the critic's mini-epochs (with the critic worker: the time the main process waited for "
