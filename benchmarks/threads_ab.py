@@ -13,6 +13,9 @@ would add the threads' times up); prints the median env-steps/s at each count, t
 and after (the figures are only as quiet as the machine). It also prints each count's median process CPU time per round:
 waiting for a core busy with another process costs wall time but no CPU time, so CPU time at K threads close to CPU
 time at 1 says the split itself costs little (no lost work; the wall clock then shows how many cores were free).
+Run it as the README asks threads > 1 to run, ``OMP_WAIT_POLICY=PASSIVE python benchmarks/threads_ab.py ...``: otherwise
+torch's OpenMP threads spin between parallel ops and take the second core from the kernels' threads (the first line
+says the policy).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def main() -> None:
 
     import tphys.envs
 
-    print("load before " + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")  # the README asks PASSIVE of threads > 1 (read when torch loads)
+    print("load before " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f", OMP_WAIT_POLICY={policy}", flush=True)
     counts = (1, args.threads)
     for case in args.cases:
         name, _, size = case.partition(":")

@@ -25,7 +25,8 @@ tphys variants (each a column of rows):
     recipe    the env exactly as the recipes build it: ``tphys.envs.make(name, **options)`` with the ``options`` of
               ``recipes/config/env/<name>.yaml`` (``validate`` left at its default), stepped through TorchRL's
               ``env.step`` + ``step_mdp`` as the training losses do. This is the row the 5x target is about.
-    recipe@threads=K   (--all-cores) the recipe's env with K = every usable core (torch threads and OMP_NUM_THREADS;
+    recipe@threads=K   (--all-cores) the recipe's env with K = every usable core (torch threads and OMP_NUM_THREADS,
+              OMP_WAIT_POLICY=PASSIVE as the README asks of threads > 1;
               the C frame kernels of the rigid and FEM envs split their envs over the K torch threads);
               Warp's CPU backend runs one thread, so Rewarped has no such row.
     eager, compiled, compiled+recompute, recompute=...
@@ -437,8 +438,10 @@ def measure_cell(args, task: str, horizon: int, system: str, n: int, mode: str) 
     threads = str(split_threads(system)[1])
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, VS_REWARPED_THREADS=threads,
                VS_REWARPED_CLOCK=args.clock)
-    if args.clock == "cpu" and threads != "1":
-        env["VS_REWARPED_CLOCK"] = "wall"  # K threads: CPU time would add the threads' times up
+    if threads != "1":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # as the README asks of threads > 1: torch's OpenMP threads would spin
+        if args.clock == "cpu":
+            env["VS_REWARPED_CLOCK"] = "wall"  # K threads: CPU time would add the threads' times up
     if system != "rewarped":
         cmd = [sys.executable, __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -96,6 +97,10 @@ def start_env_of(cfg: DictConfig, env: EnvBase, rollouts: int | None) -> EnvBase
 def setup(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
+    if int(cfg.threads) > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        warnings.warn(f"threads={int(cfg.threads)} without OMP_WAIT_POLICY=PASSIVE in the environment: torch's OpenMP threads "
+                      "spin between its parallel ops and take cores from the C kernels' threads (set it before Python starts; "
+                      "see the README's rigid section)", stacklevel=2)
 
 
 def train_or_resume(cfg: DictConfig, trainer: Trainer, restart: Path | None = None) -> None:

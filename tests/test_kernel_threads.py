@@ -101,7 +101,8 @@ def rigid_run(kernel, substeps, inputs, grads):
 
 @pytest.mark.parametrize("name,n,dtype", [("ant", 7, torch.float32), ("ant", 64, torch.float32), ("hopper", 5, torch.float64),
                                           ("hopper", 1, torch.float32)])
-def test_rigid_frame_is_bitwise_the_same_on_two_threads(name, n, dtype, threads, spans_seen):
+def test_rigid_frame_is_bitwise_the_same_on_two_threads(name, n, dtype, threads, spans_seen, monkeypatch):
+    monkeypatch.setattr(rigid_kernels, "MIN_SPAN_WORK", 1)  # split however small the batch
     kernel, substeps, inputs, grads = rigid_case(name, n, dtype)
     one = threads(1, lambda: rigid_run(kernel, substeps, inputs, grads))
     assert spans_seen == []  # one thread: no pool
@@ -110,6 +111,16 @@ def test_rigid_frame_is_bitwise_the_same_on_two_threads(name, n, dtype, threads,
     for a, b in zip(one, two):
         assert a.dtype == b.dtype and torch.equal(a, b)
     assert all(t.abs().sum() > 0 for t in one)
+
+
+@pytest.mark.parametrize("name,n,parts", [("cartpole_swingup", 64, 1), ("cartpole_swingup", 256, 1), ("cartpole_swingup", 1024, 2),
+                                          ("hopper", 8, 1), ("hopper", 16, 2), ("ant", 64, 2)])
+def test_a_rigid_call_splits_only_where_each_thread_gets_enough_work(name, n, parts, threads, spans_seen):
+    """A span holds at least ``MIN_SPAN_WORK`` env·substep·dof²: a cart-pole frame at N = 256 (4096) stays one call."""
+    kernel, substeps, inputs, grads = rigid_case(name, n, torch.float32)
+    assert threads(2, lambda: kernel.parts(n, substeps)) == parts
+    threads(2, lambda: rigid_run(kernel, substeps, inputs, grads))
+    assert spans_seen == ([2] * 4 if parts == 2 else [])
 
 
 def fem_case(n, dtype, seed=0):

@@ -53,14 +53,19 @@ def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monke
     import subprocess
 
     seen = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw["env"]["VS_REWARPED_CLOCK"])) or
-                        subprocess.CompletedProcess(cmd, 1, "", "x"))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    def run(cmd, **kw):
+        seen.append((cmd, kw["env"]["VS_REWARPED_CLOCK"], kw["env"].get("OMP_WAIT_POLICY")))
+        return subprocess.CompletedProcess(cmd, 1, "", "x")
+
+    monkeypatch.setattr(subprocess, "run", run)
     for clock in ("cpu", "wall"):
         args = argparse.Namespace(clock=clock, seconds=1.0, cell_timeout=10.0, rewarped_python=Path("/r/python"))
         vs_rewarped.measure_cell(args, "ant", 32, "rewarped", 16, "fwd")
         vs_rewarped.measure_cell(args, "ant", 32, "recipe", 16, "fwd")
         vs_rewarped.measure_cell(args, "ant", 32, "recipe@threads=2", 16, "fwd")
-    (rew_cpu, c1), (ours_cpu, c2), (ours_k, c3), (rew_wall, c4), (ours_wall, c5), (_, c6) = seen
+    (rew_cpu, c1, w1), (ours_cpu, c2, w2), (ours_k, c3, w3), (rew_wall, c4, w4), (ours_wall, c5, w5), (_, c6, w6) = seen
+    assert (w1, w2, w3, w4, w5, w6) == (None, None, "PASSIVE", None, None, "PASSIVE")  # only K threads: OpenMP must not spin
     assert rew_cpu[:3] == ["/r/python", str(vs_rewarped.CPU_CLOCK), str(vs_rewarped.REWARPED_BENCH)]
     assert rew_wall[:2] == ["/r/python", str(vs_rewarped.REWARPED_BENCH)]
     for ours, variant in ((ours_cpu, "recipe"), (ours_k, "recipe@threads=2"), (ours_wall, "recipe")):  # tphys runs tphys

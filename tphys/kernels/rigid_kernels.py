@@ -13,7 +13,9 @@ actuation, substeps)`` is the autograd node over a whole frame (one C call forwa
 input state, N·(nq + D) numbers per substep). Which calls it serves is ``tphys.rigid.integrator.step``'s decision (``route``
 there); nothing here runs unless called.
 
-Threads: each call splits its envs into ``torch.get_num_threads()`` contiguous row spans (at most one per env;
+Threads: each call splits its envs into ``torch.get_num_threads()`` contiguous row spans (at most one per env, and at
+most one per ``MIN_SPAN_WORK`` env·substep·dof² of work: a thread's hand-off costs tens of microseconds, more than a
+cart-pole's whole frame at N = 64 or 256, which ran 0.93x and 0.82x on two threads; ``RigidKernel.parts``;
 ``c_kernels.threads`` / ``spans``) and runs one C call per span on offset pointers, concurrently (``c_kernels.parallel``:
 ctypes releases the GIL; each call allocates its own scratch). Envs are independent and nothing is summed across
 them, so results are bitwise those of one thread; one thread makes the single call of before, without the pool.
@@ -35,6 +37,8 @@ SOURCE = Path(__file__).with_name("cpu") / "rigid.c"
 BACKENDS = ("auto", "cpu", "torch")
 _REAL = c_kernels.REALS
 JOINT_CODES = {"hinge": 0, "slide": 1, "ball": 2, "free": 3, "fixed": 4}
+MIN_SPAN_WORK = 3072  # env·substep·dof² each thread's span must hold. Two threads against one, fwd+bwd (threads_ab.py):
+# cart-pole (2 dofs, 4 substeps) N = 256, spans of 2048: 0.82x; N = 1024, 8192: 1.35x; hopper (6, 16) N = 16, 4608: 1.31x
 
 
 @cache
@@ -156,6 +160,12 @@ class RigidKernel:
                              f"model of nq={s['nq']}, {s['dofs']} dofs, {s['actuators']} actuators")
         return n
 
+    def parts(self, n: int, substeps: int) -> int:
+        """How many threads a call over ``n`` envs and ``substeps`` substeps splits into: ``c_kernels.threads(n)``, at most
+        one per ``MIN_SPAN_WORK`` env·substep·dof² (at least 1; dof² stands for a substep's cost, which grows faster than
+        the dofs: a hopper's env-substep costs several cart-poles')."""
+        return max(1, min(c_kernels.threads(n), n * substeps * self.shape["dofs"] ** 2 // MIN_SPAN_WORK))
+
     def forward(self, q: Tensor, qd: Tensor, actuation: Tensor, substeps: int, keep: bool = False):
         """(q', qd', trajectory or None) after ``substeps`` substeps from q [N, nq], qd [N, D] under actuation [N, A] (held);
         ``keep``: also every substep's input state [N, substeps, nq + D] for ``backward``. No autograd."""
@@ -163,7 +173,7 @@ class RigidKernel:
         q, qd, actuation = (t.detach().contiguous() for t in (q, qd, actuation))
         q1, qd1 = torch.empty_like(q), torch.empty_like(qd)
         trajectory = q.new_empty(n, substeps, q.shape[1] + qd.shape[1]) if keep else None
-        library, parts = _library(self.real), c_kernels.threads(n)
+        library, parts = _library(self.real), self.parts(n, substeps)
 
         def run(q, qd, actuation, q1, qd1, trajectory):
             return library.rigid_forward(ctypes.byref(self.struct), q.data_ptr(), qd.data_ptr(), actuation.data_ptr(), q1.data_ptr(),
@@ -185,7 +195,7 @@ class RigidKernel:
         n = trajectory.shape[0]
         grad_q, grad_qd = (t.to(self.dtype).contiguous() for t in (grad_q, grad_qd))
         gq, gqd, ga = torch.empty_like(grad_q), torch.empty_like(grad_qd), torch.empty_like(actuation)
-        library, parts = _library(self.real), c_kernels.threads(n)
+        library, parts = _library(self.real), self.parts(n, substeps)
 
         def run(actuation, trajectory, grad_q, grad_qd, gq, gqd, ga):
             return library.rigid_backward(ctypes.byref(self.struct), actuation.data_ptr(), trajectory.data_ptr(), grad_q.data_ptr(),
