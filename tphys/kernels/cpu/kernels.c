@@ -73,23 +73,25 @@ static inline int64_t row(const Stencil *s, int64_t env, int64_t gx, int64_t gy,
     return ((env * gx + s->node[0][ox]) * gy + s->node[1][oy]) * gz + s->node[2][0];
 }
 
-/* P2G of one particle with an inside stencil; the same sums, in the same order, as the node-by-node form. */
+/* P2G of one particle with an inside stencil; the same sums, in the same order, as the node-by-node form. A row's 9
+ * momentum components (3 nodes x 3) are 8 + 1 so that the compiler vectorises the 8 (G2P's rows likewise). */
 static void p2g_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, int64_t gz, double mass, const REAL *q, const REAL *A,
                        REAL *gm, REAL *gmv) {
-    double along_z[3][3]; /* [oz][r]: A[r][2]·d_z */
+    double along[9], wz[9]; /* [3·oz + r]: A[r][2]·d_z, w_z */
     for (int oz = 0; oz < 3; oz++)
-        for (int r = 0; r < 3; r++) along_z[oz][r] = A[3 * r + 2] * s->d[2][oz];
+        for (int r = 0; r < 3; r++) along[3 * oz + r] = A[3 * r + 2] * s->d[2][oz], wz[3 * oz + r] = s->w[2][oz];
     for (int ox = 0; ox < 3; ox++)
         for (int oy = 0; oy < 3; oy++) {
-            double wxy = s->w[0][ox] * s->w[1][oy], b[3];
+            double wxy = s->w[0][ox] * s->w[1][oy], b[9];
             for (int r = 0; r < 3; r++) b[r] = q[r] + A[3 * r] * s->d[0][ox] + A[3 * r + 1] * s->d[1][oy];
+            for (int j = 3; j < 9; j++) b[j] = b[j - 3];
             int64_t node = row(s, env, gx, gy, gz, ox, oy);
-            REAL *M = gm + node, *Q = gmv + 3 * node;
-            for (int oz = 0; oz < 3; oz++) {
-                double w = wxy * s->w[2][oz];
-                M[oz] += (REAL)(w * mass);
-                for (int r = 0; r < 3; r++) Q[3 * oz + r] += (REAL)(w * (b[r] + along_z[oz][r]));
-            }
+            REAL *restrict M = gm + node, *restrict Q = gmv + 3 * node;
+            for (int oz = 0; oz < 3; oz++) M[oz] += (REAL)(wxy * s->w[2][oz] * mass);
+            REAL add[8];
+            for (int j = 0; j < 8; j++) add[j] = (REAL)(wxy * wz[j] * (b[j] + along[j]));
+            for (int j = 0; j < 8; j++) Q[j] += add[j];
+            Q[8] += (REAL)(wxy * wz[8] * (b[8] + along[8]));
         }
 }
 
@@ -200,12 +202,15 @@ static void g2p_inside(const Stencil *s, int64_t env, int64_t gx, int64_t gy, in
         for (int oy = 0; oy < 3; oy++) {
             double wxy = s->w[0][ox] * s->w[1][oy], wx_dx = wxy * s->d[0][ox], wy_dy = wxy * s->d[1][oy];
             const REAL *G = gv + 3 * row(s, env, gx, gy, gz, ox, oy);
-            for (int j = 0; j < 9; j++) {
-                double g = G[j];
-                V[j] += wxy * g;
-                X[j] += wx_dx * g;
-                Y[j] += wy_dy * g;
-            }
+            double g[8];
+            for (int j = 0; j < 8; j++) g[j] = G[j];
+            for (int j = 0; j < 8; j++) V[j] += wxy * g[j];
+            for (int j = 0; j < 8; j++) X[j] += wx_dx * g[j];
+            for (int j = 0; j < 8; j++) Y[j] += wy_dy * g[j];
+            double g8 = G[8];
+            V[8] += wxy * g8;
+            X[8] += wx_dx * g8;
+            Y[8] += wy_dy * g8;
         }
     for (int oz = 0; oz < 3; oz++) {
         double wz = s->w[2][oz], wd = wz * s->d[2][oz];
