@@ -28,6 +28,7 @@ typedef struct {
     REAL gdt[3], dt, dx, mu, min_mass, friction, softness, band;
     const int64_t *origin, *kinds;
     const REAL *sizes, *position, *rotation, *position_next, *rotation_next;
+    double *reach; /* [N, S, 3] or NULL: a node farther than this from a shape's centre along an axis is out of its band */
 } Params;
 
 static inline REAL dot3(const REAL *a, const REAL *b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
@@ -171,6 +172,41 @@ static void sdf_back(int64_t kind, const REAL *size, const REAL *p, REAL g_d, co
             g_p[i] += g_q[i] * sgn(p[i]);
         }
     }
+}
+
+/* Per (env, shape, axis), how far from the shape's centre a node may lie along a world axis and still be within the band
+   (or inside): the half extent of the shape's world bounding box (a box's rotated half extents; a sphere's radius;
+   radius + half length for capsules and cylinders) + band + a margin (1e-3 (1 + extent + |centre|) m) far above the
+   float error of the distance that shape_geometry computes. A node beyond it on any axis is farther than the band from
+   the shape, so shape_geometry would return 0 for it: `far` skips its transform and distance (5 walls per node in
+   fluid_move) with the same results. NULL where out of memory (nothing is skipped then). */
+static double *shape_reach(const Params *c) {
+    double *reach = malloc((size_t)(3 * c->n * c->shapes + 1) * sizeof(double));
+    if (!reach) return NULL;
+    for (int64_t k = 0; k < c->n * c->shapes; k++) {
+        int64_t s = k % c->shapes;
+        const REAL *R = c->rotation + 9 * k, *P = c->position + 3 * k, *size = c->sizes + 3 * s;
+        for (int j = 0; j < 3; j++) {
+            double extent;
+            if (c->kinds[s] == 1) /* box: world x_j = sum_i R[j][i] local_i, |local_i| <= size_i */
+                extent = fabs((double)R[3 * j]) * fabs((double)size[0]) + fabs((double)R[3 * j + 1]) * fabs((double)size[1]) +
+                         fabs((double)R[3 * j + 2]) * fabs((double)size[2]);
+            else if (c->kinds[s] == 0) /* sphere */
+                extent = fabs((double)size[0]);
+            else /* capsule, cylinder: within radius + half length of the centre */
+                extent = fabs((double)size[0]) + fabs((double)size[1]);
+            reach[3 * k + j] = extent + (double)c->band + 1e-3 * (1 + extent + fabs((double)P[j]));
+        }
+    }
+    return reach;
+}
+
+/* Whether node x is beyond shape s's reach (shape_reach) in env e: shape_geometry would return 0. */
+static inline int far(const Params *c, int64_t e, int64_t s, const REAL *x) {
+    if (!c->reach) return 0;
+    const double *r = c->reach + 3 * (e * c->shapes + s);
+    const REAL *P = c->position + 3 * (e * c->shapes + s);
+    return fabs((double)x[0] - P[0]) > r[0] || fabs((double)x[1] - P[1]) > r[1] || fabs((double)x[2] - P[2]) > r[2];
 }
 
 /* Shape s of env e at node x: local point Rᵀ(x - p), distance, local normal; returns whether the shape acts. */
@@ -341,6 +377,7 @@ static void read_params(Params *c, int64_t n, int64_t wx, int64_t wy, int64_t wz
     for (int i = 0; i < 3; i++) c->gdt[i] = (REAL)dt * gravity[i];
     c->origin = origin, c->kinds = kinds, c->sizes = sizes;
     c->position = position, c->rotation = rotation, c->position_next = position_next, c->rotation_next = rotation_next;
+    c->reach = NULL;
 }
 
 #define PARAMS                                                                                                                          \
@@ -367,6 +404,7 @@ int64_t grid_forward(const REAL *mass, const REAL *momentum, REAL *velocity, PAR
     Params c;
     READ_PARAMS(&c);
     if (shapes > MAX_SHAPES) return -1;
+    c.reach = shape_reach(&c);
     int64_t per_env = wx * wy * wz, acted = 0;
     for (int64_t e = 0; e < n; e++)
         for (int64_t i = 0; i < per_env; i++) {
@@ -379,13 +417,14 @@ int64_t grid_forward(const REAL *mass, const REAL *momentum, REAL *velocity, PAR
             node_of(&c, e, i, node, x);
             for (int a = 0; a < 3; a++) v[a] = momentum[3 * id + a] / m + c.gdt[a];
             for (int64_t s = 0; s < shapes; s++)
-                if (shape_geometry(&c, e, s, x, xp, local, &d, nl)) {
+                if (!far(&c, e, s, x) && shape_geometry(&c, e, s, x, xp, local, &d, nl)) {
                     shape_apply(&c, e, s, x, local, d, nl, v);
                     acted++;
                 }
             if (sticky && node[1] < bound && v[1] < 0) v[0] = v[1] = v[2] = 0;
             for (int a = 0; a < 3; a++) wall_apply(&c, node, a, v);
         }
+    free(c.reach);
     return acted;
 }
 
@@ -396,9 +435,13 @@ int64_t grid_backward(const REAL *mass, const REAL *momentum, const REAL *grad_v
     Params c;
     READ_PARAMS(&c);
     if (shapes > MAX_SHAPES) return -1;
+    c.reach = shape_reach(&c);
     int64_t per_env = wx * wy * wz, ns = n * shapes;
     double *acc = calloc((size_t)(24 * ns) + 1, sizeof(double));
-    if (!acc) return -2;
+    if (!acc) {
+        free(c.reach);
+        return -2;
+    }
     double *gP = acc, *gR = acc + 3 * ns, *gP1 = acc + 12 * ns, *gR1 = acc + 15 * ns;
     REAL tape[MAX_SHAPES + 4][3];
     int64_t acted[MAX_SHAPES];
@@ -414,7 +457,7 @@ int64_t grid_backward(const REAL *mass, const REAL *momentum, const REAL *grad_v
             node_of(&c, e, i, node, x);
             for (int a = 0; a < 3; a++) v[a] = momentum[3 * id + a] / m + c.gdt[a];
             for (int64_t s = 0; s < shapes; s++)
-                if (shape_geometry(&c, e, s, x, xp, local, &d, nl)) {
+                if (!far(&c, e, s, x) && shape_geometry(&c, e, s, x, xp, local, &d, nl)) {
                     for (int a = 0; a < 3; a++) tape[count][a] = v[a];
                     acted[count++] = s;
                     shape_apply(&c, e, s, x, local, d, nl, v);
@@ -445,5 +488,6 @@ int64_t grid_backward(const REAL *mass, const REAL *momentum, const REAL *grad_v
         grad_rotation_next[j] = (REAL)gR1[j];
     }
     free(acc);
+    free(c.reach);
     return 0;
 }
