@@ -32,8 +32,7 @@ def window(model: MPMModel, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     if not model.window:
         return torch.zeros(n, 3, dtype=torch.int64, device=x.device), (g, g, g)
     with torch.no_grad():
-        lowest, highest = torch.aminmax(x, dim=1)
-        bounds = torch.floor(torch.stack([lowest, highest]) / model.dx - 0.5).tolist()  # [2][N][3]: the extreme stencils' bases
+        bounds = torch.stack(torch.aminmax(x, dim=1)).div_(model.dx).sub_(0.5).floor_().tolist()  # [2][N][3]: the extreme stencils' bases
     if not all(math.isfinite(b) for side in bounds for env in side for b in env):  # NaN particles: the whole domain, as without windows
         return torch.zeros(n, 3, dtype=torch.int64, device=x.device), (g, g, g)
     low = [[int(b) for b in env] for env in bounds[0]]

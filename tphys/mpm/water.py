@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -33,9 +34,6 @@ from tphys.mpm.grid import window
 from tphys.mpm.model import MPMModel, MPMState
 
 SOURCE = Path(c_kernels.__file__).with_name("cpu") / "water.c"
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-_D = ctypes.c_double
 
 
 def _library(real: str) -> ctypes.CDLL:
@@ -59,14 +57,35 @@ def serves(model: MPMModel, x: Tensor, colliders: tuple | None, backend: str) ->
     return all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors) and grid_kernels.serves(model, x, x, colliders, backend)
 
 
-def _ptr(t: Tensor) -> ctypes.c_void_p:
-    return _P(t.data_ptr())
+_SIGNATURES = {  # argument kinds of the C functions this node calls: P pointer, I int64, D double
+    "water_prologue": "PPPPPPPPPPPIIDD", "water_epilogue": "PPPPPPID", "water_epilogue_backward": "PPPPPPPPPID",
+    "water_prologue_backward": "PPPPPPPPPPPPPIID", "p2g_forward": "PPPPPPIIIIID", "g2p_forward": "PPPPIIIIID",
+    "g2p_backward": "PPPPPPIIIIID", "p2g_backward": "PPPPPPPPPPIIIIID",
+}
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
 
 
 @cache
-def _functions(real: str) -> tuple:
-    """(water.c's library, kernels.c's library) for the float type ``real``."""
-    return _library(real), c_kernels.build(c_kernels.SOURCE, real)
+def _functions(real: str) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """(water.c's functions, kernels.c's functions) for the float type ``real``, typed (``_SIGNATURES``) so that a call
+    takes plain ints and floats: ctypes converts them in C, no ``c_void_p`` / ``c_int64`` objects per argument (29440
+    calls per fluid_move fwd+bwd window at N = 1). Loaded through a handle of their own, so that the untyped functions
+    other modules call on the same libraries keep their (absent) argtypes."""
+    kinds = {"P": ctypes.c_void_p, "I": ctypes.c_int64, "D": ctypes.c_double}
+    found = []
+    for library in (_library(real), c_kernels.build(c_kernels.SOURCE, real)):
+        handle = ctypes.CDLL(library._name)
+        functions = SimpleNamespace()
+        for name, signature in _SIGNATURES.items():
+            if hasattr(handle, name):
+                function = getattr(handle, name)
+                function.argtypes, function.restype = [kinds[k] for k in signature], None
+                setattr(functions, name, function)
+        found.append(functions)
+    return tuple(found)
 
 
 def _forward(model: MPMModel, origin: Tensor, shape: tuple, kinds: Tensor, sizes: Tensor, scalars: tuple, x: Tensor, v: Tensor,
@@ -80,10 +99,10 @@ def _forward(model: MPMModel, origin: Tensor, shape: tuple, kinds: Tensor, sizes
     bulk = model.material.lam + 2 * model.material.mu / 3
     local, q, affine, stretch = torch.empty_like(x), torch.empty_like(x), torch.empty_like(c), x.new_empty(n, p)
     water.water_prologue(_ptr(x), _ptr(v), _ptr(c), _ptr(f), _ptr(mass), _ptr(scale), _ptr(origin), _ptr(local), _ptr(q), _ptr(affine),
-                         _ptr(stretch), _I(n), _I(p), _D(model.dx), _D(bulk))
+                         _ptr(stretch), n, p, model.dx, bulk)
     masses = mass.expand(n, p).contiguous()
     grid_mass, grid_momentum = x.new_zeros(n, *shape), x.new_zeros(n, *shape, 3)
-    dims = (_I(n), _I(p), *(_I(s) for s in shape), _D(model.dx))
+    dims = (n, p, *shape, model.dx)
     kernels.p2g_forward(_ptr(local), _ptr(masses), _ptr(q), _ptr(affine), _ptr(grid_mass), _ptr(grid_momentum), *dims)
     gravity = model.gravity.detach().contiguous()
     velocity, acted = grid_kernels.grid_forward(grid_mass, grid_momentum, origin, gravity, kinds, sizes, *poses, *scalars)
@@ -91,7 +110,7 @@ def _forward(model: MPMModel, origin: Tensor, shape: tuple, kinds: Tensor, sizes
     v_new, c_new = torch.empty_like(x), torch.empty_like(c)
     kernels.g2p_forward(_ptr(local), _ptr(velocity), _ptr(v_new), _ptr(c_new), *dims)
     x_new, f_new = torch.empty_like(x), torch.empty_like(c)
-    water.water_epilogue(_ptr(x), _ptr(v_new), _ptr(c_new), _ptr(stretch), _ptr(x_new), _ptr(f_new), _I(n * p), _D(model.dt))
+    water.water_epilogue(_ptr(x), _ptr(v_new), _ptr(c_new), _ptr(stretch), _ptr(x_new), _ptr(f_new), n * p, model.dt)
     saved = (f, local, masses, q, affine, stretch, c_new, grid_mass, grid_momentum, velocity, origin, gravity, kinds, sizes, *poses)
     return (x_new, v_new, c_new, f_new), saved, acted
 
@@ -120,9 +139,9 @@ class _WaterSubstep(torch.autograd.Function):
         grad_c, grad_f = (torch.zeros_like(f) if g is None else g.contiguous() for g in (grad_c, grad_f))
         g_v, g_c, g_stretch = torch.empty_like(grad_v), torch.empty_like(grad_c), torch.empty_like(stretch)
         water.water_epilogue_backward(_ptr(c_new), _ptr(stretch), _ptr(grad_x), _ptr(grad_v), _ptr(grad_c), _ptr(grad_f), _ptr(g_v),
-                                      _ptr(g_c), _ptr(g_stretch), _I(n * p), _D(model.dt))
+                                      _ptr(g_c), _ptr(g_stretch), n * p, model.dt)
         shape = tuple(velocity.shape[1:4])
-        dims = (_I(n), _I(p), *(_I(s) for s in shape), _D(model.dx))
+        dims = (n, p, *shape, model.dx)
         g_velocity, g_local = torch.zeros_like(velocity), torch.empty_like(local)
         kernels.g2p_backward(_ptr(local), _ptr(velocity), _ptr(g_v), _ptr(g_c), _ptr(g_velocity), _ptr(g_local), *dims)
         g_mass, g_momentum, *g_poses = grid_kernels.grid_backward(g_velocity, grid_mass, grid_momentum, origin, gravity, kinds, sizes,
@@ -134,8 +153,8 @@ class _WaterSubstep(torch.autograd.Function):
         scale = ((-model.dt * 4 / model.dx**2) * model.particle_volume).detach().contiguous()
         out_x, out_v, out_c, out_f = (torch.empty_like(t) for t in (local, local, f, f))
         water.water_prologue_backward(_ptr(f), _ptr(mass), _ptr(scale), _ptr(grad_x), _ptr(g_local), _ptr(g_local2), _ptr(g_q),
-                                      _ptr(g_affine), _ptr(g_stretch), _ptr(out_x), _ptr(out_v), _ptr(out_c), _ptr(out_f), _I(n), _I(p),
-                                      _D(model.material.lam + 2 * model.material.mu / 3))
+                                      _ptr(g_affine), _ptr(g_stretch), _ptr(out_x), _ptr(out_v), _ptr(out_c), _ptr(out_f), n, p,
+                                      model.material.lam + 2 * model.material.mu / 3)
         need = ctx.needs_input_grad
         pose_grads = [g if ctx.acted and wanted else None for g, wanted in zip(g_poses, need[10:])]
         return (None,) * 6 + tuple(g if wanted else None for g, wanted in zip((out_x, out_v, out_c, out_f), need[6:10])) + tuple(pose_grads)
