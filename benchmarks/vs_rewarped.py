@@ -368,9 +368,13 @@ def cell_function(task: str, variant: str) -> Callable:
 
 def cell_key(args, task: str, horizon: int, system: str, n: int, mode: str) -> dict:
     """What a stored cell must match to stand in for a new run of it: the task, system and variant, N, mode, horizon,
-    clock and minimum seconds, and the CPU model (a cell measured on another machine never stands in)."""
-    return {"task": task, "variant": system, "num_envs": n, "mode": mode, "horizon": horizon, "clock": args.clock,
-            "seconds": args.seconds, "cpu": cpu_model()}
+    clock and minimum seconds, and the CPU model (a cell measured on another machine never stands in); a tphys cell also
+    the venv of --tphys-python (a dev venv's Triton changes its memory)."""
+    key = {"task": task, "variant": system, "num_envs": n, "mode": mode, "horizon": horizon, "clock": args.clock,
+           "seconds": args.seconds, "cpu": cpu_model()}
+    if system != "rewarped":
+        key["python"] = args.tphys_python.parent.parent.name
+    return key
 
 
 def cpu_model() -> str:
@@ -443,7 +447,7 @@ def measure_cell(args, task: str, horizon: int, system: str, n: int, mode: str) 
         if args.clock == "cpu":
             env["VS_REWARPED_CLOCK"] = "wall"  # K threads: CPU time would add the threads' times up
     if system != "rewarped":
-        cmd = [sys.executable, __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
+        cmd = [str(args.tphys_python), __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]
     else:
         clock = [str(CPU_CLOCK)] if args.clock == "cpu" else []  # bench.py times with time.time: give it the CPU clock
@@ -461,6 +465,15 @@ def measure_cell(args, task: str, horizon: int, system: str, n: int, mode: str) 
     result = json.loads(lines[-1][7:])
     result.update(task=task, system=failed["system"])
     return result
+
+
+def tphys_python_description(python: Path) -> str:
+    """Which venv runs tphys's cells and whether Triton is installed there (it adds ~80 MB to every cell's peak RSS:
+    torch._dynamo, which tensordict imports, imports it when present)."""
+    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('triton') is not None)"],
+                           capture_output=True, text=True)
+    triton = {"True": "installed", "False": "not installed"}.get(probe.stdout.strip(), "unknown")
+    return f"{python.parent.parent.name} (Triton {triton})"
 
 
 def _relative(path: Path) -> str:
@@ -521,6 +534,10 @@ def main() -> None:
                              "counted; rows with K threads use wall time. wall: wall time (the runs before 2026-12-02)")
     parser.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is abandoned")
     parser.add_argument("--rewarped-python", type=Path, default=REPO / ".venv-rewarped" / "bin" / "python")
+    parser.add_argument("--tphys-python", type=Path, default=Path(sys.executable),
+                        help="the python of tphys's cells (default: this one). A user's install (`pip install -e .`, no dev "
+                             "extras) has no Triton on a CPU machine; a dev venv has it, and torch._dynamo, which tensordict "
+                             "imports, then imports Triton too: ~80 MB more resident memory in every cell")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--store", type=Path, default=REPO / "benchmarks" / "vs_rewarped" / "cells.jsonl",
@@ -541,6 +558,8 @@ def main() -> None:
         return
     if not args.rewarped_python.exists():
         sys.exit(f"no Rewarped python at {args.rewarped_python}; set it up as ../shared/tools/rewarped/README.md says")
+    if not args.tphys_python.exists():
+        sys.exit(f"no python at --tphys-python {args.tphys_python}")
     load_before, t0 = os.getloadavg(), time.perf_counter()
     tasks = list(TASKS) if args.task == "all" else [args.task]
     with_task = args.task == "all"
@@ -557,6 +576,7 @@ def main() -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
         f"- versions: {versions()}; Rewarped 1.3.3 / warp-lang 1.3.3 in {args.rewarped_python.parent.parent.name}",
+        f"- tphys cells' python: {tphys_python_description(args.tphys_python)}",
         "- threads: 1 per process (OMP_NUM_THREADS=1) except the rows `@threads=K`, cells one at a time; "
         f"load: {fmt_load(load_before)} before, "
         f"{fmt_load(os.getloadavg())} after (1/5/15 min)",

@@ -60,7 +60,8 @@ def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monke
 
     monkeypatch.setattr(subprocess, "run", run)
     for clock in ("cpu", "wall"):
-        args = argparse.Namespace(clock=clock, seconds=1.0, cell_timeout=10.0, rewarped_python=Path("/r/python"))
+        args = argparse.Namespace(clock=clock, seconds=1.0, cell_timeout=10.0, rewarped_python=Path("/r/python"),
+                                  tphys_python=Path("/user/bin/python"))
         vs_rewarped.measure_cell(args, "ant", 32, "rewarped", 16, "fwd")
         vs_rewarped.measure_cell(args, "ant", 32, "recipe", 16, "fwd")
         vs_rewarped.measure_cell(args, "ant", 32, "recipe@threads=2", 16, "fwd")
@@ -69,7 +70,7 @@ def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monke
     assert rew_cpu[:3] == ["/r/python", str(vs_rewarped.CPU_CLOCK), str(vs_rewarped.REWARPED_BENCH)]
     assert rew_wall[:2] == ["/r/python", str(vs_rewarped.REWARPED_BENCH)]
     for ours, variant in ((ours_cpu, "recipe"), (ours_k, "recipe@threads=2"), (ours_wall, "recipe")):  # tphys runs tphys
-        assert ours[0] == sys.executable and ours[ours.index("--cell") + 1] == f"16,fwd,{variant}"
+        assert ours[0] == "/user/bin/python" and ours[ours.index("--cell") + 1] == f"16,fwd,{variant}"
     assert (c1, c2, c3, c4, c5, c6) == ("cpu", "cpu", "wall", "wall", "wall", "wall")
 
 
@@ -91,8 +92,9 @@ def test_stored_cells_stand_in_only_where_reuse_allows(tmp_path, monkeypatch):
     monkeypatch.setattr(vs_rewarped, "same_code", lambda stored: stored == commit[0])  # a new commit changes the code
     store = tmp_path / "cells.jsonl"
 
-    def run(reuse, system, n=16, clock="cpu"):
-        args = argparse.Namespace(clock=clock, seconds=5.0, reuse=reuse, store=store, stored=vs_rewarped.load_store(store))
+    def run(reuse, system, n=16, clock="cpu", venv=".venv"):
+        args = argparse.Namespace(clock=clock, seconds=5.0, reuse=reuse, store=store, stored=vs_rewarped.load_store(store),
+                                  tphys_python=Path(f"/repo/{venv}/bin/python"))
         return vs_rewarped.run_cell(args, "ant", 32, system, n, "fwdbwd")
 
     first = run("none", "rewarped")
@@ -105,15 +107,18 @@ def test_stored_cells_stand_in_only_where_reuse_allows(tmp_path, monkeypatch):
     run("rewarped", "recipe")
     assert len(measured) == 3  # ... every time
     assert run("all", "recipe")["reused"] and len(measured) == 3  # --reuse all: this commit's cell (resume)
+    run("all", "recipe", venv=".venv-user")
+    assert len(measured) == 4  # ... of the same venv only (a dev venv's Triton adds ~80 MB)
+    assert run("rewarped", "rewarped", venv=".venv-user")["reused"] and len(measured) == 4  # Rewarped's cells: any venv
     commit[0] = "ccccccc"
     run("all", "recipe")
-    assert len(measured) == 4  # a cell of ours measured with other code never stands in
+    assert len(measured) == 5  # a cell of ours measured with other code never stands in
     for changed in ({"n": 64}, {"clock": "wall"}):
         run("rewarped", "rewarped", **changed)
-    assert len(measured) == 6
+    assert len(measured) == 7
     monkeypatch.setattr(vs_rewarped, "cpu_model", lambda: "another CPU")
     run("rewarped", "rewarped")
-    assert len(measured) == 7  # measured on another machine: not reused
+    assert len(measured) == 8  # measured on another machine: not reused
     monkeypatch.setattr(vs_rewarped, "measure_cell", lambda *a: {"system": "rewarped", "error": "killed"})
     before = store.read_text()
     run("none", "rewarped", n=1)
