@@ -447,6 +447,9 @@ def measure_cell(args, task: str, horizon: int, system: str, n: int, mode: str) 
         if args.clock == "cpu":
             env["VS_REWARPED_CLOCK"] = "wall"  # K threads: CPU time would add the threads' times up
     if system != "rewarped":
+        # this tree's tphys first: an editable install elsewhere (another worktree) would otherwise serve the import, and
+        # the cell is stored under this tree's commit
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         cmd = [str(args.tphys_python), __file__, "--task", task, "--cell", f"{n},{mode},{system}", "--horizon", str(horizon),
                "--seconds", str(args.seconds)]
     else:

@@ -1,6 +1,7 @@
 """benchmarks/vs_rewarped.py's pieces that need no Rewarped (no timing): the action gradients of Rewarped's protocol
 (zeros where the rewards do not depend on an action, nothing raised) and the variants' env options."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def test_the_rewarped_cell_runs_through_the_cpu_clock_unless_wall_is_asked(monke
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     def run(cmd, **kw):
         seen.append((cmd, kw["env"]["VS_REWARPED_CLOCK"], kw["env"].get("OMP_WAIT_POLICY")))
+        if cmd[0] != "/r/python":  # ours import this tree's tphys, whatever the venv's editable install points to
+            assert kw["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(vs_rewarped.REPO)
         return subprocess.CompletedProcess(cmd, 1, "", "x")
 
     monkeypatch.setattr(subprocess, "run", run)
