@@ -169,7 +169,8 @@ class CriticWorker:
 
 
 def _serve(conn, parent_end, serve: Callable[[object], object]) -> None:
-    """The child's loop: a message in, ``(status, reply)`` out, until None or the parent's end closes. The child
+    """The child's loop: a message in, ``(status, reply)`` out, until None or the parent's end closes (also while a job
+    runs: its reply then goes nowhere, and the child ends quietly). The child
     closes its inherited copy of the parent's end (else the pipe never reports the parent gone) and asks the kernel to
     kill it with the parent (a SIGKILLed run must not leave a worker holding its stdout open)."""
     parent_end.close()
@@ -182,11 +183,15 @@ def _serve(conn, parent_end, serve: Callable[[object], object]) -> None:
         if message is None:
             return
         try:
-            conn.send(("ok", serve(message)))
+            reply = ("ok", serve(message))
         except NonFiniteError as err:
-            conn.send(("nonfinite", str(err)))
+            reply = ("nonfinite", str(err))
         except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
-            conn.send(("error", f"{type(err).__name__}: {err}"))
+            reply = ("error", f"{type(err).__name__}: {err}")
+        try:
+            conn.send(reply)
+        except OSError:  # the parent closed its end mid-job (a script that ended without close()): nobody to tell
+            return
 
 
 def _die_with_parent() -> None:

@@ -162,3 +162,26 @@ def test_the_critic_job_leaves_torchrls_process_wide_exploration_setting_alone()
     with set_exploration_type(ExplorationType.RANDOM):
         trainer.fit_critic(*trainer.loss.critic_data(batch))
     assert seen and set(seen) == {ExplorationType.RANDOM}
+
+
+def test_the_worker_ends_quietly_when_the_parent_closes_mid_job():
+    """A script that ends without ``close()`` shuts the pipe while a job runs: the job's reply has nowhere to go, and the
+    worker must end with status 0, not print a BrokenPipeError traceback (what it did)."""
+    import multiprocessing
+    import time
+
+    from rl.trainers import critic_worker
+
+    def slow(message):
+        time.sleep(0.5)
+        return message
+
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+    process = context.Process(target=critic_worker._serve, args=(child, parent, slow), daemon=True)
+    process.start()
+    child.close()
+    parent.send("job")
+    parent.close()  # the parent goes away while the job runs
+    process.join(timeout=10)
+    assert process.exitcode == 0
