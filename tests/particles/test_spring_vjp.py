@@ -38,3 +38,68 @@ def test_fused_spring_gradcheck():
     x = td["x"].clone().requires_grad_()
     v = td["v"].clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda x, v: fused_spring_forces(env.model.springs, x, v), (x, v))
+
+
+def _springs_and_state(seed: int = 0):
+    env = E.make("cloth", num_envs=2, dtype=torch.float64, seed=seed)
+    td = env.reset()
+    gen = torch.Generator().manual_seed(seed)
+    x = td["x"] + 0.01 * torch.randn(td["x"].shape, generator=gen, dtype=torch.float64)
+    v = torch.randn(td["v"].shape, generator=gen, dtype=torch.float64)
+    return env.model.springs, x, v
+
+
+def _value_and_grads(fn, springs, x, v, weight):
+    leaves = [x.clone().requires_grad_(), v.clone().requires_grad_()]
+    force = fn(springs, *leaves)
+    return (force.detach(), *torch.autograd.grad((force * weight).sum(), leaves))
+
+
+def test_the_index_path_follows_an_in_place_edit_of_the_incidence():
+    """The (first, second) ends are cached per incidence tensor: rewiring a spring in place must be seen (the cache keys
+    on the tensor's version), in value and in gradient."""
+    from tphys.particles import spring_vjp
+
+    springs, x, v = _springs_and_state()
+    incidence = springs.incidence.clone()
+    springs = springs._replace(incidence=incidence)
+    weight = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fused_spring_forces(springs, x, v)  # caches the ends
+    assert spring_vjp._ends(incidence) is not None
+    row = incidence[0].clone()
+    incidence[0] = torch.roll(row, 1)  # spring 0 now joins the next two particles
+    twins, fuseds = (_value_and_grads(fn, springs, x, v, weight) for fn in (spring_forces, fused_spring_forces))
+    for twin, fused in zip(twins, fuseds):
+        assert torch.allclose(fused, twin, rtol=1e-10, atol=1e-10 * (1 + twin.abs().max().item()))
+
+
+def test_an_incidence_that_is_not_one_pair_a_row_takes_the_einsum():
+    """Rows that are not exactly one -1 and one +1 (a weighted or three-particle row) have no ends: the einsum serves, and
+    the node still equals the twin."""
+    from tphys.particles import spring_vjp
+
+    springs, x, v = _springs_and_state(3)
+    weight = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for edit in ("scale", "third"):
+        incidence = springs.incidence.clone()
+        if edit == "scale":
+            incidence[1] *= 0.5
+        else:
+            incidence[1, (incidence[1] == 0).nonzero()[0]] = 1.0
+        odd = springs._replace(incidence=incidence)
+        assert spring_vjp._pair_ends(incidence) is None
+        twins, fuseds = (_value_and_grads(fn, odd, x, v, weight) for fn in (spring_forces, fused_spring_forces))
+        for twin, fused in zip(twins, fuseds):
+            assert torch.allclose(fused, twin, rtol=1e-10, atol=1e-10 * (1 + twin.abs().max().item()))
+
+
+def test_pair_ends_reads_each_row():
+    from tphys.particles import spring_vjp
+
+    incidence = torch.tensor([[-1.0, 1.0, 0.0], [0.0, 1.0, -1.0], [1.0, 0.0, -1.0]])
+    first, second = spring_vjp._pair_ends(incidence)
+    assert first.tolist() == [0, 2, 2] and second.tolist() == [1, 1, 0]
+    assert spring_vjp._pair_ends(torch.tensor([[-1.0, -1.0, 1.0]])) is None
+    assert spring_vjp._pair_ends(torch.tensor([[1.0, 1.0, 0.0]])) is None
+    assert spring_vjp._pair_ends(torch.tensor([[-1.0, 1.0, 0.3]])) is None  # a third, weighted particle
+    assert spring_vjp._pair_ends(torch.zeros(0, 3)) is None

@@ -21,11 +21,64 @@ from tphys.particles.model import Springs
 _EPS = 1e-12
 
 
+_ENDS: dict[int, tuple] = {}  # id(incidence) -> (incidence, its version, its ends or None); see _ends
+_ENDS_SIZE = 64
+
+
+def _pair_ends(incidence: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(first, second) [S] long: the particles i (-1) and j (+1) of each spring when every row of ``incidence`` [S, P]
+    holds exactly one -1, one +1 and zeros elsewhere (every model tphys builds), else None."""
+    if incidence.dim() != 2 or incidence.shape[0] == 0:
+        return None
+    plus, minus = incidence == 1, incidence == -1
+    if not bool(((plus.sum(-1) == 1) & (minus.sum(-1) == 1) & ((plus | minus) == (incidence != 0)).all(-1)).all()):
+        return None
+    return minus.to(torch.uint8).argmax(-1), plus.to(torch.uint8).argmax(-1)
+
+
+def _ends(incidence: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``_pair_ends(incidence)``, cached per tensor (its identity and version: an in-place edit derives them again);
+    None under torch.compile tracing (the einsum form serves there)."""
+    if torch.compiler.is_compiling():
+        return None
+    entry = _ENDS.get(id(incidence))
+    if entry is not None and entry[0] is incidence and entry[1] == incidence._version:
+        return entry[2]
+    ends = _pair_ends(incidence)
+    _ENDS[id(incidence)] = (incidence, incidence._version, ends)
+    while len(_ENDS) > _ENDS_SIZE:
+        _ENDS.pop(next(iter(_ENDS)))
+    return ends
+
+
+def _gather(incidence: Tensor, ends, x: Tensor) -> Tensor:
+    """[..., S, d] = incidence · x [..., P, d]: x_j - x_i of each spring (two index_selects where ``ends``, exact)."""
+    if ends is None:
+        return torch.einsum("sp,...pd->...sd", incidence, x)
+    first, second = ends
+    return x.index_select(-2, second) - x.index_select(-2, first)
+
+
+def _scatter(incidence: Tensor, ends, f: Tensor, particles: int) -> Tensor:
+    """[..., P, d] = incidenceᵀ · f [..., S, d]: +f_s on particle j, -f_s on particle i (index_add where ``ends``: the
+    same sums in another order)."""
+    if ends is None:
+        return torch.einsum("sp,...sd->...pd", incidence, f)
+    first, second = ends
+    out = f.new_zeros((*f.shape[:-2], particles, f.shape[-1]))
+    out.index_add_(-2, second, f)
+    return out.index_add_(-2, first, f, alpha=-1)
+
+
 class _SpringForce(torch.autograd.Function):
+    """Spring forces [..., P, d]. ``incidence`` [S, P] (+1 at j, -1 at i) gathers and scatters: by index where each row
+    is one such pair (``_ends``: ~3x fewer microseconds than the einsum at rope sizes), else by the einsum."""
+
     @staticmethod
     def forward(ctx, x, v, incidence, rest, stiffness, damping, cable, width):
-        delta = torch.einsum("sp,...pd->...sd", incidence, x)  # x_j - x_i
-        delta_v = torch.einsum("sp,...pd->...sd", incidence, v)
+        ends = _ends(incidence)
+        delta = _gather(incidence, ends, x)  # x_j - x_i
+        delta_v = _gather(incidence, ends, v)
         length = torch.linalg.vector_norm(delta, dim=-1).clamp_min(_EPS)
         direction = delta / length.unsqueeze(-1)
         stretch = length - rest
@@ -39,21 +92,23 @@ class _SpringForce(torch.autograd.Function):
         # d tension / d stretch at fixed rate: elastic' = lerp(1, tau, cable); taut' = 6·tau(1 - tau)/w.
         slope = stiffness * (1.0 + cable * (tau - 1.0)) + damping * cable * 6.0 * tau * (1.0 - tau) / width * rate
         ctx.save_for_backward(incidence, direction, length, tension, delta_v, damping_taut, slope)
-        return -torch.einsum("sp,...sd->...pd", incidence, tension.unsqueeze(-1) * direction)
+        ctx.ends = ends
+        return -_scatter(incidence, ends, tension.unsqueeze(-1) * direction, x.shape[-2])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_force):
         incidence, direction, length, tension, delta_v, damping_taut, slope = ctx.saved_tensors
-        grad_spring = -torch.einsum("sp,...pd->...sd", incidence, grad_force)  # dL/d(tension·direction)
+        ends, particles = ctx.ends, incidence.shape[-1]
+        grad_spring = -_gather(incidence, ends, grad_force)  # dL/d(tension·direction)
         grad_tension = (grad_spring * direction).sum(-1)
         grad_rate = damping_taut * grad_tension
         grad_direction = tension.unsqueeze(-1) * grad_spring + grad_rate.unsqueeze(-1) * delta_v
         radial = (grad_direction * direction).sum(-1, keepdim=True)
         grad_delta = (grad_direction - radial * direction) / length.unsqueeze(-1) + (slope * grad_tension).unsqueeze(-1) * direction
         grad_delta_v = grad_rate.unsqueeze(-1) * direction
-        grad_x = torch.einsum("sp,...sd->...pd", incidence, grad_delta)
-        grad_v = torch.einsum("sp,...sd->...pd", incidence, grad_delta_v)
+        grad_x = _scatter(incidence, ends, grad_delta, particles)
+        grad_v = _scatter(incidence, ends, grad_delta_v, particles)
         return grad_x, grad_v, None, None, None, None, None, None
 
 
