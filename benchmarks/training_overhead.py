@@ -48,7 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import publish, run_header  # noqa: E402
+from report import git_commit, publish, run_header  # noqa: E402
 
 ENVS = ("rope", "ant", "soft_jumper", "rolling_flat")
 FIRST_ORDER = ("sapo", "shac", "apg")  # recipes whose training step is a differentiable window through the env
@@ -268,6 +268,8 @@ def table(rows: list[dict]) -> list[str]:
         clock = r.get("clock", "wall time")
         measured = (f">= {r.get('seconds', '?')} s of {clock} per phase, load {r['load'][0]:.1f}, reference {r.get('reference', 'random')}"
                     if "load" in r else "")
+        if r.get("commit"):  # rows measured before 2026-12-03 have none
+            measured += f", commit {r['commit']}"
         thread = "yes" if r.get("overlap_critic") else "no"
         cpu = f"{r['train_cpu_window_s'] / r['window_s']:.2f}" if "train_cpu_window_s" in r else ""
         if r.get("worker_cpu_window_s"):
@@ -329,7 +331,7 @@ def main() -> None:
                 or row.get("reference", "random") != args.reference or row.get("block_seconds") != args.block_seconds):
             row = {**run_cell(recipe, env, args.seconds, variant, args.timeout, not args.no_warmup, args.reference,
                               args.block_seconds),
-                   "seconds": args.seconds, "overrides": variant, "load": list(os.getloadavg())}
+                   "seconds": args.seconds, "overrides": variant, "load": list(os.getloadavg()), "commit": git_commit()}
             stored[(recipe, env, tuple(variant))] = row
             if not args.quick:  # resumable: each cell as it ends
                 store_row(args.json, row)

@@ -45,3 +45,10 @@ def test_the_table_names_each_rows_clock_and_marks_a_missing_cell():
     assert "wall time" in lines[3] and "| 0.75 |" in lines[3]
     assert "failed: not measured" in lines[4]
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_a_row_names_the_commit_it_was_measured_at():
+    """Rows of one table come from different runs (a cell is reused until measured again): each names its commit."""
+    lines = training_overhead.table([row("rope", 0.5, commit="abc1234"), row("ant", 0.8)])
+    assert lines[2].endswith(", commit abc1234 |")
+    assert "commit" not in lines[3]  # a row stored before rows had a commit says nothing rather than a wrong one
