@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's tphys first (see report.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# This tree's tphys and rl before any installed copy: a venv's editable install may point to another checkout (a
+# measurement run from a clean worktree would otherwise import the main checkout's code, and be stamped with this tree's
+# commit). The scripts import this module before tphys; those that do not put the tree first themselves.
+if sys.path[:1] != [str(REPO)]:
+    sys.path.insert(0, str(REPO))
 
 
 def write_section(path: Path, key: str, section: str) -> None:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-import tphys.envs as E
-from tphys.envs.base import check_finite_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's tphys first (see report.py)
+import tphys.envs as E  # noqa: E402
+from tphys.envs.base import check_finite_inputs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import publish, run_header  # noqa: E402
