@@ -103,3 +103,38 @@ def test_pair_ends_reads_each_row():
     assert spring_vjp._pair_ends(torch.tensor([[1.0, 1.0, 0.0]])) is None
     assert spring_vjp._pair_ends(torch.tensor([[-1.0, 1.0, 0.3]])) is None  # a third, weighted particle
     assert spring_vjp._pair_ends(torch.zeros(0, 3)) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    particles=st.integers(2, 7),
+    pairs=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=10),
+    dim=st.sampled_from([2, 3]),
+    batch=st.sampled_from([(), (3,), (2, 2)]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_the_index_path_equals_the_twin_on_any_pair_graph(particles, pairs, dim, batch, seed):
+    """Any springs of one -1 / +1 pair a row (repeated pairs, pairs in either order, particles with no spring, any batch
+    shape): the fused node's index gathers and scatters give the twin's forces and gradients (float64)."""
+    from tphys.particles import spring_vjp
+    from tphys.particles.model import Springs
+
+    pairs = [(i % particles, j % particles) for i, j in pairs if i % particles != j % particles]
+    if not pairs:
+        pairs = [(0, 1)]
+    gen = torch.Generator().manual_seed(seed)
+    s = len(pairs)
+    incidence = torch.zeros(s, particles, dtype=torch.float64)
+    for k, (i, j) in enumerate(pairs):
+        incidence[k, i], incidence[k, j] = -1.0, 1.0
+    springs = Springs(incidence, 0.05 + torch.rand(s, generator=gen, dtype=torch.float64) * 0.2,
+                      10.0 + torch.rand(s, generator=gen, dtype=torch.float64) * 100.0,
+                      torch.rand(s, generator=gen, dtype=torch.float64), (torch.rand(s, generator=gen) > 0.5).double(),
+                      torch.tensor(1e-3, dtype=torch.float64))
+    assert spring_vjp._pair_ends(incidence) is not None
+    x = 0.3 * torch.randn(*batch, particles, dim, generator=gen, dtype=torch.float64)
+    v = torch.randn(*batch, particles, dim, generator=gen, dtype=torch.float64)
+    weight = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    twins, fuseds = (_value_and_grads(fn, springs, x, v, weight) for fn in (spring_forces, fused_spring_forces))
+    for twin, fused in zip(twins, fuseds):
+        assert torch.allclose(fused, twin, rtol=1e-10, atol=1e-10 * (1 + twin.abs().max().item()))
