@@ -57,12 +57,15 @@ def play(env: EnvBase, start: TensorDictBase, actions: Tensor, residuals: bool =
 
 
 def value_and_gradient(env: EnvBase, start: TensorDictBase, actions: Tensor) -> tuple[Tensor, Tensor]:
-    """``(V [N], dV/dā [T, N, A])`` of the open-loop return at ``actions``."""
+    """``(V [N], dV/dā [T, N, A])`` of the open-loop return at ``actions``; the gradient is zero where no reward
+    depends on the actions (an MPM tool above the material: the rollout keeps no graph), as Rewarped returns it."""
     leaf = actions.detach().requires_grad_()
     with torch.enable_grad():
         value = play(env, start, leaf).rewards.sum(0)
-        (gradient,) = torch.autograd.grad(value.sum(), leaf)
-    return value.detach(), gradient
+        gradient = None
+        if value.requires_grad:
+            (gradient,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
+    return value.detach(), torch.zeros_like(leaf) if gradient is None else gradient
 
 
 def env_major(x: Tensor) -> Tensor:

@@ -119,7 +119,10 @@ class FirstOrderTrainer(Trainer):
                 self.join_critic()  # a loss that took no values still waits for it here
                 self.start_critic(out["critic_batch"], lrs["critic"])
             actor_objective = out["loss_actor"] + (out["loss_alpha"] if "loss_alpha" in out.keys() else 0.0)
-            (actor_objective * self.env_shard.fraction).backward()  # this rank's share of the global mean
+            if torch.is_tensor(actor_objective) and actor_objective.requires_grad:
+                (actor_objective * self.env_shard.fraction).backward()  # this rank's share of the global mean
+            else:
+                self.zero_gradient("actor", "alpha")
         except NonFiniteError:  # the previous window's critic, joined in the forward
             self.cancel_critic()
             raise
@@ -158,6 +161,16 @@ class FirstOrderTrainer(Trainer):
                 scalars[f"sapo/{key}"] = out[key].item()
         scalars = distributed.mean_scalars(scalars, ("loss/actor", "train/window_reward", "sapo/entropy"))
         return self.advance(self.steps_per_iter, scalars)
+
+    def zero_gradient(self, *groups: str) -> None:
+        """A window whose objective does not depend on the parameters (APG on an MPM task whose tool stays above the
+        material: no reward depends on an action, so the rollout keeps no graph) has gradient zero, as Rewarped
+        returns it: zeros for ``groups``' parameters, and the step goes on as for any other zero gradient (the
+        optimizer still steps: weight decay, moments), where ``backward`` would raise."""
+        for group in groups:
+            for p in self.parameter_groups.get(group, ()):
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
 
     def window_observations(self, out: TensorDictBase) -> torch.Tensor:
         """The observations the normalizer takes from a window: the critic batch's, else the start states'."""
