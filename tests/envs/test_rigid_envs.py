@@ -224,3 +224,19 @@ def test_compile_substep_is_opt_in_and_lazy():
     """The substep is wrapped by torch.compile only on request, and building the env compiles nothing."""
     assert hasattr(E.make("ant", num_envs=1, compile_substep=True)._substep_fn, "__wrapped__")
     assert E.make("ant", num_envs=1)._substep_fn is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_the_divergence_rule_flags_nan_inf_and_large_entries_in_either_tensor(data):
+    """``_diverged(q, qd)``: an env is diverged when an entry of q or qd is NaN, ±inf or |x| > DIVERGED (DFlex's rule);
+    |x| = DIVERGED exactly is not."""
+    from tphys.envs.rigid_env import DIVERGED, _diverged
+
+    n = data.draw(st.integers(1, 6))
+    special = st.sampled_from([float("nan"), float("inf"), -float("inf"), DIVERGED, -DIVERGED, 2 * DIVERGED, -1.5e6, 0.0, 3.0])
+    entry = st.one_of(st.floats(-10.0, 10.0), special)
+    q = torch.tensor(data.draw(st.lists(st.lists(entry, min_size=3, max_size=3), min_size=n, max_size=n)), dtype=torch.float64)
+    qd = torch.tensor(data.draw(st.lists(st.lists(entry, min_size=2, max_size=2), min_size=n, max_size=n)), dtype=torch.float64)
+    expected = [any(not math.isfinite(x) or abs(x) > DIVERGED for x in [*q[i].tolist(), *qd[i].tolist()]) for i in range(n)]
+    assert _diverged(q, qd).tolist() == expected

@@ -132,7 +132,7 @@ class RigidEnv(TphysEnv):
         control = RigidControl(action.new_zeros(action.shape[0], 0), 0.5 * action + 0.5) if self.task.muscles else RigidControl(action)
         new = step(self.model, RigidState(_CleanGrad.apply(q), _CleanGrad.apply(qd)), control, self.dt,
                    self.substeps, contact=self.task.contact, recompute=self.recompute, substep_fn=self._substep_fn, backend=self.backend)
-        diverged = _diverged(new.q) | _diverged(new.qd)  # [N]
+        diverged = _diverged(new.q, new.qd)  # [N]
         if diverged.any():
             keep = diverged.unsqueeze(-1)
             new = RigidState(torch.where(keep, q, _finite(new.q)), torch.where(keep, qd, _finite(new.qd)))
@@ -188,8 +188,11 @@ class RigidEnv(TphysEnv):
         return torch.cat([poses.pos, com, points], 1)
 
 
-def _diverged(x: Tensor) -> Tensor:
-    return ~torch.isfinite(x).all(-1) | (x.detach().abs() > DIVERGED).any(-1)
+def _diverged(*xs: Tensor) -> Tensor:
+    """[N] bool: an entry of the [N, k] tensors ``xs`` is NaN, ±inf or beyond ``DIVERGED`` in magnitude. One comparison
+    does all three (NaN and ±inf fail ``|x| <= DIVERGED``), on the tensors side by side: 5 ops a step where two
+    tensors' isfinite / all / abs / any took 15."""
+    return ~(torch.cat([x.detach() for x in xs], -1).abs() <= DIVERGED).all(-1)
 
 
 def _finite(x: Tensor) -> Tensor:
