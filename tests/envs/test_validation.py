@@ -184,3 +184,19 @@ def test_every_key_and_env_at_fault_is_named():
         check_finite_inputs("rope3d", td, ("x", "v", "x_prev", "v_prev"))
     huge = td.clone().set("x", torch.full_like(td["x"], 3e38)).set("v_prev", torch.zeros_like(td["v_prev"]))  # the sums overflow
     check_finite_inputs("rope3d", huge, ("x", "v", "x_prev", "v_prev"))
+
+
+def test_all_finite_is_the_sum_test_and_overflow_falls_to_the_search():
+    """``all_finite``: NaN or ±inf anywhere makes it False; so does a finite sum that overflows (the callers then search
+    entry by entry and raise nothing); an empty list is finite."""
+    from tphys.envs.base import all_finite, check_action
+
+    ok = [torch.ones(3, 2), torch.zeros(3)]
+    assert all_finite(ok) and all_finite([]) and all_finite(ok[:1])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.ones(3, 2)
+        x[1, 0] = bad
+        assert not all_finite([torch.zeros(3), x])
+    huge = torch.full((2, 3), 3e38)  # float32: finite entries, an infinite sum
+    assert not all_finite([huge])
+    check_action("env", huge, 2, 3, torch.float32)  # ... and nothing to raise: every action is finite

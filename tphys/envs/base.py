@@ -156,7 +156,11 @@ class TphysEnv(EnvBase):
                           device=self.device)
 
     def check_finite_outputs(self, state: TensorDictBase) -> None:
-        """Raise FloatingPointError naming the envs where an entry ``finite_output_keys`` of ``state`` holds NaN/inf."""
+        """Raise FloatingPointError naming the envs where an entry ``finite_output_keys`` of ``state`` holds NaN/inf.
+        A finite sum of the entries (NaN and inf propagate through sums) skips the search env by env: one host sync a
+        step; a sum that overflowed searches and finds nothing to raise."""
+        if all_finite([state.get(key) for key in self.finite_output_keys]):
+            return
         bad = ~torch.stack([torch.isfinite(state.get(key)).flatten(1).all(-1) for key in self.finite_output_keys], -1).all(-1)
         if bad.any():
             if self.shard is not None:  # name the global envs
@@ -193,6 +197,13 @@ def env_indices(mask: Tensor, limit: int = 20) -> str:
     return str(idx[:limit]) + (f" ... ({len(idx)} in all)" if len(idx) > limit else "")
 
 
+def all_finite(tensors: list[Tensor]) -> bool:
+    """True when the sum of every entry of ``tensors`` is finite, so that every entry is (NaN and ±inf propagate
+    through sums); False also when a sum of finite entries overflowed: the caller then searches entry by entry."""
+    sums = [t.detach().sum() for t in tensors]
+    return math.isfinite((sums[0] if len(sums) == 1 else torch.stack(sums).sum()).item()) if sums else True
+
+
 def check_finite_inputs(name: str, tensordict, keys: Iterable[str]) -> None:
     """Raise FloatingPointError naming the env, the env indices and the keys where a float input of ``step``
     (``keys`` of ``tensordict``, each [N, ...]) holds NaN or inf:
@@ -203,7 +214,7 @@ def check_finite_inputs(name: str, tensordict, keys: Iterable[str]) -> None:
     sum that overflowed: then nothing is raised).
     """
     keys = tuple(keys)
-    if math.isfinite(torch.stack([tensordict.get(key).detach().sum() for key in keys]).sum().item()):
+    if all_finite([tensordict.get(key) for key in keys]):
         return
     tensors = [tensordict.get(key).detach() for key in keys]
     bad = {key: ~torch.isfinite(t).reshape(t.shape[0], -1).all(-1) for key, t in zip(keys, tensors)}
@@ -229,6 +240,8 @@ def check_action(name: str, action: Tensor, num_envs: int, action_dim: int, dtyp
             f"{name}: action dtype is {action.dtype} but the env runs in {dtype}; "
             f"cast the policy output (a {action.dtype} action would silently promote the state)"
         )
+    if all_finite([action]):
+        return
     bad = ~torch.isfinite(action).all(-1)
     if bad.any():
         raise NonFiniteActionError(f"{name}: non-finite action (NaN/inf) in env indices {env_indices(bad)}")
