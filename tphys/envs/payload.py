@@ -25,6 +25,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
+from tphys.derived import per_tensor
 from tphys.envs.base import TphysEnv, env_indices
 from tphys.envs.ranges import POSITIVE, check_ranges, int_at_least
 from tphys.particles import ParticleControl, ParticleModel, ParticleState, bdf2, semi_implicit_euler
@@ -37,24 +38,21 @@ OPTION_RANGES = dict(substeps=int_at_least(1), horizon=int_at_least(1), newton_m
                      dt=POSITIVE)
 
 
-_ROWS: dict[int, tuple] = {}  # id(scatter) -> (scatter, its version, its rows or None): one_hot_rows' cache
+def _one_hot_rows(scatter: Tensor) -> Tensor | None:
+    """[K] long: the column of the single 1 in each row of ``scatter`` [K, P] when every row is one-hot (zeros and one
+    1), else None."""
+    if scatter.dim() == 2 and bool(((scatter == 0) | (scatter == 1)).all() & ((scatter == 1).sum(-1) == 1).all()):
+        return (scatter == 1).to(torch.uint8).argmax(-1)
+    return None
+
+
+_cached_one_hot_rows = per_tensor(_one_hot_rows)
 
 
 def one_hot_rows(scatter: Tensor) -> Tensor | None:
-    """[K] long: the column of the single 1 in each row of ``scatter`` [K, P] when every row is one-hot (zeros and one
-    1), else None; cached per tensor and version (an in-place edit derives them again), None under torch.compile."""
-    if torch.compiler.is_compiling():
-        return None
-    entry = _ROWS.get(id(scatter))
-    if entry is not None and entry[0] is scatter and entry[1] == scatter._version:
-        return entry[2]
-    rows = None
-    if scatter.dim() == 2 and bool(((scatter == 0) | (scatter == 1)).all() & ((scatter == 1).sum(-1) == 1).all()):
-        rows = (scatter == 1).to(torch.uint8).argmax(-1)
-    _ROWS[id(scatter)] = (scatter, scatter._version, rows)
-    while len(_ROWS) > 64:
-        _ROWS.pop(next(iter(_ROWS)))
-    return rows
+    """``_one_hot_rows(scatter)``, cached per tensor and version (``tphys.derived``); None under torch.compile tracing
+    (the einsum serves there)."""
+    return None if torch.compiler.is_compiling() else _cached_one_hot_rows(scatter)
 
 
 @dataclass(frozen=True)
@@ -171,8 +169,8 @@ class PayloadEnv(TphysEnv):
 
     def pick(self, scatter: Tensor, x: Tensor) -> Tensor:
         """[N, K, d] = scatter [K, P] · x [N, P, d]: the particles a one-hot ``scatter`` (the model's handle or free rows)
-        selects, by ``index_select`` (the einsum's values for finite x, in ~1/5 of its time at N = 64; and a NaN
-        elsewhere does not leak into them), or by the einsum where a row is not one-hot."""
+        selects, by ``index_select`` (the einsum's values for finite x, without its matmul; and a NaN elsewhere does not
+        leak into them), or by the einsum where a row is not one-hot."""
         rows = one_hot_rows(scatter)
         if rows is None:
             return torch.einsum("kp,npd->nkd", scatter, x)

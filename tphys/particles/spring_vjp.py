@@ -16,13 +16,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from tphys.autodiff import twice_differentiable_requested
+from tphys.derived import per_tensor
 from tphys.particles.model import Springs
 
 _EPS = 1e-12
-
-
-_ENDS: dict[int, tuple] = {}  # id(incidence) -> (incidence, its version, its ends or None); see _ends
-_ENDS_SIZE = 64
 
 
 def _pair_ends(incidence: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -36,19 +33,13 @@ def _pair_ends(incidence: Tensor) -> tuple[Tensor, Tensor] | None:
     return minus.to(torch.uint8).argmax(-1), plus.to(torch.uint8).argmax(-1)
 
 
+_cached_pair_ends = per_tensor(_pair_ends)
+
+
 def _ends(incidence: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``_pair_ends(incidence)``, cached per tensor (its identity and version: an in-place edit derives them again);
-    None under torch.compile tracing (the einsum form serves there)."""
-    if torch.compiler.is_compiling():
-        return None
-    entry = _ENDS.get(id(incidence))
-    if entry is not None and entry[0] is incidence and entry[1] == incidence._version:
-        return entry[2]
-    ends = _pair_ends(incidence)
-    _ENDS[id(incidence)] = (incidence, incidence._version, ends)
-    while len(_ENDS) > _ENDS_SIZE:
-        _ENDS.pop(next(iter(_ENDS)))
-    return ends
+    """``_pair_ends(incidence)``, cached per tensor and version (``tphys.derived``); None under torch.compile tracing (the
+    einsum form serves there)."""
+    return None if torch.compiler.is_compiling() else _cached_pair_ends(incidence)
 
 
 def _gather(incidence: Tensor, ends, x: Tensor) -> Tensor:
@@ -72,7 +63,7 @@ def _scatter(incidence: Tensor, ends, f: Tensor, particles: int) -> Tensor:
 
 class _SpringForce(torch.autograd.Function):
     """Spring forces [..., P, d]. ``incidence`` [S, P] (+1 at j, -1 at i) gathers and scatters: by index where each row
-    is one such pair (``_ends``: ~3x fewer microseconds than the einsum at rope sizes), else by the einsum."""
+    is one such pair (``_ends``: two small index ops in place of a broadcast matmul), else by the einsum."""
 
     @staticmethod
     def forward(ctx, x, v, incidence, rest, stiffness, damping, cable, width):
