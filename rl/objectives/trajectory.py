@@ -88,6 +88,10 @@ class GaussNewton:
     backward pass through the (retained) graph of the first. Forward-mode AD would be the
     textbook tool, but in torch 2.13 on CPU an op mixing a dual and a plain tensor costs
     ~250 µs (the ZeroTensor fallback), 15x the double-vjp route on a pendulum rollout.
+
+    Where no residual depends on the actions (the rollout keeps no graph to them: an MPM tool above the material, an
+    env whose residuals are the state's alone), J_e = 0: the gradient is zero, Ĥ = damping·I and the products follow,
+    as ``value_and_gradient`` returns zero there.
     """
 
     def __init__(self, env: EnvBase, start: TensorDictBase, actions: Tensor, damping: float = 0.0):
@@ -97,18 +101,31 @@ class GaussNewton:
         with torch.enable_grad(), twice_differentiable():
             self.residuals = play(env, start, self.actions, residuals=True).residuals
             value = -self.residuals.square().sum((0, 2))
-            (gradient,) = torch.autograd.grad(value.sum(), self.actions, retain_graph=True)
-            self._probe = torch.zeros_like(self.residuals, requires_grad=True)
-            (self._pulled,) = torch.autograd.grad(self.residuals, self.actions, grad_outputs=self._probe, create_graph=True)
-        self.value, self.gradient = value.detach(), gradient
+            gradient = self._probe = self._pulled = None
+            if self.residuals.requires_grad:
+                (gradient,) = torch.autograd.grad(value.sum(), self.actions, retain_graph=True, allow_unused=True)
+            if gradient is not None:
+                self._probe = torch.zeros_like(self.residuals, requires_grad=True)
+                (self._pulled,) = torch.autograd.grad(self.residuals, self.actions, grad_outputs=self._probe, create_graph=True)
+        self.value = value.detach()
+        self.gradient = torch.zeros_like(self.actions) if gradient is None else gradient
+
+    @property
+    def independent(self) -> bool:
+        """Whether no residual depends on the actions (J_e = 0, see the class docstring)."""
+        return self._pulled is None
 
     def jvp(self, tangent: Tensor) -> Tensor:
         """J_e·v: [T, N, A] -> [T, N, E]."""
+        if self.independent:
+            return torch.zeros_like(self.residuals.detach())
         (out,) = torch.autograd.grad(self._pulled, self._probe, grad_outputs=tangent, retain_graph=True)
         return out
 
     def vjp(self, cotangent: Tensor) -> Tensor:
         """J_eᵀ·w: [T, N, E] -> [T, N, A], through the retained graph."""
+        if self.independent:
+            return torch.zeros_like(self.gradient)
         (out,) = torch.autograd.grad(self.residuals, self.actions, grad_outputs=cotangent, retain_graph=True)
         return out
 
