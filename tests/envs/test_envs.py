@@ -150,6 +150,6 @@ def test_nan_state_names_the_env_indices():
 def test_blow_up_during_a_step_names_the_env_indices():
     env = E.make("pendulum2d", num_envs=3, substeps=1, stiffness=1e7)
     td = env.reset()
-    with pytest.raises(FloatingPointError, match=r"non-finite state after the step .* env indices \[0, 1, 2\]"):
+    with pytest.raises(FloatingPointError, match=r"non-finite .*after the step.* env indices \[0, 1, 2\]"):
         for _ in range(200):
             td = env.step(td.set("action", torch.zeros(3, 1)))["next"]

@@ -200,3 +200,33 @@ def test_all_finite_is_the_sum_test_and_overflow_falls_to_the_search():
     huge = torch.full((2, 3), 3e38)  # float32: finite entries, an infinite sum
     assert not all_finite([huge])
     check_action("env", huge, 2, 3, torch.float32)  # ... and nothing to raise: every action is finite
+
+
+# ---------------------------------------------------------------------------- finite results of step
+HUGE = (1e30, -3e38)
+
+
+@pytest.mark.parametrize("value", HUGE)
+@pytest.mark.parametrize("name, key", INPUTS, ids=[f"{n}-{k}" for n, k in INPUTS])
+def test_a_step_from_a_huge_finite_input_raises_naming_the_env_or_returns_finite_entries(name, key, value):
+    """With validate on, ``step`` never hands back NaN/inf: a finite but absurd input (1e30 in one entry of env 1) either
+    raises naming env 1, or every float entry of the result is finite (where a NaN reward once came back silently:
+    hand_flip's start distance from a particle at 1e30 m)."""
+    env = small_env(name)
+    try:
+        out = env.step(poisoned(env, key, value))
+    except (FloatingPointError, ValueError) as error:
+        assert re.search(r"env indices \[1\]", str(error)), str(error)
+        return
+    bad = [k for k, v in out["next"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    assert not bad, f"{name}: non-finite {bad} returned from a finite input"
+
+
+def test_a_non_finite_reward_from_a_finite_state_names_the_entries_the_envs_and_the_scale():
+    env = E.make("pendulum2d", num_envs=3, substeps=1, stiffness=1e7)
+    td = env.reset()
+    message = (r"pendulum2d: non-finite 'reward' after the step, from a finite state, in env indices \[0, 1, 2\]: 'reward' in "
+               r"\[0, 1, 2\]; the largest state entry is \|v\| = \S+ \(a blow-up")
+    with pytest.raises(FloatingPointError, match=message):
+        for _ in range(200):
+            td = env.step(td.set("action", torch.zeros(3, 1)))["next"]

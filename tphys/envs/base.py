@@ -11,7 +11,9 @@ The template, written here once:
     step    the action [N, A] is checked (shape, dtype, NaN/inf) and so is every float state entry
             (``finite_input_keys``) when ``validate``; the action is clamped to [-1, 1];
             ``next = physics_step(tensordict, action)``; with ``validate`` the entries ``finite_output_keys`` of ``next``
-            must be finite; then ``observe``, ``reward`` and ``terminated`` of ``next``, truncation after ``horizon``
+            must be finite; then ``observe`` and ``reward`` of ``next``, which with ``validate`` must be finite too, as
+            must every other float state entry the step made (``check_finite_results``: a finite input far outside the
+            model's range, or a blow-up, can overflow them first); ``terminated``, truncation after ``horizon``
             steps, done = terminated | truncated. ``next`` is the TensorDict ``step`` returns: no copy is made.
 
 The hooks a family implements (``state`` is a TensorDict [N] holding ``state_keys`` and ``step_count``):
@@ -138,6 +140,8 @@ class TphysEnv(EnvBase):
             self.check_finite_outputs(state)
         observation = self.observe(state, action)
         reward = self.reward(state, action, observation)
+        if self.validate:
+            self.check_finite_results(tensordict, state, observation, reward)
         terminated = self.terminated(state, observation)
         truncated = state.get("step_count") >= self.horizon
         for key, value in observation.items():
@@ -163,11 +167,44 @@ class TphysEnv(EnvBase):
             return
         bad = ~torch.stack([torch.isfinite(state.get(key)).flatten(1).all(-1) for key in self.finite_output_keys], -1).all(-1)
         if bad.any():
-            if self.shard is not None:  # name the global envs
-                start, total = self.shard
-                bad = torch.zeros(total, dtype=torch.bool, device=bad.device).index_copy(
-                    0, torch.arange(start, start + self.num_envs, device=bad.device), bad)
-            raise FloatingPointError(self.nonfinite_state_message(bad))
+            raise FloatingPointError(self.nonfinite_state_message(self.global_envs(bad)))
+
+    def global_envs(self, mask: Tensor) -> Tensor:
+        """``mask`` [N] over this env's envs as a mask over the global envs ([total] under ``set_shard``; else itself)."""
+        if self.shard is None:
+            return mask
+        start, total = self.shard
+        return torch.zeros(total, dtype=torch.bool, device=mask.device).index_copy(
+            0, torch.arange(start, start + self.num_envs, device=mask.device), mask)
+
+    def check_finite_results(self, tensordict: TensorDictBase, state: TensorDictBase, observation: dict[str, Tensor],
+                             reward: Tensor) -> None:
+        """Raise FloatingPointError naming the entries and the envs where what ``step`` returns besides the state
+        ``check_finite_outputs`` checked holds NaN/inf: the observation entries, the reward, and the float state
+        entries the step made (those carried over from the input ``tensordict`` unchanged were checked as inputs).
+        A finite input can still give them (a particle far outside the model's domain: an overflowing distance), and a
+        NaN reward would train on silently. Cost: one sum per entry and one host sync (``all_finite``)."""
+        inputs = {id(tensordict.get(key, None)) for key in self.finite_input_keys}
+        entries = {**observation, "reward": reward}
+        for key in self.state_keys:
+            value = state.get(key)
+            if key not in self.finite_output_keys and value.is_floating_point() and id(value) not in inputs:
+                entries[key] = value
+        if all_finite(list(entries.values())):
+            return
+        bad = {key: ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(-1) for key, value in entries.items()
+               if value.is_floating_point()}
+        bad = {key: mask for key, mask in bad.items() if mask.any()}
+        if bad:
+            where = self.global_envs(torch.stack(list(bad.values())).any(0))
+            detail = ", ".join(f"{key!r} in {env_indices(mask)}" for key, mask in bad.items())
+            sizes = {key: float(state.get(key).detach().abs().max()) for key in self.finite_output_keys
+                     if state.get(key).is_floating_point() and state.get(key).numel()}
+            largest = max(sizes, key=sizes.get) if sizes else None
+            scale = f"; the largest state entry is |{largest}| = {sizes[largest]:.3g}" if largest else ""
+            raise FloatingPointError(f"{self.name}: non-finite {', '.join(map(repr, bad))} after the step, from a finite state, "
+                                     f"in env indices {env_indices(where)}: {detail}{scale} (a blow-up, an input far outside "
+                                     f"the model's range, or a bug in the task's observe / reward)")
 
     def nonfinite_state_message(self, bad: Tensor) -> str:
         """The message of ``check_finite_outputs`` for the envs ``bad`` [N] bool (the global envs' [total] under a shard)."""
