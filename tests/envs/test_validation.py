@@ -230,3 +230,34 @@ def test_a_non_finite_reward_from_a_finite_state_names_the_entries_the_envs_and_
     with pytest.raises(FloatingPointError, match=message):
         for _ in range(200):
             td = env.step(td.set("action", torch.zeros(3, 1)))["next"]
+
+
+# ---------------------------------------------------------------------------- shapes and dtypes of step's inputs
+ENTRIES = [(name, key) for name, key in INPUTS if key is not None] + [(name, "step_count") for name in NAMES]
+
+
+def replaced(env, key: str, value):
+    td = env.reset().set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+    td.del_(key)
+    return td if value is None else td.set(key, value)
+
+
+@pytest.mark.parametrize("name, key", ENTRIES, ids=[f"{n}-{k}" for n, k in ENTRIES])
+def test_a_missing_misshapen_or_mistyped_input_is_refused_naming_env_and_key(name, key, monkeypatch):
+    """One message form per fault, before the physics (whose own errors named neither env nor key: 'expected scalar
+    type Double but found Float', 'index 28 is out of bounds', or a silent promotion to float64)."""
+    env = small_env(name)
+    monkeypatch.setattr(env, "physics_step", stand_in_physics)
+    good = env.reset().get(key)
+    other = torch.float64 if good.dtype == torch.float32 else torch.float32 if good.is_floating_point() else torch.int32
+    with pytest.raises(TypeError, match=rf"^{name}: input '{key}' is {other}, expected {good.dtype}"):
+        env.step(replaced(env, key, good.to(other)))
+    short = good[:, :-1] if good.shape[1] > 1 else torch.cat([good, good], 1)
+    with pytest.raises(ValueError, match=rf"^{name}: input '{key}' has shape {re.escape(str(tuple(short.shape)))}, expected "
+                                         rf"{re.escape(str(tuple(good.shape)))}"):
+        env.step(replaced(env, key, short.contiguous()))
+    with pytest.raises(ValueError, match=rf"^{name}: the input lacks '{key}', which step reads"):
+        env.step(replaced(env, key, None))
+    monkeypatch.setattr(env, "validate", False)
+    with pytest.raises(PhysicsRan):  # no check: the misshapen entry reaches the physics
+        env.step(replaced(env, key, short.contiguous()))

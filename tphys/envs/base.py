@@ -9,7 +9,8 @@ The template, written here once:
             ``_reset`` [N, 1] bool mask in the tensordict) the envs not flagged keep every entry from the tensordict, and
             its autograd graph; the flagged ones start fresh, cut from the graph.
     step    the action [N, A] is checked (shape, dtype, NaN/inf) and so is every float state entry
-            (``finite_input_keys``) when ``validate``; the action is clamped to [-1, 1];
+            (``finite_input_keys``: present, with its spec's shape and dtype, no NaN/inf) when ``validate``; the action
+            is clamped to [-1, 1];
             ``next = physics_step(tensordict, action)``; with ``validate`` the entries ``finite_output_keys`` of ``next``
             must be finite; then ``observe`` and ``reward`` of ``next``, which with ``validate`` must be finite too, as
             must every other float state entry the step made (``check_finite_results``: a finite input far outside the
@@ -79,6 +80,8 @@ class TphysEnv(EnvBase):
         self.action_spec = Bounded(low=-1.0, high=1.0, shape=(n, action_dim), **kw)
         self.reward_spec = Unbounded(shape=(n, 1), **kw)
         self.done_spec = done_spec(n, self.device)
+        spec = self.observation_spec
+        self.input_entries = {key: (tuple(spec[key].shape), spec[key].dtype) for key in (*self.finite_input_keys, "step_count")}
 
     def _set_seed(self, seed: int | None) -> None:
         self.generator.manual_seed(torch.seed() if seed is None else int(seed))
@@ -129,6 +132,7 @@ class TphysEnv(EnvBase):
         if self.validate:
             try:
                 check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)
+                check_input_entries(self.name, tensordict, self.input_entries)
                 check_finite_inputs(self.name, tensordict, self.finite_input_keys)
             except (ValueError, TypeError, FloatingPointError) as err:
                 if self.shard is None:
@@ -239,6 +243,24 @@ def all_finite(tensors: list[Tensor]) -> bool:
     through sums); False also when a sum of finite entries overflowed: the caller then searches entry by entry."""
     sums = [t.detach().sum() for t in tensors]
     return math.isfinite((sums[0] if len(sums) == 1 else torch.stack(sums).sum()).item()) if sums else True
+
+
+def check_input_entries(name: str, tensordict, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+    """Raise on an entry of ``tensordict`` that ``step`` reads (``expected``: key -> (shape, dtype), the env's specs) and
+    that is missing or of another shape (ValueError) or dtype (TypeError), naming the env, the key, what came and what
+    was expected; where the physics' own error would name neither (``expected scalar type Double but found Float``,
+    an index out of bounds) or would silently promote the state to float64."""
+    keys = tensordict.keys()
+    for key, (shape, dtype) in expected.items():
+        if key not in keys:
+            raise ValueError(f"{name}: the input lacks {key!r}, which step reads (shape {shape}, {dtype}); step takes the "
+                             f"tensordict of reset or of the previous step's 'next'")
+        value = tensordict.get(key)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name}: input {key!r} has shape {tuple(value.shape)}, expected {shape} (num_envs first)")
+        if value.dtype != dtype:
+            raise TypeError(f"{name}: input {key!r} is {value.dtype}, expected {dtype} (the env's; a {value.dtype} state would "
+                            f"not fit the model's tensors)")
 
 
 def check_finite_inputs(name: str, tensordict, keys: Iterable[str]) -> None:
