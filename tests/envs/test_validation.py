@@ -261,3 +261,37 @@ def test_a_missing_misshapen_or_mistyped_input_is_refused_naming_env_and_key(nam
     monkeypatch.setattr(env, "validate", False)
     with pytest.raises(PhysicsRan):  # no check: the misshapen entry reaches the physics
         env.step(replaced(env, key, short.contiguous()))
+
+
+# ---------------------------------------------------------------------------- make's device and seed, step's action
+def test_a_device_this_machine_lacks_is_refused_naming_it():
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=rf"device 'cuda:{count}' is not available: this machine has {count} CUDA device"):
+        E.make("rope3d", num_envs=2, device=f"cuda:{count}")
+    with pytest.raises(ValueError, match=r"device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'"):
+        E.make("rope3d", num_envs=2, device="gpu")
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 1.5, "3", True])
+def test_a_seed_torch_cannot_take_is_refused_naming_it_in_make_and_set_seed(seed):
+    message = r"seed must be None or an integer in \[-9223372036854775808, 18446744073709551615\]"
+    with pytest.raises(ValueError, match=message):
+        E.make("pendulum2d", num_envs=2, seed=seed)
+    env = E.make("pendulum2d", num_envs=2, seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.set_seed(seed)
+
+
+def test_integral_seeds_of_any_type_give_the_same_resets():
+    first = E.make("pendulum2d", num_envs=2, seed=2**64 - 1).reset()["x"]
+    for seed in (np.uint64(2**64 - 1), torch.tensor(2**63 - 1).item() * 2 + 1):
+        assert torch.equal(E.make("pendulum2d", num_envs=2, seed=seed).reset()["x"], first)
+    assert torch.equal(E.make("pendulum2d", num_envs=2, seed=np.int64(-5)).reset()["x"],
+                       E.make("pendulum2d", num_envs=2, seed=-5).reset()["x"])
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_a_step_without_an_action_names_the_env_and_the_shape(validate):
+    env = E.make("rope3d", num_envs=3, seed=0, validate=validate)
+    with pytest.raises(ValueError, match=r"^rope3d: the input has no 'action': set td\['action'\] to a tensor of shape \(3, 2\)"):
+        env.step(env.reset())

@@ -35,6 +35,7 @@ and sets ``name`` (in messages), ``state_keys``, ``finite_output_keys``, ``model
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 
 import torch
@@ -84,7 +85,8 @@ class TphysEnv(EnvBase):
         self.input_entries = {key: (tuple(spec[key].shape), spec[key].dtype) for key in (*self.finite_input_keys, "step_count")}
 
     def _set_seed(self, seed: int | None) -> None:
-        self.generator.manual_seed(torch.seed() if seed is None else int(seed))
+        seed = check_seed(seed)
+        self.generator.manual_seed(torch.seed() if seed is None else seed)
 
     compiled: bool = False  # whether stepping runs code under torch.compile (its first frames compile; tphys.compiling)
     shard: tuple[int, int] | None = None  # (start, total): this env steps the global envs start:start+num_envs of total
@@ -138,6 +140,8 @@ class TphysEnv(EnvBase):
                 if self.shard is None:
                     raise
                 raise type(err)(f"{err} (indices within this shard: global env index = {self.shard[0]} + index)") from None
+        elif action is None:
+            check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)  # its message, not an AttributeError
         action = action.clamp(-1.0, 1.0)
         state = self.physics_step(tensordict, action)
         if self.validate and self.finite_output_keys:
@@ -245,6 +249,23 @@ def all_finite(tensors: list[Tensor]) -> bool:
     return math.isfinite((sums[0] if len(sums) == 1 else torch.stack(sums).sum()).item()) if sums else True
 
 
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def check_seed(seed) -> int | None:
+    """``seed`` as an int (any integral type: int, numpy ints), or None; ValueError naming the seed and the range
+    otherwise, where torch would say 'Overflow when unpacking long long'."""
+    if seed is None:
+        return None
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not SEEDS[0] <= value <= SEEDS[1]:
+        raise ValueError(f"seed must be None or an integer in [{SEEDS[0]}, {SEEDS[1]}] (torch.Generator's), got {seed!r}")
+    return value
+
+
 def check_input_entries(name: str, tensordict, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
     """Raise on an entry of ``tensordict`` that ``step`` reads (``expected``: key -> (shape, dtype), the env's specs) and
     that is missing or of another shape (ValueError) or dtype (TypeError), naming the env, the key, what came and what
@@ -290,8 +311,11 @@ class NonFiniteActionError(FloatingPointError, ValueError):
 
 
 def check_action(name: str, action: Tensor, num_envs: int, action_dim: int, dtype: torch.dtype) -> None:
-    """Raise on a wrong shape (ValueError), a dtype other than the env's (TypeError) or NaN/inf (ValueError)."""
+    """Raise on a missing action or a wrong shape (ValueError), a dtype other than the env's (TypeError) or NaN/inf
+    (ValueError)."""
     expected = (num_envs, action_dim)
+    if action is None:
+        raise ValueError(f"{name}: the input has no 'action': set td['action'] to a tensor of shape {expected} before step")
     if tuple(action.shape) != expected:
         raise ValueError(f"{name}: action has shape {tuple(action.shape)}, expected {expected} (num_envs, action_dim)")
     if action.dtype != dtype:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torchrl.envs import EnvBase
 
+from tphys.envs.base import check_seed
 from tphys.envs.ranges import Range
 
 
@@ -87,4 +88,22 @@ def make(
         dtype = getattr(torch, dtype, None)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    return entry.factory(num_envs=num_envs, device=torch.device(device), dtype=dtype, **overrides)
+    if "seed" in overrides:
+        overrides["seed"] = check_seed(overrides["seed"])
+    return entry.factory(num_envs=num_envs, device=available_device(device), dtype=dtype, **overrides)
+
+
+def available_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, checked to exist on this machine: ValueError naming the device and what there is, where
+    the first tensor built on it would raise torch's own AssertionError ('Torch not compiled with CUDA enabled')."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({error})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(f"device {str(device)!r} is not available: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} is not available on this machine")
+    return device
