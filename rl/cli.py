@@ -88,11 +88,18 @@ def compose(config_name: str, overrides: list[str], hydra: bool = False) -> Dict
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
+    except MissingConfigException as err:  # env=nonexistent: Hydra's message ends in its search path; name the choice
+        group, _, name = str(err.missing_cfg_file or "").rpartition("/")
+        if not group or not err.options:
+            raise
+        raise ConfigError(f"{group}={name}: no such {group} in recipes/config/{group}; valid: {', '.join(sorted(err.options))}"
+                          ) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -228,6 +235,8 @@ def check_learning_rates(cfg: DictConfig) -> None:
 
 # valid ranges of the recipes' numeric settings (where a key is present): (test, text)
 RANGES = {
+    "seed": (lambda v: -(2**63) <= v <= 2**64 - 1 - 10_000,
+             "an int in [-2^63, 2^64 - 10001] (torch's seeds; the eval env takes seed + 10000)"),
     "num_envs": (lambda v: v >= 1, "an int >= 1"), "threads": (lambda v: v >= 1, ">= 1"), "total_steps": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: never)"), "eval.every": (lambda v: v >= 0, ">= 0 (0: never)"),
     "eval.episodes": (lambda v: v >= 1, ">= 1"), "eval.num_envs": (lambda v: v >= 1, ">= 1"), "video.every": (lambda v: v >= 1, ">= 1"),

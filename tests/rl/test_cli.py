@@ -66,6 +66,11 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_type(line, message, cap
 
 @pytest.mark.parametrize("line, message", [
     ("algo.gamma=1.5", "algo.gamma must be in (0, 1], got 1.5"),
+    ("seed=99999999999999999999999", "seed must be an int in [-2^63, 2^64 - 10001] (torch's seeds; the eval env takes seed + "
+                                      "10000), got 99999999999999999999999"),
+    ("env=nonexistent", "env=nonexistent: no such env in recipes/config/env; valid: ant, cable_payload2d, cartpole_swingup, "
+                        "cheetah, cloth, double_pendulum3d, fluid_move, hand_flip, hopper, humanoid, pendulum2d, pendulum3d, "
+                        "rolling_flat, rope, rope3d, snu_humanoid, soft_jumper"),
     ("threads=0", "threads must be >= 1, got 0"),
     ("eval.every=-1", "eval.every must be >= 0 (0: never), got -1"),
     ("algo.betas=[0.9,1.0]", "algo.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
