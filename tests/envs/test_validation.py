@@ -295,3 +295,17 @@ def test_a_step_without_an_action_names_the_env_and_the_shape(validate):
     env = E.make("rope3d", num_envs=3, seed=0, validate=validate)
     with pytest.raises(ValueError, match=r"^rope3d: the input has no 'action': set td\['action'\] to a tensor of shape \(3, 2\)"):
         env.step(env.reset())
+
+
+@pytest.mark.parametrize("name, key", [("rope3d", "validate"), ("ant", "compile_substep"), ("hopper", "early_termination"),
+                                       ("rolling_flat", "validate"), ("soft_jumper", "compile_substep")])
+@pytest.mark.parametrize("value", ["no", "False", None, 0, 1])
+def test_an_on_off_option_takes_a_bool_only(name, key, value):
+    """A string, None or a number would be read by truthiness ('no' switching early termination on): refused, naming
+    the env and the option."""
+    with pytest.raises(ValueError, match=rf"^{name}: {key} must be True or False, got {re.escape(repr(value))}"):
+        E.make(name, num_envs=1, **{key: value})
+
+
+def test_numpy_bools_are_bools():
+    assert E.make("hopper", num_envs=1, early_termination=np.bool_(False)).early_termination is False
