@@ -309,3 +309,13 @@ def test_an_on_off_option_takes_a_bool_only(name, key, value):
 
 def test_numpy_bools_are_bools():
     assert E.make("hopper", num_envs=1, early_termination=np.bool_(False)).early_termination is False
+
+
+def test_under_a_shard_an_input_error_naming_envs_says_how_to_read_them_and_one_naming_none_does_not():
+    env = E.make("pendulum2d", num_envs=2, seed=0)
+    env.set_shard(4, 8)
+    td = poisoned(env, "x", math.nan, index=1)
+    with pytest.raises(FloatingPointError, match=r"env indices \[1\].*\(indices within this shard: global env index = 4 \+ index\)$"):
+        env.step(td)
+    with pytest.raises(ValueError, match=r"^pendulum2d: the input lacks 'v', which step reads .*previous step's 'next'$"):
+        env.step(poisoned(env, "x", 0.0).exclude("v"))

@@ -137,7 +137,7 @@ class TphysEnv(EnvBase):
                 check_input_entries(self.name, tensordict, self.input_entries)
                 check_finite_inputs(self.name, tensordict, self.finite_input_keys)
             except (ValueError, TypeError, FloatingPointError) as err:
-                if self.shard is None:
+                if self.shard is None or "env indices" not in str(err):  # a shape, dtype or missing key names no env
                     raise
                 raise type(err)(f"{err} (indices within this shard: global env index = {self.shard[0]} + index)") from None
         elif action is None:
