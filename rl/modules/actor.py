@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from rl.distributed import randn_like  # torch.randn_like; the global envs' noise, sliced, in a data-parallel rollout
-from rl.modules.mlp import MLP
+from rl.modules.mlp import MLP, check_observations
 from rl.modules.normalizer import ObservationNormalizer
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -81,8 +81,7 @@ class SquashedGaussianActor(TensorDictModuleBase):
 
     def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [..., D] -> (mu [..., A], log_std [..., A])`` of the pre-tanh Gaussian."""
-        if obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"actor expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
+        check_observations("actor", obs, self.obs_dim, self)
         if self.normalizer is not None:
             obs = self.normalizer(obs)
         out = self.net(obs if self.encoder is None else self.encoder(obs))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from rl.modules.mlp import MLP
+from rl.modules.mlp import MLP, check_observations
 from rl.modules.normalizer import ObservationNormalizer
 
 
@@ -35,8 +35,7 @@ class ValueEnsemble(nn.Module):
         """``obs [..., D]`` -> the critics' inputs ``[..., D]`` (normalized). Row by row, so the inputs of a batch can be
         computed once and indexed: ``values(inputs(obs)[rows]) == forward(obs[rows])`` exactly. ``normalizer``: other
         statistics in place of the live ones (a copy already updated with a window the live ones have not seen yet)."""
-        if obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"critic expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
+        check_observations("critic", obs, self.obs_dim, self)
         if self.normalizer is None:
             return obs
         return (self.normalizer if normalizer is None else normalizer)(obs)

@@ -14,7 +14,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 
-from rl.modules.mlp import MLP
+from rl.modules.mlp import MLP, check_observations
 from rl.modules.normalizer import ObservationNormalizer
 
 
@@ -40,8 +40,7 @@ class DeterministicActor(TensorDictModuleBase):
 
     def action(self, obs: Tensor) -> Tensor:
         """``obs [..., D] -> action [..., A]``."""
-        if obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"actor expects observations [..., {self.obs_dim}], got shape {tuple(obs.shape)}")
+        check_observations("actor", obs, self.obs_dim, self)
         if self.normalizer is not None:
             obs = self.normalizer(obs)
         return torch.tanh(self.net(obs))

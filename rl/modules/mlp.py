@@ -10,6 +10,18 @@ from torch import nn
 ACTIVATIONS = {"silu": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+def check_observations(who: str, obs: torch.Tensor, obs_dim: int, module: nn.Module) -> None:
+    """Raise naming ``who`` where ``obs [..., D]`` does not fit ``module``: D other than ``obs_dim`` (ValueError), or a
+    dtype or device other than its parameters' (TypeError, where torch's matmul would say 'mat1 and mat2 must have the
+    same dtype')."""
+    if obs.shape[-1] != obs_dim:
+        raise ValueError(f"{who} expects observations [..., {obs_dim}], got shape {tuple(obs.shape)}")
+    weight = next(module.parameters(), None)
+    if weight is not None and (obs.dtype != weight.dtype or obs.device != weight.device):
+        raise TypeError(f"{who}'s parameters are {weight.dtype} on {weight.device}, the observations {obs.dtype} on {obs.device}: "
+                        f"build it in the env's dtype and device (module.to({obs.dtype}) / .to('{obs.device}'))")
+
+
 def activation(name: str) -> type[nn.Module]:
     """The activation class called ``name``; ValueError naming the valid ones otherwise."""
     try:

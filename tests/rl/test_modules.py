@@ -8,7 +8,14 @@ from tensordict import TensorDict
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from rl.modules import MLP, ObservationNormalizer, SquashedGaussianActor, ValueEnsemble, squashed_gaussian_log_prob
+from rl.modules import (
+    MLP,
+    DeterministicActor,
+    ObservationNormalizer,
+    SquashedGaussianActor,
+    ValueEnsemble,
+    squashed_gaussian_log_prob,
+)
 
 
 @given(seed=st.integers(0, 2**16), scale=st.floats(0.05, 3.0))
@@ -74,3 +81,20 @@ def test_value_ensemble_and_mlp_options():
         MLP(3, 1, (4,), act="gelu2")
     with pytest.raises(ValueError, match="num_critics"):
         ValueEnsemble(3, num_critics=0)
+
+
+@pytest.mark.parametrize("module, who", [
+    (lambda: SquashedGaussianActor(3, 2, (8,)), "actor"),
+    (lambda: ValueEnsemble(3, (8,), num_critics=2), "critic"),
+    (lambda: DeterministicActor(3, 2, hidden=(8,)), "actor"),
+])
+def test_observations_of_another_dtype_than_the_module_are_refused_naming_both(module, who):
+    """Where torch's matmul said 'mat1 and mat2 must have the same dtype' (a float64 module on a float32 env)."""
+    net = module().double()
+    obs = torch.randn(5, 3)
+    message = (rf"^{who}'s parameters are torch.float64 on cpu, the observations torch.float32 on cpu: build it in the env's "
+               r"dtype and device \(module.to\(torch.float32\)")
+    with pytest.raises(TypeError, match=message):
+        net(TensorDict(observation=obs, batch_size=[5])) if who == "actor" else net(obs)
+    out = net(TensorDict(observation=obs.double(), batch_size=[5])) if who == "actor" else net(obs.double())
+    assert out is not None
