@@ -233,9 +233,16 @@ def check_learning_rates(cfg: DictConfig) -> None:
             raise ConfigError(f"algo.{key} must be a finite number {'>= 0' if floor_ok else '> 0'}, got {value!r}")
 
 
+def _seed_fits(seed: int) -> bool:
+    """Whether ``seed`` and the eval env's ``seed + 10000`` are seeds torch takes (``tphys.envs.base.SEEDS``)."""
+    from tphys.envs.base import SEEDS
+
+    return SEEDS[0] <= seed <= SEEDS[1] - 10_000
+
+
 # valid ranges of the recipes' numeric settings (where a key is present): (test, text)
 RANGES = {
-    "seed": (lambda v: -(2**63) <= v <= 2**64 - 1 - 10_000,
+    "seed": (_seed_fits,
              "an int in [-2^63, 2^64 - 10001] (torch's seeds; the eval env takes seed + 10000)"),
     "num_envs": (lambda v: v >= 1, "an int >= 1"), "threads": (lambda v: v >= 1, ">= 1"), "total_steps": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: never)"), "eval.every": (lambda v: v >= 0, ">= 0 (0: never)"),
@@ -279,14 +286,18 @@ def check_choices(cfg: DictConfig) -> None:
     if device is not None:
         import torch
 
+        from tphys.envs.registry import available_device
+
         try:
             dev = torch.device(str(device))
         except RuntimeError:
             raise ConfigError(f"device must be a torch device such as cpu or cuda:0, got {device!r}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r}, but CUDA is not available on this machine (torch {torch.__version__}); use device=cpu")
         if dev.type not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu or cuda[:index], got {device!r}")
+        try:
+            available_device(dev)  # the envs' check (tphys.envs.make): the device and its index exist here
+        except ValueError as err:
+            raise ConfigError(f"device={device!r}: {err} (torch {torch.__version__}); use device=cpu") from None
 
 
 def check_ranges(cfg: DictConfig) -> None:

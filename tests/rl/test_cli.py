@@ -212,3 +212,13 @@ def test_hydra_flags_with_a_value_after_overrides_print_the_config(monkeypatch, 
     recipe_main("sapo", never, argv=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", "-p", "hydra.launcher"])
     out = capsys.readouterr().out
     assert "SlurmLauncher" in out and "partition: gpu" in out
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_by_the_envs_check(capsys):
+    """The recipes ask tphys.envs' own device check (one mechanism): an index past this machine's count is refused too."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    err = refused([f"device=cuda:{count}"], capsys).strip()
+    assert err.startswith(f"error: device='cuda:{count}': device 'cuda:{count}' is not available: this machine has {count} "
+                          "CUDA device(s)") and err.endswith("use device=cpu")

@@ -198,14 +198,9 @@ class TphysEnv(EnvBase):
             value = state.get(key)
             if key not in self.finite_output_keys and value.is_floating_point() and id(value) not in inputs:
                 entries[key] = value
-        if all_finite(list(entries.values())):
-            return
-        bad = {key: ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(-1) for key, value in entries.items()
-               if value.is_floating_point()}
-        bad = {key: mask for key, mask in bad.items() if mask.any()}
-        if bad:
-            where = self.global_envs(torch.stack(list(bad.values())).any(0))
-            detail = ", ".join(f"{key!r} in {env_indices(mask)}" for key, mask in bad.items())
+        found = None if all_finite(list(entries.values())) else nonfinite_envs(entries)
+        if found is not None:
+            where, detail, bad = self.global_envs(found[0]), found[1], found[2]
             sizes = {key: float(state.get(key).detach().abs().max()) for key in self.finite_output_keys
                      if state.get(key).is_floating_point() and state.get(key).numel()}
             largest = max(sizes, key=sizes.get) if sizes else None
@@ -293,16 +288,26 @@ def check_finite_inputs(name: str, tensordict, keys: Iterable[str]) -> None:
     means finite entries); the search entry by entry runs only when the total is not finite (a NaN/inf, or a
     sum that overflowed: then nothing is raised).
     """
-    keys = tuple(keys)
-    if all_finite([tensordict.get(key) for key in keys]):
+    entries = {key: tensordict.get(key) for key in keys}
+    if all_finite(list(entries.values())):
         return
-    tensors = [tensordict.get(key).detach() for key in keys]
-    bad = {key: ~torch.isfinite(t).reshape(t.shape[0], -1).all(-1) for key, t in zip(keys, tensors)}
-    bad = {key: mask for key, mask in bad.items() if mask.any()}
-    if bad:
-        where = torch.stack(list(bad.values())).any(0)
-        detail = ", ".join(f"{key!r} in {env_indices(mask)}" for key, mask in bad.items())
+    found = nonfinite_envs(entries)
+    if found is not None:
+        where, detail, _ = found
         raise FloatingPointError(f"{name}: non-finite input state (NaN/inf) in env indices {env_indices(where)}: {detail}")
+
+
+def nonfinite_envs(entries: dict[str, Tensor]) -> tuple[Tensor, str, list[str]] | None:
+    """The search behind the finite checks, entry by entry: (the envs [N] bool where a float entry [N, ...] of
+    ``entries`` holds NaN/inf, "'key' in [envs], ..." naming each such entry's envs, those entries' keys), or None where
+    every entry is finite (a sum that overflowed)."""
+    bad = {key: ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(-1) for key, value in entries.items()
+           if value.is_floating_point()}
+    bad = {key: mask for key, mask in bad.items() if mask.any()}
+    if not bad:
+        return None
+    return (torch.stack(list(bad.values())).any(0), ", ".join(f"{key!r} in {env_indices(mask)}" for key, mask in bad.items()),
+            list(bad))
 
 
 class NonFiniteActionError(FloatingPointError, ValueError):

@@ -90,16 +90,16 @@ def make(
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if "seed" in overrides:
         overrides["seed"] = check_seed(overrides["seed"])
-    for key in FLAGS:
-        if key in overrides and not is_flag(overrides[key]):
-            raise ValueError(f"{resolve(name)}: {key} must be True or False, got {overrides[key]!r}"
-                             + (" (a non-empty string is truthy: 'no' would switch it on)" if isinstance(overrides[key], str) else ""))
-        if key in overrides:
-            overrides[key] = bool(overrides[key])
+    for key in FLAGS & overrides.keys():
+        value = overrides[key]
+        if not is_flag(value):
+            raise ValueError(f"{resolve(name)}: {key} must be True or False, got {value!r}"
+                             + (" (a non-empty string is truthy: 'no' would switch it on)" if isinstance(value, str) else ""))
+        overrides[key] = bool(value)
     return entry.factory(num_envs=num_envs, device=available_device(device), dtype=dtype, **overrides)
 
 
-FLAGS = ("validate", "compile_substep", "early_termination")  # the envs' on/off options
+FLAGS = frozenset({"validate", "compile_substep", "early_termination"})  # the envs' on/off options
 
 
 def is_flag(value) -> bool:
