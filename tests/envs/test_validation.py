@@ -19,6 +19,7 @@ import tphys.envs as E
 from tphys.envs.base import TphysEnv, check_finite_inputs
 from tphys.envs.ranges import FINITE, NON_NEGATIVE, POSITIVE, check_ranges, int_at_least, interval
 from tphys.envs.registry import parameters
+from tphys.mpm import outside_grid
 
 NAMES = sorted(E.list_envs())
 # small sizes: the step tests build each env once (defaults of the physical parameters, passed explicitly)
@@ -319,3 +320,107 @@ def test_under_a_shard_an_input_error_naming_envs_says_how_to_read_them_and_one_
         env.step(td)
     with pytest.raises(ValueError, match=r"^pendulum2d: the input lacks 'v', which step reads .*previous step's 'next'$"):
         env.step(poisoned(env, "x", 0.0).exclude("v"))
+
+
+# ---------------------------------------------------------------------------- finite states the model does not simulate
+def checks_states(name: str) -> bool:
+    """Whether env ``name`` has finite states it does not simulate (overrides ``invalid_state``)."""
+    return type(small_env(name)).invalid_state is not TphysEnv.invalid_state
+
+
+BOUNDED = ["fluid_move", "hand_flip", "rolling_flat"]  # the MPM tasks: particles must stay on the grid
+QUATERNIONS = {"ant": ["root"], "humanoid": ["root"], "snu_humanoid": ["root", "FemurR", "TalusR", "FemurL", "TalusL"]}
+
+
+def test_the_envs_with_such_states_are_the_mpm_tasks_and_the_rigid_envs_and_the_rigid_ones_list_every_quaternion():
+    from tphys.envs.rigid_env import RigidEnv
+
+    rigid = [name for name in NAMES if isinstance(small_env(name), RigidEnv)]
+    assert sorted(name for name in NAMES if checks_states(name)) == sorted(BOUNDED + rigid)
+    assert {name: [joint for joint, _ in small_env(name).quaternions] for name in rigid if small_env(name).quaternions} == QUATERNIONS
+
+
+def placed(env, cells: float, axis: int, index: int = 1):
+    """A reset tensordict with particle 0 of env ``index`` at ``cells`` grid cells (x = cells·dx) on ``axis``."""
+    td = env.reset().set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+    x = td.get("x").clone()
+    x[index, 0, axis] = cells * env.model.dx
+    return td.set("x", x)
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_a_particle_off_the_grid_is_refused_before_the_step_and_one_just_on_it_is_not(name, monkeypatch):
+    """A particle whose stencil leaves the grid (x/dx outside [0.5, G - 1.5)) would lose mass to nodes that do not
+    exist and move with the rest, silently (a particle at 50 m once stepped as if nothing were wrong): refused, naming
+    the env, the particle and the range, on every axis and both sides, near and far."""
+    env = small_env(name)
+    g = env.model.grid_size
+    monkeypatch.setattr(env, "physics_step", stand_in_physics)
+    for axis in range(3):
+        for cells in (0.49, -3.0, g - 1.5, g - 1.49, 1e3 * g):
+            message = (rf"^{name}: input state outside what the model simulates in env indices \[1\]: particles off the simulation "
+                       rf"grid: env 1: 1 of its \d+ particles outside, the farthest \(particle 0\) at .* m; the grid's stencils reach "
+                       rf"\[\S+, \S+\) m on each axis \(x/dx in \[0.5, G - 1.5\), G = {g}, dx = \S+ m\)$")
+            with pytest.raises(ValueError, match=message):
+                env.step(placed(env, cells, axis))
+        for cells in (0.51, g - 1.51):
+            with pytest.raises(PhysicsRan):
+                env.step(placed(env, cells, axis))
+    monkeypatch.setattr(env, "validate", False)
+    with pytest.raises(PhysicsRan):  # no check: the particle reaches the physics
+        env.step(placed(env, -3.0, 0))
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_a_step_that_throws_material_off_the_grid_raises_naming_the_env(name):
+    """From a state on the grid, env 1's material at 5e4 m/s crosses the grid in a substep; the step raises a
+    FloatingPointError (the trainers' guard treats it as a blow-up) naming env 1, where it returned particles off the
+    grid, silently."""
+    env = small_env(name)
+    td = env.reset().set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+    v = td.get("v").clone()
+    v[1] = torch.tensor([5e4, 0.0, 0.0])
+    message = (rf"^{name}: the step left the states the model simulates, from an input inside them, in env indices \[1\]: "
+               rf"particles off the simulation grid: env 1: .* \(a blow-up\)$")
+    with pytest.raises(FloatingPointError, match=message):
+        env.step(td.set("v", v))
+    out = env.step(td.set("v", torch.zeros_like(v)))  # the same state at rest steps
+    assert not bool(outside_grid(env.model, out["next", "x"]).any())
+
+
+QUATERNION_CASES = [(name, joint) for name, joints in QUATERNIONS.items() for joint in joints]
+
+
+@pytest.mark.parametrize("name, joint", QUATERNION_CASES, ids=[f"{n}-{j}" for n, j in QUATERNION_CASES])
+def test_a_zero_joint_quaternion_is_refused_naming_the_joint_and_a_scaled_one_is_its_rotation(name, joint, monkeypatch):
+    """A zero quaternion is no rotation (the kinematics made it a zero matrix, a collapsed body, silently): refused,
+    naming the env, the joint and its slice of q. A quaternion of any norm above 1e-6 stands for q / |q|: the step is
+    the unit quaternion's."""
+    env = small_env(name)
+    start = dict(small_env(name).quaternions)[joint]
+    td = env.reset().set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+
+    def scaled(scale):
+        q = td.get("q").clone()
+        q[1, start:start + 4] *= scale
+        return td.clone().set("q", q)
+
+    reference = env.step(td.clone())["next"]
+    for scale in (0.0, 1e-8):
+        message = (rf"^{name}: input state outside what the model simulates in env indices \[1\]: joint '{joint}' "
+                   rf"\(q\[{start}:{start + 4}\], w x y z\) has a quaternion of norm \S+ in env 1, below 1e-06")
+        with pytest.raises(ValueError, match=message):
+            env.step(scaled(scale))
+    for scale in (1e-4, 30.0):
+        out = env.step(scaled(scale))["next"]
+        torch.testing.assert_close(out["q"], reference["q"], atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(env, "physics_step", stand_in_physics)
+    monkeypatch.setattr(env, "validate", False)
+    with pytest.raises(PhysicsRan):  # no check: the zero quaternion reaches the physics
+        env.step(scaled(0.0))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not checks_states(n)])
+def test_an_env_without_such_states_checks_none(name):
+    env = small_env(name)
+    assert env.invalid_state(env.reset(), "input") is None

@@ -9,13 +9,15 @@ The template, written here once:
             ``_reset`` [N, 1] bool mask in the tensordict) the envs not flagged keep every entry from the tensordict, and
             its autograd graph; the flagged ones start fresh, cut from the graph.
     step    the action [N, A] is checked (shape, dtype, NaN/inf) and so is every float state entry
-            (``finite_input_keys``: present, with its spec's shape and dtype, no NaN/inf) when ``validate``; the action
-            is clamped to [-1, 1];
+            (``finite_input_keys``: present, with its spec's shape and dtype, no NaN/inf) when ``validate``, and the
+            state must be one the model simulates (``invalid_state``: particles on the MPM grid, rigid joints' quaternions
+            not ~0); the action is clamped to [-1, 1];
             ``next = physics_step(tensordict, action)``; with ``validate`` the entries ``finite_output_keys`` of ``next``
-            must be finite; then ``observe`` and ``reward`` of ``next``, which with ``validate`` must be finite too, as
-            must every other float state entry the step made (``check_finite_results``: a finite input far outside the
-            model's range, or a blow-up, can overflow them first); ``terminated``, truncation after ``horizon``
-            steps, done = terminated | truncated. ``next`` is the TensorDict ``step`` returns: no copy is made.
+            must be finite and ``next`` a state the model simulates; then ``observe`` and ``reward`` of ``next``, which
+            with ``validate`` must be finite too, as must every other float state entry the step made
+            (``check_finite_results``: a finite input far outside the model's range, or a blow-up, can overflow them
+            first); ``terminated``, truncation after ``horizon`` steps, done = terminated | truncated. ``next`` is the
+            TensorDict ``step`` returns: no copy is made.
 
 The hooks a family implements (``state`` is a TensorDict [N] holding ``state_keys`` and ``step_count``):
 
@@ -26,6 +28,8 @@ The hooks a family implements (``state`` is a TensorDict [N] holding ``state_key
     observe(state, action)                   {key: [N, ...]}: ``observation`` and any other observation entries
     reward(state, action, observation)       [N, 1], ``observation`` from ``observe``
     terminated(state, observation)           [N, 1] bool (default: never)
+    invalid_state(state, when)               (envs [N] bool, what) of finite states the model does not simulate, or
+                                             None (default: every finite state is one); ``when``: "input" / "output"
 
 and sets ``name`` (in messages), ``state_keys``, ``finite_output_keys``, ``model`` and, in ``__init__``, calls
 ``TphysEnv.__init__`` then ``_set_specs``. The same two calls run the physics without TorchRL (``benchmarks/throughput.py``):
@@ -136,6 +140,7 @@ class TphysEnv(EnvBase):
                 check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)
                 check_input_entries(self.name, tensordict, self.input_entries)
                 check_finite_inputs(self.name, tensordict, self.finite_input_keys)
+                self.check_state(tensordict, "input")
             except (ValueError, TypeError, FloatingPointError) as err:
                 if self.shard is None or "env indices" not in str(err):  # a shape, dtype or missing key names no env
                     raise
@@ -146,6 +151,8 @@ class TphysEnv(EnvBase):
         state = self.physics_step(tensordict, action)
         if self.validate and self.finite_output_keys:
             self.check_finite_outputs(state)
+        if self.validate:
+            self.check_state(state, "output")
         observation = self.observe(state, action)
         reward = self.reward(state, action, observation)
         if self.validate:
@@ -176,6 +183,27 @@ class TphysEnv(EnvBase):
         bad = ~torch.stack([torch.isfinite(state.get(key)).flatten(1).all(-1) for key in self.finite_output_keys], -1).all(-1)
         if bad.any():
             raise FloatingPointError(self.nonfinite_state_message(self.global_envs(bad)))
+
+    def check_state(self, state: TensorDictBase, when: str) -> None:
+        """Raise where ``state`` (``when``: "input" of step, or its "output") is not a state the model simulates
+        (``invalid_state``): ValueError for an input (step refuses it before the physics), FloatingPointError for an
+        output from a valid input (a blow-up, which the trainers' non-finite guard handles), naming the env indices and
+        what is wrong."""
+        found = self.invalid_state(state, when)
+        if found is None:
+            return
+        bad, detail = found
+        if when == "input":
+            raise ValueError(f"{self.name}: input state outside what the model simulates in env indices {env_indices(bad)}: {detail}")
+        raise FloatingPointError(f"{self.name}: the step left the states the model simulates, from an input inside them, in env "
+                                 f"indices {env_indices(self.global_envs(bad))}: {detail} (a blow-up)")
+
+    def invalid_state(self, state: TensorDictBase, when: str) -> tuple[Tensor, str] | None:
+        """(envs [N] bool, what is wrong, in the first of them) for the envs of ``state`` that are finite but not a state
+        the model simulates, or None where every env's is; ``when``: "input" of step or its "output". The default:
+        every finite state is one (None). A family with such states overrides it (the MPM tasks: a particle off the
+        grid; the rigid envs: a joint quaternion of norm ~0); ``step`` calls it under ``validate``."""
+        return None
 
     def global_envs(self, mask: Tensor) -> Tensor:
         """``mask`` [N] over this env's envs as a mask over the global envs ([total] under ``set_shard``; else itself)."""

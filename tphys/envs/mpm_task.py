@@ -20,7 +20,7 @@ from torch import Tensor
 from tphys.autodiff import check_recompute
 from tphys.envs.base import TphysEnv
 from tphys.envs.ranges import FINITE, NON_NEGATIVE, POSITIVE, check_options, check_ranges, int_at_least, interval
-from tphys.mpm import MPMControl, MPMState, step
+from tphys.mpm import MPMControl, MPMState, outside_detail, outside_grid, step
 
 # Valid range of every physical parameter of the MPM tasks (each task's DEFAULTS: Pa, -, Pa, kg/m³, m/s², s, -, 1/m)
 # and of their numeric options (grid_size: nodes per axis of the unit cube). yield_stress = 0 yields at any stress;
@@ -84,6 +84,15 @@ class KinematicToolEnv(TphysEnv):
         tool = MPMControl(self.shapes, self.swept_poses, (joint_q, move), batched=True)
         material = step(self.model, material, tool, self.dt, recompute=self.recompute, backend=self.backend)
         return self.next_state(state, **dict(zip("xvcf", material)), joint_q=joint_q + move)
+
+    def invalid_state(self, state: TensorDictBase, when: str) -> tuple[Tensor, str] | None:
+        """The envs with a particle whose stencil leaves the grid (``tphys.mpm.outside_grid``: its physics would be
+        wrong without an error), and where; None where every particle is on it (one host sync)."""
+        x = state.get("x")
+        bad = outside_grid(self.model, x)
+        if not bool(bad.any()):
+            return None
+        return bad, f"particles off the simulation grid: {outside_detail(self.model, x, bad)}"
 
     def observed(self, x: Tensor) -> Tensor:
         """[N, S, 3] the observed particles of x [N, P, 3]: every ``sample_stride``-th, the first ``samples``."""

@@ -44,6 +44,9 @@ from tphys.rigid.integrator import compiled_substep
 from tphys.rigid.presets import DFLEX, dflex_model
 
 DIVERGED = 1e6  # DFlex: |q| or |qd| beyond this counts as a diverged simulation
+# A joint quaternion of smaller norm is no rotation: the kinematics normalize q / max(|q|, 1e-12), so a zero one gave a
+# zero rotation matrix (a collapsed body), silently. Any larger norm is the rotation of q / |q| (each step renormalizes).
+MIN_QUATERNION_NORM = 1e-6
 # Valid ranges of the family's numeric options and of the task's frame. The DFlex tasks take no physical overrides:
 # their physical parameters are tphys.rigid.presets.DFLEX's, fixed per task.
 PARAMETER_RANGES = dict(substeps=int_at_least(1), horizon=int_at_least(1), dt=POSITIVE)
@@ -115,6 +118,10 @@ class RigidEnv(TphysEnv):
         self.observation_dim = task.observation_dim
         action_dim = self.model.num_muscles if task.muscles else self.model.num_actuators
         self._set_specs(action_dim, observation=(self.observation_dim,), q=(self.model.nq,), qd=(self.model.nv,))
+        # (joint name, first q index) of each free joint's quaternion (after its position) and each ball joint's
+        joints = self.model.names["joints"].items()
+        self.quaternions = tuple((name, index + (3 if kind == "free" else 0)) for name, (index, _, kind) in joints
+                                 if kind in ("free", "ball"))
 
     # ------------------------------------------------------------------ the protocol's hooks
     def initial_state(self) -> dict[str, Tensor]:
@@ -152,6 +159,25 @@ class RigidEnv(TphysEnv):
         if self.early_termination and self.task.terminated is not None:
             terminated = terminated | self.task.terminated(observation["observation"]).unsqueeze(-1)
         return terminated
+
+    def invalid_state(self, state: TensorDictBase, when: str) -> tuple[Tensor, str] | None:
+        """The envs of an input whose free or ball joint quaternion has norm below ``MIN_QUATERNION_NORM`` (no rotation),
+        naming the first such joint and its q slice; None otherwise, and for outputs (each step renormalizes; a diverged
+        env keeps its input). One host sync where the model has such joints."""
+        if when != "input" or not self.quaternions:
+            return None
+        q = state.get("q").detach()
+        norms = torch.stack([torch.linalg.vector_norm(q[:, i:i + 4], dim=-1) for _, i in self.quaternions], -1)  # [N, J]
+        small = norms < MIN_QUATERNION_NORM  # NaN: not small (the finite checks name it)
+        bad = small.any(-1)
+        if not bool(bad.any()):
+            return None
+        env = int(bad.nonzero()[0])
+        joint = int(small[env].nonzero()[0])
+        name, i = self.quaternions[joint]
+        return bad, (f"joint {name!r} (q[{i}:{i + 4}], w x y z) has a quaternion of norm {float(norms[env, joint]):.3g} in env {env}, "
+                     f"below {MIN_QUATERNION_NORM:g}: no rotation (the state holds unit quaternions; any norm above that stands "
+                     f"for q / |q|)")
 
     # ------------------------------------------------------------------ views
     def episode_metrics(self, trajectory: TensorDictBase) -> dict[str, Tensor]:

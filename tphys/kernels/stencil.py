@@ -6,8 +6,9 @@ per axis; a particle at x (m) has base node floor(x/dx - 0.5) and fractional off
 
     w0 = (1.5 - f)²/2,   w1 = 0.75 - (f - 1)²,   w2 = (f - 0.5)²/2,
 
-and the node lies at dpos = (o - f)·dx from the particle. Nodes outside the grid get weight 0
-(keep particles at least 1.5 cells inside; ``tphys.mpm`` enforces it).
+and the node lies at dpos = (o - f)·dx from the particle. Nodes outside the grid get weight 0: a particle's stencil
+lies on the grid for x/dx in [0.5, G - 1.5) (``tphys.mpm.stencil_range``; the MPM envs refuse a state outside it under
+``validate``: ``tphys.mpm.outside_grid``).
 
     p2g: grid mass m_i = Σ_p w_ip m_p;  grid momentum (mv)_i = Σ_p w_ip (m_p v_p + A_p·dpos_ip)
     g2p: v_p = Σ_i w_ip v_i;  C_p = 4/dx² Σ_i w_ip v_i ⊗ dpos_ip

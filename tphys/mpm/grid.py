@@ -25,6 +25,37 @@ _MIN_MASS = grid_kernels.MIN_MASS  # 1e-12 kg; nodes lighter than this are empty
 _ROUND = 4  # window extents round up to a multiple of this many nodes
 
 
+def stencil_range(model: MPMModel) -> tuple[float, float]:
+    """[low, high) in m, the same on every axis: the positions whose quadratic stencil (nodes base..base+2 an axis, base =
+    floor(x/dx - 0.5)) lies on the grid's nodes 0..G-1, i.e. x/dx in [0.5, G - 1.5). Under the walls' boundary layer
+    (``bound`` >= 2 cells) and a substep moving no particle more than a cell, particles never leave it."""
+    return 0.5 * model.dx, (model.grid_size - 1.5) * model.dx
+
+
+def outside_grid(model: MPMModel, x: Tensor) -> Tensor:
+    """[N] bool: the envs with a particle of x [N, P, 3] outside ``stencil_range`` on some axis. Such a particle's
+    nodes off the grid weigh 0: P2G loses that part of its mass and momentum and G2P moves it with the rest, so its
+    physics is wrong without any error (the envs refuse it under ``validate``; ``outside_detail`` says where). A NaN is
+    not outside (the finite checks name it)."""
+    low, high = stencil_range(model)
+    smallest, largest = torch.aminmax(x.detach().flatten(1), dim=-1)
+    return (smallest < low) | (largest >= high)
+
+
+def outside_detail(model: MPMModel, x: Tensor, bad: Tensor) -> str:
+    """Where the first env of ``bad`` [N] bool (``outside_grid``) has particles of x [N, P, 3] outside the grid: their
+    count, the farthest one and its position, and ``stencil_range`` with G and dx."""
+    low, high = stencil_range(model)
+    env = int(bad.nonzero()[0])
+    points = x[env].detach()
+    outside = ((points < low) | (points >= high)).any(-1)
+    farthest = int(torch.where(outside, torch.maximum(low - points, points - high).amax(-1), -math.inf).argmax())
+    position = ", ".join(f"{float(c):.4g}" for c in points[farthest])
+    return (f"env {env}: {int(outside.sum())} of its {points.shape[0]} particles outside, the farthest (particle {farthest}) at "
+            f"({position}) m; the grid's stencils reach [{low:.4g}, {high:.4g}) m on each axis (x/dx in [0.5, G - 1.5), G = "
+            f"{model.grid_size}, dx = {model.dx:.4g} m)")
+
+
 def window(model: MPMModel, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     """(origin [N, 3] int64 node index, shape (WX, WY, WZ)) of the grid window holding the stencils of particles
     x [N, P, 3]: the same shape for every env, inside the domain; the whole domain if ``model.window`` is False."""
