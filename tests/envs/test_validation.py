@@ -424,3 +424,12 @@ def test_a_zero_joint_quaternion_is_refused_naming_the_joint_and_a_scaled_one_is
 def test_an_env_without_such_states_checks_none(name):
     env = small_env(name)
     assert env.invalid_state(env.reset(), "input") is None
+
+
+def test_a_partial_reset_mask_of_another_size_is_refused_naming_the_env():
+    env = E.make("pendulum2d", num_envs=3, seed=0)
+    td = env.step(env.reset().set("action", torch.zeros(3, 1)))["next"]
+    td._tensordict["_reset"] = torch.tensor([[True], [False]])  # past the tensordict's own batch check, as a user's dict may be
+    with pytest.raises(ValueError, match=r"^pendulum2d: '_reset' has shape \(2, 1\), expected \(3, 1\): one flag per env"):
+        env.reset(td)
+    assert env.reset(td.set("_reset", torch.tensor([[True], [False], [True]])))["step_count"].flatten().tolist() == [0, 1, 0]

@@ -124,6 +124,9 @@ class TphysEnv(EnvBase):
         for key, value in self.observe(state, torch.zeros(n, self.action_dim, dtype=self.dtype, device=self.device)).items():
             state.set(key, value)
         mask = None if tensordict is None else tensordict.get("_reset", None)
+        if mask is not None and mask.numel() != n:
+            raise ValueError(f"{self.name}: '_reset' has shape {tuple(mask.shape)}, expected ({n}, 1): one flag per env (True: "
+                             f"reset it)")
         if mask is not None and self.state_keys[0] in tensordict.keys():
             keep = mask.reshape(n).logical_not()
             for key, fresh in list(state.items()):
