@@ -140,9 +140,11 @@ class TphysEnv(EnvBase):
         action = tensordict.get("action")
         if self.validate:
             try:
-                check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)
+                check_action(self.name, action, self.num_envs, self.action_dim, self.dtype, finite=False)
                 check_input_entries(self.name, tensordict, self.input_entries)
-                check_finite_inputs(self.name, tensordict, self.finite_input_keys)
+                if not all_finite([action, *(tensordict.get(key) for key in self.finite_input_keys)]):  # one host sync
+                    check_action(self.name, action, self.num_envs, self.action_dim, self.dtype)  # the searches: the action's,
+                    check_finite_inputs(self.name, tensordict, self.finite_input_keys)  # then the state's
                 self.check_state(tensordict, "input")
             except (ValueError, TypeError, FloatingPointError) as err:
                 if self.shard is None or "env indices" not in str(err):  # a shape, dtype or missing key names no env
@@ -346,9 +348,10 @@ class NonFiniteActionError(FloatingPointError, ValueError):
     FloatingPointError, like a non-finite simulator state, so it stops or skips naming the iteration."""
 
 
-def check_action(name: str, action: Tensor, num_envs: int, action_dim: int, dtype: torch.dtype) -> None:
-    """Raise on a missing action or a wrong shape (ValueError), a dtype other than the env's (TypeError) or NaN/inf
-    (ValueError)."""
+def check_action(name: str, action: Tensor, num_envs: int, action_dim: int, dtype: torch.dtype, finite: bool = True) -> None:
+    """Raise on a missing action or a wrong shape (ValueError), a dtype other than the env's (TypeError) or, with
+    ``finite``, NaN/inf (ValueError; ``step`` tests the action and the state for NaN/inf in one sum and searches only
+    where that fails)."""
     expected = (num_envs, action_dim)
     if action is None:
         raise ValueError(f"{name}: the input has no 'action': set td['action'] to a tensor of shape {expected} before step")
@@ -359,7 +362,7 @@ def check_action(name: str, action: Tensor, num_envs: int, action_dim: int, dtyp
             f"{name}: action dtype is {action.dtype} but the env runs in {dtype}; "
             f"cast the policy output (a {action.dtype} action would silently promote the state)"
         )
-    if all_finite([action]):
+    if not finite or all_finite([action]):
         return
     bad = ~torch.isfinite(action).all(-1)
     if bad.any():
