@@ -104,8 +104,31 @@ def init(device: str = "cpu") -> str:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    timeout = timedelta(seconds=TIMEOUT_S)
+    store = attempt_store(timeout)
+    if store is None:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    else:
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     return device
+
+
+def attempt_store(timeout: timedelta) -> dist.Store | None:
+    """Under ``torchrun`` (its agent's store, ``TORCHELASTIC_USE_AGENT_STORE``): that store under a prefix of this
+    attempt (``TORCHELASTIC_RESTART_COUNT``); None otherwise (``init_process_group``'s own env:// rendezvous).
+
+    The agent's store outlives a restart, and the process group's keys (each rank's gloo address) are the same in
+    every attempt: after ``--max-restarts`` restarted a job, a rank could read the address its peer had in the failed
+    attempt, a closed port, and wait on it until the timeout ("Gloo connectFullMesh failed ... Connection refused", or
+    both ranks hung in ``Pair::waitUntilConnected``): ``tests/rl/distributed_worker.py once`` under ``torchrun
+    --max-restarts=1`` failed so in 5 of 6 jobs on this machine without the prefix, 0 of 6 with it. One prefix per
+    attempt keeps every attempt's keys its own."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]), is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"tphys/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown() -> None:

@@ -37,16 +37,32 @@ def finish(proc, timeout=600):
     return out
 
 
-def kill_after_first_checkpoint(recipe, overrides, run_dir: Path, rng: random.Random) -> float:
-    """Start the run, wait for its first checkpoint, SIGKILL it a random moment later; returns the delay (s)."""
-    proc = start(recipe, [*overrides, f"hydra.run.dir={run_dir}"])
+def wait_for_checkpoint(proc, run_dir: Path) -> float:
+    """Wait until the run's first checkpoint exists; returns that moment (time.monotonic)."""
     ckpt = run_dir / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 600
     while not ckpt.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    delay = rng.uniform(0.0, 1.5)
+    return time.monotonic()
+
+
+def reference_run(recipe, overrides, run_dir: Path) -> float:
+    """The uninterrupted run; returns how long it ran after its first checkpoint (s): the window a kill falls in."""
+    proc = start(recipe, [*overrides, f"hydra.run.dir={run_dir}"])
+    first = wait_for_checkpoint(proc, run_dir)
+    finish(proc)
+    return time.monotonic() - first
+
+
+def kill_after_first_checkpoint(recipe, overrides, run_dir: Path, rng: random.Random, window: float) -> float:
+    """Start the run, wait for its first checkpoint, SIGKILL it a random moment later, within the first 80 % of
+    ``window`` (the reference run's time after its first checkpoint: a fixed range outlasted the run on a fast or idle
+    machine, and the kill came after the end); returns the delay (s)."""
+    proc = start(recipe, [*overrides, f"hydra.run.dir={run_dir}"])
+    wait_for_checkpoint(proc, run_dir)
+    delay = rng.uniform(0.0, 0.8 * window)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -74,9 +90,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 def kill_and_resume(recipe, tmp_path, seed=0):
     overrides = CONFIGS[recipe]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    reference = start(recipe, [*overrides, f"hydra.run.dir={straight}"])
-    finish(reference)
-    delay = kill_after_first_checkpoint(recipe, overrides, killed, random.Random(seed))
+    window = reference_run(recipe, overrides, straight)
+    delay = kill_after_first_checkpoint(recipe, overrides, killed, random.Random(seed), window)
     config_before = (killed / "config.yaml").read_text()
     out = finish(start(recipe, [f"resume={killed}"]))
     assert "resumed from" in out, out
