@@ -388,6 +388,21 @@ def test_a_step_that_throws_material_off_the_grid_raises_naming_the_env(name):
     assert not bool(outside_grid(env.model, out["next", "x"]).any())
 
 
+def test_under_a_shard_the_blow_up_names_global_envs_and_the_input_error_local_ones_with_the_note():
+    env = E.make("rolling_flat", num_envs=2, seed=0, **SMALL["rolling_flat"])
+    env.set_shard(2, 4)
+    td = env.reset().set("action", torch.zeros(env.action_spec.shape, dtype=env.dtype))
+    v = td.get("v").clone()
+    v[1] = torch.tensor([5e4, 0.0, 0.0])
+    with pytest.raises(FloatingPointError, match=r"in env indices \[3\]: particles off the simulation grid: env 3: "):
+        env.step(td.clone().set("v", v))
+    x = td.get("x").clone()
+    x[1, 0, 0] = -1.0
+    with pytest.raises(ValueError, match=r"in env indices \[1\]: particles off the simulation grid: env 1: .*\(indices within this "
+                                         r"shard: global env index = 2 \+ index\)$"):
+        env.step(td.clone().set("x", x))
+
+
 QUATERNION_CASES = [(name, joint) for name, joints in QUATERNIONS.items() for joint in joints]
 
 

@@ -92,7 +92,8 @@ class KinematicToolEnv(TphysEnv):
         bad = outside_grid(self.model, x)
         if not bool(bad.any()):
             return None
-        return bad, f"particles off the simulation grid: {outside_detail(self.model, x, bad)}"
+        offset = self.shard[0] if when == "output" and self.shard is not None else 0  # outputs name global envs
+        return bad, f"particles off the simulation grid: {outside_detail(self.model, x, bad, offset)}"
 
     def observed(self, x: Tensor) -> Tensor:
         """[N, S, 3] the observed particles of x [N, P, 3]: every ``sample_stride``-th, the first ``samples``."""

@@ -42,16 +42,17 @@ def outside_grid(model: MPMModel, x: Tensor) -> Tensor:
     return (smallest < low) | (largest >= high)
 
 
-def outside_detail(model: MPMModel, x: Tensor, bad: Tensor) -> str:
+def outside_detail(model: MPMModel, x: Tensor, bad: Tensor, offset: int = 0) -> str:
     """Where the first env of ``bad`` [N] bool (``outside_grid``) has particles of x [N, P, 3] outside the grid: their
-    count, the farthest one and its position, and ``stencil_range`` with G and dx."""
+    count, the farthest one and its position, and ``stencil_range`` with G and dx. The env is named by its index plus
+    ``offset`` (a shard's first global env, for global indices)."""
     low, high = stencil_range(model)
     env = int(bad.nonzero()[0])
     points = x[env].detach()
     outside = ((points < low) | (points >= high)).any(-1)
     farthest = int(torch.where(outside, torch.maximum(low - points, points - high).amax(-1), -math.inf).argmax())
     position = ", ".join(f"{float(c):.4g}" for c in points[farthest])
-    return (f"env {env}: {int(outside.sum())} of its {points.shape[0]} particles outside, the farthest (particle {farthest}) at "
+    return (f"env {env + offset}: {int(outside.sum())} of its {points.shape[0]} particles outside, the farthest (particle {farthest}) at "
             f"({position}) m; the grid's stencils reach [{low:.4g}, {high:.4g}) m on each axis (x/dx in [0.5, G - 1.5), G = "
             f"{model.grid_size}, dx = {model.dx:.4g} m)")
 
