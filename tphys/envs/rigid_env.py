@@ -122,6 +122,9 @@ class RigidEnv(TphysEnv):
         joints = self.model.names["joints"].items()
         self.quaternions = tuple((name, index + (3 if kind == "free" else 0)) for name, (index, _, kind) in joints
                                  if kind in ("free", "ball"))
+        # [J, 4] their q columns, for one gather a check
+        self._quaternion_columns = torch.tensor([[i + k for k in range(4)] for _, i in self.quaternions], dtype=torch.int64,
+                                                device=self.device).reshape(-1, 4)
 
     # ------------------------------------------------------------------ the protocol's hooks
     def initial_state(self) -> dict[str, Tensor]:
@@ -167,7 +170,7 @@ class RigidEnv(TphysEnv):
         if when != "input" or not self.quaternions:
             return None
         q = state.get("q").detach()
-        norms = torch.stack([torch.linalg.vector_norm(q[:, i:i + 4], dim=-1) for _, i in self.quaternions], -1)  # [N, J]
+        norms = torch.linalg.vector_norm(q[:, self._quaternion_columns], dim=-1)  # [N, J]
         small = norms < MIN_QUATERNION_NORM  # NaN: not small (the finite checks name it)
         bad = small.any(-1)
         if not bool(bad.any()):
