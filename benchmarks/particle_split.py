@@ -4,14 +4,15 @@ The roofline (``roofline.py``) times ``physics_step`` of rope3d at N = 4096. Thi
 process, with interleaved repeats (the best of --repeats each) on the measuring thread's CPU clock:
 
     physics_step      the env step as the roofline times it (Python, tensordict, the handle velocities, the C call)
-    kernel            the C call alone on the same arrays every call (the C function of ``particle_kernels.particle_step``)
+    kernel            the C call alone on the same arrays every call (the C function of ``particle_kernels.particle_step``
+                      for the model's path: "unrolled", the payload envs' default, or "band")
     fresh outputs     the C call with new output tensors every call, as ``particle_kernels.particle_step`` allocates them
                       (their first writes miss the caches)
     transposes        the C call with 0 substeps: the [N, P, d] <-> [P][d][LANES] block transposes and the handle
                       velocity set-up, which every call does once
     skeleton          the C call built with -DTPHYS_PROFILE_NO_SPRING_MATH (each spring's tension is a stand-in product,
-                      everything else as built: the loads of each particle's state, d = x_j - x_i, the force sums,
-                      the particle updates and stores, the loop), minus the transposes
+                      everything else as built: the particles' state, d = x_j - x_i, the force sums, the particle
+                      updates, the loop), minus the transposes
     spring math       kernel minus skeleton minus transposes: the tensions (length, 1/length, cable ramp, damping)
 
 and gives each per call (µs), per env step (ns), and per 16-env vector per substep in cycles of --ghz (default:
@@ -60,6 +61,31 @@ def split(times: dict[str, float]) -> dict[str, float]:
     }
 
 
+def kernel(model, flags: tuple[str, ...]):
+    """The C step of ``model``'s path ("unrolled" or "band") built with ``flags``, as f(x, v, u, x1, v1, substeps, h)."""
+    from tphys.kernels import c_kernels, particle_unrolled
+    from tphys.kernels import particle_kernels as pk
+
+    def n_of(x):
+        return x.shape[0]
+
+    if model.path == "unrolled":
+        handle, free, impulse, _, first, second, _, _, damping, cable = model.tensors
+        top = particle_unrolled.topology(model.dim, free, impulse, model.pointers[4], first, second, damping, cable)
+        function = particle_unrolled.function(top, "float", flags)
+        constants = model.unrolled[2]
+        return lambda x, v, u, x1, v1, substeps, h: function(
+            x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), model.pointers[0], model.pointers[1], constants,
+            n_of(x), u.shape[1], substeps, h)
+    function = c_kernels.build(pk.SOURCE, "float", flags).particle_step
+    address, real, integer = ctypes.c_void_p, ctypes.c_double, ctypes.c_int64
+    function.argtypes = [address] * 9 + [real] + [address] * 6 + [real] + [integer] * 6 + [real, integer]
+    function.restype = ctypes.c_int
+    return lambda x, v, u, x1, v1, substeps, h: function(
+        x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n_of(x), model.particles, model.dim,
+        u.shape[1], model.springs, substeps, h, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="rope3d")
@@ -72,7 +98,6 @@ def main() -> None:
     import torch
 
     import tphys.envs as E
-    from tphys.kernels import c_kernels
     from tphys.kernels import particle_kernels as pk
     from tphys.particles import fused_step
 
@@ -86,23 +111,16 @@ def main() -> None:
     u = env.handle_velocity(actions).contiguous()
     h = env.dt / env.substeps
     model = fused_step._plan(env.model, h).model
-    if model.path != "band":
-        sys.exit(f"{args.env}: the model takes the {model.path} path; this split is for the band path")
+    if model.path == "general":
+        sys.exit(f"{args.env}: the model takes the general path; this split is for the unrolled and band paths")
     flags = (*pk.FLAGS, f"-DLANES={pk.LANES['float']}")
-    functions = {}
-    for name, extra in (("kernel", ()), ("no_math", (PROFILE_FLAG,))):
-        function = c_kernels.build(pk.SOURCE, "float", (*flags, *extra)).particle_step
-        address, real, integer = ctypes.c_void_p, ctypes.c_double, ctypes.c_int64
-        function.argtypes = [address] * 9 + [real] + [address] * 6 + [real] + [integer] * 6 + [real, integer]
-        function.restype = ctypes.c_int
-        functions[name] = function
+    functions = {name: kernel(model, (*flags, *extra)) for name, extra in (("kernel", ()), ("no_math", (PROFILE_FLAG,)))}
     x1, v1 = torch.empty_like(x), torch.empty_like(x)
 
     def c_call(function, substeps, fresh=False):
         def run():
             out = (torch.empty_like(x), torch.empty_like(x)) if fresh else (x1, v1)
-            function(x.data_ptr(), v.data_ptr(), u.data_ptr(), out[0].data_ptr(), out[1].data_ptr(), *model.pointers, n,
-                     model.particles, model.dim, u.shape[1], model.springs, substeps, h, 1)
+            function(x, v, u, *out, substeps, h)
         return run
 
     def env_step():
@@ -122,9 +140,10 @@ def main() -> None:
                     fn()
                 best[name] = min(best[name], (time.thread_time() - start) / args.calls)
     ghz = args.ghz or cpu_ghz()
-    lanes = 16  # floats in a 64-byte vector: the band path's unit of work
+    lanes = 16  # floats in a 64-byte vector: the unit of work of both paths
     vectors = -(-n // lanes)
-    print(f"{args.env}, N = {n}, {env.substeps} substeps, {model.particles} particles, {model.springs} springs; {machine()}; "
+    print(f"{args.env}, N = {n}, {env.substeps} substeps, {model.particles} particles, {model.springs} springs, {model.path} path; "
+          f"{machine()}; "
           f"1 thread; best of {args.repeats} x {args.calls} calls" + (f"; {ghz:.2f} GHz" if ghz else ""))
     print(f"env-steps/s: physics_step {n / best['physics_step']:,.0f}, C call {n / best['kernel']:,.0f}\n")
     print("| part | µs per call | share of physics_step | ns per env step | cycles per 16-env vector per substep |")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import tphys.envs as E
-from tphys.kernels import c_kernels, particle_kernels
+from tphys.kernels import c_kernels, particle_kernels, particle_unrolled
 from tphys.particles import ParticleControl, ParticleModel, ParticleState, fused_step, semi_implicit_euler
 
 pytestmark = pytest.mark.skipif(not particle_kernels.available(torch.float64), reason="no C compiler")
@@ -38,15 +38,23 @@ def as_dtype(state: ParticleState, dtype) -> ParticleState:
     return ParticleState(*[t.to(dtype) if t.is_floating_point() else t for t in state])
 
 
-@pytest.fixture(params=particle_kernels.PATHS)
+KERNEL_PATHS = ("unrolled", *particle_kernels.PATHS)
+
+
+@pytest.fixture(params=KERNEL_PATHS)
 def kernel_path(request, monkeypatch):
-    """Each of the kernel's paths in turn: "band" (the default for every payload env in float32; forced in float64 too)
-    and "general" (forced with BAND = 0; the default in float64)."""
+    """Each of the kernel's paths in turn: "unrolled" (``particle_unrolled``: the default for every payload env in
+    float32; forced in float64 too), "band" (forced with the unrolled path off; float64 too) and "general" (forced with
+    the unrolled path off and BAND = 0; the default in float64)."""
+    if request.param == "unrolled":
+        monkeypatch.setattr(particle_unrolled, "DTYPES", (torch.float32, torch.float64))
+    else:
+        monkeypatch.setattr(particle_unrolled, "DTYPES", ())
     if request.param == "general":
         monkeypatch.setattr(particle_kernels, "BAND", 0)
-    else:
+    elif request.param == "band":
         monkeypatch.setattr(particle_kernels, "BAND_DTYPES", (torch.float32, torch.float64))
-    fused_step._PLANS.clear()  # plans hold the path: derive them again under this BAND
+    fused_step._PLANS.clear()  # plans hold the path: derive them again under these settings
     yield request.param
     fused_step._PLANS.clear()
 
@@ -268,15 +276,27 @@ def test_the_c_file_refuses_the_band_path_for_a_spring_wider_than_its_band(monke
 
 
 # ---------------------------------------------------------------------------- other builds, and the comparison has teeth
-def use_build(monkeypatch, tmp_path, source=None, defines=()):
-    """Route the C step to a build of ``source`` (default: the C file) with extra ``defines``, in a scratch cache."""
+def use_build(monkeypatch, tmp_path, source=None, defines=(), header=None):
+    """Route the C step (cpu/particles.c's paths and the unrolled one) to builds with extra ``defines``, in a scratch
+    cache: of ``source`` (default: the C file), and with ``header`` (text) in place of cpu/particle_block.h."""
     source = source or particle_kernels.SOURCE
     monkeypatch.setenv("TPHYS_KERNEL_CACHE", str(tmp_path / "cache"))
+    if header is not None:  # beside a copy of the source (a quoted include looks first beside its file), and for the
+        (tmp_path / particle_unrolled.HEADER).write_text(header)  # unrolled sources, found through -I before c_kernels' own
+        if source.parent != tmp_path:
+            source = tmp_path / source.name
+            source.write_text(particle_kernels.SOURCE.read_text())
+        defines = (*defines, f"-I{tmp_path}")
 
     def library(real):
         return c_kernels.build(source, real, (*particle_kernels.FLAGS, f"-DLANES={particle_kernels.LANES[real]}", *defines))
 
+    def unrolled(top, real):
+        return particle_unrolled.function(top, real, (*particle_kernels.FLAGS, f"-DLANES={particle_kernels.LANES[real]}", *defines))
+
     monkeypatch.setattr(particle_kernels, "_library", library)
+    monkeypatch.setattr(particle_kernels, "_unrolled_function", unrolled)
+    fused_step._PLANS.clear()  # plans hold the unrolled build
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -301,20 +321,31 @@ def avx512() -> bool:
 ON_AVX512 = pytest.mark.skipif(not avx512(), reason="no AVX-512: float runs the portable code")
 
 
-@pytest.mark.parametrize("kernel_path, dtype, defect, replacement", [
-    ("general", torch.float64, "stiffness * elastic + (damping * taut) * (dot * inverse)", "stiffness * elastic"),  # one_spring
-    pytest.param("general", torch.float32, "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)", "tension",
-                 marks=ON_AVX512),  # one_spring_avx512
-    ("band", torch.float64, "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension"),  # band_tension
-    pytest.param("band", torch.float32, "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension", marks=ON_AVX512),
+HEADER_PATH = c_kernels.CPU_DIR / particle_unrolled.HEADER
+
+
+@pytest.mark.parametrize("kernel_path, dtype, where, defect, replacement", [
+    ("general", torch.float64, "source", "stiffness * elastic + (damping * taut) * (dot * inverse)", "stiffness * elastic"),  # one_spring
+    pytest.param("general", torch.float32, "source", "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)",
+                 "tension", marks=ON_AVX512),  # one_spring_avx512
+    ("band", torch.float64, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension"),  # spring_tension
+    pytest.param("band", torch.float32, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension",
+                 marks=ON_AVX512),
+    ("unrolled", torch.float64, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension"),
+    pytest.param("unrolled", torch.float32, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension",
+                 marks=ON_AVX512),
 ], indirect=["kernel_path"])
-def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, kernel_path, dtype, defect, replacement):
-    """A mutant of the C file that drops the damping term of the spring tension on one path fails that path's comparison."""
-    source = particle_kernels.SOURCE.read_text()
-    assert source.count(defect) == 1
-    mutant = tmp_path / "particles.c"
-    mutant.write_text(source.replace(defect, replacement))
-    use_build(monkeypatch, tmp_path, mutant)
+def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, kernel_path, dtype, where, defect, replacement):
+    """A mutant of the C sources that drops the damping term of the spring tension on one path fails that path's
+    comparison."""
+    original = (particle_kernels.SOURCE if where == "source" else HEADER_PATH).read_text()
+    assert original.count(defect) == 1
+    mutant = original.replace(defect, replacement)
+    if where == "source":
+        (tmp_path / "particles.c").write_text(mutant)
+        use_build(monkeypatch, tmp_path, tmp_path / "particles.c")
+    else:
+        use_build(monkeypatch, tmp_path, header=mutant)
     errors = compare("pendulum2d", 3, 0, dtype, steps=2, path=kernel_path)
     assert errors["one_step"] > 1e-3, errors
 
@@ -333,3 +364,67 @@ def test_the_band_path_catches_its_own_mutants(tmp_path, monkeypatch, kernel_pat
     use_build(monkeypatch, tmp_path, mutant)
     errors = compare("rope3d", 5, 0, torch.float64, steps=2, path=kernel_path)
     assert (errors["one_step"] > 1e-3) == (kernel_path == "band"), errors
+
+
+# ---------------------------------------------------------------------------- the unrolled path
+def test_every_payload_env_takes_the_unrolled_path_in_float32_and_a_larger_model_the_band():
+    fused_step._PLANS.clear()
+    for name in FUSED_ENVS:
+        env = E.make(name, num_envs=2, seed=0, validate=False)
+        assert fused_step._plan(env.model, env.dt / env.substeps).model.path == "unrolled", name
+        assert fused_step._plan(env.model.to(dtype=torch.float64), env.dt / env.substeps).model.path == "general", name
+    env = E.make("rope3d", num_envs=2, seed=0, validate=False)
+    for limit in ("MAX_PARTICLES", "MAX_SPRINGS"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(particle_unrolled, limit, 5)  # the rope has 6 particles and 9 springs
+            fused_step._PLANS.clear()
+            assert fused_step._plan(env.model, env.dt / env.substeps).model.path == "band", limit
+    fused_step._PLANS.clear()
+
+
+def test_models_with_other_numbers_and_the_same_springs_share_one_build():
+    """The build is keyed on the topology (which particles move, which springs are cables or damped), not on the
+    numbers: a stiffer rope takes the same function and its own constants, and steps like the torch path."""
+    env, state, action = rope(n=3, dtype=torch.float32)
+    h = env.dt / env.substeps
+    stiffer = env.model._replace(springs=env.model.springs._replace(stiffness=env.model.springs.stiffness * 3))
+    fused_step._PLANS.clear()
+    plain, stiff = fused_step._plan(env.model, h).model, fused_step._plan(stiffer, h).model
+    assert plain.unrolled[0] is stiff.unrolled[0] and not torch.equal(plain.unrolled[1], stiff.unrolled[1])
+    particles, control = env.read_state(state), ParticleControl(env.handle_velocity(action))
+    with torch.no_grad():
+        fused = semi_implicit_euler(stiffer, particles, control, env.dt, env.substeps, backend="cpu")
+        twin = semi_implicit_euler(stiffer, particles, control, env.dt, env.substeps, backend="torch")
+        other = semi_implicit_euler(env.model, particles, control, env.dt, env.substeps, backend="cpu")
+    assert relative_error(fused, twin) < 2e-4 and relative_error(other, twin) > 1e-3
+
+
+@pytest.mark.parametrize("defect", ["lower", "drag"])
+def test_the_comparison_catches_a_generator_that_drops_a_force(monkeypatch, defect):
+    """Mutants of the code generator: the springs' forces on their lower particle left out, or the drag term (the
+    rope has no drag: a model with drag is made here) left out; each fails the comparison with the torch path."""
+    original = particle_unrolled.source
+
+    def mutant(top):
+        lines = original(top).split("\n")
+        if defect == "lower":
+            return "\n".join(line for line in lines if not (line.strip().startswith("f") and " + g" in line))
+        return "\n".join(line.replace(" - c[", " + 0 * c[") if "v" in line and "= v" in line else line for line in lines)
+
+    monkeypatch.setattr(particle_unrolled, "source", mutant)
+    monkeypatch.setattr(particle_unrolled, "DTYPES", (torch.float32, torch.float64))
+    build = particle_unrolled.function.__wrapped__  # not the cached builds of the real source
+    flags = {real: (*particle_kernels.FLAGS, f"-DLANES={lanes}") for real, lanes in particle_kernels.LANES.items()}
+    monkeypatch.setattr(particle_kernels, "_unrolled_function", lambda top, real: build(top, real, flags[real]))
+    fused_step._PLANS.clear()
+    env, state, action = rope(n=3)
+    model = env.model._replace(drag=torch.tensor(0.5, dtype=torch.float64)) if defect == "drag" else env.model
+    particles, control = env.read_state(state), ParticleControl(env.handle_velocity(action))
+    try:
+        with torch.no_grad():
+            fused = semi_implicit_euler(model, particles, control, env.dt, env.substeps, backend="cpu")
+            twin = semi_implicit_euler(model, particles, control, env.dt, env.substeps, backend="torch")
+        assert fused_step._plan(model, env.dt / env.substeps).model.path == "unrolled"
+        assert relative_error(fused, twin) > 1e-6
+    finally:
+        fused_step._PLANS.clear()

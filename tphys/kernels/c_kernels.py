@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +34,8 @@ from torch.autograd.function import once_differentiable
 
 from tphys.kernels.transfer_function import G2P, P2G, Launchers
 
-SOURCE = Path(__file__).with_name("cpu") / "kernels.c"
+CPU_DIR = Path(__file__).with_name("cpu")  # the C sources; their local headers (#include "name") are found here too
+SOURCE = CPU_DIR / "kernels.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c99")
 REALS = {torch.float32: "float", torch.float64: "double"}  # the C type each kernel source is built for, per dtype
 _REAL = REALS
@@ -44,23 +46,41 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("TPHYS_KERNEL_CACHE", os.path.expanduser("~/.cache/tphys-kernels")))
 
 
+def local_includes(text: bytes, directory: Path, seen: tuple[Path, ...] = ()) -> bytes:
+    """The text of every local header ``text`` includes (``#include "name"``, looked up in ``directory``, then in
+    ``CPU_DIR``: the compiler's order with ``-I CPU_DIR``), and of theirs, in order: what a build's hash must cover
+    besides its source. RuntimeError for a header found in neither."""
+    found = b""
+    for name in re.findall(rb'^\s*#\s*include\s+"([^"]+)"', text, flags=re.MULTILINE):
+        path = next((d / name.decode() for d in (directory, CPU_DIR) if (d / name.decode()).is_file()), None)
+        if path is None:
+            raise RuntimeError(f"{name.decode()!r}, included by a C source, is in neither {directory} nor {CPU_DIR}")
+        if path in seen:
+            continue
+        header = path.read_bytes()
+        found += header + local_includes(header, path.parent, (*seen, path))
+    return found
+
+
 @cache
 def build(source: Path, real: str, flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
     """The library compiled from the C file ``source`` with ``-DREAL=real`` and ``flags`` (built on first use into the
-    cache, keyed by a hash of the source, compiler, flags and float type; raises RuntimeError without a compiler or
-    when the build fails). Other C sources of tphys (``particle_kernels``) load through it."""
+    cache, keyed by a hash of the source, the local headers it includes (``local_includes``), compiler, flags and float
+    type; raises RuntimeError without a compiler or when the build fails). Other C sources of tphys
+    (``particle_kernels``, the per-model sources of ``particle_unrolled``) load through it."""
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (set $CC)")
     text = source.read_bytes()
+    text += local_includes(text, source.parent)
     key = hashlib.sha256(text + " ".join((compiler, *flags, real)).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}_{real}_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: safe across processes
             built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *flags, f"-DREAL={real}", str(source), "-o", str(built), "-lm"], capture_output=True,
-                                    text=True)
+            command = [compiler, *flags, f"-DREAL={real}", f"-I{CPU_DIR}", str(source), "-o", str(built), "-lm"]
+            result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"building {source.name} failed:\n{result.stderr[-2000:]}")
             os.replace(built, target)

@@ -7,9 +7,12 @@ system C compiler on first use, once per float type, through ``c_kernels.build``
 Which models and calls it serves is ``tphys.particles.fused_step``'s decision; nothing here runs unless called.
 ``prepare`` checks and keeps a model's constants once, with its ``path``; ``particle_step`` runs a step.
 
-Two paths (``path``): "band" for float32 and springs joining particles at most ``BAND`` = 3 apart in index (chains:
-every payload env), which sums each particle's spring forces in registers and updates it as soon as its last spring
-is done, and "general" for any other springs and for float64 (a force array, then the particles; see
+Three paths (``Model.path``, chosen by ``prepare``): "unrolled" for float32 models of at most
+``particle_unrolled.MAX_PARTICLES`` particles and ``MAX_SPRINGS`` springs (every payload env: the substep written out
+as straight-line C per model topology, ``particle_unrolled``; rope3d N = 4096: 357-372 µs a call against the band
+path's 575-609 µs, same process), and the two of ``cpu/particles.c``: "band" for float32 and springs joining particles
+at most ``BAND`` = 3 apart in index (chains), which sums each particle's spring forces in registers and updates it
+as soon as its last spring is done, and "general" for any other springs and for float64 (a force array, then the particles; see
 ``BAND_DTYPES``). Kernel time per env step, rope3d, N = 4096, one thread, same-process A/B against the kernel before
 the band path (commit cb5b922; thread CPU time, medians): float32 225 -> 145 ns at load 1.9, 260 -> 191 ns at load
 4.2 (moving the block in and out: 38 -> 14 ns); float32 built for AVX2 only (-march=x86-64-v3) 968 -> 217 ns;
@@ -36,7 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tphys.kernels import c_kernels
+from tphys.kernels import c_kernels, particle_unrolled
 
 SOURCE = Path(__file__).with_name("cpu") / "particles.c"
 FLAGS = (*c_kernels.FLAGS, "-ffp-contract=fast", "-mprefer-vector-width=512")
@@ -51,7 +54,7 @@ BAND = 3  # the band path's widest spring, |i - j|: the C file's MAX_BAND (a tes
 # trajectories came out up to 2e-9 from the torch path's (tests/particles/test_fused_step.py holds the default float64
 # path to 1e-9; the general path, whose rounding follows the torch path's more closely: 1e-10).
 BAND_DTYPES = (torch.float32,)
-PATHS = ("band", "general")
+PATHS = ("band", "general")  # the paths of cpu/particles.c; ``prepare`` may take particle_unrolled's instead
 
 
 @cache
@@ -89,7 +92,8 @@ class Model(NamedTuple):
     dim: int
     springs: int
     dtype: torch.dtype
-    path: str  # "band" or "general" (``path``)
+    path: str  # "unrolled", "band" or "general" (``path``, ``prepare``)
+    unrolled: tuple | None = None  # the unrolled path's (ctypes function, constants tensor, its address), else None
 
 
 def path(first: Tensor, second: Tensor, band: int | None = None, dtype: torch.dtype = torch.float32) -> str:
@@ -123,8 +127,31 @@ def prepare(handle: Tensor, free: Tensor, impulse: Tensor, weight: Tensor, drag:
         raise TypeError("particle_step: handle, first and second must be int64")
     ptr = [t.data_ptr() for t in tensors]
     pointers = (*ptr[:4], float(drag), *ptr[4:], float(width))
-    return Model(tensors, pointers, int(free.shape[0]), int(weight.shape[-1]), int(first.shape[0]), free.dtype,
-                 path(first, second, dtype=free.dtype))
+    dim = int(weight.shape[-1])
+    unrolled = _unrolled(dim, free, impulse, weight, drag, first, second, rest, stiffness, damping, cable, width)
+    return Model(tensors, pointers, int(free.shape[0]), dim, int(first.shape[0]), free.dtype,
+                 "unrolled" if unrolled is not None else path(first, second, dtype=free.dtype), unrolled)
+
+
+def _unrolled_function(top: particle_unrolled.Topology, real: str):
+    """The unrolled step for ``top`` built with this module's flags (tests route it to other builds)."""
+    return particle_unrolled.function(top, real, (*FLAGS, f"-DLANES={LANES[real]}"))
+
+
+def _unrolled(dim, free, impulse, weight, drag, first, second, rest, stiffness, damping, cable, width) -> tuple | None:
+    """The unrolled path's (function, constants, their address) for a model it takes (``particle_unrolled``: small
+    models of a dtype in its DTYPES, where the build works), else None."""
+    if free.dtype not in particle_unrolled.DTYPES:
+        return None
+    top = particle_unrolled.topology(dim, free, impulse, drag, first, second, damping, cable)
+    if top is None:
+        return None
+    try:
+        function = _unrolled_function(top, _REAL[free.dtype])
+    except RuntimeError:  # no compiler, a failed build: the band or general path serves the model
+        return None
+    values = particle_unrolled.constants(top, rest, stiffness, damping, cable, width, weight, impulse, free, drag)
+    return function, values, values.data_ptr()
 
 
 _FUNCTIONS: dict = {}  # (_library, dtype) -> _function(its REAL), for particle_step
@@ -151,6 +178,14 @@ def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor, substeps: int, 
         raise ValueError(f"particle_step: x {tuple(x.shape)}, v {tuple(v.shape)}, u {tuple(u.shape)} do not fit a model of "
                          f"{model.particles} particles in {model.dim}-D")
     x1, v1 = torch.empty_like(x), torch.empty_like(x)
+    if model.unrolled is not None:
+        function, _, constants = model.unrolled
+        handle, free = model.pointers[0], model.pointers[1]
+        particles = function(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), handle, free, constants, n,
+                             u.shape[1], int(substeps), float(h))
+        if particles != model.particles:  # the build is keyed on the topology; a disagreement is a bug here or there
+            raise RuntimeError(f"particle_step: the unrolled step was built for {particles} particles, the model has {model.particles}")
+        return x1, v1
     banded = model.path == "band"
     key = (_library, dtype)  # the loader too: tests route it to other builds
     function = _FUNCTIONS.get(key) or _FUNCTIONS.setdefault(key, _function(_REAL[dtype]))

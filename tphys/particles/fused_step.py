@@ -13,9 +13,10 @@ in 2-D or 3-D. ``reason_not_fused`` names the first thing a call needs that it l
                 two distinct particles; a free mask not 0/1
 
 With ``backend="cpu"`` a reason is an error (ValueError); with "auto" the torch path runs. Results equal the torch
-path's to round-off (``tests/particles/test_fused_step.py``). Within the kernel, a float32 model whose springs join
-particles at most 3 apart in index (chains: every payload env) takes its "band" path, any other its "general" one
-(``particle_kernels.path``; the plan keeps it: ``_plan(model, h).model.path``).
+path's to round-off (``tests/particles/test_fused_step.py``). Within the kernel, a small float32 model (every payload
+env) takes its "unrolled" path (``particle_unrolled``: straight-line C per model topology), a larger one whose springs
+join particles at most 3 apart in index (chains) its "band" path, any other its "general" one (``particle_kernels``;
+the plan keeps it: ``_plan(model, h).model.path``).
 """
 
 from __future__ import annotations

@@ -33,30 +33,7 @@
  * Terms that add or multiply an exact 0 or 1 (a cable value of 0 or 1, no damping, no drag, free = 1, a handle's
  * zero impulse) are left out where the data says so: the same results for finite values, fewer instructions.
  */
-#include <stdint.h>
-
-#ifndef REAL
-#define REAL float
-#endif
-#ifndef LANES
-#define LANES 32 /* envs per block (the loader passes two 64-byte vectors' worth: 32 floats, 16 doubles) */
-#endif
-
-#define SQRT(x) (sizeof(REAL) == sizeof(float) ? __builtin_sqrtf(x) : __builtin_sqrt(x))
-#define INLINE static inline __attribute__((always_inline))
-/* A loop over the lanes of a block, left rolled for the vectorizer (complete unrolling first would leave it
- * straight-line code that it packs across the wrong dimension). */
-#define FOR_LANES(e) _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (int e = 0; e < LANES; e++)
-#define AT(p, a) (((p) * D + (a)) * LANES) /* offset of particle p, axis a in a block array [P][D][LANES] */
-
-/* FAST_FLOAT: float blocks run AVX-512 intrinsics (TPHYS_GENERIC: the portable loops everywhere, for tests). */
-#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-#include <immintrin.h>
-#define FAST_FLOAT (sizeof(REAL) == sizeof(float) && LANES % 16 == 0)
-#else
-#define FAST_FLOAT 0
-#endif
-
+#include "particle_block.h"
 
 typedef struct {
     const int64_t *first, *second;                 /* [S] particle i (incidence -1) and j (+1) of each spring */
@@ -74,91 +51,6 @@ typedef struct {
     int64_t particles, handles;
 } Particles;
 
-/* Block arrays from/to the torch layout [N, P, D]: lane e holds env min(first + e, last). A float build with AVX-512
- * moves 16 envs x 16 numbers at a time: 16 row loads (masked at the end of a row), a 16 x 16 transpose in registers
- * (transpose16) and 16 vector stores, and back the same way; otherwise plain loops. */
-#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-/* r[0..15] (rows) <- its transpose: 64 shuffles (unpack pairs, pairs of pairs, then 128-bit lanes twice). */
-INLINE void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));     /* columns 0, 4, 8, 12 of rows 4i..4i+3 */
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)); /* columns 1, 5, 9, 13 */
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d)); /* columns 2, 6, 10, 14 */
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)); /* columns 3, 7, 11, 15 */
-    }
-    for (int k = 0; k < 4; k++) {
-        const __m512 u0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), u1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
-        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88), u3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
-        t[k] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-        t[k + 8] = _mm512_shuffle_f32x4(u0, u2, 0xdd);
-        t[k + 4] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-        t[k + 12] = _mm512_shuffle_f32x4(u1, u3, 0xdd);
-    }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
-}
-#endif
-
-INLINE void gather(const int D, const REAL *src, REAL *dst, int64_t first, int64_t last, int64_t p_count) {
-    const int64_t width = p_count * D;
-#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-    if (FAST_FLOAT) {
-        for (int e0 = 0; e0 < LANES; e0 += 16) {
-            const float *row[16];
-            for (int e = 0; e < 16; e++) row[e] = (const float *)src + (first + e0 + e < last ? first + e0 + e : last) * width;
-            for (int64_t c = 0; c < width; c += 16) {
-                const int count = width - c < 16 ? (int)(width - c) : 16;
-                const __mmask16 mask = (__mmask16)((1u << count) - 1);
-                __m512 r[16];
-                for (int e = 0; e < 16; e++) r[e] = _mm512_maskz_loadu_ps(mask, row[e] + c);
-                transpose16(r);
-                for (int k = 0; k < count; k++) _mm512_store_ps((float *)dst + (c + k) * LANES + e0, r[k]);
-            }
-        }
-        return;
-    }
-#endif
-    FOR_LANES(e) {
-        const REAL *row = src + (first + e < last ? first + e : last) * width;
-        for (int64_t r = 0; r < width; r++) dst[r * LANES + e] = row[r];
-    }
-}
-
-/* The way out: lanes e < `lanes` of the block arrays into rows first + e of dst [N, P, D]. */
-INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int64_t lanes, int64_t p_count) {
-    const int64_t width = p_count * D;
-#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-    if (FAST_FLOAT) {
-        for (int e0 = 0; e0 < lanes; e0 += 16) {
-            const int rows = lanes - e0 < 16 ? (int)(lanes - e0) : 16;
-            for (int64_t c = 0; c < width; c += 16) {
-                const int count = width - c < 16 ? (int)(width - c) : 16;
-                const __mmask16 mask = (__mmask16)((1u << count) - 1);
-                __m512 r[16];
-                for (int k = 0; k < 16; k++) r[k] = k < count ? _mm512_load_ps((const float *)src + (c + k) * LANES + e0) : _mm512_setzero_ps();
-                transpose16(r);
-                for (int e = 0; e < rows; e++) _mm512_mask_storeu_ps((float *)dst + (first + e0 + e) * width + c, mask, r[e]);
-            }
-        }
-        return;
-    }
-#endif
-    for (int e = 0; e < lanes; e++) {
-        REAL *row = dst + (first + e) * width;
-        for (int64_t r = 0; r < width; r++) row[r] = src[r * LANES + e];
-    }
-}
-
-/* Spring kinds: the cable value and whether it is damped, known at compile time in each instance of one_spring (a
- * cable value of exactly 0 or 1, or a damping of exactly 0, drops terms that would add or multiply an exact 0 or 1:
- * the same result, fewer instructions). */
-enum { SPRING = 0, CABLE = 1, BLEND = 2 };
 
 /* Adds spring k's force to F (block arrays [P][D][LANES]); oi, oj: offsets AT(i, 0), AT(j, 0) of its particles. */
 INLINE void one_spring(const int D, const int kind, const int damped, const Springs *s, int64_t k, int64_t oi, int64_t oj,
@@ -278,7 +170,7 @@ INLINE void spring_forces(const int D, const Springs *s, const int *kind, const 
  * the spring sum f is read and reset to 0 for the next substep. Like the spring kinds, `kind` drops terms that are exact
  * no-ops: FREE (free = 1) multiplies by 1, STILL (free = 0 and impulse = 0: a handle) adds 0·f to v, and `dragged`
  * = 0 (drag = 0) subtracts 0·v (for finite f and v: the same result). */
-enum { FREE = 0, STILL = 1, ANY = 2 };
+/* enum FREE, STILL, ANY: particle_block.h */
 
 INLINE void update(const int kind, const int dragged, REAL *restrict x, REAL *restrict v, REAL *restrict f, REAL weight, REAL drag,
                    REAL impulse, REAL free, REAL h) {
@@ -324,77 +216,6 @@ INLINE void update_any(REAL *restrict x, REAL *restrict v, REAL *restrict f, REA
  *
  * Vectors are GCC vector types of VBYTES bytes (VW numbers): 64 with AVX-512, else 32 (16 registers without it). */
 #define MAX_BAND 3 /* the widest band; particle_kernels.BAND, which chooses the path, is the same number */
-#if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-#define VBYTES 64
-#define VEC_AVX512 1
-#else
-#define VBYTES 32
-#define VEC_AVX512 0
-#endif
-typedef REAL vec __attribute__((vector_size(VBYTES)));
-typedef __typeof__(_Generic((REAL)0, float: (int32_t)0, default: (int64_t)0)) lane_int;
-typedef lane_int ivec __attribute__((vector_size(VBYTES)));
-#define VW ((int)(VBYTES / sizeof(REAL)))
-
-INLINE vec vload(const REAL *p) {
-    vec r;
-    __builtin_memcpy(&r, p, sizeof r);
-    return r;
-}
-INLINE void vstore(REAL *p, vec a) { __builtin_memcpy(p, &a, sizeof a); }
-INLINE vec vset(REAL a) { /* every lane a (an element loop would be built lane by lane; x - 0 = x, -0 included) */
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_set1_ps((float)a);
-    return (vec)_mm512_set1_pd((double)a);
-#else
-    return a - (vec){0};
-#endif
-}
-/* a < b ? b : a and a > b ? b : a, lane by lane (a NaN in a passes, like one_spring's comparisons: the intrinsics
- * return their second operand where either is NaN). */
-INLINE vec vmax(vec a, vec b) {
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_max_ps((__m512)b, (__m512)a);
-    return (vec)_mm512_max_pd((__m512d)b, (__m512d)a);
-#else
-    const ivec m = a < b;
-    return (vec)((m & (ivec)b) | (~m & (ivec)a));
-#endif
-}
-INLINE vec vmin(vec a, vec b) {
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_min_ps((__m512)b, (__m512)a);
-    return (vec)_mm512_min_pd((__m512d)b, (__m512d)a);
-#else
-    const ivec m = a > b;
-    return (vec)((m & (ivec)b) | (~m & (ivec)a));
-#endif
-}
-INLINE vec vsqrt(vec a) {
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) return (vec)_mm512_sqrt_ps((__m512)a);
-    return (vec)_mm512_sqrt_pd((__m512d)a);
-#else
-    REAL r[VW]; /* a loop over an array (over the vector's own lanes it would stay scalar) */
-    __builtin_memcpy(r, &a, sizeof a);
-    for (int e = 0; e < VW; e++) r[e] = SQRT(r[e]);
-    __builtin_memcpy(&a, r, sizeof a);
-    return a;
-#endif
-}
-/* 1/sqrt(a), float with AVX-512: the 14-bit estimate and one Newton step y <- y·(3/2 - (a/2)·y²) (one_spring_avx512);
- * other builds do not call it. */
-INLINE vec vrsqrt_refined(vec a) {
-#if VEC_AVX512
-    if (sizeof(REAL) == sizeof(float)) {
-        const __m512 y = _mm512_rsqrt14_ps((__m512)a);
-        const __m512 half_xy = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), (__m512)a), y);
-        return (vec)_mm512_mul_ps(y, _mm512_fnmadd_ps(half_xy, y, _mm512_set1_ps(1.5f)));
-    }
-#endif
-    return a;
-}
-
 /* The band plan of a model (built by run): springs sorted by their higher particle. */
 typedef struct {
     const int64_t *start;  /* [P + 1] springs start[j] .. start[j+1]-1 (sorted) have higher particle j */
@@ -407,41 +228,6 @@ typedef struct {
     int band;                   /* the largest offset, 1..MAX_BAND */
     int pair;                   /* every spring a damped cable or an undamped spring (the rope, the pendulums) */
 } Band;
-
-/* g = T/|d| of a spring (one_spring's formula) from d = x_hi - x_lo (D vectors) and the velocities vh, vl. */
-INLINE vec band_tension(const int D, const int kind, const int damped, const vec *d, const REAL *vh, const REAL *vl, REAL rest,
-                        REAL stiffness, REAL damping, REAL cable, REAL inv_width, REAL half_width) {
-#ifdef TPHYS_PROFILE_NO_SPRING_MATH /* profiling builds only (benchmarks/particle_split.py): the loop without the spring math */
-    return d[0] * rest;
-#endif
-    vec length2 = d[0] * d[0];
-    for (int a = 1; a < D; a++) length2 = d[a] * d[a] + length2;
-    vec inverse, stretch;
-    if (VEC_AVX512 && sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| (|d| >= 1e-12; a NaN passes) */
-        length2 = vmax(length2, vset((REAL)1e-24));
-        inverse = vrsqrt_refined(length2);
-        stretch = length2 * inverse - rest;
-    } else {
-        const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
-        inverse = vset(1) / length;
-        stretch = length - rest;
-    }
-    vec elastic = stretch, taut = vset(1);
-    if (kind != SPRING) {
-        const vec tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
-        const vec ramp = tau * (stretch - half_width * tau);
-        const vec step = tau * tau * (3 - 2 * tau);
-        elastic = kind == CABLE ? ramp : stretch + cable * (ramp - stretch);
-        taut = kind == CABLE ? step : 1 + cable * (step - 1);
-    }
-    vec tension = stiffness * elastic;
-    if (damped) {
-        vec dot = (vload(vh) - vload(vl)) * d[0];
-        for (int a = 1; a < D; a++) dot = (vload(vh + a * LANES) - vload(vl + a * LANES)) * d[a] + dot;
-        tension = (damping * taut) * (dot * inverse) + tension;
-    }
-    return tension * inverse;
-}
 
 /* update() for one vector: particle p of the block arrays at lane e0 with f = m·g + its spring forces (D vectors). */
 INLINE void band_update(const int D, const int kind, const int dragged, REAL *x, REAL *v, const vec *f, REAL drag, REAL impulse,
@@ -490,18 +276,18 @@ INLINE void band_substep(const int D, const int B, const int dragged, const int 
             vec d[3], g;
             _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) d[a] = xj[a] - vload(xl + a * LANES);
             const REAL r = b->rest[k], st = b->stiffness[k], c = b->damping[k], cb = b->cable[k], iw = b->inv_width, hw = b->half_width;
-            /* `pair` models (two kinds): one predictable branch, and only two copies of band_tension in the loop; the
+            /* `pair` models (two kinds): one predictable branch, and only two copies of spring_tension in the loop; the
              * six-way switch (a jump table) of the others costs them ~5-8 % (rope3d, same-process A/B) */
             if (pair) {
-                if (b->kind[k] == 2 * CABLE + 1) g = band_tension(D, CABLE, 1, d, vh, vl, r, st, c, cb, iw, hw);
-                else g = band_tension(D, SPRING, 0, d, vh, vl, r, st, c, cb, iw, hw);
+                if (b->kind[k] == 2 * CABLE + 1) g = spring_tension(D, CABLE, 1, d, 0, vh, vl, r, st, c, cb, iw, hw);
+                else g = spring_tension(D, SPRING, 0, d, 0, vh, vl, r, st, c, cb, iw, hw);
             } else switch (b->kind[k]) {
-            case 2 * SPRING: g = band_tension(D, SPRING, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
-            case 2 * SPRING + 1: g = band_tension(D, SPRING, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
-            case 2 * CABLE: g = band_tension(D, CABLE, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
-            case 2 * CABLE + 1: g = band_tension(D, CABLE, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
-            case 2 * BLEND: g = band_tension(D, BLEND, 0, d, vh, vl, r, st, c, cb, iw, hw); break;
-            default: g = band_tension(D, BLEND, 1, d, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * SPRING: g = spring_tension(D, SPRING, 0, d, 0, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * SPRING + 1: g = spring_tension(D, SPRING, 1, d, 0, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * CABLE: g = spring_tension(D, CABLE, 0, d, 0, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * CABLE + 1: g = spring_tension(D, CABLE, 1, d, 0, vh, vl, r, st, c, cb, iw, hw); break;
+            case 2 * BLEND: g = spring_tension(D, BLEND, 0, d, 0, vh, vl, r, st, c, cb, iw, hw); break;
+            default: g = spring_tension(D, BLEND, 1, d, 0, vh, vl, r, st, c, cb, iw, hw); break;
             }
             vec gd[3];
             _Pragma("GCC unroll 3") for (int a = 0; a < D; a++) {
@@ -552,22 +338,7 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const Band 
     REAL X[P * D * LANES] __attribute__((aligned(64)));
     REAL V[P * D * LANES] __attribute__((aligned(64)));
     REAL F[P * D * LANES] __attribute__((aligned(64)));
-    gather(D, x0, X, first, n - 1, P);
-    gather(D, v0, V, first, n - 1, P);
-    for (int64_t p = 0; p < P; p++) {
-        const REAL free = q->free[p];
-        const int64_t hd = q->handle[p];
-        for (int a = 0; a < D; a++) {
-            REAL *vp = V + AT(p, a);
-            if (hd < 0) /* two loops: the first one vectorises as it is */
-                FOR_LANES(e) vp[e] = free * vp[e] + (REAL)0;
-            else
-                FOR_LANES(e) {
-                    int64_t env = first + e < n ? first + e : n - 1;
-                    vp[e] = free * vp[e] + u[(env * q->handles + hd) * D + a];
-                }
-        }
-    }
+    load_block(D, P, x0, v0, u, q->handle, q->free, q->handles, X, V, first, n);
     const REAL drag = q->drag;
     if (b != 0) {
         for (int e0 = 0; e0 < lanes; e0 += VW) band_substeps(D, q, b, X, V, e0, substeps, h); /* vectors with an env */
