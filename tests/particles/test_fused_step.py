@@ -328,11 +328,11 @@ HEADER_PATH = c_kernels.CPU_DIR / particle_unrolled.HEADER
     ("general", torch.float64, "source", "stiffness * elastic + (damping * taut) * (dot * inverse)", "stiffness * elastic"),  # one_spring
     pytest.param("general", torch.float32, "source", "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)",
                  "tension", marks=ON_AVX512),  # one_spring_avx512
-    ("band", torch.float64, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension"),  # spring_tension
-    pytest.param("band", torch.float32, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension",
+    ("band", torch.float64, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension"),  # spring_tension
+    pytest.param("band", torch.float32, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension",
                  marks=ON_AVX512),
-    ("unrolled", torch.float64, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension"),
-    pytest.param("unrolled", torch.float32, "header", "tension = (damping * taut) * (dot * inverse) + tension", "tension = tension",
+    ("unrolled", torch.float64, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension"),
+    pytest.param("unrolled", torch.float32, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension",
                  marks=ON_AVX512),
 ], indirect=["kernel_path"])
 def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, kernel_path, dtype, where, defect, replacement):

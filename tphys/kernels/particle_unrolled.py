@@ -107,10 +107,31 @@ def source(top: Topology) -> str:
         for a in axes:
             emit(f"    vec x{p}_{a} = vload(X + AT({p}, {a}) + e0), v{p}_{a} = vload(V + AT({p}, {a}) + e0);")
     emit("    for (int64_t step = 0; step < substeps; step++) {")
-    for p, kind in enumerate(top.particles):
-        if kind != STILL:
+    # Each particle's force sum starts (at its weight) just before its first spring, and the particle is updated just
+    # after its last one: no later spring of the substep reads it (they come in order of their higher particle), and
+    # the sums and old states live no longer than they must (fewer registers spilled).
+    touching = [[k for k, s in enumerate(top.springs) if p in s[:2]] for p in range(count)]
+
+    def start(p):
+        if top.particles[p] != STILL:
             emit("        vec " + ", ".join(f"f{p}_{a} = vset(c[{weight + p * dim + a}])" for a in axes) + ";")
+
+    def update(p):
+        for a in axes:
+            if top.particles[p] != STILL:
+                force = f"f{p}_{a} - c[{drag}] * v{p}_{a}" if top.dragged else f"f{p}_{a}"
+                scaled = f"({force})" if top.particles[p] == FREE else f"({force}) * c[{free + p}]"
+                emit(f"        v{p}_{a} = v{p}_{a} + c[{impulse + p}] * {scaled};")
+            emit(f"        x{p}_{a} = x{p}_{a} + h * v{p}_{a};")
+
+    for p in range(count):
+        if not touching[p]:
+            start(p)
+            update(p)
     for k, (lo, hi, kind, damped, _) in enumerate(top.springs):
+        for p in (lo, hi):
+            if touching[p][0] == k:
+                start(p)
         emit(f"        {{ /* spring {k}: particles {lo}, {hi} */")
         emit("            const vec d[3] = {" + ", ".join(f"x{hi}_{a} - x{lo}_{a}" for a in axes) + "};")
         if damped:
@@ -123,13 +144,9 @@ def source(top: Topology) -> str:
             if top.particles[lo] != STILL:
                 emit(f"            f{lo}_{a} = f{lo}_{a} + g * d[{a}];")
         emit("        }")
-    for p, kind in enumerate(top.particles):
-        for a in axes:
-            if kind != STILL:
-                force = f"f{p}_{a} - c[{drag}] * v{p}_{a}" if top.dragged else f"f{p}_{a}"
-                scaled = f"({force})" if kind == FREE else f"({force}) * c[{free + p}]"
-                emit(f"        v{p}_{a} = v{p}_{a} + c[{impulse + p}] * {scaled};")
-            emit(f"        x{p}_{a} = x{p}_{a} + h * v{p}_{a};")
+        for p in (lo, hi):
+            if touching[p][-1] == k:
+                update(p)
     emit("    }")
     for p in range(count):
         for a in axes:
