@@ -75,8 +75,8 @@ def kernel(model, flags: tuple[str, ...]):
         function = particle_unrolled.function(top, "float", flags)
         constants = model.unrolled[2]
         return lambda x, v, u, x1, v1, substeps, h: function(
-            x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), model.pointers[0], model.pointers[1], constants,
-            n_of(x), u.shape[1], substeps, h)
+            x.data_ptr(), v.data_ptr(), u.data_ptr(), None, None, 0, x1.data_ptr(), v1.data_ptr(), model.pointers[0], model.pointers[1],
+            constants, n_of(x), u.shape[1], substeps, h)
     function = c_kernels.build(pk.SOURCE, "float", flags).particle_step
     address, real, integer = ctypes.c_void_p, ctypes.c_double, ctypes.c_int64
     function.argtypes = [address] * 9 + [real] + [address] * 6 + [real] + [integer] * 6 + [real, integer]

@@ -322,17 +322,18 @@ ON_AVX512 = pytest.mark.skipif(not avx512(), reason="no AVX-512: float runs the 
 
 
 HEADER_PATH = c_kernels.CPU_DIR / particle_unrolled.HEADER
+DAMPING_TERM = "tension[j] = damped_taut * (dot[j] * inverse[j]) + tension[j]"  # spring_tensions (band and unrolled paths)
 
 
 @pytest.mark.parametrize("kernel_path, dtype, where, defect, replacement", [
     ("general", torch.float64, "source", "stiffness * elastic + (damping * taut) * (dot * inverse)", "stiffness * elastic"),  # one_spring
     pytest.param("general", torch.float32, "source", "_mm512_fmadd_ps(_mm512_mul_ps(damping, taut), _mm512_mul_ps(dot, inverse), tension)",
                  "tension", marks=ON_AVX512),  # one_spring_avx512
-    ("band", torch.float64, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension"),  # spring_tension
-    pytest.param("band", torch.float32, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension",
+    ("band", torch.float64, "header", DAMPING_TERM, "tension[j] = tension[j]"),  # spring_tension
+    pytest.param("band", torch.float32, "header", DAMPING_TERM, "tension[j] = tension[j]",
                  marks=ON_AVX512),
-    ("unrolled", torch.float64, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension"),
-    pytest.param("unrolled", torch.float32, "header", "tension = damped_taut * (dot * inverse) + tension", "tension = tension",
+    ("unrolled", torch.float64, "header", DAMPING_TERM, "tension[j] = tension[j]"),
+    pytest.param("unrolled", torch.float32, "header", DAMPING_TERM, "tension[j] = tension[j]",
                  marks=ON_AVX512),
 ], indirect=["kernel_path"])
 def test_the_comparison_catches_a_kernel_without_spring_damping(tmp_path, monkeypatch, kernel_path, dtype, where, defect, replacement):
@@ -428,3 +429,44 @@ def test_the_comparison_catches_a_generator_that_drops_a_force(monkeypatch, defe
         assert relative_error(fused, twin) > 1e-6
     finally:
         fused_step._PLANS.clear()
+
+
+# ---------------------------------------------------------------------------- handle velocities as action @ basis
+def map_and_velocities(env, n, seed):
+    action = torch.rand(n, env.action_dim, generator=torch.Generator().manual_seed(seed), dtype=env.dtype) * 2 - 1
+    basis = env.velocity_basis()
+    return ParticleControl(None, handle_map=(action, basis)), ParticleControl(env.handle_velocity(action))
+
+
+@pytest.mark.parametrize("name", FUSED_ENVS)
+def test_a_handle_map_steps_as_its_handle_velocities(kernel_path, name):
+    """ParticleControl(handle_map=(action, basis)): the unrolled path computes action @ basis in the kernel, the other
+    paths take torch.mm's; the step equals the one under the handle velocities themselves, bit for bit (every payload
+    task's basis has one nonzero entry a column), for batch sizes around the kernel's blocks."""
+    for n, dtype in ((1, torch.float32), (19, torch.float32), (33, torch.float64)):
+        env = E.make(name, num_envs=n, seed=n, dtype=dtype, validate=False)
+        particles = env.read_state(env.reset())
+        mapped, given = map_and_velocities(env, n, seed=n)
+        assert torch.equal(mapped.velocities(), given.handle_velocity)
+        with torch.no_grad():
+            a = semi_implicit_euler(env.model, particles, mapped, env.dt, env.substeps, backend="cpu")
+            b = semi_implicit_euler(env.model, particles, given, env.dt, env.substeps, backend="cpu")
+        assert fused_step._plan(env.model, env.dt / env.substeps).model.path == kernel_path
+        assert torch.equal(a.x, b.x) and torch.equal(a.v, b.v), (name, n, dtype)
+
+
+def test_a_handle_map_in_the_portable_build_and_under_autograd(tmp_path, monkeypatch):
+    use_build(monkeypatch, tmp_path, defines=("-DTPHYS_GENERIC",))
+    env = E.make("rope3d", num_envs=21, seed=0, validate=False)
+    particles = env.read_state(env.reset())
+    mapped, given = map_and_velocities(env, 21, seed=2)
+    with torch.no_grad():
+        a = semi_implicit_euler(env.model, particles, mapped, env.dt, env.substeps, backend="cpu")
+        b = semi_implicit_euler(env.model, particles, given, env.dt, env.substeps, backend="cpu")
+    assert torch.equal(a.x, b.x) and torch.equal(a.v, b.v)
+    action = mapped.handle_map[0].clone().requires_grad_()  # the torch path, differentiable in the action
+    out = semi_implicit_euler(env.model, particles, ParticleControl(None, handle_map=(action, mapped.handle_map[1])), env.dt, env.substeps)
+    out.x.sum().backward()
+    assert action.grad is not None and action.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="neither handle_velocity nor handle_map"):
+        ParticleControl(None).velocities()

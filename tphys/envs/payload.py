@@ -135,14 +135,14 @@ class PayloadEnv(TphysEnv):
 
     def physics_step(self, state: TensorDictBase, action: Tensor) -> TensorDictBase:
         """One env step of the configured integrator; ``action`` [N, A] in [-1, 1] commands the handle velocities."""
-        handle_velocity = self.handle_velocity(action)
         if self.integrator == "bdf2":
-            particles = bdf2(self.model, self.read_state(state), ParticleControl(handle_velocity), self.dt, tol=self.newton_tol,
-                             max_iter=self.newton_max_iter)
-        else:  # reads x and v only: the history entries of read_state are BDF2's
+            particles = bdf2(self.model, self.read_state(state), ParticleControl(self.handle_velocity(action)), self.dt,
+                             tol=self.newton_tol, max_iter=self.newton_max_iter)
+        else:  # reads x and v only (the history entries of read_state are BDF2's); the handle velocities as action @ basis,
+            # which the fused C step computes in place (every other path: ParticleControl.velocities(), these values)
             particles = ParticleState.without_history(state.get("x"), state.get("v"))
-            particles = semi_implicit_euler(self.model, particles, ParticleControl(handle_velocity), self.dt, self.substeps,
-                                            backend=self.backend)
+            control = ParticleControl(None, handle_map=(action, self.velocity_basis()))
+            particles = semi_implicit_euler(self.model, particles, control, self.dt, self.substeps, backend=self.backend)
         return self.next_state(state, x=particles.x, v=particles.v, x_prev=particles.x_prev, v_prev=particles.v_prev)
 
     def observe(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
@@ -165,18 +165,17 @@ class PayloadEnv(TphysEnv):
     # ------------------------------------------------------------------ views
     def handle_velocity(self, action: Tensor) -> Tensor:
         """[N, H, d] handle velocities (m/s) commanded by ``action`` [N, A] in [-1, 1]."""
-        basis = self.action_basis
-        return torch.mm(action, self.velocity_basis()).view(action.shape[0], *basis.shape[1:])
+        return ParticleControl(None, handle_map=(action, self.velocity_basis())).velocities()
 
     def velocity_basis(self) -> Tensor:
-        """[A, H·d] the handle velocities (m/s) of a unit action component: max_handle_speed · action_basis, built once
+        """[A, H, d] the handle velocities (m/s) of a unit action component: max_handle_speed · action_basis, built once
         per basis (an in-place edit or a new basis builds it again). For the tasks' axis-aligned bases (one nonzero
-        entry a column) the matmul with it rounds exactly as speed · (action @ basis) does."""
+        entry a column) a matmul with it rounds exactly as speed · (action @ basis) does."""
         basis = self.action_basis
         key = (id(basis), basis._version, self.task.max_handle_speed)
         cached = getattr(self, "_velocity_basis", None)
         if cached is None or cached[0] != key:
-            cached = (key, (self.task.max_handle_speed * basis.flatten(1)).contiguous(), basis)  # basis: keeps its id its own
+            cached = (key, (self.task.max_handle_speed * basis).contiguous(), basis)  # basis: keeps its id its own
             self._velocity_basis = cached
         return cached[1]
 

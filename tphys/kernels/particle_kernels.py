@@ -166,23 +166,42 @@ def _function(real: str):
     return function
 
 
-def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor, substeps: int, h: float) -> tuple[Tensor, Tensor]:
+def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor | None, substeps: int, h: float,
+                  handle_map: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """(x, v) [N, P, d] after ``substeps`` substeps of ``h`` s (see ``cpu/particles.c``) from x, v [N, P, d] (m, m/s)
-    under handle velocities u [N, H, d] (m/s): contiguous CPU tensors of the model's dtype. No autograd."""
+    under handle velocities u [N, H, d] (m/s), or (u None) ``handle_map`` = (action [N, A], basis [A, H, d] m/s) with
+    u = action @ basis, which the unrolled path computes in the kernel (the others take torch.mm's u): contiguous CPU
+    tensors of the model's dtype. No autograd."""
     n, dtype = x.shape[0], model.dtype
-    if not (x.dtype is dtype and v.dtype is dtype and u.dtype is dtype and x.is_cpu and v.is_cpu and u.is_cpu and x.is_contiguous()
-            and v.is_contiguous() and u.is_contiguous()):  # one expression: this runs every env step
-        t = next(t for t in (x, v, u) if not (t.dtype is dtype and t.is_cpu and t.is_contiguous()))
-        raise TypeError(f"particle_step: x, v, u must be contiguous CPU {dtype}, got {t.dtype} on {t.device}")
-    if x.shape != (n, model.particles, model.dim) or v.shape != x.shape or u.dim() != 3 or u.shape[0] != n or u.shape[2] != model.dim:
-        raise ValueError(f"particle_step: x {tuple(x.shape)}, v {tuple(v.shape)}, u {tuple(u.shape)} do not fit a model of "
+    if u is None and model.unrolled is None:
+        action, basis = handle_map
+        u = torch.mm(action, basis.flatten(1)).view(action.shape[0], *basis.shape[1:])
+    inputs = (x, v, u) if u is not None else (x, v, *handle_map)
+    if not all(t.dtype is dtype and t.is_cpu and t.is_contiguous() for t in inputs):
+        t = next(t for t in inputs if not (t.dtype is dtype and t.is_cpu and t.is_contiguous()))
+        raise TypeError(f"particle_step: x, v and the handle velocities must be contiguous CPU {dtype}, got {t.dtype} on {t.device}")
+    if u is not None:
+        handles, fits = (u.shape[1] if u.dim() == 3 else 0), u.dim() == 3 and u.shape[0] == n and u.shape[2] == model.dim
+        given = f"u {tuple(u.shape)}"
+    else:
+        action, basis = handle_map
+        handles = basis.shape[1] if basis.dim() == 3 else 0
+        fits = (action.dim() == 2 and basis.dim() == 3 and action.shape[0] == n and action.shape[1] == basis.shape[0] > 0
+                and basis.shape[2] == model.dim)
+        given = f"action {tuple(action.shape)}, basis {tuple(basis.shape)}"
+    if x.shape != (n, model.particles, model.dim) or v.shape != x.shape or not fits:
+        raise ValueError(f"particle_step: x {tuple(x.shape)}, v {tuple(v.shape)}, {given} do not fit a model of "
                          f"{model.particles} particles in {model.dim}-D")
     x1, v1 = torch.empty_like(x), torch.empty_like(x)
     if model.unrolled is not None:
         function, _, constants = model.unrolled
         handle, free = model.pointers[0], model.pointers[1]
-        particles = function(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), handle, free, constants, n,
-                             u.shape[1], int(substeps), float(h))
+        if u is not None:
+            commands = (u.data_ptr(), None, None, 0)
+        else:
+            commands = (None, handle_map[0].data_ptr(), handle_map[1].data_ptr(), handle_map[0].shape[1])
+        particles = function(x.data_ptr(), v.data_ptr(), *commands, x1.data_ptr(), v1.data_ptr(), handle, free, constants, n, handles,
+                             int(substeps), float(h))
         if particles != model.particles:  # the build is keyed on the topology; a disagreement is a bug here or there
             raise RuntimeError(f"particle_step: the unrolled step was built for {particles} particles, the model has {model.particles}")
         return x1, v1
@@ -190,7 +209,7 @@ def particle_step(model: Model, x: Tensor, v: Tensor, u: Tensor, substeps: int, 
     key = (_library, dtype)  # the loader too: tests route it to other builds
     function = _FUNCTIONS.get(key) or _FUNCTIONS.setdefault(key, _function(_REAL[dtype]))
     taken = function(x.data_ptr(), v.data_ptr(), u.data_ptr(), x1.data_ptr(), v1.data_ptr(), *model.pointers, n, model.particles,
-                     model.dim, u.shape[1], model.springs, int(substeps), float(h), int(banded))
+                     model.dim, handles, model.springs, int(substeps), float(h), int(banded))
     if taken != banded:  # the C file checks the band itself; a disagreement is a bug here or there
         raise RuntimeError(f"particle_step: the C step took path {PATHS[1 - taken]!r}, the model's is {model.path!r}")
     return x1, v1

@@ -21,8 +21,15 @@ of ``band_update``). Built without FMA contraction the two paths agree bit for b
 the compiler fuses a few multiply-adds differently in the two, a difference of one rounding (float64 pendulum2d, one
 substep: 3e-17 m/s). ``tests/particles/test_fused_step.py`` holds it to the torch path like the other paths.
 
-Time (rope3d, N = 4096, 16 substeps, one thread, same process): the C call 357-372 µs, of which the block transposes
-72-76, against the band path's 575-609 µs; ``benchmarks/particle_split.py`` splits it.
+Springs of one kind go in pairs (``pairs``): ``spring_tensions`` writes each statement for both, so that their
+independent dependency chains (|d|², the refined 1/|d|, the slack ramp, the damping) interleave. Each particle's force
+sum starts just before its first spring and the particle is updated just after its last (no later spring reads it).
+The handle velocities come as u [N, H, d] or as action [N, A] @ basis [A, H, d] computed in ``load_block``
+(``ParticleControl.handle_map``: the payload envs' commands, no matmul call).
+
+Time (rope3d, N = 4096, 16 substeps, one thread, same process): the C call 330-360 µs (177-191 cycles a 16-env vector
+and substep, the block transposes 66-72 µs), against the band path's 575-609 µs; ``benchmarks/particle_split.py``
+splits it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from torch import Tensor
 
 MAX_PARTICLES = 32  # the largest model written out (code size and build time grow with it; larger: the band path)
 MAX_SPRINGS = 96
+PAIR_LOOKAHEAD = 2  # a spring's tension is computed beside the next one of its kind at most this many places on (``pairs``):
+# rope3d 186-189 -> 177-181 cycles a vector-substep; groups of 3 or 4 ran slower (188-190, 222-225: registers spilled)
 DTYPES = (torch.float32,)  # float64 keeps the general path (particle_kernels.BAND_DTYPES: its rounding follows torch's)
 HEADER = "particle_block.h"
 FREE, STILL, ANY = 0, 1, 2  # particle kinds, particle_block.h's enum
@@ -86,6 +95,24 @@ def constants(top: Topology, rest: Tensor, stiffness: Tensor, damping: Tensor, c
     return torch.cat([per_spring, scalars, weight.flatten(), impulse, free, torch.tensor([drag], dtype=dtype)]).contiguous()
 
 
+def pairs(springs) -> list[list[int]]:
+    """The springs (indices into ``springs``, in their order) in groups of one or two of the same kind and damping:
+    each spring with the next unpaired one of its kind at most ``PAIR_LOOKAHEAD`` places on (``spring_tensions``
+    computes a pair's tensions side by side)."""
+    groups, taken = [], set()
+    for k, spring in enumerate(springs):
+        if k in taken:
+            continue
+        taken.add(k)
+        mate = next((m for m in range(k + 1, min(k + 1 + PAIR_LOOKAHEAD, len(springs)))
+                     if m not in taken and springs[m][2:4] == spring[2:4]), None)
+        if mate is not None:
+            taken.add(mate)
+        groups.append([k] if mate is None else [k, mate])
+    return groups
+
+
+
 def source(top: Topology) -> str:
     """The C source of ``particle_unrolled_step`` for models of topology ``top`` (see the module docstring). One vector
     of envs at a time: two side by side (more independent work a substep, but twice the live state) ran 3-7 % slower
@@ -110,7 +137,8 @@ def source(top: Topology) -> str:
     # Each particle's force sum starts (at its weight) just before its first spring, and the particle is updated just
     # after its last one: no later spring of the substep reads it (they come in order of their higher particle), and
     # the sums and old states live no longer than they must (fewer registers spilled).
-    touching = [[k for k, s in enumerate(top.springs) if p in s[:2]] for p in range(count)]
+    groups = pairs(top.springs)
+    touching = [[g for g, group in enumerate(groups) if any(p in top.springs[k][:2] for k in group)] for p in range(count)]
 
     def start(p):
         if top.particles[p] != STILL:
@@ -128,24 +156,35 @@ def source(top: Topology) -> str:
         if not touching[p]:
             start(p)
             update(p)
-    for k, (lo, hi, kind, damped, _) in enumerate(top.springs):
-        for p in (lo, hi):
-            if touching[p][0] == k:
+    for g, group in enumerate(groups):
+        ends = sorted({q for k in group for q in top.springs[k][:2]})
+        for p in ends:
+            if touching[p][0] == g:
                 start(p)
-        emit(f"        {{ /* spring {k}: particles {lo}, {hi} */")
-        emit("            const vec d[3] = {" + ", ".join(f"x{hi}_{a} - x{lo}_{a}" for a in axes) + "};")
+        kind, damped = top.springs[group[0]][2:4]
+        emit(f"        {{ /* springs {group}: particles {[top.springs[k][:2] for k in group]} */")
+        def rows(name):  # {name_hi - name_lo, per axis} of each spring of the group
+            ends = [top.springs[k][:2] for k in group]
+            return ", ".join("{" + ", ".join(f"{name}{hi}_{a} - {name}{lo}_{a}" for a in axes) + "}" for lo, hi in ends)
+
+        emit(f"            const vec d[2][3] = {{{rows('x')}}};")
         if damped:
-            emit("            const vec dv[3] = {" + ", ".join(f"v{hi}_{a} - v{lo}_{a}" for a in axes) + "};")
-        emit(f"            const vec g = spring_tension(D, {kind}, {int(damped)}, d, {'dv' if damped else '0'}, 0, 0, c[{4 * k}], "
-             f"c[{4 * k + 1}], c[{4 * k + 2}], c[{4 * k + 3}], c[{inv_width}], c[{half_width}]);")
-        for a in axes:
-            if top.particles[hi] != STILL:  # the forces on a handle are never used
-                emit(f"            f{hi}_{a} = f{hi}_{a} - g * d[{a}];")
-            if top.particles[lo] != STILL:
-                emit(f"            f{lo}_{a} = f{lo}_{a} + g * d[{a}];")
+            emit(f"            const vec dv[2][3] = {{{rows('v')}}};")
+        constant = ["(const REAL[]){" + ", ".join(f"c[{4 * k + i}]" for k in group) + "}" for i in range(4)]
+        emit("            vec g[2];")
+        velocities = "dv" if damped else "0"
+        emit(f"            spring_tensions(D, {kind}, {int(damped)}, {len(group)}, d, {velocities}, 0, 0, {', '.join(constant)}, "
+             f"c[{inv_width}], c[{half_width}], g);")
+        for j, k in enumerate(group):
+            lo, hi = top.springs[k][:2]
+            for a in axes:
+                if top.particles[hi] != STILL:  # the forces on a handle are never used
+                    emit(f"            f{hi}_{a} = f{hi}_{a} - g[{j}] * d[{j}][{a}];")
+                if top.particles[lo] != STILL:
+                    emit(f"            f{lo}_{a} = f{lo}_{a} + g[{j}] * d[{j}][{a}];")
         emit("        }")
-        for p in (lo, hi):
-            if touching[p][-1] == k:
+        for p in ends:
+            if touching[p][-1] == g:
                 update(p)
     emit("    }")
     for p in range(count):
@@ -154,16 +193,18 @@ def source(top: Topology) -> str:
             emit(f"    vstore(V + AT({p}, {a}) + e0, v{p}_{a});")
     emit("}")
     emit("""
-/* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] under handle velocities u [N, handles, D];
- * handle [P] (-1 or the handle index), free [P], c: the constants (particle_unrolled.constants). Returns P. A block's
- * vectors past its last env (a partial last block) repeat that env (load_block) and are not stored. */
-int particle_unrolled_step(const REAL *x0, const REAL *v0, const REAL *u, REAL *x1, REAL *v1, const int64_t *handle, const REAL *free,
-                           const REAL *c, int64_t n, int64_t handles, int64_t substeps, double h) {
+/* x1, v1 [N, P, D] after `substeps` substeps of length h from x0, v0 [N, P, D] under handle velocities u [N, handles, D]
+ * or (u = 0) action [N, inputs] · basis [inputs, handles, D] (load_block); handle [P] (-1 or the handle index),
+ * free [P], c: the constants (particle_unrolled.constants). Returns P. A block's vectors past its last env (a partial
+ * last block) repeat that env and are not stored. */
+int particle_unrolled_step(const REAL *x0, const REAL *v0, const REAL *u, const REAL *action, const REAL *basis, int64_t inputs, REAL *x1,
+                           REAL *v1, const int64_t *handle, const REAL *free, const REAL *c, int64_t n, int64_t handles, int64_t substeps,
+                           double h) {
     for (int64_t first = 0; first < n; first += LANES) {
         const int64_t lanes = n - first < LANES ? n - first : LANES;
         REAL X[P * D * LANES] __attribute__((aligned(64)));
         REAL V[P * D * LANES] __attribute__((aligned(64)));
-        load_block(D, P, x0, v0, u, handle, free, handles, X, V, first, n);
+        load_block(D, P, x0, v0, u, action, basis, inputs, handle, free, handles, X, V, first, n);
         for (int e0 = 0; e0 < lanes; e0 += VW) substeps_of(X, V, e0, substeps, (REAL)h, c); /* vectors with an env */
         scatter(D, X, x1, first, lanes, P);
         scatter(D, V, v1, first, lanes, P);
@@ -197,6 +238,6 @@ def function(top: Topology, real: str, flags: tuple[str, ...]):
 
     fn = c_kernels.build(_source_file(top), real, flags).particle_unrolled_step
     address, integer = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [address] * 8 + [integer] * 3 + [ctypes.c_double]
+    fn.argtypes = [address] * 5 + [integer] + [address] * 5 + [integer] * 3 + [ctypes.c_double]
     fn.restype = ctypes.c_int
     return fn

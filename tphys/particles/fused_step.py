@@ -45,7 +45,7 @@ def _transforms_active() -> bool:
 
 
 def _needs_autograd(model: ParticleModel, state: ParticleState, control: ParticleControl) -> bool:
-    inputs = [state.x, state.v, control.handle_velocity]
+    inputs = [state.x, state.v, *control.tensors()]
     dual = getattr(fwAD, "_current_level", 0) >= 0  # inside fwAD.dual_level() (-1 outside; unknown: check the tensors)
     if _transforms_active() or dual and any(fwAD.unpack_dual(t).tangent is not None for t in inputs):
         return True
@@ -135,7 +135,7 @@ def _check(model: ParticleModel, state: ParticleState, control: ParticleControl,
         plan = _Plan("autograd", None)
     elif control.activation is not None:
         plan = _Plan("muscle activations", None)
-    elif _mixed(state.x, (state.v, control.handle_velocity, model.mass)):
+    elif _mixed(state.x, (state.v, *control.tensors(), model.mass)):
         plan = _Plan("inputs of another dtype or device than the state's", None)
     else:
         plan = _plan(model, h)
@@ -160,6 +160,9 @@ def fused_semi_implicit_euler(model: ParticleModel, state: ParticleState, contro
     plan = _check(model, state, control, backend, h)
     if plan.reason is not None:
         return None
-    x, v = particle_kernels.particle_step(plan.model, state.x.contiguous(), state.v.contiguous(), control.handle_velocity.contiguous(),
-                                          substeps, h)
+    if control.handle_velocity is not None:
+        u, handle_map = control.handle_velocity.contiguous(), None
+    else:  # the unrolled path computes action @ basis in the kernel (particle_kernels.particle_step)
+        u, handle_map = None, tuple(t.contiguous() for t in control.handle_map)
+    x, v = particle_kernels.particle_step(plan.model, state.x.contiguous(), state.v.contiguous(), u, substeps, h, handle_map)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))

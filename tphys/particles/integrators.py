@@ -51,7 +51,7 @@ def semi_implicit_euler(model: ParticleModel, state: ParticleState, control: Par
         v = torch.addcmul(v, impulse_per_force, total_forces(model, x, v, fused=True, activation=activation))
         return x.add(v, alpha=h), v
 
-    v = free * state.v + handle_velocity_field(model, control.handle_velocity)
+    v = free * state.v + handle_velocity_field(model, control.velocities())
     x, v = run_substeps(substep, (state.x, v), substeps, recompute)
     return ParticleState(x, v, state.x, state.v, torch.ones_like(state.has_prev))
 
@@ -90,7 +90,7 @@ def bdf2(
         torch.tensor(_BDF2, dtype=state.x.dtype, device=state.x.device),
         torch.tensor(_BDF1, dtype=state.x.dtype, device=state.x.device),
     )  # [N, 3]
-    handle_u = handle_velocity_field(model, control.handle_velocity)
+    handle_u = handle_velocity_field(model, control.velocities())
     leaves, spec = tree_flatten(model)
     tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
 

@@ -183,9 +183,27 @@ class ParticleControl(NamedTuple):
     """What drives the particles during a step (held over its substeps).
 
     Attributes:
-        handle_velocity: [N, H, d] commanded velocities of the handles, m/s.
+        handle_velocity: [N, H, d] commanded velocities of the handles, m/s; or None with ``handle_map``.
         activation: [N, T] muscle activations of ``model.tetrahedra`` (None: passive muscles).
+        handle_map: (action [N, A], basis [A, H, d] m/s) standing for handle_velocity = action @ basis (the payload envs'
+            commands), which the fused C step computes in place (no [N, H, d] tensor, no matmul call); every other
+            path takes ``velocities()``. None: ``handle_velocity`` is given.
     """
 
-    handle_velocity: Tensor
+    handle_velocity: Tensor | None
     activation: Tensor | None = None
+    handle_map: tuple[Tensor, Tensor] | None = None
+
+    def velocities(self) -> Tensor:
+        """[N, H, d] the handle velocities, m/s: ``handle_velocity``, or ``action @ basis`` of ``handle_map``."""
+        if self.handle_velocity is not None:
+            return self.handle_velocity
+        if self.handle_map is None:
+            raise ValueError("ParticleControl: neither handle_velocity nor handle_map is given")
+        action, basis = self.handle_map
+        return torch.mm(action, basis.flatten(1)).view(action.shape[0], *basis.shape[1:])
+
+    def tensors(self) -> list[Tensor]:
+        """The control's tensors (handle velocities or the map's action and basis; activations): what autograd checks."""
+        found = [self.handle_velocity] if self.handle_velocity is not None else list(self.handle_map or ())
+        return found + ([self.activation] if self.activation is not None else [])

@@ -136,9 +136,12 @@ INLINE void scatter(const int D, const REAL *src, REAL *dst, int64_t first, int6
 }
 
 /* A block's arrays X, V [P][D][LANES] from x0, v0 [N, P, D] for envs first.. (gather), with each particle's velocity
- * v = free·v + u_h on a handle particle (handle[p] = h: the commanded velocity u [N, handles, D]), else free·v. */
-INLINE void load_block(const int D, const int64_t P, const REAL *x0, const REAL *v0, const REAL *u, const int64_t *handle, const REAL *free_,
-                       int64_t handles, REAL *X, REAL *V, int64_t first, int64_t n) {
+ * v = free·v + u_h on a handle particle (handle[p] = h: its commanded velocity), else free·v. The commanded velocities
+ * are u [N, handles, D], or (u = 0) action [N, inputs] · basis [inputs, handles, D], summed over the inputs in order
+ * (torch.mm's values where a column of the basis has one nonzero entry: every payload task's). A lane past the last
+ * env takes the last env's. */
+INLINE void load_block(const int D, const int64_t P, const REAL *x0, const REAL *v0, const REAL *u, const REAL *action, const REAL *basis,
+                       int64_t inputs, const int64_t *handle, const REAL *free_, int64_t handles, REAL *X, REAL *V, int64_t first, int64_t n) {
     gather(D, x0, X, first, n - 1, P);
     gather(D, v0, V, first, n - 1, P);
     for (int64_t p = 0; p < P; p++) {
@@ -149,20 +152,36 @@ INLINE void load_block(const int D, const int64_t P, const REAL *x0, const REAL 
             if (hd < 0) /* two loops: the first one vectorises as it is */
                 FOR_LANES(e) vp[e] = free * vp[e] + (REAL)0;
 #if defined(__AVX512F__) && !defined(TPHYS_GENERIC)
-            else if (FAST_FLOAT) /* the handle's velocities of 16 envs by one gather (a lane past the last env: the last) */
+            else if (FAST_FLOAT) /* 16 envs at a time, by gathers */
                 for (int e0 = 0; e0 < LANES; e0 += 16) {
                     const __m512i lane = _mm512_min_epi32(_mm512_add_epi32(_mm512_set1_epi32(e0), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8,
                                                           9, 10, 11, 12, 13, 14, 15)), _mm512_set1_epi32((int32_t)(n - 1 - first)));
-                    const __m512 commanded = _mm512_i32gather_ps(_mm512_mullo_epi32(lane, _mm512_set1_epi32((int32_t)(handles * D))),
-                                                                 (const float *)u + (first * handles + hd) * D + a, 4);
+                    __m512 commanded;
+                    if (u) {
+                        commanded = _mm512_i32gather_ps(_mm512_mullo_epi32(lane, _mm512_set1_epi32((int32_t)(handles * D))),
+                                                        (const float *)u + (first * handles + hd) * D + a, 4);
+                    } else {
+                        const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int32_t)inputs));
+                        const float *column = (const float *)action + first * inputs, *weights = (const float *)basis + hd * D + a;
+                        commanded = _mm512_mul_ps(_mm512_i32gather_ps(rows, column, 4), _mm512_set1_ps(weights[0]));
+                        for (int64_t k = 1; k < inputs; k++)
+                            commanded = _mm512_fmadd_ps(_mm512_i32gather_ps(rows, column + k, 4), _mm512_set1_ps(weights[k * handles * D]), commanded);
+                    }
                     float *row = (float *)vp + e0;
                     _mm512_store_ps(row, _mm512_fmadd_ps(_mm512_set1_ps((float)free), _mm512_load_ps(row), commanded));
                 }
 #endif
             else
                 FOR_LANES(e) {
-                    int64_t env = first + e < n ? first + e : n - 1;
-                    vp[e] = free * vp[e] + u[(env * handles + hd) * D + a];
+                    const int64_t env = first + e < n ? first + e : n - 1;
+                    REAL commanded;
+                    if (u)
+                        commanded = u[(env * handles + hd) * D + a];
+                    else {
+                        commanded = action[env * inputs] * basis[hd * D + a];
+                        for (int64_t k = 1; k < inputs; k++) commanded = action[env * inputs + k] * basis[(k * handles + hd) * D + a] + commanded;
+                    }
+                    vp[e] = free * vp[e] + commanded;
                 }
         }
     }
@@ -239,48 +258,73 @@ INLINE vec vrsqrt_refined(vec a) {
     return a;
 }
 
-/* g = T/|d| of a spring (one_spring's formula in particles.c) from d = x_hi - x_lo (D vectors) and, when `damped`, the
- * velocity difference v_hi - v_lo: the D vectors dv, or (dv = 0, a constant in each inlined call) read from the block
- * arrays at vh, vl as the damping term needs them (the band path: loads there, late, run ~5 % faster on rope3d than
- * all six at the start). */
+/* g[j] = T/|d| of `count` springs of one kind side by side (one_spring's formula in particles.c), j < count (1 or 2, a
+ * constant in each inlined call: each statement below is written for every spring in turn, so that the independent
+ * chains of two springs interleave in the instruction stream), from d[j] = x_hi - x_lo (D vectors) and, when `damped`,
+ * the velocity difference v_hi - v_lo: the D vectors dv[j], or (dv = 0, count 1) read from the block arrays at vh, vl
+ * as the damping term needs them (the band path: loads there, late, run ~5 % faster on rope3d than all six at the
+ * start). rest .. cable: [count] each. */
+#define EACH(j) _Pragma("GCC unroll 2") for (int j = 0; j < count; j++)
+INLINE void spring_tensions(const int D, const int kind, const int damped, const int count, const vec (*d)[3], const vec (*dv)[3],
+                            const REAL *vh, const REAL *vl, const REAL *rest, const REAL *stiffness, const REAL *damping,
+                            const REAL *cable, REAL inv_width, REAL half_width, vec *g) {
+#ifdef TPHYS_PROFILE_NO_SPRING_MATH /* profiling builds only (benchmarks/particle_split.py): the loop without the spring math */
+    EACH(j) g[j] = d[j][0] * rest[j];
+    return;
+#endif
+    vec length2[2], inverse[2], stretch[2];
+    EACH(j) length2[j] = d[j][0] * d[j][0];
+    for (int a = 1; a < D; a++) EACH(j) length2[j] = d[j][a] * d[j][a] + length2[j];
+    if (VEC_AVX512 && sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| (|d| >= 1e-12; a NaN passes) */
+        EACH(j) length2[j] = vmax(length2[j], vset((REAL)1e-24));
+        EACH(j) inverse[j] = vrsqrt_refined(length2[j]);
+        EACH(j) stretch[j] = length2[j] * inverse[j] - rest[j];
+    } else {
+        EACH(j) {
+            const vec length = vmax(vsqrt(length2[j]), vset((REAL)1e-12));
+            inverse[j] = vset(1) / length;
+            stretch[j] = length - rest[j];
+        }
+    }
+    if (kind == SPRING && !damped) { /* k·(l - rest)/l as k - (k·rest)·(1/l): one multiply-add, not three operations */
+        EACH(j) g[j] = stiffness[j] - (stiffness[j] * rest[j]) * inverse[j];
+        return;
+    }
+    vec elastic[2], taut[2], tau[2], tau2[2];
+    EACH(j) elastic[j] = stretch[j], taut[j] = vset(1), tau[j] = vset(0), tau2[j] = vset(0);
+    if (kind != SPRING) {
+        EACH(j) tau[j] = vmin(vmax(stretch[j] * inv_width, vset(0)), vset(1));
+        EACH(j) tau2[j] = tau[j] * tau[j];
+        EACH(j) {
+            const vec ramp = tau[j] * (stretch[j] - half_width * tau[j]);
+            const vec step = tau2[j] * (3 - 2 * tau[j]);
+            elastic[j] = kind == CABLE ? ramp : stretch[j] + cable[j] * (ramp - stretch[j]);
+            taut[j] = kind == CABLE ? step : 1 + cable[j] * (step - 1);
+        }
+    }
+    vec tension[2];
+    EACH(j) tension[j] = stiffness[j] * elastic[j];
+    if (damped) {
+        vec dot[2];
+        EACH(j) dot[j] = (dv ? dv[j][0] : vload(vh) - vload(vl)) * d[j][0];
+        for (int a = 1; a < D; a++) EACH(j) dot[j] = (dv ? dv[j][a] : vload(vh + a * LANES) - vload(vl + a * LANES)) * d[j][a] + dot[j];
+        /* a cable's c·taut = c·tau²(3 - 2 tau) as tau²·(3c - 2c·tau): one operation fewer */
+        EACH(j) {
+            const vec damped_taut = kind == CABLE ? (tau2[j] * ((3 * damping[j]) - (2 * damping[j]) * tau[j])) : damping[j] * taut[j];
+            tension[j] = damped_taut * (dot[j] * inverse[j]) + tension[j];
+        }
+    }
+    EACH(j) g[j] = tension[j] * inverse[j];
+}
+#undef EACH
+
+/* spring_tensions of one spring. */
 INLINE vec spring_tension(const int D, const int kind, const int damped, const vec *d, const vec *dv, const REAL *vh, const REAL *vl,
                           REAL rest, REAL stiffness, REAL damping, REAL cable, REAL inv_width, REAL half_width) {
-#ifdef TPHYS_PROFILE_NO_SPRING_MATH /* profiling builds only (benchmarks/particle_split.py): the loop without the spring math */
-    return d[0] * rest;
-#endif
-    vec length2 = d[0] * d[0];
-    for (int a = 1; a < D; a++) length2 = d[a] * d[a] + length2;
-    vec inverse, stretch;
-    if (VEC_AVX512 && sizeof(REAL) == sizeof(float)) { /* one_spring_avx512's 1/|d| (|d| >= 1e-12; a NaN passes) */
-        length2 = vmax(length2, vset((REAL)1e-24));
-        inverse = vrsqrt_refined(length2);
-        stretch = length2 * inverse - rest;
-    } else {
-        const vec length = vmax(vsqrt(length2), vset((REAL)1e-12));
-        inverse = vset(1) / length;
-        stretch = length - rest;
-    }
-    if (kind == SPRING && !damped) /* k·(l - rest)/l as k - (k·rest)·(1/l): one multiply-add, not three operations */
-        return stiffness - (stiffness * rest) * inverse;
-    vec elastic = stretch, taut = vset(1);
-    vec tau = vset(0), tau2 = vset(0);
-    if (kind != SPRING) {
-        tau = vmin(vmax(stretch * inv_width, vset(0)), vset(1));
-        tau2 = tau * tau;
-        const vec ramp = tau * (stretch - half_width * tau);
-        const vec step = tau2 * (3 - 2 * tau);
-        elastic = kind == CABLE ? ramp : stretch + cable * (ramp - stretch);
-        taut = kind == CABLE ? step : 1 + cable * (step - 1);
-    }
-    vec tension = stiffness * elastic;
-    if (damped) {
-        vec dot = (dv ? dv[0] : vload(vh) - vload(vl)) * d[0];
-        for (int a = 1; a < D; a++) dot = (dv ? dv[a] : vload(vh + a * LANES) - vload(vl + a * LANES)) * d[a] + dot;
-        /* a cable's c·taut = c·tau²(3 - 2 tau) as tau²·(3c - 2c·tau): one operation fewer */
-        const vec damped_taut = kind == CABLE ? (tau2 * ((3 * damping) - (2 * damping) * tau)) : damping * taut;
-        tension = damped_taut * (dot * inverse) + tension;
-    }
-    return tension * inverse;
+    vec g;
+    spring_tensions(D, kind, damped, 1, (const vec (*)[3])d, (const vec (*)[3])dv, vh, vl, &rest, &stiffness, &damping, &cable, inv_width,
+                    half_width, &g);
+    return g;
 }
 
 #endif

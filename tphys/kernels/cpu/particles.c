@@ -338,7 +338,7 @@ INLINE void block(const int D, const Particles *q, const Springs *s, const Band 
     REAL X[P * D * LANES] __attribute__((aligned(64)));
     REAL V[P * D * LANES] __attribute__((aligned(64)));
     REAL F[P * D * LANES] __attribute__((aligned(64)));
-    load_block(D, P, x0, v0, u, q->handle, q->free, q->handles, X, V, first, n);
+    load_block(D, P, x0, v0, u, 0, 0, 0, q->handle, q->free, q->handles, X, V, first, n);
     const REAL drag = q->drag;
     if (b != 0) {
         for (int e0 = 0; e0 < lanes; e0 += VW) band_substeps(D, q, b, X, V, e0, substeps, h); /* vectors with an env */
