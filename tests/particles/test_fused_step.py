@@ -470,3 +470,22 @@ def test_a_handle_map_in_the_portable_build_and_under_autograd(tmp_path, monkeyp
     assert action.grad is not None and action.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="neither handle_velocity nor handle_map"):
         ParticleControl(None).velocities()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("building failed"), PermissionError("read-only kernel cache")])
+def test_a_failed_unrolled_build_falls_back_to_the_band_path(monkeypatch, error):
+    def fails(top, real):
+        raise error
+
+    monkeypatch.setattr(particle_kernels, "_unrolled_function", fails)
+    fused_step._PLANS.clear()
+    env, state, action = rope(n=3, dtype=torch.float32)
+    try:
+        assert fused_step._plan(env.model, env.dt / env.substeps).model.path == "band"
+        particles, control = env.read_state(state), ParticleControl(env.handle_velocity(action))
+        with torch.no_grad():
+            fused = semi_implicit_euler(env.model, particles, control, env.dt, env.substeps)
+            twin = semi_implicit_euler(env.model, particles, control, env.dt, env.substeps, backend="torch")
+        assert relative_error(fused, twin) < 2e-4
+    finally:
+        fused_step._PLANS.clear()

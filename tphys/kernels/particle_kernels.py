@@ -148,7 +148,7 @@ def _unrolled(dim, free, impulse, weight, drag, first, second, rest, stiffness, 
         return None
     try:
         function = _unrolled_function(top, _REAL[free.dtype])
-    except RuntimeError:  # no compiler, a failed build: the band or general path serves the model
+    except (RuntimeError, OSError):  # no compiler, a failed build, an unwritable cache: the band or general path serves it
         return None
     values = particle_unrolled.constants(top, rest, stiffness, damping, cable, width, weight, impulse, free, drag)
     return function, values, values.data_ptr()
