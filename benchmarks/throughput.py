@@ -33,7 +33,8 @@ so only the first run compiles from scratch; "compile s" is the extra time of th
 
 The table is printed and written into ``--out`` (default benchmarks/RESULTS.md) as a section
 between ``<!-- throughput:MODE:INTEGRATOR -->`` and ``<!-- /throughput:MODE:INTEGRATOR -->``
-(MODE eager or compiled; INTEGRATOR is "rigid", "soft" or "mpm" for those families), which replaces
+(MODE eager or compiled; INTEGRATOR is "rigid", "soft" or "mpm" for those families, followed by
+", backend B" under ``--backend B``), which replaces
 the previous run of the same MODE and INTEGRATOR
 and leaves the others in place. The section records date, machine, versions, threads, load
 average, git commit and the command line.
@@ -46,6 +47,7 @@ Run it on an otherwise idle machine, from the repository root:
     python benchmarks/throughput.py --envs mpm --sizes 1 4 --horizon 4   # the MPM tasks
     python benchmarks/throughput.py --compile           # the same with torch.compile
     python benchmarks/throughput.py --integrator bdf2   # the implicit integrator
+    python benchmarks/throughput.py --envs rope3d --sizes 4096 --backend torch   # torch ops, not the fused C step
     python benchmarks/throughput.py --quick --out /tmp/r.md   # smoke test, N = 1 64
     python benchmarks/throughput.py --envs rope3d --sizes 1024 --min-seconds 3
 """
@@ -89,6 +91,8 @@ def run_cell(spec: dict) -> dict:
     n, horizon = spec["num_envs"], spec["horizon"]
     family = _family(spec["env"])
     kwargs = {} if spec["integrator"] is None else {"integrator": spec["integrator"]}
+    if spec.get("backend") is not None:
+        kwargs["backend"] = spec["backend"]
     substep_compiled = family in ("rigid", "soft")  # compile one substep (16-80 per step), not the whole step
     if spec["compile"] and substep_compiled:
         kwargs["compile_substep"] = True
@@ -198,6 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--horizon", type=int, default=32, help="env steps per rollout (default 32)")
     parser.add_argument("--integrator", choices=("semi_implicit", "bdf2"), default=None, help="default: each env's own")
     parser.add_argument("--compile", action="store_true", help="torch.compile env.physics_step (opt-in)")
+    parser.add_argument("--backend", default=None,
+                        help="the envs' backend option (e.g. torch: the torch ops instead of the fused C step; default: each env's own)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     parser.add_argument("--min-seconds", type=float, default=1.5, help="measured time per mode and cell (default 1.5)")
     parser.add_argument(
@@ -223,6 +229,8 @@ def main(argv=None) -> None:
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     mode = "compiled" if args.compile else "eager"
     integrator = family if family != "particles" else args.integrator or "semi_implicit"  # every particle env defaults to it
+    if args.backend is not None:
+        integrator += f", backend {args.backend}"  # its own section: the default backend's table stays
     load_before, started = os.getloadavg(), time.perf_counter()
     results = []
     cells = [(env, n) for env in envs for n in sorted(sizes)]
@@ -234,6 +242,7 @@ def main(argv=None) -> None:
             horizon=args.horizon,
             integrator=args.integrator,
             compile=args.compile,
+            backend=args.backend,
             threads=args.threads,
             min_seconds=args.min_seconds,
             warmup_steps=args.warmup_steps or (args.horizon if args.compile else 2),
