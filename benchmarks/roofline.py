@@ -5,9 +5,11 @@ rigid bodies; rolling_flat: MLS-MPM) the script
 
 1. counts, from the model's sizes, the useful floating-point operations and bytes of one env step (``counts``);
 2. measures this machine's memory bandwidth (a STREAM-like triad ``a = b + s·c`` over float32 arrays of 64 MB, 3
-   arrays counted, no write-allocate, timed chunk by chunk, the best time of each chunk kept) and its flop rate (a
-   GEMM ``C = A·B``, 512², float32, 2n³ flops, the best run), each with one thread and with every core
-   (``torch.set_num_threads``);
+   arrays counted, no write-allocate, timed chunk by chunk, the best time of each chunk kept) and its flop rate: a
+   GEMM ``C = A·B`` (512², float32, 2n³ flops, the best run) and the core's peak, independent chains of vector
+   multiply-adds in registers (``benchmarks/fma_peak.c``, float32, the widest vectors the compiler targets, one chain
+   set per thread); each with one thread and with every core (``torch.set_num_threads``; the peak probe on that many
+   threads at once);
 3. times the env's forward (``physics_step`` under no_grad, the core loop of ``benchmarks/throughput.py``, no TorchRL)
    at N envs, and reports the fraction of the bound it reaches.
 
@@ -15,8 +17,10 @@ Clocks: with one thread every time (probes and env steps) is the CPU time of the
 (``time.thread_time``), so that other processes on a loaded machine change the figures little (they still share the
 caches and the memory bus); with more threads, wall time.
 
-The bound. Per env step, t* = max(flops / F, bytes / B) with F the GEMM rate and B the DRAM triad bandwidth of the
-same thread count; bound env-steps/s = 1 / t*; achieved fraction = measured env-steps/s / bound env-steps/s.
+The bound. Per env step, t* = max(flops / F, bytes / B) with F the higher of the GEMM rate and the multiply-add peak
+and B the DRAM triad bandwidth of the same thread count (torch's GEMM is not the ceiling everywhere: on an AMD Zen 5
+host it ran at 104 GFLOP/s, the peak probe at 236-242, and soft_jumper's C frame kernels at 145, so a GEMM-only F
+was no bound; without a C compiler F is the GEMM rate and the table says so); bound env-steps/s = 1 / t*; achieved fraction = measured env-steps/s / bound env-steps/s.
 "bytes" are the useful bytes: each env's state read once and written once per env step, its action read, its reward
 and observation written (what a step fused over all its substeps must move; the model's constants are shared by the
 N envs and not counted; a semi-implicit particle step's ``x_prev``, ``v_prev`` are its input ``x``, ``v``, not new
@@ -240,13 +244,49 @@ def gemm_rate(n: int, threads: int, seconds: float = 0.5) -> float:
     return 2 * n**3 / best
 
 
+def peak_rate(threads: int, seconds: float = 0.5, iterations: int = 2_000_000) -> float | None:
+    """Flop/s of ``benchmarks/fma_peak.c`` (vector multiply-adds in registers, float32) on ``threads`` threads at once
+    (each runs ``iterations`` rounds a timing; the best of repeated timings), or None where it cannot be built."""
+    import ctypes
+
+    from tphys.kernels import c_kernels
+
+    try:
+        library = c_kernels.build(Path(__file__).resolve().parent / "fma_peak.c", "float", (*c_kernels.FLAGS, "-ffp-contract=fast"))
+    except (RuntimeError, OSError) as error:
+        print(f"roofline: no multiply-add peak probe ({error}); the flop rate is the GEMM's", file=sys.stderr)
+        return None
+    function = library.fma_peak
+    function.restype, function.argtypes = ctypes.c_double, [ctypes.c_long, ctypes.POINTER(ctypes.c_float)]
+    sinks = [ctypes.c_float() for _ in range(threads)]
+    calls = [lambda sink=sink: function(iterations, ctypes.byref(sink)) for sink in sinks]
+    now = clock(threads)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == float("inf"):
+        t0 = now()
+        flops = sum(c_kernels.parallel(calls))  # ctypes releases the GIL: the threads run at once
+        best = min(best, now() - t0)
+    return flops / best
+
+
+def flop_rate(probe: dict) -> float:
+    """The bound's F: the higher of the GEMM rate and the multiply-add peak (the GEMM's alone without the peak probe)."""
+    return max(probe["gemm"], probe["peak"] or 0.0)
+
+
+def bound_rate(c: Counts, flops_per_s: float, bytes_per_s: float) -> tuple[float, str]:
+    """(env-steps/s of the bound 1 / max(flops / F, bytes / B), which limits: "flops" or "bytes")."""
+    t_flops, t_bytes = c.flops / flops_per_s, c.bytes_step / bytes_per_s
+    return 1.0 / max(t_flops, t_bytes), ("flops" if t_flops >= t_bytes else "bytes")
+
+
 def probes(threads: int, dram_numbers: int, gemm_n: int, seconds: float) -> dict:
     import torch
 
     cache = 64 * 1024  # 3 x 256 KB
     return dict(threads=threads, dram=triad_bandwidth(dram_numbers, threads, seconds),
                 cache=triad_bandwidth(cache, threads, seconds, chunk=cache, repeat=20), gemm=gemm_rate(gemm_n, threads, seconds),
-                torch_threads=torch.get_num_threads())
+                peak=peak_rate(threads, seconds), torch_threads=torch.get_num_threads())
 
 
 # ---------------------------------------------------------------------------- the env's forward
@@ -297,17 +337,16 @@ def main(argv=None) -> None:
     machine_rows, rows = [], []
     for threads in thread_counts:
         p = probes(threads, int(args.dram_mb * 2**20 / 4), args.gemm_n, args.probe_seconds)
-        machine_rows.append(f"| {threads} | {p['dram'] / 1e9:.1f} | {p['cache'] / 1e9:.1f} | {p['gemm'] / 1e9:.1f} | "
-                            f"{p['gemm'] / p['dram']:.1f} |")
+        peak = "no C compiler" if p["peak"] is None else f"{p['peak'] / 1e9:.1f}"
+        machine_rows.append(f"| {threads} | {p['dram'] / 1e9:.1f} | {p['cache'] / 1e9:.1f} | {p['gemm'] / 1e9:.1f} | {peak} | "
+                            f"{flop_rate(p) / p['dram']:.1f} |")
         print(machine_rows[-1], flush=True)
         for entry in args.envs:
             name, n = entry.split(":") if ":" in entry else (entry, "64")
             rate, sizes = measure_fwd(name, int(n), threads, args.seconds)
             family = FAMILY.get(name) or "?"
             c = counts(family, sizes)
-            t_bound = max(c.flops / p["gemm"], c.bytes_step / p["dram"])
-            bound, cached = 1.0 / t_bound, 1.0 / max(c.flops / p["gemm"], c.bytes_step / p["cache"])
-            limit = "flops" if c.flops / p["gemm"] >= c.bytes_step / p["dram"] else "bytes"
+            (bound, limit), (cached, _) = bound_rate(c, flop_rate(p), p["dram"]), bound_rate(c, flop_rate(p), p["cache"])
             rows.append(f"| {family} | {name} | {n} | {threads} | {c.flops / 1e3:,.1f} | {c.bytes_step:,.0f} | "
                         f"{c.bytes_substep:,.0f} | {c.intensity:.1f} | {bound:,.0f} ({limit}) | {rate:,.0f} | "
                         f"{percent(rate / bound)} | {percent(rate / cached)} | {c.flops * rate / 1e9:.3g} |")
@@ -315,12 +354,13 @@ def main(argv=None) -> None:
     lines = run_header("Roofline: one env step against this machine's bandwidth and flop rate", __file__, load_before, started,
                        threads=", ".join(map(str, thread_counts)) + f" (torch.set_num_threads; {cores} usable cores)")
     lines += [
-        "Counting and probes: `benchmarks/roofline.py` docstring. Bound = 1 / max(flops / GEMM rate, bytes / DRAM triad "
-        "bandwidth) of the same thread count (the in-cache bound: the triad over 3 x 256 KB arrays instead); bytes = "
+        "Counting and probes: `benchmarks/roofline.py` docstring. Bound = 1 / max(flops / F, bytes / DRAM triad "
+        "bandwidth) of the same thread count, F = the higher of the GEMM rate and the multiply-add peak (the in-cache bound: the triad over 3 x 256 KB arrays instead); bytes = "
         "each env's state read and written once per env step plus action, "
         "observation and reward (fused); 'bytes/substep' = the state (and MPM grid) read and written every substep, for "
         "comparison. Measured = `physics_step` under no_grad, float32, eager (the envs' defaults, validate off).", "",
-        "| threads | triad DRAM GB/s | triad in cache GB/s | GEMM GFLOP/s | balance flop/B |", "|---:|---:|---:|---:|---:|",
+        "| threads | triad DRAM GB/s | triad in cache GB/s | GEMM GFLOP/s | multiply-add peak GFLOP/s | balance flop/B |",
+        "|---:|---:|---:|---:|---:|---:|",
         *machine_rows, "",
         "| family | env | N | threads | kflop/env-step | bytes/env-step | bytes/env-step per substep | flop/B | bound env-steps/s "
         "| measured env-steps/s | fraction | fraction of the in-cache bound | achieved GFLOP/s |",

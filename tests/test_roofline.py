@@ -57,3 +57,23 @@ def test_mpm_sizes_of_a_small_rolling_flat():
     assert sizes["particles"] == 32 and 0 < sizes["nodes"] <= 16**3
     assert sizes["state"] == 32 * (3 + 3 + 9 + 9) + 3  # x, v, c, f and the tool's joint_q
     assert roofline.counts("MPM", sizes).flops > 0
+
+
+def test_the_bound_takes_the_higher_of_the_gemm_rate_and_the_multiply_add_peak():
+    c = roofline.Counts(flops=1000.0, bytes_step=100.0, bytes_substep=400.0)
+    slow_gemm = dict(gemm=1e9, peak=4e9, dram=1e9)  # torch's GEMM well under the core's peak (an AMD host's MKL)
+    assert roofline.flop_rate(slow_gemm) == 4e9
+    assert roofline.bound_rate(c, roofline.flop_rate(slow_gemm), slow_gemm["dram"]) == (4e6, "flops")
+    assert roofline.flop_rate(dict(slow_gemm, peak=None)) == 1e9  # no C compiler: the GEMM's rate
+    assert roofline.flop_rate(dict(slow_gemm, gemm=8e9)) == 8e9
+    assert roofline.bound_rate(c, 1e12, 1e9) == (1e7, "bytes")
+
+
+def test_the_multiply_add_peak_probe_runs_and_gives_a_plausible_rate():
+    rate = roofline.peak_rate(1, seconds=0.01, iterations=20_000)
+    if rate is None:
+        pytest.skip("no C compiler")
+    # a loop the compiler folded away would report an absurd rate; one core does 1e9-1e12 flop/s
+    assert 1e8 < rate < 2e12
+    two = roofline.peak_rate(2, seconds=0.01, iterations=20_000)
+    assert 1e8 < two < 4e12
