@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GROUPS = {  # op name prefixes (aten::...) -> group; the first match wins
-    "GEMM": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "GEMM": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise"),
     "LayerNorm": ("aten::native_layer_norm",),
     "activation": ("aten::silu", "aten::elu", "aten::relu", "aten::tanh", "aten::threshold"),
     "optimizer": ("aten::_fused_adam", "Optimizer.", "aten::_foreach"),

@@ -23,6 +23,7 @@ from torchrl.envs import EnvBase
 
 import tphys.envs
 from rl import distributed
+from rl.allocator import keep_freed_memory
 from rl.builders import DTYPES
 from rl.cli import ConfigError
 from rl.trainers import Trainer
@@ -43,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"num_envs must be an int >= 1, got {cfg.num_envs!r}")
     if cfg.total_steps is not None and float(cfg.total_steps) < 1:
         raise ConfigError(f"total_steps must be >= 1, got {cfg.total_steps!r}")
+    if not isinstance(cfg.get("keep_freed_memory", True), bool):
+        raise ConfigError(f"keep_freed_memory must be true or false, got {cfg.keep_freed_memory!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if int(cfg.eval.episodes) < 1 or int(cfg.eval.num_envs) < 1:
@@ -95,6 +98,8 @@ def start_env_of(cfg: DictConfig, env: EnvBase, rollouts: int | None) -> EnvBase
 
 
 def setup(cfg: DictConfig) -> None:
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()
     torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
     if int(cfg.threads) > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rl.modules.linear import Linear
+
 ACTIVATIONS = {"silu": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -48,15 +50,15 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_dim
         for size in hidden:
-            layers.append(nn.Linear(width, int(size)))
+            layers.append(Linear(width, int(size)))
             if layer_norm:
                 layers.append(nn.LayerNorm(int(size)))
             layers.append(act_cls())
             width = int(size)
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, out_dim)
+        self.head = Linear(width, out_dim)
         for module in self.body:
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear):  # rl.modules.linear.Linear is one
                 nn.init.orthogonal_(module.weight, gain=1.0)
                 nn.init.zeros_(module.bias)
         nn.init.orthogonal_(self.head.weight, gain=out_gain)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from rl.modules.linear import Linear
+
 
 class PointNet(nn.Module):
     def __init__(self, point_dim: int = 3, blocks: Sequence[int] = (64, 128, 256), out_dim: int = 64):
@@ -23,10 +25,10 @@ class PointNet(nn.Module):
         layers: list[nn.Module] = []
         width = point_dim
         for size in blocks:
-            layers += [nn.Linear(width, int(size)), nn.LayerNorm(int(size)), nn.ReLU()]
+            layers += [Linear(width, int(size)), nn.LayerNorm(int(size)), nn.ReLU()]
             width = int(size)
         self.per_point = nn.Sequential(*layers)
-        self.project = nn.Sequential(nn.Linear(width, out_dim), nn.LayerNorm(out_dim))
+        self.project = nn.Sequential(Linear(width, out_dim), nn.LayerNorm(out_dim))
         self.point_dim, self.out_dim = point_dim, out_dim
 
     def forward(self, points: Tensor) -> Tensor:
