@@ -68,9 +68,9 @@ def main(argv=None) -> None:
     load_before, started = os.getloadavg(), time.perf_counter()
 
     import torch
+    from training_overhead import build
 
     from rl.modules import linear as L
-    from training_overhead import build
 
     cfg, trainer = build(args.recipe, args.env, ["algo.overlap_critic=false"])
     kept = []

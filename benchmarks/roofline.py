@@ -20,7 +20,8 @@ caches and the memory bus); with more threads, wall time.
 The bound. Per env step, t* = max(flops / F, bytes / B) with F the higher of the GEMM rate and the multiply-add peak
 and B the DRAM triad bandwidth of the same thread count (torch's GEMM is not the ceiling everywhere: on an AMD Zen 5
 host it ran at 104 GFLOP/s, the peak probe at 236-242, and soft_jumper's C frame kernels at 145, so a GEMM-only F
-was no bound; without a C compiler F is the GEMM rate and the table says so); bound env-steps/s = 1 / t*; achieved fraction = measured env-steps/s / bound env-steps/s.
+was no bound; without a C compiler F is the GEMM rate and the table says so); bound env-steps/s = 1 / t*; achieved
+fraction = measured env-steps/s / bound env-steps/s.
 "bytes" are the useful bytes: each env's state read once and written once per env step, its action read, its reward
 and observation written (what a step fused over all its substeps must move; the model's constants are shared by the
 N envs and not counted; a semi-implicit particle step's ``x_prev``, ``v_prev`` are its input ``x``, ``v``, not new
@@ -355,7 +356,8 @@ def main(argv=None) -> None:
                        threads=", ".join(map(str, thread_counts)) + f" (torch.set_num_threads; {cores} usable cores)")
     lines += [
         "Counting and probes: `benchmarks/roofline.py` docstring. Bound = 1 / max(flops / F, bytes / DRAM triad "
-        "bandwidth) of the same thread count, F = the higher of the GEMM rate and the multiply-add peak (the in-cache bound: the triad over 3 x 256 KB arrays instead); bytes = "
+        "bandwidth) of the same thread count, F = the higher of the GEMM rate and the multiply-add peak (the in-cache "
+        "bound: the triad over 3 x 256 KB arrays instead); bytes = "
         "each env's state read and written once per env step plus action, "
         "observation and reward (fused); 'bytes/substep' = the state (and MPM grid) read and written every substep, for "
         "comparison. Measured = `physics_step` under no_grad, float32, eager (the envs' defaults, validate off).", "",

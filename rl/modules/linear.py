@@ -80,7 +80,8 @@ def set_backend(name: str) -> str:
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether ``linear(x, weight, ...)`` runs on oneDNN (see the module docstring)."""
-    return ((_backend == "onednn" and _OP is not None or _backend == "auto" and _PREFERRED) and x.dtype is torch.float32 and weight.dtype is torch.float32
+    chosen = _backend == "onednn" and _OP is not None or _backend == "auto" and _PREFERRED
+    return (chosen and x.dtype is torch.float32 and weight.dtype is torch.float32
             and x.device.type == "cpu" and weight.device.type == "cpu" and x.numel() > 0 and x.dim() >= 1
             and weight.dim() == 2 and x.shape[-1] == weight.shape[1]  # else F.linear's own error
             and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS
