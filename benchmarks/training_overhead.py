@@ -65,15 +65,15 @@ def build(recipe: str, env: str, overrides: list[str]):
     return cfg, trainer
 
 
-def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True,
-         reference: str = "replay", block_seconds: float = 5.0) -> dict:
-    """One (recipe, env) row, measured in this process (``warmup``: one unmeasured window of each phase first)."""
+def reference_window(trainer, horizon: int, reference: str = "replay"):
+    """The env-only window of ``trainer``'s env, a zero-argument function: H frames through
+    ``env.step_and_maybe_reset`` (as the loss's rollout steps), one leaf action tensor per frame, then the gradient of
+    the summed reward to every action. replay: the last training window's start state and actions (the same
+    trajectory, contacts and episode ends the training window had; this patches ``trainer.loss.rollout`` to keep
+    them, so run a training window first); random: from a reset, uniform random actions."""
     import torch
 
-    cfg, trainer = build(recipe, env_name, overrides)
-    env, horizon, n = trainer.env, int(cfg.algo.horizon), trainer.env.batch_size[0]
-    overlapping = bool(getattr(trainer, "overlapping", False))  # the critic in a worker process: time the wall clock
-    clock, clock_name = (time.perf_counter, "wall time") if overlapping else (time.thread_time, "thread CPU time")
+    env = trainer.env
     low, high = env.action_spec.space.low, env.action_spec.space.high
     captured = {}  # the last training window's start state and actions (reference="replay")
     rollout = trainer.loss.rollout
@@ -86,10 +86,6 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
     trainer.loss.rollout = capturing_rollout
 
     def env_window() -> None:
-        """H frames through ``env.step_and_maybe_reset`` (as the loss's rollout steps), one leaf action tensor per frame,
-        then the gradient of the summed reward to every action. replay: the last training window's start state and
-        actions (the same trajectory, contacts and episode ends the training window had); random: from a reset,
-        uniform random actions."""
         td = captured["start"].clone() if reference == "replay" else env.reset()
         actions, total = [], 0.0
         for t in range(horizon):
@@ -103,6 +99,19 @@ def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmu
             total = total + td["next", "reward"].sum()
             td = following
         torch.autograd.grad(total, actions, allow_unused=True)
+
+    return env_window
+
+
+def cell(recipe: str, env_name: str, seconds: float, overrides: list[str], warmup: bool = True,
+         reference: str = "replay", block_seconds: float = 5.0) -> dict:
+    """One (recipe, env) row, measured in this process (``warmup``: one unmeasured window of each phase first)."""
+
+    cfg, trainer = build(recipe, env_name, overrides)
+    env, horizon, n = trainer.env, int(cfg.algo.horizon), trainer.env.batch_size[0]
+    overlapping = bool(getattr(trainer, "overlapping", False))  # the critic in a worker process: time the wall clock
+    clock, clock_name = (time.perf_counter, "wall time") if overlapping else (time.thread_time, "thread CPU time")
+    env_window = reference_window(trainer, horizon, reference)
 
     phases = {"forward": 0.0, "critic": 0.0}
     loss_forward, train_critic = trainer.loss.forward, trainer.train_critic

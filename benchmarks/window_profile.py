@@ -37,30 +37,12 @@ def main(argv=None) -> None:
     import torch
     from critic_profile import grouped
     from torch.profiler import ProfilerActivity, profile
-    from training_overhead import build
+    from training_overhead import build, reference_window
 
     torch.set_num_threads(1)
     cfg, trainer = build(args.recipe, args.env, [])
     env, horizon = trainer.env, int(cfg.algo.horizon)
-    captured, rollout = {}, trainer.loss.rollout
-
-    def capturing(start):
-        traj, following = rollout(start)
-        captured.update(start=start.clone(), actions=traj.get("action").detach().clone())
-        return traj, following
-
-    trainer.loss.rollout = capturing
-
-    def env_window():
-        td, actions, total = captured["start"].clone(), [], 0.0
-        for t in range(horizon):
-            action = captured["actions"][:, t].clone().requires_grad_(True)
-            actions.append(action)
-            td["action"] = action
-            td, following = env.step_and_maybe_reset(td)
-            total = total + td["next", "reward"].sum()
-            td = following
-        torch.autograd.grad(total, actions, allow_unused=True)
+    env_window = reference_window(trainer, horizon)
 
     def settle():
         if getattr(trainer, "overlapping", False):
