@@ -78,13 +78,12 @@ def set_backend(name: str) -> str:
     return previous
 
 
-def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``linear(x, weight, ...)`` runs on oneDNN (see the module docstring)."""
+def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether ``linear(x, weight, bias)`` runs on oneDNN (see the module docstring)."""
     chosen = _backend == "onednn" and _OP is not None or _backend == "auto" and _PREFERRED
-    return (chosen and x.dtype is torch.float32 and weight.dtype is torch.float32
-            and x.device.type == "cpu" and weight.device.type == "cpu" and x.numel() > 0 and x.dim() >= 1
-            and weight.dim() == 2 and x.shape[-1] == weight.shape[1]  # else F.linear's own error
-            and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS
+    return (chosen and all(t is None or (t.dtype is torch.float32 and t.device.type == "cpu") for t in (x, weight, bias))
+            and x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1]  # else F.linear's own error
+            and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS  # (an empty batch: 0)
             and not torch.compiler.is_compiling())
 
 
@@ -118,7 +117,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` [..., out] from x [..., in], on oneDNN where ``uses_onednn``."""
-    if not uses_onednn(x, weight) or (bias is not None and (bias.dtype is not torch.float32 or bias.device.type != "cpu")):
+    if not uses_onednn(x, weight, bias):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])

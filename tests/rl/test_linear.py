@@ -9,7 +9,12 @@ from rl.modules import linear as L
 from rl.modules.mlp import MLP
 from rl.modules.pointnet import PointNet
 
-needs_onednn = pytest.mark.skipif(L._OP is None, reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
+def test_the_onednn_op_is_found_where_torch_has_onednn():
+    assert L._OP is not None  # else every oneDNN test below would run F.linear and pass for the wrong reason
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +70,8 @@ def test_small_products_float64_and_the_torch_backend_run_f_linear():
     assert L.uses_onednn(big, layer.weight) == (L._OP is not None)
     assert not L.uses_onednn(big.double(), layer.weight.double())
     assert not L.uses_onednn(big[:0], layer.weight)
+    assert L.uses_onednn(big, layer.weight, layer.bias) == (L._OP is not None)
+    assert not L.uses_onednn(big, layer.weight, layer.bias.double())  # a float64 bias: F.linear's promotion rules
     assert not L.uses_onednn(torch.randn(512, 33), layer.weight)  # a wrong width gets F.linear's own error
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         layer(torch.randn(512, 33))
