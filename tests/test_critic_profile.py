@@ -25,3 +25,46 @@ def test_the_script_runs_on_a_small_recipe(capsys, monkeypatch):
     critic_profile.main()
     out = capsys.readouterr().out
     assert "fit_critic:" in out and "| GEMM |" in out
+
+
+def test_timed_stages_time_the_fits_calls_and_put_the_methods_back():
+    import time
+
+    class Loss:
+        def critic_fit_error(self, x):
+            time.sleep(0)  # thread CPU time: only what runs
+            return sum(range(20000)) + x
+
+    class Trainer:
+        def __init__(self):
+            self.loss, self.calls = Loss(), []
+
+        def zero_grad(self, *groups):
+            self.calls.append("zero_grad")
+
+        def reduce_gradients(self, *groups, extra=None):
+            return extra
+
+        def clip(self, params):
+            return sum(range(20000))
+
+        def optimizer_step(self, *groups):
+            self.calls.append("step")
+
+        def fit_critic(self, inputs, targets):
+            for _ in range(3):
+                self.zero_grad("critic")
+                self.reduce_gradients("critic", extra=self.loss.critic_fit_error(inputs))
+                self.clip([])
+                self.optimizer_step("critic")
+            sum(range(50000))  # the "rest"
+
+    trainer = Trainer()
+    stages = critic_profile.timed_stages(trainer, 1, None, repeats=2)
+    assert list(stages) == [*critic_profile.STAGES, "rest (backward, indexing, loop)", "fit_critic"]
+    assert stages["forward + loss (critic_fit_error)"] > 0 and stages["gradient clip"] > 0
+    assert stages["rest (backward, indexing, loop)"] > 0
+    assert sum(v for k, v in stages.items() if k != "fit_critic") == pytest.approx(stages["fit_critic"])
+    assert trainer.calls == ["zero_grad", "step"] * 6
+    # the methods are the class's again, not the timing wrappers
+    assert "zero_grad" not in vars(trainer) and "critic_fit_error" not in vars(trainer.loss)
