@@ -17,7 +17,8 @@ Where it applies: "auto" (the default) on CPUs whose vendor is not Intel (on Int
 "onednn" on any CPU, "torch" nowhere (``TPHYS_LINEAR`` in the environment, or ``set_backend``); float32 CPU input and
 parameters; products of at least ``MIN_MULTIPLY_ADDS`` (rows·in·out: oneDNN's fixed cost a call is ~5x MKL's, so the
 actor's per-step products at N = 64 stay with MKL); oneDNN built into torch; not under torch.compile's tracing
-(Inductor chooses itself). Everything else (float64 gradient checks, CUDA, bf16, an empty batch) runs
+(Inductor chooses itself), a torch.func transform (vmap, grad, jacrev, jvp) or forward-mode AD (the node has no vmap
+or jvp rule). Everything else (float64 gradient checks, CUDA, bf16, an empty batch) runs
 ``torch.nn.functional.linear``. The parameters and state dict are ``nn.Linear``'s either way, so checkpoints load
 across backends.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -84,7 +86,18 @@ def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     return (chosen and all(t is None or (t.dtype is torch.float32 and t.device.type == "cpu") for t in (x, weight, bias))
             and x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1]  # else F.linear's own error
             and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS  # (an empty batch: 0)
-            and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling() and not _transformed(x, weight, bias))
+
+
+def _transformed(*tensors: Tensor | None) -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, jvp, ...) is running or a tensor carries a forward-mode
+    tangent: the oneDNN node has neither a vmap nor a jvp rule, F.linear has both."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None and active():
+        return True
+    if getattr(fwAD, "_current_level", -1) < 0:  # outside every fwAD.dual_level(): no tensor has a tangent
+        return False
+    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
 class _OneDNNLinear(torch.autograd.Function):

@@ -113,3 +113,39 @@ def test_the_networks_use_it_and_keep_nn_linear_state_dicts():
     ours.load_state_dict(plain.state_dict())  # the same keys and shapes: checkpoints load across the two
     x = torch.randn(600, 32)
     torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def _transform_cases(layer, x):
+    """(name, ours, reference): torch.func transforms and forward-mode AD through ``layer`` and through F.linear."""
+    import torch.autograd.forward_ad as fwAD
+
+    def reference(v):
+        return F.linear(v, layer.weight, layer.bias)
+
+    def dual(fn):
+        def run():
+            with fwAD.dual_level():
+                out = fn(fwAD.make_dual(x, torch.ones_like(x)))
+                return fwAD.unpack_dual(out).tangent
+        return run
+
+    cases = {
+        "vmap": lambda fn: (lambda: torch.func.vmap(fn)(x.view(4, -1, x.shape[-1]))),
+        "jacrev": lambda fn: (lambda: torch.func.jacrev(lambda v: torch.tanh(fn(v)).sum())(x)),
+        "grad": lambda fn: (lambda: torch.func.grad(lambda v: torch.tanh(fn(v)).sum())(x)),
+        "jvp": lambda fn: (lambda: torch.func.jvp(fn, (x,), (torch.ones_like(x),))[1]),
+        "forward-mode AD": dual,
+    }
+    return [(name, make(layer), make(reference)) for name, make in cases.items()]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", range(5))
+def test_torch_func_transforms_and_forward_mode_ad_run_and_match_f_linear(case):
+    """vmap, jacrev, grad, jvp and forward-mode AD through a product large enough for oneDNN: the same results as
+    F.linear's (a transform or a tangent runs F.linear itself: the oneDNN node has no vmap or jvp rule)."""
+    layer, x = pair((512,), 256, 128)
+    x = x.detach()
+    assert L.uses_onednn(x, layer.weight, layer.bias)
+    name, ours, reference = _transform_cases(layer, x)[case]
+    torch.testing.assert_close(ours(), reference(), rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
