@@ -58,6 +58,10 @@ def measure(recipe: str, env_name: str, windows: int, blocks: int, warmup: int) 
 
     torch.set_num_threads(1)
     cfg, trainer = build(recipe, env_name, [])
+    if not getattr(trainer, "overlapping", False):
+        raise SystemExit(f"overlap_budget.py: {recipe} on {env_name} runs without the critic worker here (no critic, "
+                         "overlap_critic off, or no spare core for it), and this budget is the overlapped loop's: "
+                         "training_overhead.py --serial-too measures the serial one")
     algo = cfg.algo
     horizon = int(algo.horizon)
     env_window = reference_window(trainer, horizon)

@@ -39,3 +39,11 @@ def test_ceilings_follow_from_the_medians():
     # env / window, hand-off (window - max(fit wall, window - wait)), critic, main and 2-core ceilings
     assert cells[7].startswith("**0.50**") and cells[11] == "30"
     assert cells[-3:] == [f"{0.15 / 0.27:.2f}", f"{0.15 / 0.25:.2f}", f"{2 * 0.15 / 0.48:.2f}"]
+
+
+def test_a_recipe_without_the_critic_worker_is_refused_naming_why(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="apg on rope runs without the critic worker here"):
+        overlap_budget.main(["--recipe", "apg", "--envs", "rope", "--out", str(tmp_path / "R.md")])
+    assert not (tmp_path / "R.md").exists()
