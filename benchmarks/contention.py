@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import publish, run_header  # noqa: E402
+from report import positive_int, publish, run_header  # noqa: E402
 
 LOADS = ("gemm", "python", "norm")
 
@@ -85,8 +85,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", default="sapo")
     parser.add_argument("--envs", nargs="+", default=["rope"])
     parser.add_argument("--load", nargs="+", choices=LOADS, default=["gemm", "python"])
-    parser.add_argument("--blocks", type=int, default=8, help="blocks of each state (idle, busy), alternating")
-    parser.add_argument("--windows", type=int, default=2, help="env-only windows a block")
+    parser.add_argument("--blocks", type=positive_int, default=8, help="blocks of each state (idle, busy), alternating")
+    parser.add_argument("--windows", type=positive_int, default=2, help="env-only windows a block")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args(argv)
     load_before, started = os.getloadavg(), time.perf_counter()

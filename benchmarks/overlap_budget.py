@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import publish, run_header  # noqa: E402
+from report import positive_int, publish, run_header  # noqa: E402
 
 BAR = 0.75  # the training / env bar
 
@@ -139,9 +139,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="sapo")
     parser.add_argument("--envs", nargs="+", default=["rope"])
-    parser.add_argument("--windows", type=int, default=6, help="windows of each kind a block")
-    parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--windows", type=positive_int, default=6, help="windows of each kind a block")
+    parser.add_argument("--blocks", type=positive_int, default=4)
+    parser.add_argument("--warmup", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args(argv)
     load_before, started = os.getloadavg(), time.perf_counter()

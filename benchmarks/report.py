@@ -20,6 +20,22 @@ if sys.path[:1] != [str(REPO)]:
     sys.path.insert(0, str(REPO))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse names the option and the value otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def write_section(path: Path, key: str, section: str) -> None:
     """Replace the section between the ``key`` markers in ``path`` (append it if absent)."""
     begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"

@@ -48,7 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import git_commit, publish, run_header  # noqa: E402
+from report import git_commit, positive_float, publish, run_header  # noqa: E402
 
 ENVS = ("rope", "ant", "soft_jumper", "rolling_flat")
 FIRST_ORDER = ("sapo", "shac", "apg")  # recipes whose training step is a differentiable window through the env
@@ -294,9 +294,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
     parser.add_argument("--recipes", nargs="+", default=["sapo"], choices=FIRST_ORDER)
-    parser.add_argument("--seconds", type=float, default=20.0, help="minimum measured seconds per phase of a cell")
+    parser.add_argument("--seconds", type=positive_float, default=20.0, help="minimum measured seconds per phase of a cell")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every cell")
-    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--timeout", type=positive_float, default=1800.0)
     parser.add_argument("--quick", action="store_true", help="smoke test: num_envs=2, 1 s per phase")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "training_overhead.json",
@@ -314,7 +314,7 @@ def main() -> None:
                         help="the env's own windows: replay (the last training window's start state and actions, so the "
                              "same trajectory: contacts, episode ends; default) or random (from a reset, uniform random "
                              "actions: an MPM roller may then never touch the dough, whose frames need no backward)")
-    parser.add_argument("--block-seconds", type=float, default=5.0,
+    parser.add_argument("--block-seconds", type=positive_float, default=5.0,
                         help="training and env windows alternate in blocks of at least this many seconds each (see "
                              "``alternate``); at least one window per block")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)

@@ -47,3 +47,23 @@ def test_a_recipe_without_the_critic_worker_is_refused_naming_why(tmp_path):
     with pytest.raises(SystemExit, match="apg on rope runs without the critic worker here"):
         overlap_budget.main(["--recipe", "apg", "--envs", "rope", "--out", str(tmp_path / "R.md")])
     assert not (tmp_path / "R.md").exists()
+
+
+def test_counts_and_durations_must_be_positive(capsys, monkeypatch):
+    import pytest
+    import report
+    import training_overhead
+
+    for argv in (["--blocks", "0"], ["--windows", "-2"], ["--warmup", "x"]):
+        with pytest.raises(SystemExit) as stop:
+            overlap_budget.main(argv)
+        assert stop.value.code == 2
+    assert "invalid positive_int value: '0'" in capsys.readouterr().err
+    assert report.positive_float("0.5") == 0.5
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ValueError):
+            report.positive_float(bad)
+    monkeypatch.setattr(sys, "argv", ["training_overhead.py", "--seconds", "-1"])
+    with pytest.raises(SystemExit) as stop:
+        training_overhead.main()
+    assert stop.value.code == 2 and "invalid positive_float value: '-1'" in capsys.readouterr().err
