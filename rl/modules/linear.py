@@ -18,9 +18,9 @@ Where it applies: "auto" (the default) on CPUs whose vendor is not Intel (on Int
 parameters; products of at least ``MIN_MULTIPLY_ADDS`` (rows·in·out: oneDNN's fixed cost a call is ~5x MKL's, so the
 actor's per-step products at N = 64 stay with MKL); oneDNN built into torch; not under torch.compile's tracing
 (Inductor chooses itself), a torch.func transform (vmap, grad, jacrev, jvp) or forward-mode AD (the node has no vmap
-or jvp rule). Everything else (float64 gradient checks, CUDA, bf16, an empty batch) runs
-``torch.nn.functional.linear``. The parameters and state dict are ``nn.Linear``'s either way, so checkpoints load
-across backends.
+or jvp rule), or CPU autocast (F.linear computes in the autocast dtype). Everything else (float64 gradient checks,
+CUDA, bf16, an empty batch) runs ``torch.nn.functional.linear``. The parameters and state dict are ``nn.Linear``'s
+either way, so checkpoints load across backends.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     return (chosen and all(t is None or (t.dtype is torch.float32 and t.device.type == "cpu") for t in (x, weight, bias))
             and x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1]  # else F.linear's own error
             and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS  # (an empty batch: 0)
-            and not torch.compiler.is_compiling() and not _transformed(x, weight, bias))
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")  # autocast casts in F.linear
+            and not _transformed(x, weight, bias))
 
 
 def _transformed(*tensors: Tensor | None) -> bool:

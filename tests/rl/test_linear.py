@@ -149,3 +149,17 @@ def test_torch_func_transforms_and_forward_mode_ad_run_and_match_f_linear(case):
     assert L.uses_onednn(x, layer.weight, layer.bias)
     name, ours, reference = _transform_cases(layer, x)[case]
     torch.testing.assert_close(ours(), reference(), rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@needs_onednn
+def test_cpu_autocast_and_inference_mode_behave_as_f_linear():
+    layer, x = pair((512,), 256, 128)
+    x = x.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not L.uses_onednn(x, layer.weight, layer.bias)
+        ours, reference = layer(x), F.linear(x, layer.weight, layer.bias)
+        assert ours.dtype == reference.dtype == torch.bfloat16
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    with torch.inference_mode():
+        assert L.uses_onednn(x, layer.weight, layer.bias)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
