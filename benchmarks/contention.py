@@ -89,6 +89,9 @@ def main(argv=None) -> None:
     parser.add_argument("--windows", type=positive_int, default=2, help="env-only windows a block")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2:
+        raise SystemExit(f"contention.py: {cores} usable core: the neighbour would share the env's core, not a second one")
     load_before, started = os.getloadavg(), time.perf_counter()
     results = [measure(args.recipe, env, load, args.blocks, args.windows) for env in args.envs for load in args.load]
     lines = run_header("Contention: env-only windows with the other core idle and busy", __file__, load_before, started,

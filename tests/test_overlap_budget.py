@@ -67,3 +67,14 @@ def test_counts_and_durations_must_be_positive(capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         training_overhead.main()
     assert stop.value.code == 2 and "invalid positive_float value: '-1'" in capsys.readouterr().err
+
+
+def test_contention_needs_a_second_core(monkeypatch):
+    import os
+
+    import contention
+    import pytest
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    with pytest.raises(SystemExit, match="1 usable core"):
+        contention.main(["--envs", "rope"])
