@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import positive_int, publish, run_header  # noqa: E402
+from report import positive_int, publish, run_header, usable_cores  # noqa: E402
 
 LOADS = ("gemm", "python", "norm")
 
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     parser.add_argument("--windows", type=positive_int, default=2, help="env-only windows a block")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args(argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if cores < 2:
         raise SystemExit(f"contention.py: {cores} usable core: the neighbour would share the env's core, not a second one")
     load_before, started = os.getloadavg(), time.perf_counter()

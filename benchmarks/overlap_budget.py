@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import positive_int, publish, run_header  # noqa: E402
+from report import positive_int, publish, run_header, usable_cores  # noqa: E402
 
 BAR = 0.75  # the training / env bar
 
@@ -145,7 +145,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args(argv)
     load_before, started = os.getloadavg(), time.perf_counter()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     results = [measure(args.recipe, env, args.windows, args.blocks, args.warmup) for env in args.envs]
     lines = run_header("Overlap budget: a training window with the critic worker, against what two processes allow",
                        __file__, load_before, started, threads="1 torch thread a process")

@@ -20,6 +20,11 @@ if sys.path[:1] != [str(REPO)]:
     sys.path.insert(0, str(REPO))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity; the CPU count where the platform has none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (argparse names the option and the value otherwise)."""
     value = int(text)
@@ -84,7 +89,7 @@ def machine() -> str:
         pass
     total = meminfo_mib("MemTotal")
     ram = "" if total is None else f", {total / 1024:.1f} GiB RAM"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cores()
     return f"{model}, {os.cpu_count()} logical cores ({usable} usable){ram}, {platform.system()} {platform.release()}"
 
 

@@ -99,7 +99,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import run_header, write_section  # noqa: E402
+from report import run_header, usable_cores, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -332,7 +332,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     thread_counts = sorted({cores if t == "all" else int(t) for t in args.threads})
     load_before, started = os.getloadavg(), time.perf_counter()
     machine_rows, rows = [], []

@@ -69,7 +69,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command_line, fmt_load, git_commit, machine, versions, write_section  # noqa: E402
+from report import command_line, fmt_load, git_commit, machine, usable_cores, versions, write_section  # noqa: E402
 
 REWARPED_BENCH = REPO.parent / "shared" / "tools" / "rewarped" / "bench.py"
 CPU_CLOCK = Path(__file__).resolve().with_name("cpu_clock.py")
@@ -484,10 +484,6 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _rate(x: float) -> str:
